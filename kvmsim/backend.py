@@ -1,0 +1,86 @@
+"""Backends execute scenarios and return traces.  Each sits behind one small abstract class and
+is registered by dotted path, so that a backend's module (and what it needs, e.g. /dev/kvm) is
+imported only when that backend is used."""
+
+from __future__ import annotations
+
+import importlib
+from abc import ABC, abstractmethod
+from typing import Any
+
+from .scenario import Scenario
+from .trace import Trace
+
+
+class BackendError(Exception):
+    """Unknown backend name, or a backend that cannot run here (the message says why)."""
+
+
+class Backend(ABC):
+    name: str = ""
+
+    @abstractmethod
+    def description(self) -> str:
+        """One line for ``pfndiff backends``."""
+
+    @abstractmethod
+    def version(self) -> str:
+        """What the traces of this backend come from (model version, kernel release)."""
+
+    @abstractmethod
+    def info(self) -> dict[str, Any]:
+        """Details for ``pfndiff backends --json`` (generation, spec section, capabilities)."""
+
+    @abstractmethod
+    def available(self) -> str | None:
+        """None when usable here, else the reason it is not."""
+
+    @abstractmethod
+    def run(self, scenario: Scenario) -> Trace:
+        """Execute the scenario; never raises for anything the scenario does."""
+
+
+# name -> (dotted path of the Backend class, keyword arguments)
+REGISTRY: dict[str, tuple[str, dict[str, Any]]] = {
+    "sim:g1": ("kvmsim.sim_backend:SimBackend", {"generation": "kvmsim.g1_legacy:G1Legacy"}),
+    "sim:g2": ("kvmsim.sim_backend:SimBackend", {"generation": "kvmsim.g2_noref:G2Noref"}),
+    "sim:g2s": ("kvmsim.sim_backend:SimBackend", {"generation": "kvmsim.g2s_sketch:G2sSketch"}),
+    "sim:g2s-literal": ("kvmsim.sim_backend:SimBackend",
+                        {"generation": "kvmsim.g2s_sketch:G2sSketch", "quirks": "S2,S4,S5,S6,S8"}),
+    "sim:g2f": ("kvmsim.sim_backend:SimBackend", {"generation": "kvmsim.g2f_posted:G2fPosted"}),
+    "sim:g3": ("kvmsim.sim_backend:SimBackend", {"generation": "kvmsim.g3_merged:G3Merged"}),
+}
+# Parameterised names: "sim:g2s-literal:S4,S8" enables only the listed sketch quirks.
+PARAMETERISED = {"sim:g2s-literal": "quirks"}
+
+
+def load_object(path: str) -> Any:
+    module, _, attr = path.partition(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+def register(name: str, path: str, **kwargs: Any) -> None:
+    REGISTRY[name] = (path, kwargs)
+
+
+def backend_names() -> list[str]:
+    return list(REGISTRY)
+
+
+def get_backend(name: str) -> Backend:
+    entry = REGISTRY.get(name)
+    kwargs: dict[str, Any] = {}
+    if entry is None:
+        base, sep, param = name.rpartition(":")
+        if sep and base in PARAMETERISED and param:
+            entry = REGISTRY[base]
+            kwargs[PARAMETERISED[base]] = param
+    if entry is None:
+        raise BackendError(f"unknown backend {name!r} (known: {', '.join(REGISTRY)})")
+    path, base_kwargs = entry
+    cls = load_object(path)
+    try:
+        backend = cls(name=name, **{**base_kwargs, **kwargs})
+    except ValueError as e:
+        raise BackendError(f"backend {name!r}: {e}") from None
+    return backend

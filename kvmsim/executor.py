@@ -1,0 +1,323 @@
+"""Runs a scenario on one generation and records the trace (spec §9 "Record, per call")."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .constants import (
+    KVM_MEM_LOG_DIRTY_PAGES, KVM_MEM_READONLY, KVM_MEMSLOT_INVALID, PAGE_SHIFT, PAGE_SIZE,
+    kvm_is_error_hva, pfn_class, ret_name,
+)
+from .generation import UNINIT, Fault, Generation, HostMap, KernelBug
+from .memslot import Memslot
+from .mm import RemapPte
+from .scenario import Op, Scenario
+from .trace import OpRecord, Trace
+from .vmm import guest_access
+from .world import World
+from .x86 import page_fault
+
+KVM_OPS = ("lookup", "gfn_to_page", "vcpu_map", "vcpu_unmap", "x86_fault", "access")
+
+
+def _name(pg: Any) -> str | None:
+    if pg is None:
+        return None
+    if pg is UNINIT:
+        return "<uninitialised>"
+    return pg.name
+
+
+def _frame(w: World, pfn: int) -> str | None:
+    if pfn_class(pfn) != "pfn":
+        return None
+    pg = w.db.lookup(pfn)
+    return pg.name if pg is not None else f"pfn:{pfn:#x}"
+
+
+def _hva(hva: int | None) -> Any:
+    if hva is None:
+        return None
+    if kvm_is_error_hva(hva):
+        return "HVA_ERR_RO_BAD" if hva & PAGE_SIZE else "HVA_ERR_BAD"
+    return hva
+
+
+def _deltas(w: World) -> dict[str, Any]:
+    """Per-page changes since the op started: KVM references, pins, accessed, dirty."""
+    refs: dict[str, int] = {}
+    pins: dict[str, int] = {}
+    accessed: list[str] = []
+    dirty: list[str] = []
+    for pg, (r0, p0, a0, d0) in w.db.touched.items():
+        if pg.kvm_refs != r0:
+            refs[pg.name] = pg.kvm_refs - r0
+        if pg.pincount != p0:
+            pins[pg.name] = pg.pincount - p0
+        if pg.accessed and not a0:
+            accessed.append(pg.name)
+        if pg.dirty and not d0:
+            dirty.append(pg.name)
+    return {"refs": refs, "pins": pins, "accessed": sorted(accessed), "dirty": sorted(dirty)}
+
+
+class Executor:
+    """One scenario execution: a fresh world, the generation, and the open kvm_vcpu_map handles."""
+
+    def __init__(self, gen: Generation, sc: Scenario) -> None:
+        self.gen, self.sc = gen, sc
+        self.w = World.from_scenario(sc)
+        self.w.on_zap = gen.spte_zapped
+        self.maps: dict[str, HostMap] = {}
+        self.nmaps = 0
+        self.dead: str | None = None
+
+    def run(self, backend: str) -> Trace:
+        trace = Trace(backend, meta={"generation": self.gen.name, "spec": self.gen.spec, "path": "sim"})
+        for i, op in enumerate(self.sc.ops):
+            trace.records.append(self.step(i, op))
+        w = self.w
+        trace.meta["refs_held_at_end"] = {p.name: p.kvm_refs for p in w.db.pages.values() if p.kvm_refs}
+        trace.meta["pins_held_at_end"] = {p.name: p.pincount for p in w.db.pages.values() if p.pincount}
+        return trace
+
+    def step(self, i: int, op: Op) -> OpRecord:
+        rec = OpRecord(i, op.kind)
+        w = self.w
+        if self.dead is not None:
+            rec.api = {"skipped": self.dead}
+            return rec
+        w.events = []
+        w.db.touched = {}
+        nunder = len(w.db.underflows)
+        try:
+            getattr(self, "op_" + op.kind)(op, rec)
+        except KernelBug as e:
+            self.dead = f"kernel BUG earlier: {e}"
+            rec.api = {"oops": str(e)}
+        rec.events = list(w.events) + [f"BUG:refcount_underflow:{n}" for n in w.db.underflows[nunder:]]
+        if op.kind in KVM_OPS and w.task.signal == "pending":
+            w.task.signal = "none"                 # an armed signal is delivered when the op ends
+        w.task.signal_consumed = False
+        return rec
+
+    # --- API-level ops ------------------------------------------------------------------------
+    def op_lookup(self, op: Op, rec: OpRecord) -> None:
+        w = self.w
+        lk = self.gen.lookup(w, op)
+        held = _deltas(w)
+        lk.release()
+        after = _deltas(w)
+        rec.api = {"call": lk.api, "result": pfn_class(lk.pfn), "frame": _frame(w, lk.pfn),
+                   "page": _name(lk.page_out), "writable": lk.writable, "hva": _hva(lk.hva), "async": lk.async_,
+                   "held": held["refs"], "pinned": held["pins"], "leaked": after["refs"],
+                   "pins_leaked": after["pins"], "accessed": after["accessed"], "dirty": after["dirty"]}
+
+    def op_gfn_to_page(self, op: Op, rec: OpRecord) -> None:
+        w = self.w
+        res = self.gen.gfn_to_page(w, op)
+        held = _deltas(w)
+        res.release()
+        after = _deltas(w)
+        rec.api = {"call": res.api, "result": res.page.name if res.page is not None else res.error,
+                   "held": held["refs"], "leaked": after["refs"], "accessed": after["accessed"],
+                   "dirty": after["dirty"]}
+
+    def op_vcpu_map(self, op: Op, rec: OpRecord) -> None:
+        w = self.w
+        handle = op.handle or f"map{self.nmaps}"
+        self.nmaps += 1
+        r, m = self.gen.vcpu_map(w, op)
+        self.maps[handle] = m
+        d = _deltas(w)
+        rec.api = {"ret": ret_name(r) if r else 0, "handle": handle, "method": m.hva if r == 0 else None,
+                   "frame": _frame(w, m.pfn) if r == 0 else None, "held": d["refs"], "pinned": d["pins"]}
+
+    def op_vcpu_unmap(self, op: Op, rec: OpRecord) -> None:
+        w = self.w
+        m = self.maps.pop(op.handle)
+        before = {k: set(v) for k, v in w.dirty.items()}
+        self.gen.vcpu_unmap(w, m, op.dirty)
+        d = _deltas(w)
+        logged = any(w.dirty.get(k, set()) != before.get(k, set()) for k in w.dirty)
+        rec.api = {"released": d["refs"], "unpinned": d["pins"], "accessed": d["accessed"], "dirty": d["dirty"],
+                   "dirty_logged": logged}
+
+    def op_x86_fault(self, op: Op, rec: OpRecord) -> None:
+        w = self.w
+        f = Fault(op.gfn, op.write, op.prefetch, slot=w.slot_for(op.gfn, vcpu=True))
+        if op.race_invalidate:
+            w.race_hook = lambda: self._race(f)
+        r, spte = page_fault(self.gen, w, f)
+        w.race_hook = None
+        d = _deltas(w)
+        rec.api = {"ret": ret_name(r), "result": pfn_class(f.pfn), "frame": _frame(w, f.pfn),
+                   "map_writable": f.map_writable if r >= 0 else None,
+                   "spte": None if spte is None else {"writable": spte.writable, "level": spte.level},
+                   "calls": list(f.attempts), "async_pf": f.async_pf, "mmio_spte": f.mmio_spte,
+                   "leaked": d["refs"], "accessed": d["accessed"], "dirty": d["dirty"]}
+        if w.task.signals_sent:
+            rec.api["signals"] = list(w.task.signals_sent)
+            w.task.signals_sent.clear()
+
+    def _race(self, f: Fault) -> None:
+        """An invalidation of the faulting page that begins and ends while GUP runs."""
+        slot = f.slot
+        if slot is None:
+            return
+        hva = slot.userspace_addr + ((f.gfn - slot.base_gfn) << PAGE_SHIFT)
+        self.invalidate(hva, hva + PAGE_SIZE, lambda: None)
+
+    # --- VMM-level ops ------------------------------------------------------------------------
+    def op_access(self, op: Op, rec: OpRecord) -> None:
+        w = self.w
+        vmm, api = guest_access(self.gen, w, op.gpa, op.write, op.value)
+        d = _deltas(w)
+        api.update({"leaked": d["refs"], "accessed": d["accessed"], "dirty": d["dirty"]})
+        rec.vmm, rec.api = vmm, api
+
+    def op_get_dirty_log(self, op: Op, rec: OpRecord) -> None:
+        w = self.w
+        slot = w.slots.by_id(op.as_id, op.slot)
+        key = (op.as_id, op.slot)
+        bits = sorted(w.dirty.pop(key, set()))
+        if slot is not None and slot.dirty_log:     # KVM_GET_DIRTY_LOG re-protects logged pages
+            for (as_id, gfn), spte in w.sptes.items():
+                if as_id == slot.as_id and slot.contains(gfn):
+                    spte.writable = False
+            rec.vmm = {"ret": 0, "dirty": bits}
+        else:
+            rec.vmm = {"ret": "-ENOENT", "dirty": []}   # no dirty bitmap for this slot
+
+    # --- host events ----------------------------------------------------------------------------
+    def invalidate(self, start: int, end: int, change) -> None:
+        """mmu_notifier invalidate_range_start → zap SPTEs → the mm change → range_end."""
+        w = self.w
+        counted = w.notifier.begin(w.slots, start, end)
+        w.zap_hva_range(start, end)
+        change()
+        if counted:
+            w.notifier.end()
+
+    def _vma(self, op: Op):
+        return self.w.mm.by_name(op.vma)
+
+    def _span(self, op: Op) -> tuple[Any, int, int]:
+        v = self._vma(op)
+        page = getattr(op, "page", 0)
+        count = getattr(op, "count", 1)
+        return v, v.start + (page << PAGE_SHIFT), min(v.end, v.start + ((page + count) << PAGE_SHIFT))
+
+    def op_madvise(self, op: Op, rec: OpRecord) -> None:
+        v, s, e = self._span(op)
+        self.invalidate(s, e, lambda: self.w.mm.zap(v, op.page, op.count))
+        rec.vmm = {"ret": 0}
+
+    def op_mprotect(self, op: Op, rec: OpRecord) -> None:
+        v = self._vma(op)
+        self.invalidate(v.start, v.end, lambda: self.w.mm.protect(v, op.prot != "none", op.prot == "rw"))
+        rec.vmm = {"ret": 0}
+
+    def op_munmap(self, op: Op, rec: OpRecord) -> None:
+        v = self._vma(op)
+        self.invalidate(v.start, v.end, lambda: self.w.mm.unmap(v))
+        rec.vmm = {"ret": 0}
+
+    def op_page_state(self, op: Op, rec: OpRecord) -> None:
+        v, s, e = self._span(op)
+        self.invalidate(s, e, lambda: self.w.mm.set_state(v, op.page, op.state))
+        rec.vmm = {"ret": 0}
+
+    def op_pte(self, op: Op, rec: OpRecord) -> None:
+        v, s, e = self._span(op)
+
+        def change() -> None:
+            old = v.ptes.get(op.page)
+            v.ptes[op.page] = RemapPte(op.present, old.page if old else None, op.writable, op.handler)
+        self.invalidate(s, e, change)
+        rec.vmm = {"ret": 0}
+
+    def op_invalidate_begin(self, op: Op, rec: OpRecord) -> None:
+        w = self.w
+        v, s, e = self._span(op)
+        counted = w.notifier.begin(w.slots, s, e)
+        w.zap_hva_range(s, e)
+        self._open = getattr(self, "_open", [])
+        self._open.append(counted)
+        rec.api = {"counted": counted, "seq": w.notifier.seq, "in_progress": w.notifier.in_progress}
+
+    def op_invalidate_end(self, op: Op, rec: OpRecord) -> None:
+        w = self.w
+        if self._open.pop():
+            w.notifier.end()
+        rec.api = {"seq": w.notifier.seq, "in_progress": w.notifier.in_progress}
+
+    def op_signal(self, op: Op, rec: OpRecord) -> None:
+        self.w.task.signal = op.kind
+
+    def op_mmap_lock(self, op: Op, rec: OpRecord) -> None:
+        self.w.task.mmap_lock_contended = op.contended
+
+    def op_vcpu_state(self, op: Op, rec: OpRecord) -> None:
+        v = self.w.vcpu
+        for k in ("guest_mode", "smm", "async_pf", "apicv"):
+            if op.args[k] is not None:
+                setattr(v, k, op.args[k])
+
+    # --- memslot events -------------------------------------------------------------------------
+    def _slot(self, op: Op) -> Memslot:
+        s = self.w.slots.by_id(op.as_id, op.slot)
+        assert s is not None, "validated scenario names an existing memslot"
+        return s
+
+    def _flush_slot(self, s: Memslot) -> None:
+        """``kvm_arch_flush_shadow_memslot``: zap every SPTE of the slot."""
+        self.w.zap_gfns(s.as_id, s.base_gfn, s.base_gfn + s.npages)
+
+    def op_memslot_create(self, op: Op, rec: OpRecord) -> None:
+        w = self.w
+        v = w.mm.by_name(op.vma)
+        flags = (KVM_MEM_READONLY if op.readonly else 0) | (KVM_MEM_LOG_DIRTY_PAGES if op.log_dirty else 0)
+        w.slots.add(Memslot(op.slot, op.as_id, op.gfn, op.pages, v.start + (op.offset << PAGE_SHIFT), flags))
+        rec.vmm = {"ret": 0}
+
+    def op_memslot_delete(self, op: Op, rec: OpRecord) -> None:
+        s = self._slot(op)
+        self._flush_slot(s)
+        self.w.slots.remove(s)
+        self.w.dirty.pop((s.as_id, s.id), None)
+        rec.vmm = {"ret": 0}
+
+    def op_memslot_move(self, op: Op, rec: OpRecord) -> None:
+        s = self._slot(op)
+        self._flush_slot(s)
+        s.base_gfn = op.gfn
+        s.flags &= ~KVM_MEMSLOT_INVALID
+        rec.vmm = {"ret": 0}
+
+    def op_memslot_flags(self, op: Op, rec: OpRecord) -> None:
+        s = self._slot(op)
+        if op.log_dirty and not s.dirty_log:       # enabling dirty logging write-protects the slot
+            for (as_id, gfn), spte in list(self.w.sptes.items()):
+                if as_id == s.as_id and s.contains(gfn):
+                    if spte.level > 1:
+                        self.w.zap_gfns(as_id, gfn, gfn + 1)
+                    else:
+                        spte.writable = False
+        s.flags = (s.flags & ~KVM_MEM_LOG_DIRTY_PAGES) | (KVM_MEM_LOG_DIRTY_PAGES if op.log_dirty else 0)
+        if not op.log_dirty:
+            self.w.dirty.pop((s.as_id, s.id), None)
+        rec.vmm = {"ret": 0}
+
+    def op_memslot_invalidate(self, op: Op, rec: OpRecord) -> None:
+        s = self._slot(op)
+        s.flags |= KVM_MEMSLOT_INVALID             # a delete/move in flight: the INVALID copy is live
+        self._flush_slot(s)
+        rec.vmm = {"ret": 0}
+
+
+def run_generation(gen: Generation, sc: Scenario, backend: str) -> Trace:
+    return Executor(gen, sc).run(backend)
+
+
+

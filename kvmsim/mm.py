@@ -1,0 +1,319 @@
+"""The host mm: VMAs, their page-table state, and the GUP primitives KVM calls (spec §1.3, §1.4).
+
+Everything the generations know about host memory goes through the functions at the bottom of
+this module (``gup_fast_only``, ``gup_slow``, ``lookup_pte``, ``fixup_user_fault``,
+``vma_is_valid``), so that all generations see exactly the same mm.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from .constants import (
+    EAGAIN, EFAULT, EHWPOISON, EINTR, FOLL_HWPOISON, FOLL_INTERRUPTIBLE, FOLL_NOWAIT, FOLL_WRITE,
+    PAGE_SHIFT, PAGE_SIZE, VM_READ, VM_REMAPPED, VM_SHARED, VM_WRITE,
+)
+from .pfndb import Page, PfnDB
+
+if TYPE_CHECKING:
+    from .world import World
+
+# Normal-VMA page states (§1.3).
+UNPOPULATED = "unpopulated"   # read fault: zero page (private anon) or a new page; write: new page
+PRESENT_RW = "present_rw"
+PRESENT_RO = "present_ro"     # COW-shared in a private VMA, write-protected in a shared one
+RESIDENT = "resident"         # resident but unmapped: minor fault, no I/O
+NEEDS_IO = "needs_io"         # major fault: swap-in or file read
+HWPOISON = "hwpoison"
+PAGE_STATES = (UNPOPULATED, PRESENT_RW, PRESENT_RO, RESIDENT, NEEDS_IO, HWPOISON)
+
+# Remapped-VMA fault-handler outcomes for an absent PTE (§1.3).
+H_POPULATES = "populates"
+H_DROPS_LOCK = "drops_lock"   # drops the mmap lock, then populates: KVM retries the VMA lookup
+H_FAILS = "fails"
+HANDLERS = (H_POPULATES, H_DROPS_LOCK, H_FAILS)
+
+
+@dataclass(slots=True)
+class PageEntry:
+    """Page-table state of one page of a normal VMA."""
+    state: str
+    page: Page | None = None
+    cow: bool = True                      # PRESENT_RO in a private VMA: a write breaks COW
+    saved: dict[int, int] | None = None   # contents while swapped out (NEEDS_IO)
+
+
+@dataclass(slots=True)
+class RemapPte:
+    """PTE of one page of a VM_IO/VM_PFNMAP VMA and, when absent, what its fault handler does."""
+    present: bool
+    page: Page | None = None              # the frame the PTE maps (or the handler installs)
+    writable: bool = True
+    handler: str = H_POPULATES
+
+
+@dataclass(slots=True)
+class Vma:
+    name: str
+    start: int
+    end: int
+    flags: int
+    default_state: str = UNPOPULATED
+    host_level: int = 1                   # pages per host mapping (512 for a 2 MiB mapping)
+    pages: dict[int, PageEntry] = field(default_factory=dict)
+    ptes: dict[int, RemapPte] = field(default_factory=dict)
+
+    @property
+    def remapped(self) -> bool:
+        return bool(self.flags & VM_REMAPPED)
+
+    @property
+    def shared(self) -> bool:
+        return bool(self.flags & VM_SHARED)
+
+    @property
+    def npages(self) -> int:
+        return (self.end - self.start) >> PAGE_SHIFT
+
+    def index(self, hva: int) -> int:
+        return (hva - self.start) >> PAGE_SHIFT
+
+
+
+class Mm:
+    """The VMAs of the VMM process."""
+
+    def __init__(self, db: PfnDB) -> None:
+        self.db = db
+        self.vmas: list[Vma] = []
+
+    def add(self, vma: Vma) -> Vma:
+        self.vmas.append(vma)
+        return vma
+
+    def find(self, hva: int) -> Vma | None:
+        """``vma_lookup``: the VMA containing hva, or None."""
+        for v in self.vmas:
+            if v.start <= hva < v.end:
+                return v
+        return None
+
+    def by_name(self, name: str) -> Vma | None:
+        for v in self.vmas:
+            if v.name == name:
+                return v
+        return None
+
+    def entry(self, vma: Vma, idx: int) -> PageEntry:
+        """The page-table state of one page, created from the VMA's default state on first use."""
+        e = vma.pages.get(idx)
+        if e is None:
+            e = vma.pages[idx] = PageEntry(vma.default_state, cow=not vma.shared)
+            if e.state == HWPOISON:
+                e.page = self._new_page(vma, idx)
+                e.page.hwpoison = True
+            elif e.state in (PRESENT_RW, PRESENT_RO, RESIDENT):
+                e.page = self._new_page(vma, idx)
+        return e
+
+    # --- the mm's own page management --------------------------------------------------
+    def _new_page(self, vma: Vma, idx: int) -> Page:
+        return self.db.alloc(f"{vma.name}+{idx}", (vma.start >> PAGE_SHIFT) + idx)
+
+    def handle_fault(self, vma: Vma, idx: int, e: PageEntry, write: bool) -> None:
+        """``handle_mm_fault`` for a normal VMA page that is not (suitably) mapped yet.
+        Callers have checked VMA permissions, signals, hwpoison and NOWAIT."""
+        db = self.db
+        if e.state == NEEDS_IO:                       # I/O completes: page is resident again
+            pg = self._new_page(vma, idx)
+            if e.saved:
+                pg.data.update(e.saved)
+            e.page, e.saved, e.state = pg, None, RESIDENT
+        if e.state == UNPOPULATED:
+            if not write and not vma.shared:
+                e.page, e.state, e.cow = db.zero, PRESENT_RO, True   # read: map the zero page
+                return
+            e.page = self._new_page(vma, idx)       # write, or a shared (page-cache) read fault
+            e.state = PRESENT_RW if write or (vma.shared and vma.flags & VM_WRITE) else PRESENT_RO
+            e.cow = False
+            return
+        if e.state == RESIDENT:
+            if write or (vma.shared and vma.flags & VM_WRITE):
+                e.state = PRESENT_RW
+            else:
+                e.state, e.cow = PRESENT_RO, False       # exclusive page: a later write reuses it
+            return
+        if e.state == PRESENT_RO and write:
+            if vma.shared or not e.cow:
+                e.state = PRESENT_RW                      # write-protect fault: same page
+                return
+            old = e.page                                  # COW break: private copy
+            new = self._new_page(vma, idx)
+            if old is not None:
+                new.data.update(old.data)
+                if old is not db.zero:
+                    db.mm_put(old)
+            e.page, e.state, e.cow = new, PRESENT_RW, False
+
+    def read(self, pg: Page, offset: int) -> int:
+        return pg.data.get(offset, 0)
+
+    def write(self, pg: Page, offset: int, value: int) -> None:
+        pg.data[offset] = value
+
+    # --- host events (callers run the mmu_notifier around them) --------------------------
+    def zap(self, vma: Vma, idx: int, count: int) -> None:
+        """``madvise(MADV_DONTNEED)``: private anon pages are freed, shared ones stay resident,
+        remapped PTEs are cleared (the driver's handler repopulates them on the next fault)."""
+        for i in range(idx, min(idx + count, vma.npages)):
+            if vma.remapped:
+                pte = vma.ptes.get(i)
+                if pte is not None and pte.present:
+                    pte.present, pte.handler = False, H_POPULATES
+                continue
+            e = self.entry(vma, i)
+            if e.state in (PRESENT_RW, PRESENT_RO):
+                if vma.shared:
+                    e.state = RESIDENT
+                else:
+                    if e.page is not None and e.page is not self.db.zero:
+                        self.db.mm_put(e.page)
+                    e.page, e.state = None, UNPOPULATED
+
+    def protect(self, vma: Vma, read: bool, write: bool) -> None:
+        """``mprotect``: removing write permission write-protects every present PTE."""
+        if not write:
+            for e in vma.pages.values():
+                if e.state == PRESENT_RW:
+                    e.state, e.cow = PRESENT_RO, False
+            for pte in vma.ptes.values():
+                pte.writable = False
+        vma.flags = (vma.flags & ~(VM_READ | VM_WRITE)) | (VM_READ if read else 0) | (VM_WRITE if write else 0)
+
+    def unmap(self, vma: Vma) -> None:
+        for e in vma.pages.values():
+            if e.page is not None and e.page is not self.db.zero and e.state in (PRESENT_RW, PRESENT_RO, RESIDENT):
+                self.db.mm_put(e.page)
+        self.vmas.remove(vma)
+
+    def set_state(self, vma: Vma, idx: int, state: str) -> None:
+        """Host-side page events: swapped out (needs I/O), poisoned, dropped from the page tables."""
+        e = self.entry(vma, idx)
+        if state == NEEDS_IO:
+            if e.page is not None and e.page is not self.db.zero:
+                e.saved = dict(e.page.data)
+                if e.state in (PRESENT_RW, PRESENT_RO, RESIDENT):
+                    self.db.mm_put(e.page)
+            e.page, e.state = None, NEEDS_IO
+        elif state == HWPOISON:
+            if e.page is None or e.page is self.db.zero:
+                e.page = self._new_page(vma, idx)
+            e.page.hwpoison = True
+            e.state = HWPOISON
+        elif state == RESIDENT:
+            if e.page is None or e.page is self.db.zero:
+                e.page = self._new_page(vma, idx)
+            e.state = RESIDENT
+        elif state == UNPOPULATED:
+            if e.page is not None and e.page is not self.db.zero and e.state in (PRESENT_RW, PRESENT_RO, RESIDENT):
+                self.db.mm_put(e.page)
+            e.page, e.state = None, UNPOPULATED
+        else:
+            if e.page is None or e.page is self.db.zero:
+                e.page = self._new_page(vma, idx)
+            e.state = state
+
+
+# --- GUP primitives (§1.4) ---------------------------------------------------------------------
+
+def vma_is_valid(vma: Vma, write: bool) -> bool:
+    """``vma_is_valid``: VM_READ, and VM_WRITE for writes."""
+    return bool(vma.flags & VM_READ) and (not write or bool(vma.flags & VM_WRITE))
+
+
+def _normal_entry(w: World, hva: int) -> tuple[Vma, int, PageEntry] | None:
+    vma = w.mm.find(hva)
+    if vma is None or vma.remapped:
+        return None
+    idx = vma.index(hva)
+    return vma, idx, w.mm.entry(vma, idx)
+
+
+def gup_fast_only(w: World, hva: int, write: bool = True, pin: bool = False) -> Page | None:
+    """``get_user_page_fast_only``: lockless, never faults; +1 ref (or pin) on success.
+    Fails for remapped/special PTEs, absent or (for writes) read-only PTEs, PROT_NONE."""
+    hit = _normal_entry(w, hva)
+    if hit is None:
+        return None
+    vma, _, e = hit
+    if not vma.flags & VM_READ:
+        return None
+    if e.state == PRESENT_RW or (e.state == PRESENT_RO and not write):
+        pg = e.page
+        if pg is None or not pg.pfn_valid or pg.refcount <= 0 or pg.hwpoison:
+            return None
+        (w.db.pin if pin else w.db.get)(pg)
+        return pg
+    return None
+
+
+def gup_slow(w: World, hva: int, flags: int, pin: bool = False) -> tuple[int, Page | None]:
+    """``get_user_pages_unlocked`` / ``pin_user_pages_unlocked`` for one page.
+    Returns (1, page) or (0 | -errno, None).  Order follows mm/gup.c ``__get_user_pages``:
+    killable mmap lock, VMA checks, then the fatal-signal check before every page, then
+    ``follow_page``/``faultin_page``."""
+    task = w.task
+    if task.mmap_lock_contended and task.signal == "fatal":
+        return -EAGAIN, None                       # mmap_read_lock_killable interrupted (D13)
+    vma = w.mm.find(hva)
+    write = bool(flags & FOLL_WRITE)
+    if vma is None or vma.remapped:
+        return -EFAULT, None                       # GUP refuses VM_IO/VM_PFNMAP
+    if (write and not vma.flags & VM_WRITE) or (not write and not vma.flags & VM_READ):
+        return -EFAULT, None
+    if task.signal == "fatal":
+        return -EINTR, None
+    idx = vma.index(hva)
+    e = w.mm.entry(vma, idx)
+    if e.state == HWPOISON:
+        return (-EHWPOISON if flags & FOLL_HWPOISON else -EFAULT), None
+    if e.state == NEEDS_IO:
+        if flags & FOLL_NOWAIT:
+            return 0, None                         # fault not started to completion
+        if flags & FOLL_INTERRUPTIBLE and task.signal == "pending":
+            task.signal_consumed = True
+            return -EINTR, None
+        w.note_wait()
+    if not (e.state == PRESENT_RW or (e.state == PRESENT_RO and not write)):
+        w.mm.handle_fault(vma, idx, e, write)
+    pg = e.page
+    if pg is None or pg.refcount <= 0:
+        return -EFAULT, None
+    (w.db.pin if pin else w.db.get)(pg)
+    return 1, pg
+
+
+def lookup_pte(vma: Vma, hva: int) -> RemapPte | None:
+    """``follow_pte``/``follow_pfnmap_start`` on a remapped VMA: the present PTE, or None."""
+    pte = vma.ptes.get(vma.index(hva))
+    if pte is None or not pte.present:
+        return None
+    return pte
+
+
+def fixup_user_fault(w: World, vma: Vma, hva: int, write: bool) -> tuple[int, bool]:
+    """Run the VMA's fault handler. Returns (0 | -errno, unlocked). Not interruptible and
+    ignores FOLL_NOWAIT: the remapped path is always synchronous (§1.4, D25)."""
+    if not vma_is_valid(vma, write):
+        return -EFAULT, False
+    pte = vma.ptes.get(vma.index(hva))
+    if pte is None or pte.page is None or pte.handler == H_FAILS:
+        return -EFAULT, False
+    unlocked = pte.handler == H_DROPS_LOCK
+    pte.present, pte.handler = True, H_POPULATES
+    return 0, unlocked
+
+
+def hva_page_offset(hva: int) -> int:
+    return hva & (PAGE_SIZE - 1)

@@ -1,0 +1,57 @@
+"""Traces: what one backend observed for each op of a scenario (DESIGN "trace", spec §9).
+
+Every record has two levels:
+
+* ``api`` — what the KVM API did (sim backends only): the returned pfn class, ``writable``,
+  ``hva``, the page returned, per-page reference and pin deltas before and after the caller's
+  canonical release, accessed/dirty changes, async/NEEDS_IO, x86 ``RET_PF_*`` results.
+* ``vmm`` — what a VMM using /dev/kvm sees (every backend, including a real host): data read,
+  the exits ``KVM_RUN`` returned (``MMIO``, ``EINTR``, ``EFAULT``…), signals, dirty-log bits.
+
+``events`` lists WARN/BUG hits of the op (an observation, never a crash of the fuzzer).
+Values are plain (ints, strs, bools, lists, dicts) so traces serialise to YAML/JSON unchanged.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+NOT_OBSERVABLE = "not observable on this backend"
+
+
+@dataclass
+class OpRecord:
+    index: int
+    op: str
+    api: dict[str, Any] | None = None
+    vmm: dict[str, Any] | None = None
+    events: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"index": self.index, "op": self.op}
+        if self.api is not None:
+            d["api"] = self.api
+        if self.vmm is not None:
+            d["vmm"] = self.vmm
+        if self.events:
+            d["events"] = list(self.events)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> OpRecord:
+        return cls(d["index"], d["op"], d.get("api"), d.get("vmm"), list(d.get("events", [])))
+
+
+@dataclass
+class Trace:
+    backend: str
+    records: list[OpRecord] = field(default_factory=list)
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"backend": self.backend, "meta": dict(self.meta), "records": [r.to_dict() for r in self.records]}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Trace:
+        return cls(d["backend"], [OpRecord.from_dict(r) for r in d.get("records", [])], dict(d.get("meta", {})))

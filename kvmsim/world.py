@@ -1,0 +1,174 @@
+"""The simulated host at run time: one instance per scenario execution (spec §1).
+
+It holds the host mm, the pfn database, the memslots, the mmu_notifier counters, the task and
+vCPU state, module parameters, the x86 SPTEs and dirty bitmaps, and the WARN/BUG events of the
+op being executed.  Generations only read and change it through the model's primitives.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .constants import (
+    INTERNAL_SLOT_IDS, KVM_MEM_LOG_DIRTY_PAGES, KVM_MEM_READONLY, PAGE_SHIFT, VM_IO, VM_MIXEDMAP, VM_PFNMAP,
+    VM_READ, VM_SHARED, VM_WRITE,
+)
+from .memslot import Memslot, Memslots
+from .mm import HWPOISON, Mm, PageEntry, RemapPte, Vma
+from .notifier import MmuNotifier
+from .pfndb import Page, PfnDB
+from .scenario import Scenario, VmaSpec
+
+
+@dataclass(slots=True)
+class Task:
+    """The VMM's vCPU thread (spec §1.3 "Task signal state")."""
+    signal: str = "none"             # none | pending (non-fatal) | fatal
+    signal_consumed: bool = False    # a wait was interrupted by the pending signal
+    waited: bool = False             # the current op slept (I/O)
+    mmap_lock_contended: bool = False
+    signals_sent: list[str] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class Vcpu:
+    guest_mode: bool = False
+    smm: bool = False
+    async_pf: bool = False
+    apicv: bool = True
+    apf_queue: set[int] = field(default_factory=set)
+
+    @property
+    def as_id(self) -> int:
+        return 1 if self.smm else 0
+
+
+@dataclass(slots=True)
+class Spte:
+    pfn: int
+    writable: bool
+    level: int
+    page: Page | None
+    accessed: bool = False
+    dirty: bool = False
+
+
+PROT_FLAGS = {"none": 0, "r": VM_READ, "rw": VM_READ | VM_WRITE}
+REMAP_FLAGS = {"none": 0, "pfnmap": VM_IO | VM_PFNMAP, "io": VM_IO | VM_PFNMAP, "mixedmap": VM_MIXEDMAP}
+
+
+class World:
+    def __init__(self) -> None:
+        self.db = PfnDB()
+        self.mm = Mm(self.db)
+        self.slots = Memslots()
+        self.notifier = MmuNotifier()
+        self.task = Task()
+        self.vcpu = Vcpu()
+        self.allow_unsafe_mappings = False
+        self.enable_mmio_caching = True
+        self.tdp_enabled = True
+        self.sptes: dict[tuple[int, int], Spte] = {}
+        self.dirty: dict[tuple[int, int], set[int]] = {}
+        self.events: list[str] = []
+        self.warned: set[str] = set()
+        self.race_hook = None           # called by fault paths right after GUP (race_invalidate)
+        self.on_zap = None              # the generation's SPTE A/D propagation (D17)
+
+    # --- events ----------------------------------------------------------------------
+    def warn_once(self, site: str) -> None:
+        """WARN_ON_ONCE: the first hit is reported; the caller's error path runs every time."""
+        if site not in self.warned:
+            self.warned.add(site)
+            self.events.append(f"WARN:{site}")
+
+    def warn(self, site: str) -> None:
+        self.events.append(f"WARN:{site}")
+
+    def bug(self, site: str) -> None:
+        self.events.append(f"BUG:{site}")
+
+    def note_wait(self) -> None:
+        self.task.waited = True
+
+    def race_point(self) -> None:
+        if self.race_hook is not None:
+            hook, self.race_hook = self.race_hook, None
+            hook()
+
+    # --- module parameters -------------------------------------------------------------
+    def slot_for(self, gfn: int, vcpu: bool) -> Memslot | None:
+        """``kvm_vcpu_gfn_to_memslot`` (vCPU address space) or ``gfn_to_memslot`` (AS 0)."""
+        return self.slots.find(self.vcpu.as_id if vcpu else 0, gfn)
+
+    # --- SPTEs and dirty log -------------------------------------------------------------
+    def zap_gfns(self, as_id: int | None, lo: int, hi: int) -> None:
+        for key in [k for k in self.sptes if (as_id is None or k[0] == as_id) and lo <= k[1] < hi]:
+            spte = self.sptes.pop(key)
+            if self.on_zap is not None:
+                self.on_zap(self, spte)
+
+    def zap_hva_range(self, start: int, end: int) -> None:
+        for s in self.slots.slots:
+            lo, hi = max(start, s.userspace_addr), min(end, s.hva_end)
+            if lo < hi:
+                g0 = s.base_gfn + ((lo - s.userspace_addr) >> PAGE_SHIFT)
+                g1 = s.base_gfn + ((hi - 1 - s.userspace_addr) >> PAGE_SHIFT) + 1
+                self.zap_gfns(s.as_id, g0, g1)
+
+    def mark_page_dirty(self, slot: Memslot | None, gfn: int) -> None:
+        """``mark_page_dirty_in_slot``: only for dirty-logged slots."""
+        if slot is not None and slot.dirty_log:
+            self.dirty.setdefault((slot.as_id, slot.id), set()).add(gfn - slot.base_gfn)
+
+    # --- construction --------------------------------------------------------------------
+    @classmethod
+    def from_scenario(cls, sc: Scenario) -> World:
+        w = cls()
+        ws = sc.world
+        w.allow_unsafe_mappings = ws.allow_unsafe_mappings
+        w.task.signal = ws.signal
+        w.task.mmap_lock_contended = ws.mmap_lock_contended
+        w.vcpu = Vcpu(ws.guest_mode, ws.smm, ws.async_pf, ws.apicv)
+        w.notifier = MmuNotifier(seq=ws.seq, seq_bits=ws.seq_bits)
+        for p in ws.pages:
+            w.db.declare(p.name, p.kind, p.pfn, memremap_ok=p.memremap_ok)
+        for v in ws.vmas:
+            w.mm.add(w.build_vma(sc, v))
+        for s in ws.memslots:
+            vma = w.mm.by_name(s.vma)
+            assert vma is not None
+            flags = (KVM_MEM_READONLY if s.readonly else 0) | (KVM_MEM_LOG_DIRTY_PAGES if s.log_dirty else 0)
+            sid = INTERNAL_SLOT_IDS[s.internal] if s.internal else s.id
+            w.slots.add(Memslot(sid, s.as_id, s.gfn, s.pages, vma.start + (s.offset << PAGE_SHIFT), flags))
+        return w
+
+    def build_vma(self, sc: Scenario, v: VmaSpec) -> Vma:
+        start = sc.vma_start(v)
+        flags = PROT_FLAGS[v.prot] | (VM_SHARED if v.shared else 0) | REMAP_FLAGS[v.remap]
+        vma = Vma(v.name, start, start + (v.pages << PAGE_SHIFT), flags, v.state,
+                  512 if v.host_level == "2m" else 1)
+        db = self.db
+        if vma.remapped:
+            for i in range(v.pages):
+                spec = v.ptes.get(i)
+                if spec is not None and spec.page is not None:
+                    pg = db.by_name[spec.page]
+                else:
+                    pg = db.declare(f"{v.name}.frame{i}", v.frames)
+                if spec is None:
+                    vma.ptes[i] = RemapPte(True, pg, bool(flags & VM_WRITE))
+                else:
+                    vma.ptes[i] = RemapPte(spec.present, pg, spec.writable, spec.handler)
+            return vma
+        for i, (state, pname) in v.page_states.items():
+            e = vma.pages[i] = PageEntry(state)
+            if pname is not None:
+                e.page = db.by_name[pname]
+                db.mm_get(e.page)
+            if state == HWPOISON:
+                self.mm.set_state(vma, i, HWPOISON)
+            elif state in ("present_rw", "present_ro", "resident") and e.page is None:
+                e.page = self.mm._new_page(vma, i)
+            e.cow = not v.shared
+        return vma
