@@ -253,7 +253,7 @@ class Executor:
         rec.api = {"seq": w.notifier.seq, "in_progress": w.notifier.in_progress}
 
     def op_signal(self, op: Op, rec: OpRecord) -> None:
-        self.w.task.signal = op.kind
+        self.w.task.signal = op.args["kind"]   # (op.kind is the op name)
 
     def op_mmap_lock(self, op: Op, rec: OpRecord) -> None:
         self.w.task.mmap_lock_contended = op.contended
