@@ -23,6 +23,7 @@ from .constants import (
 from .generation import Fault, Generation, HostMap, KernelBug, Lookup, Out, PageResult
 from .memslot import Memslot, gfn_to_hva_many
 from .mm import fixup_user_fault, gup_fast_only, gup_slow, lookup_pte, vma_is_valid
+from .page_flags import kvm_set_page_accessed, kvm_set_page_dirty
 from .pfndb import Page
 from .scenario import Op
 from .world import Spte, World
@@ -92,10 +93,9 @@ def kvm_release_pfn(w: World, pfn: int, dirty: bool) -> None:
 
 def kvm_release_page(w: World, pg: Page, dirty: bool) -> None:
     """``kvm_release_page_clean``/``_dirty``."""
-    if not pg.reserved:
-        if dirty:
-            w.db.set_dirty(pg)
-        w.db.set_accessed(pg)
+    if dirty:
+        kvm_set_page_dirty(w, pg)
+    kvm_set_page_accessed(w, pg)
     w.db.put(pg)
 
 

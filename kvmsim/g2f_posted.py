@@ -25,6 +25,7 @@ from .g1_legacy import G1Legacy, _probe_hwpoison, kvm_release_page, kvm_vcpu_map
 from .generation import Fault, HostMap, Lookup, PageResult
 from .memslot import Memslot, gfn_to_hva_many
 from .mm import fixup_user_fault, gup_fast_only, gup_slow, lookup_pte, vma_is_valid
+from .page_flags import kvm_set_page_accessed, kvm_set_page_dirty
 from .pfndb import Page
 from .scenario import Op
 from .world import Spte, World
@@ -215,12 +216,12 @@ class G2fPosted(G1Legacy):
 
     def finish(self, w: World, f: Fault, r: int) -> None:
         if f.page is not None:                     # fault->accessed_page, marked under mmu_lock
-            w.db.set_accessed(f.page)              # [conf: low] whether also on RETRY
+            kvm_set_page_accessed(w, f.page)              # [conf: low] whether also on RETRY
 
     def spte_zapped(self, w: World, spte: Spte) -> None:
         if spte.page is not None:                  # the SPTE's "refcounted" bit
             if spte.accessed:
-                w.db.set_accessed(spte.page)
+                kvm_set_page_accessed(w, spte.page)
             if spte.dirty:
-                w.db.set_dirty(spte.page)
+                kvm_set_page_dirty(w, spte.page)
 

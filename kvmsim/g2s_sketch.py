@@ -35,6 +35,7 @@ from .g1_legacy import kvm_release_page, kvm_release_pfn
 from .g2_noref import G2Noref, gfn_to_pfn_noref_memslot, kvm_release_pfn_noref_clean, legacy_shim
 from .generation import UNINIT, Fault, HostMap, Lookup, Out
 from .memslot import Memslot
+from .page_flags import kvm_set_page_accessed, kvm_set_page_dirty
 from .pfndb import Page
 from .scenario import Op
 from .world import Spte, World
@@ -190,14 +191,14 @@ class G2sSketch(G2Noref):
         if "S8" in self.quirks:                    # v6 2/4's exit path, unchanged by the sketch
             kvm_release_pfn_noref_clean(w, f.pfn, f.page)
         elif f.page is not None and not is_error_noslot_pfn(f.pfn):
-            w.db.set_accessed(f.page)              # no reference is held on either attempt
+            kvm_set_page_accessed(w, f.page)       # no reference is held on either attempt
 
     def spte_zapped(self, w: World, spte: Spte) -> None:
         if spte.page is not None:                  # is_refcounted_page_pte (§4.1 item 6)
             if spte.accessed:
-                w.db.set_accessed(spte.page)
+                kvm_set_page_accessed(w, spte.page)
             if spte.dirty:
-                w.db.set_dirty(spte.page)
+                kvm_set_page_dirty(w, spte.page)
 
 
 def _memremap_ok(w: World, pfn: int) -> bool:

@@ -25,6 +25,7 @@ from .constants import (
 from .generation import Fault, Generation, HostMap, Lookup, Out, PageResult
 from .memslot import Memslot, gfn_to_hva_many
 from .mm import RemapPte, fixup_user_fault, gup_fast_only, gup_slow, lookup_pte, vma_is_valid
+from .page_flags import kvm_set_page_accessed, kvm_set_page_dirty
 from .pfndb import Page
 from .scenario import Op
 from .world import World
@@ -45,15 +46,10 @@ class Kfp:
 
 # --- accessed/dirty helpers (static in kvm_main.c) ----------------------------------------------
 
-def kvm_set_page_dirty(w: World, pg: Page) -> None:
-    if not pg.reserved:
-        w.db.set_dirty(pg)
-
-
 def kvm_release_page_clean(w: World, pg: Page | None) -> None:
     if pg is None:
         return                                     # NULL-safe in G3
-    w.db.set_accessed(pg)
+    kvm_set_page_accessed(w, pg)
     w.db.put(pg)
 
 
@@ -329,5 +325,5 @@ def _unpin(w: World, pg: Page | None, dirty: bool) -> None:
         return
     if dirty:
         kvm_set_page_dirty(w, pg)
-    w.db.set_accessed(pg)
+    kvm_set_page_accessed(w, pg)
     w.db.unpin(pg)
