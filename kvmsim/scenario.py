@@ -38,6 +38,7 @@ class PageSpec:
     kind: str
     pfn: int | None = None
     memremap_ok: bool = True
+    line: int = field(default=0, compare=False)
 
 
 @dataclass
@@ -61,6 +62,7 @@ class VmaSpec:
     page_states: dict[int, tuple[str, str | None]] = field(default_factory=dict)
     frames: str = NO_STRUCT_PAGE           # remapped VMAs: kind of the auto-created frame per page
     ptes: dict[int, PteSpec] = field(default_factory=dict)
+    line: int = field(default=0, compare=False)
 
 
 @dataclass
@@ -74,6 +76,7 @@ class SlotSpec:
     log_dirty: bool = False
     as_id: int = 0
     internal: str | None = None             # tss | apic_access | identity_map
+    line: int = field(default=0, compare=False)
 
 
 @dataclass
@@ -320,7 +323,7 @@ def _read_world(r: _Reader, n: Node | None, line: int) -> WorldSpec:
         kind = r.enum(pm["kind"], "page.kind", tuple(k for k in PAGE_KINDS if k != ZERO))
         w.pages.append(PageSpec(r.str_(pm["name"], "page.name"), kind,
                                 r.field(pm, "pfn", "int", None, "page", lo=0x100, hi=(1 << 40) - 1),
-                                r.field(pm, "memremap_ok", "bool", True, "page")))
+                                r.field(pm, "memremap_ok", "bool", True, "page"), pn.line))
     for vn in _list(r, m.get("vmas"), "world.vmas"):
         w.vmas.append(_read_vma(r, vn))
     for sn in _list(r, m.get("memslots"), "world.memslots"):
@@ -341,7 +344,7 @@ def _read_vma(r: _Reader, n: Node) -> VmaSpec:
                              "page_states", "frames", "ptes"))
     if "name" not in m or "pages" not in m:
         raise r.err("a vma needs 'name' and 'pages'", n.line)
-    v = VmaSpec(r.str_(m["name"], "vma.name"), r.int_(m["pages"], "vma.pages", 1, MAX_VMA_PAGES))
+    v = VmaSpec(r.str_(m["name"], "vma.name"), r.int_(m["pages"], "vma.pages", 1, MAX_VMA_PAGES), line=n.line)
     if "start" in m:
         v.start = r.int_(m["start"], "vma.start", 0x10000, (1 << 47) - 1)
         if v.start & 0xFFF:
@@ -400,7 +403,7 @@ def _read_slot(r: _Reader, n: Node) -> SlotSpec:
     return SlotSpec(sid, r.int_(m["gfn"], "memslot.gfn", 0, MAX_GFN), r.int_(m["pages"], "memslot.pages", 1, MAX_SLOT_PAGES),
                     r.str_(m["vma"], "memslot.vma"), r.field(m, "offset", "int", 0, "memslot", hi=MAX_VMA_PAGES),
                     r.field(m, "readonly", "bool", False, "memslot"), r.field(m, "log_dirty", "bool", False, "memslot"),
-                    r.field(m, "as_id", "int", 0, "memslot", hi=1), internal)
+                    r.field(m, "as_id", "int", 0, "memslot", hi=1), internal, n.line)
 
 
 def _read_op(r: _Reader, n: Node) -> Op:
@@ -451,41 +454,41 @@ def validate(sc: Scenario) -> None:
     pfns = set()
     for p in w.pages:
         if p.name in names or p.name == "zero":
-            raise err(f"duplicate page name {p.name!r}")
+            raise err(f"duplicate page name {p.name!r}", p.line)
         names.add(p.name)
         if p.pfn is not None:
             if p.pfn in pfns:
-                raise err(f"duplicate pfn {p.pfn:#x} (page {p.name!r})")
+                raise err(f"duplicate pfn {p.pfn:#x} (page {p.name!r})", p.line)
             pfns.add(p.pfn)
     kinds = {p.name: p.kind for p in w.pages}
     vmas: dict[str, VmaSpec] = {}
     spans = []
     for v in w.vmas:
         if v.name in vmas:
-            raise err(f"duplicate vma name {v.name!r}")
+            raise err(f"duplicate vma name {v.name!r}", v.line)
         vmas[v.name] = v
         start = sc.vma_start(v)
         end = start + (v.pages << PAGE_SHIFT)
         for (s, e, other) in spans:
             if start < e and s < end:
-                raise err(f"vma {v.name!r} overlaps vma {other!r}")
+                raise err(f"vma {v.name!r} overlaps vma {other!r}", v.line)
         spans.append((start, end, v.name))
         if v.host_level == "2m" and start & ((1 << 21) - 1):
-            raise err(f"vma {v.name!r} has host_level 2m but is not 2 MiB aligned")
+            raise err(f"vma {v.name!r} has host_level 2m but is not 2 MiB aligned", v.line)
         remapped = v.remap in ("pfnmap", "io")
         if remapped and v.page_states:
-            raise err(f"vma {v.name!r} is remapped (VM_IO/VM_PFNMAP): use 'ptes', not 'page_states'")
+            raise err(f"vma {v.name!r} is remapped (VM_IO/VM_PFNMAP): use 'ptes', not 'page_states'", v.line)
         if not remapped and v.ptes:
-            raise err(f"vma {v.name!r} is not remapped: use 'page_states', not 'ptes'")
+            raise err(f"vma {v.name!r} is not remapped: use 'page_states', not 'ptes'", v.line)
         for _, (_, pname) in v.page_states.items():
             if pname is not None:
                 if pname not in kinds:
-                    raise err(f"vma {v.name!r} names unknown page {pname!r}")
+                    raise err(f"vma {v.name!r} names unknown page {pname!r}", v.line)
                 if kinds[pname] in (REFCOUNT0, NO_STRUCT_PAGE):
-                    raise err(f"page {pname!r} ({kinds[pname]}) can only be mapped by a VM_IO/VM_PFNMAP vma")
+                    raise err(f"page {pname!r} ({kinds[pname]}) can only be mapped by a VM_IO/VM_PFNMAP vma", v.line)
         for _, pte in v.ptes.items():
             if pte.page is not None and pte.page not in kinds:
-                raise err(f"vma {v.name!r} names unknown page {pte.page!r}")
+                raise err(f"vma {v.name!r} names unknown page {pte.page!r}", v.line)
     slots: dict[tuple[int, int], tuple[int, int]] = {}
     live_vmas = set(vmas)
 
@@ -503,7 +506,7 @@ def validate(sc: Scenario) -> None:
         slots[(as_id, sid)] = (gfn, pages)
 
     for s in w.memslots:
-        add_slot(s.as_id, s.id, s.gfn, s.pages, s.vma, s.offset, 0)
+        add_slot(s.as_id, s.id, s.gfn, s.pages, s.vma, s.offset, s.line)
     open_ranges = 0
     handles: set[str] = set()
     nmaps = 0
@@ -560,8 +563,11 @@ def validate(sc: Scenario) -> None:
         for k in ("gfn",):
             if k in a and a[k] > MAX_GFN:
                 raise err(f"{op.kind}.gfn {a[k]:#x} is out of range", line)
-        if op.kind == "access" and a["gpa"] >> PAGE_SHIFT > MAX_GFN:
-            raise err(f"access.gpa {a['gpa']:#x} is out of range", line)
+        if op.kind == "access":
+            if a["gpa"] >> PAGE_SHIFT > MAX_GFN:
+                raise err(f"access.gpa {a['gpa']:#x} is out of range", line)
+            if a["gpa"] & 7:
+                raise err(f"access.gpa {a['gpa']:#x} is not 8-byte aligned (accesses are 8-byte loads/stores)", line)
 
 
 # --- dumping -----------------------------------------------------------------------------------
