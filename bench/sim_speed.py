@@ -64,7 +64,7 @@ def main() -> None:
         b = get_backend(name)
         base = per_run_seconds(b, empty, repeat)
         row = []
-        for kind, sc in scenarios.items():
+        for sc in scenarios.values():
             us = (per_run_seconds(b, sc, repeat) - base) / len(sc.ops) * 1e6
             worst = max(worst, us)
             row.append(us)
