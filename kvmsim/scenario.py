@@ -63,6 +63,7 @@ class VmaSpec:
     frames: str = NO_STRUCT_PAGE           # remapped VMAs: kind of the auto-created frame per page
     ptes: dict[int, PteSpec] = field(default_factory=dict)
     line: int = field(default=0, compare=False)
+    entry_lines: dict[int, int] = field(default_factory=dict, compare=False)  # page index -> line
 
 
 @dataclass
@@ -361,6 +362,7 @@ def _read_vma(r: _Reader, n: Node) -> VmaSpec:
             raise r.err("vma.page_states must be a mapping of page index to state", ps.line)
         for k, sn in ps.value.items():
             idx = _index(r, k, v, sn.line)
+            v.entry_lines[idx] = sn.line
             if isinstance(sn.value, dict):
                 sm = r.mapping(sn, "page state", ("state", "page"))
                 st = r.enum(sm["state"], "state", MAP_STATES) if "state" in sm else v.state
@@ -373,6 +375,7 @@ def _read_vma(r: _Reader, n: Node) -> VmaSpec:
             raise r.err("vma.ptes must be a mapping of page index to PTE", pt.line)
         for k, pn in pt.value.items():
             idx = _index(r, k, v, pn.line)
+            v.entry_lines[idx] = pn.line
             pm = r.mapping(pn, "pte", ("page", "present", "writable", "handler"))
             v.ptes[idx] = PteSpec(r.field(pm, "page", "str", None, "pte"),
                                   r.field(pm, "present", "bool", True, "pte"),
@@ -480,15 +483,16 @@ def validate(sc: Scenario) -> None:
             raise err(f"vma {v.name!r} is remapped (VM_IO/VM_PFNMAP): use 'ptes', not 'page_states'", v.line)
         if not remapped and v.ptes:
             raise err(f"vma {v.name!r} is not remapped: use 'page_states', not 'ptes'", v.line)
-        for _, (_, pname) in v.page_states.items():
+        for i, (_, pname) in v.page_states.items():     # errors name the entry's own line
             if pname is not None:
                 if pname not in kinds:
-                    raise err(f"vma {v.name!r} names unknown page {pname!r}", v.line)
+                    raise err(f"vma {v.name!r} names unknown page {pname!r}", v.entry_lines.get(i, v.line))
                 if kinds[pname] in (REFCOUNT0, NO_STRUCT_PAGE):
-                    raise err(f"page {pname!r} ({kinds[pname]}) can only be mapped by a VM_IO/VM_PFNMAP vma", v.line)
-        for _, pte in v.ptes.items():
+                    raise err(f"page {pname!r} ({kinds[pname]}) can only be mapped by a VM_IO/VM_PFNMAP vma",
+                              v.entry_lines.get(i, v.line))
+        for i, pte in v.ptes.items():
             if pte.page is not None and pte.page not in kinds:
-                raise err(f"vma {v.name!r} names unknown page {pte.page!r}", v.line)
+                raise err(f"vma {v.name!r} names unknown page {pte.page!r}", v.entry_lines.get(i, v.line))
     slots: dict[tuple[int, int], tuple[int, int]] = {}
     live_vmas = set(vmas)
 
