@@ -49,6 +49,7 @@ REGISTRY: dict[str, tuple[str, dict[str, Any]]] = {
                         {"generation": "kvmsim.g2s_sketch:G2sSketch", "quirks": "S2,S4,S5,S6,S8"}),
     "sim:g2f": ("kvmsim.sim_backend:SimBackend", {"generation": "kvmsim.g2f_posted:G2fPosted"}),
     "sim:g3": ("kvmsim.sim_backend:SimBackend", {"generation": "kvmsim.g3_merged:G3Merged"}),
+    "host": ("kernel_shim.host_backend:HostBackend", {}),
 }
 # Parameterised names: "sim:g2s-literal:S4,S8" enables only the listed sketch quirks.
 PARAMETERISED = {"sim:g2s-literal": "quirks"}

@@ -1,0 +1,69 @@
+"""The ``host`` backend: scenarios on the real kernel through /dev/kvm, VMM-level traces only."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kvmsim.backend import Backend
+from kvmsim.scenario import Scenario
+from kvmsim.trace import OpRecord, Trace
+
+from . import quirks
+from .host_exec import Options
+from .probe import probe
+from .runner import Runner, WorkerError
+
+
+class HostBackend(Backend):
+    """``path``: ``native-cpl3`` (the real fault path) or ``emulated`` (CPL0, instruction emulator).
+    ``timeout``: wall-clock seconds per execution.  ``resolve_io=False`` leaves needs_io pages
+    missing forever (I/O that never completes), which only the timeout ends."""
+
+    def __init__(self, name: str = "host", path: str = "native-cpl3", timeout: float = 5.0,
+                 resolve_io: bool = True) -> None:
+        if path not in ("native-cpl3", "emulated"):
+            raise ValueError(f"path must be native-cpl3 or emulated, not {path!r}")
+        self.name = name
+        self.path = path
+        self.opts = Options(cpl=3 if path == "native-cpl3" else 0, resolve_io=resolve_io)
+        self.runner = Runner(timeout=timeout)
+
+    def description(self) -> str:
+        p = probe()
+        gen = p.generation or "?"
+        return f"this host's kernel {p.kernel} through /dev/kvm ({gen}, {self.path} fault path, VMM level only)"
+
+    def version(self) -> str:
+        return f"linux-{probe().kernel}"
+
+    def info(self) -> dict[str, Any]:
+        p = probe()
+        return {"kind": "host", "kernel": p.kernel, "generation": p.generation, "path": self.path,
+                "caps": p.caps, "allow_unsafe_mappings": p.params.get("allow_unsafe_mappings", "absent"),
+                "kvm_modules": p.modules, "backings": {n: (r or "yes") for n, r in p.backings.items()},
+                "quirks": sorted(quirks.QUIRKS)}
+
+    def available(self) -> str | None:
+        return probe().kvm
+
+    def run(self, scenario: Scenario) -> Trace:
+        p = probe()
+        try:
+            out = self.runner.execute(scenario, self.opts)
+        except WorkerError as e:
+            out = {"records": [{"index": i, "op": op.kind, "vmm": {"outcome": "crash", "data": None, "exits": []}}
+                               for i, op in enumerate(scenario.ops)], "meta": {"lost": "crash", "reason": str(e)}}
+        meta = {"generation": p.generation, "kernel": p.kernel, "version": self.version(), "path": self.path}
+        meta.update(out["meta"])
+        meta["quirks"] = quirks.applicable(scenario)
+        recs = [OpRecord(r["index"], r["op"], r.get("api"), r.get("vmm")) for r in out["records"]]
+        return Trace(self.name, recs, meta)
+
+    def close(self) -> None:
+        self.runner.close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:                           # noqa: BLE001 - interpreter shutdown
+            pass
