@@ -1,0 +1,569 @@
+"""The byte codec: a versioned opcode stream <-> a scenario (DESIGN principle 2).
+
+Why a hand-written stream rather than, say, YAML bytes: libFuzzer mutates bytes, so every byte
+string must decode (deterministically, in one forward pass) into a *valid*, *small* scenario,
+and every scenario a person wrote must encode into bytes that decode back to it (``==``).
+
+Layout: ``VERSION`` byte, then records.  A record is one opcode byte followed by its fields.
+Unknown opcodes are skipped (one byte), so opcode numbers leave gaps: a new op or a new field
+layout gets a new number and old corpora keep decoding as before.  Reading past the end yields
+zeros.  Field encodings:
+
+* unsigned LEB128 varints for ints; ``optint`` is ``0`` (None) or ``v + 1``;
+* all bools of a record packed into one varint bit mask (layout order);
+* enums as a varint index (taken modulo the number of choices);
+* strings as varint length + UTF-8 (at most ``MAX_STR`` bytes);
+* references (an op's ``vma``, a pte's ``page``, ``vcpu_unmap.handle``) as an index into what
+  was declared/opened before, so random bytes mostly produce consistent scenarios;
+* ``access.gpa`` as gfn varint + page offset varint (small gfns stay one byte).
+
+World records may appear anywhere; op records append to the op list.  A record that would make
+the scenario invalid (duplicate name, overlapping memslot, op on a missing memslot...) or exceed
+the bounds is dropped.  When a stream declares no pages, VMAs or memslots at all (and carries no
+``EMPTY_WORLD`` marker), a small built-in world is used, so that fuzzing from an empty corpus
+reaches the interesting states at once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from kvmsim.constants import INTERNAL_SLOT_IDS, KVM_USER_MEM_SLOTS
+from kvmsim.mm import HANDLERS
+from kvmsim.pfndb import PAGE_KINDS, ZERO
+from kvmsim.scenario import (
+    HOST_LEVELS, MAP_STATES, MAX_GFN, MAX_SLOT_PAGES, MAX_VMA_PAGES, OP_SCHEMAS, PROTS, REMAPS, SIGNALS, F, Op,
+    PageSpec, PteSpec, Scenario, SlotSpec, VmaSpec, WorldSpec, validate,
+)
+from kvmsim.yamlsrc import ScenarioError
+
+VERSION = 1
+MAX_PAGES = 6
+MAX_VMAS = 4
+MAX_SLOTS = 4
+MAX_ENTRIES = 16          # page_states + ptes entries over all VMAs
+MAX_OPS = 16
+MAX_STR = 64             # names and handles
+MAX_TEXT = 4096          # scenario name and description
+
+DECLARED_KINDS = tuple(k for k in PAGE_KINDS if k != ZERO)
+INTERNAL_NAMES = tuple(INTERNAL_SLOT_IDS)
+WORLD_BOOLS = ("allow_unsafe_mappings", "async_pf", "guest_mode", "smm", "apicv", "mmap_lock_contended")
+
+# World records.
+OP_META = 0x02
+OP_EMPTY_WORLD = 0x03
+OP_WORLD = 0x04
+OP_PAGE = 0x08
+OP_VMA = 0x0C
+OP_VMA_STATE = 0x10
+OP_VMA_PTE = 0x14
+OP_SLOT = 0x18
+
+# Op records: opcode -> (op kind, frozen field layout).  A schema field missing from a layout
+# decodes as its default; a new field needs a new opcode (the encoder picks the newest layout).
+OP_LAYOUTS: dict[int, tuple[str, tuple[str, ...]]] = {
+    0x40: ("lookup", ("gfn", "write", "nowait", "interruptible", "atomic", "want_ref", "guarded", "pin",
+                      "try_writable", "vcpu", "mmu_seq")),
+    0x44: ("gfn_to_page", ("gfn", "write")),
+    0x48: ("vcpu_map", ("gfn", "writable", "handle")),
+    0x4C: ("vcpu_unmap", ("handle", "dirty")),
+    0x50: ("x86_fault", ("gfn", "write", "prefetch", "race_invalidate")),
+    0x60: ("access", ("gpa", "write", "value")),
+    0x64: ("get_dirty_log", ("slot", "as_id")),
+    0x80: ("madvise", ("vma", "page", "count")),
+    0x84: ("mprotect", ("vma", "prot")),
+    0x88: ("munmap", ("vma",)),
+    0x8C: ("page_state", ("vma", "page", "state")),
+    0x90: ("pte", ("vma", "page", "present", "writable", "handler")),
+    0x94: ("invalidate_begin", ("vma", "page", "count")),
+    0x98: ("invalidate_end", ()),
+    0x9C: ("signal", ("kind",)),
+    0xA0: ("mmap_lock", ("contended",)),
+    0xA4: ("vcpu_state", ("guest_mode", "smm", "async_pf", "apicv")),
+    0xC0: ("memslot_create", ("slot", "gfn", "pages", "vma", "offset", "readonly", "log_dirty", "as_id")),
+    0xC4: ("memslot_delete", ("slot", "as_id")),
+    0xC8: ("memslot_move", ("slot", "gfn", "as_id")),
+    0xCC: ("memslot_flags", ("slot", "log_dirty", "as_id")),
+    0xD0: ("memslot_invalidate", ("slot", "as_id")),
+}
+# The newest opcode of each kind is the one the encoder writes.
+ENCODE_OPCODE: dict[str, int] = {}
+for _code, (_kind, _) in sorted(OP_LAYOUTS.items()):
+    ENCODE_OPCODE[_kind] = _code
+
+
+class EncodeError(ValueError):
+    """A scenario the codec cannot represent (too large, or internally inconsistent)."""
+
+
+# --- default world -------------------------------------------------------------------------------
+
+def default_world() -> WorldSpec:
+    """The world used when a stream declares none: one of each memory kind the spec cares about,
+    at gfns 0..17 (one varint byte away)."""
+    return WorldSpec(
+        pages=[PageSpec("ttm", "refcount0"), PageSpec("rsv", "reserved"), PageSpec("bar", "none")],
+        vmas=[
+            VmaSpec("ram", 8, page_states={0: ("present_rw", None), 1: ("present_ro", None), 2: ("needs_io", None),
+                                           3: ("hwpoison", None), 4: ("resident", None)}),
+            VmaSpec("dev", 4, remap="pfnmap", frames="normal",
+                    ptes={1: PteSpec("ttm"), 2: PteSpec("rsv", writable=False),
+                          3: PteSpec("bar", present=False)}),
+            VmaSpec("rom", 2, prot="r", page_states={0: ("present_ro", None)}),
+        ],
+        memslots=[SlotSpec(0, 0, 8, "ram"), SlotSpec(1, 8, 4, "dev"), SlotSpec(2, 12, 2, "rom"),
+                  SlotSpec(3, 16, 2, "ram", offset=6, readonly=True, log_dirty=True)],
+    )
+
+
+def _world_is_empty(w: WorldSpec) -> bool:
+    return not (w.pages or w.vmas or w.memslots)
+
+
+# --- reading -------------------------------------------------------------------------------------
+
+class _Reader:
+    __slots__ = ("data", "pos", "n")
+
+    def __init__(self, data: bytes) -> None:
+        self.data, self.pos, self.n = data, 0, len(data)
+
+    def byte(self) -> int:
+        if self.pos >= self.n:
+            return 0
+        b = self.data[self.pos]
+        self.pos += 1
+        return b
+
+    def varint(self) -> int:
+        v = shift = 0
+        while shift < 70:
+            b = self.byte()
+            v |= (b & 0x7F) << shift
+            if not b & 0x80:
+                break
+            shift += 7
+        return v & ((1 << 64) - 1)
+
+    def enum(self, choices: tuple) -> str:
+        return choices[self.varint() % len(choices)]
+
+    def string(self, limit: int = MAX_STR) -> str:
+        n = self.varint() % (limit + 1)
+        raw = self.data[self.pos:self.pos + n]
+        self.pos += n
+        return raw.decode("utf-8", errors="replace")
+
+    def optint(self) -> int | None:
+        v = self.varint()
+        return None if v == 0 else v - 1
+
+
+class _Drop(Exception):
+    """The record being decoded would make the scenario invalid: skip it."""
+
+
+@dataclass
+class _State:
+    world: WorldSpec
+    ops: list[Op]
+    name: str = ""
+    description: str = ""
+    structural: bool = False        # a page/vma/slot record was seen
+    empty_marker: bool = False
+    entries: int = 0
+    handles: list[str] | None = None
+
+
+def decode(data: bytes) -> Scenario:
+    """Any byte string -> a valid, bounded scenario.  Never raises."""
+    r = _Reader(data)
+    if r.n:
+        r.byte()                         # the version byte; unknown versions read as the current one
+    st = _State(WorldSpec(), [], handles=[])
+    while r.pos < r.n:
+        code = r.byte()
+        handler = _RECORDS.get(code)
+        try:
+            if handler is not None:
+                handler(r, st)
+            elif code in OP_LAYOUTS:
+                _op_record(r, st, code)
+        except _Drop:
+            pass
+    world = st.world
+    if not st.structural and not st.empty_marker:
+        dw = default_world()
+        world.pages, world.vmas, world.memslots = dw.pages, dw.vmas, dw.memslots
+    sc = Scenario(world, st.ops, name=st.name, description=st.description, file="<bytes>")
+    return _repair(sc)
+
+
+def _repair(sc: Scenario) -> Scenario:
+    """The final safety net: ``validate`` names the first bad op by its line; drop it and retry.
+    The record checks above make this rare; a world error (line 0) leaves an empty scenario."""
+    for i, op in enumerate(sc.ops):
+        op.line = i + 1
+    while True:
+        try:
+            validate(sc)
+            break
+        except ScenarioError as e:
+            if 0 < e.line <= len(sc.ops):
+                del sc.ops[e.line - 1]
+                for i, op in enumerate(sc.ops):
+                    op.line = i + 1
+            else:
+                sc = Scenario(WorldSpec(), [], file="<bytes>")
+                break
+    for op in sc.ops:
+        op.line = 0
+    return sc
+
+
+def _meta(r: _Reader, st: _State) -> None:
+    st.name, st.description = r.string(MAX_TEXT), r.string(MAX_TEXT)
+
+
+def _empty(r: _Reader, st: _State) -> None:
+    st.empty_marker = True
+
+
+def _world(r: _Reader, st: _State) -> None:
+    w = st.world
+    mask = r.varint()
+    for i, key in enumerate(WORLD_BOOLS):
+        setattr(w, key, bool(mask >> i & 1))
+    w.seq_bits = 32 if mask >> len(WORLD_BOOLS) & 1 else 64
+    w.signal = r.enum(SIGNALS)
+    w.seq = r.varint() & ((1 << w.seq_bits) - 1)
+
+
+def _page(r: _Reader, st: _State) -> None:
+    w = st.world
+    name, kind, pfn, memremap_ok = r.string(), r.enum(DECLARED_KINDS), r.optint(), bool(r.varint() & 1)
+    st.structural = True
+    name = name or f"page{len(w.pages)}"
+    if len(w.pages) >= MAX_PAGES or name == "zero" or any(p.name == name for p in w.pages):
+        raise _Drop
+    if pfn is not None and (not 0x100 <= pfn < 1 << 40 or any(p.pfn == pfn for p in w.pages)):
+        raise _Drop
+    w.pages.append(PageSpec(name, kind, pfn, memremap_ok))
+
+
+def _vma(r: _Reader, st: _State) -> None:
+    from kvmsim.scenario import VMA_BASE, VMA_STRIDE
+    w = st.world
+    name, pages, start_pg = r.string(), r.varint(), r.optint()
+    shared = bool(r.varint() & 1)
+    prot, remap, level, state, frames = (r.enum(PROTS), r.enum(REMAPS), r.enum(HOST_LEVELS), r.enum(MAP_STATES),
+                                         r.enum(DECLARED_KINDS))
+    st.structural = True
+    name = name or f"vma{len(w.vmas)}"
+    if len(w.vmas) >= MAX_VMAS or any(v.name == name for v in w.vmas) or not 1 <= pages <= MAX_VMA_PAGES:
+        raise _Drop
+    start = None if start_pg is None else start_pg << 12
+    if start is not None and not 0x10000 <= start <= (1 << 47) - 1:
+        raise _Drop
+    s = start if start is not None else VMA_BASE + len(w.vmas) * VMA_STRIDE
+    e = s + (pages << 12)
+    for i, v in enumerate(w.vmas):
+        vs = v.start if v.start is not None else VMA_BASE + i * VMA_STRIDE
+        if s < vs + (v.pages << 12) and vs < e:
+            raise _Drop
+    if level == "2m" and s & ((1 << 21) - 1):
+        raise _Drop
+    w.vmas.append(VmaSpec(name, pages, start, prot, shared, remap, level, state, frames=frames))
+
+
+def _vma_ref(r: _Reader, st: _State) -> VmaSpec:
+    idx = r.varint()
+    if not st.world.vmas:
+        raise _Drop
+    return st.world.vmas[idx % len(st.world.vmas)]
+
+
+def _page_ref(r: _Reader, st: _State) -> str | None:
+    idx = r.varint()
+    if idx == 0:
+        return None
+    if not st.world.pages:
+        raise _Drop
+    return st.world.pages[(idx - 1) % len(st.world.pages)].name
+
+
+def _remapped(v: VmaSpec) -> bool:
+    return v.remap in ("pfnmap", "io")
+
+
+def _vma_state(r: _Reader, st: _State) -> None:
+    v = _vma_ref(r, st)
+    idx, state, page = r.varint(), r.enum(MAP_STATES), _page_ref(r, st)
+    st.structural = True
+    if _remapped(v) or st.entries >= MAX_ENTRIES:
+        raise _Drop
+    if page is not None:
+        kind = next(p.kind for p in st.world.pages if p.name == page)
+        if kind in ("refcount0", "none"):
+            raise _Drop
+    v.page_states[idx % v.pages] = (state, page)
+    st.entries += 1
+
+
+def _vma_pte(r: _Reader, st: _State) -> None:
+    v = _vma_ref(r, st)
+    idx, page, mask, handler = r.varint(), _page_ref(r, st), r.varint(), r.enum(HANDLERS)
+    st.structural = True
+    if not _remapped(v) or st.entries >= MAX_ENTRIES:
+        raise _Drop
+    v.ptes[idx % v.pages] = PteSpec(page, bool(mask & 1), bool(mask & 2), handler)
+    st.entries += 1
+
+
+def _slot(r: _Reader, st: _State) -> None:
+    w = st.world
+    kind = r.varint() % (len(INTERNAL_NAMES) + 1)
+    sid = r.varint() if kind == 0 else INTERNAL_SLOT_IDS[INTERNAL_NAMES[kind - 1]]
+    internal = None if kind == 0 else INTERNAL_NAMES[kind - 1]
+    gfn, pages = r.varint(), r.varint()
+    v = _vma_ref(r, st)
+    offset, mask = r.varint(), r.varint()
+    readonly, log_dirty, as_id = bool(mask & 1), bool(mask & 2), mask >> 2 & 1
+    st.structural = True
+    if len(w.memslots) >= MAX_SLOTS or (kind == 0 and sid >= KVM_USER_MEM_SLOTS):
+        raise _Drop
+    if gfn > MAX_GFN or not 1 <= pages <= MAX_SLOT_PAGES or offset > MAX_VMA_PAGES or offset + pages > v.pages:
+        raise _Drop
+    for s in w.memslots:
+        if s.as_id == as_id and (s.id == sid or (gfn < s.gfn + s.pages and s.gfn < gfn + pages)):
+            raise _Drop
+    w.memslots.append(SlotSpec(sid, gfn, pages, v.name, offset, readonly, log_dirty, as_id, internal))
+
+
+def _op_record(r: _Reader, st: _State, code: int) -> None:
+    kind, layout = OP_LAYOUTS[code]
+    schema = {f.name: f for f in OP_SCHEMAS[kind]}
+    fields = [schema[n] for n in layout if n in schema]
+    args = {f.name: f.default for f in OP_SCHEMAS[kind]}
+    bools = [f for f in fields if f.type == "bool"]
+    if bools:
+        mask = r.varint()
+        for i, f in enumerate(bools):
+            args[f.name] = bool(mask >> i & 1)
+    for f in fields:
+        if f.type != "bool":
+            args[f.name] = _read_field(r, st, kind, f)
+    if len(st.ops) >= MAX_OPS:
+        raise _Drop
+    if kind == "vcpu_map":
+        st.handles.append(args["handle"] or f"map{sum(1 for o in st.ops if o.kind == 'vcpu_map')}")
+    st.ops.append(Op(kind, args))
+
+
+def _read_field(r: _Reader, st: _State, kind: str, f: F):
+    t = f.type
+    if f.name == "gpa":
+        gfn, off = r.varint(), r.varint()
+        return (gfn << 12) | (off & 0xFFF)
+    if t == "int":
+        return r.varint()
+    if t == "optint":
+        return r.optint()
+    if t == "optbool":
+        return (None, False, True)[r.varint() % 3]
+    if t == "enum":
+        return r.enum(f.choices)
+    if f.name == "vma":
+        return _vma_ref(r, st).name
+    if kind == "vcpu_unmap" and f.name == "handle":
+        idx = r.varint()
+        if not st.handles:
+            raise _Drop
+        return st.handles[idx % len(st.handles)]
+    s = r.string()
+    if f.required and not s:
+        raise _Drop
+    return s
+
+
+_RECORDS: dict[int, Callable[[_Reader, _State], None]] = {
+    OP_META: _meta, OP_EMPTY_WORLD: _empty, OP_WORLD: _world, OP_PAGE: _page, OP_VMA: _vma,
+    OP_VMA_STATE: _vma_state, OP_VMA_PTE: _vma_pte, OP_SLOT: _slot,
+}
+
+
+# --- writing -------------------------------------------------------------------------------------
+
+class _Writer:
+    def __init__(self) -> None:
+        self.out = bytearray()
+
+    def byte(self, b: int) -> None:
+        self.out.append(b)
+
+    def varint(self, v: int) -> None:
+        if v < 0 or v >= 1 << 64:
+            raise EncodeError(f"integer {v} out of range")
+        while True:
+            b = v & 0x7F
+            v >>= 7
+            if v:
+                self.out.append(b | 0x80)
+            else:
+                self.out.append(b)
+                return
+
+    def enum(self, value: str, choices: tuple) -> None:
+        if value not in choices:
+            raise EncodeError(f"{value!r} is not one of {choices}")
+        self.varint(choices.index(value))
+
+    def string(self, s: str, limit: int = MAX_STR) -> None:
+        raw = s.encode("utf-8")
+        if len(raw) > limit:
+            raise EncodeError(f"string {s[:20]!r}... longer than {limit} bytes")
+        self.varint(len(raw))
+        self.out += raw
+
+    def optint(self, v: int | None) -> None:
+        self.varint(0 if v is None else v + 1)
+
+
+def encode(sc: Scenario) -> bytes:
+    """A scenario -> bytes with ``decode(encode(sc)) == sc``; raises EncodeError if the scenario
+    exceeds the codec's bounds or cannot be represented."""
+    w = sc.world
+    if len(w.pages) > MAX_PAGES or len(w.vmas) > MAX_VMAS or len(w.memslots) > MAX_SLOTS or len(sc.ops) > MAX_OPS:
+        raise EncodeError(f"scenario too large for the codec (at most {MAX_PAGES} pages, {MAX_VMAS} vmas, "
+                          f"{MAX_SLOTS} memslots, {MAX_OPS} ops)")
+    if sum(len(v.page_states) + len(v.ptes) for v in w.vmas) > MAX_ENTRIES:
+        raise EncodeError(f"more than {MAX_ENTRIES} page_states/ptes entries")
+    out = _Writer()
+    out.byte(VERSION)
+    if sc.name or sc.description:
+        out.byte(OP_META)
+        out.string(sc.name, MAX_TEXT)
+        out.string(sc.description, MAX_TEXT)
+    d = WorldSpec()
+    if any(getattr(w, k) != getattr(d, k) for k in (*WORLD_BOOLS, "signal", "seq", "seq_bits")):
+        out.byte(OP_WORLD)
+        mask = sum(1 << i for i, k in enumerate(WORLD_BOOLS) if getattr(w, k))
+        if w.seq_bits not in (32, 64):
+            raise EncodeError("seq_bits must be 32 or 64")
+        out.varint(mask | (1 << len(WORLD_BOOLS) if w.seq_bits == 32 else 0))
+        out.enum(w.signal, SIGNALS)
+        out.varint(w.seq)
+    if _world_is_empty(w):
+        out.byte(OP_EMPTY_WORLD)
+    pages = [p.name for p in w.pages]
+    for i, p in enumerate(w.pages):
+        out.byte(OP_PAGE)
+        out.string("" if p.name == f"page{i}" else p.name)
+        out.enum(p.kind, DECLARED_KINDS)
+        out.optint(p.pfn)
+        out.varint(int(p.memremap_ok))
+    vmas = [v.name for v in w.vmas]
+    for i, v in enumerate(w.vmas):
+        out.byte(OP_VMA)
+        out.string("" if v.name == f"vma{i}" else v.name)
+        out.varint(v.pages)
+        if v.start is not None and v.start & 0xFFF:
+            raise EncodeError("vma.start must be page aligned")
+        out.optint(None if v.start is None else v.start >> 12)
+        out.varint(int(v.shared))
+        out.enum(v.prot, PROTS)
+        out.enum(v.remap, REMAPS)
+        out.enum(v.host_level, HOST_LEVELS)
+        out.enum(v.state, MAP_STATES)
+        out.enum(v.frames, DECLARED_KINDS)
+    for i, v in enumerate(w.vmas):
+        for idx, (state, page) in v.page_states.items():
+            out.byte(OP_VMA_STATE)
+            out.varint(i)
+            out.varint(idx)
+            out.enum(state, MAP_STATES)
+            out.varint(0 if page is None else _index(pages, page, "page") + 1)
+        for idx, pte in v.ptes.items():
+            out.byte(OP_VMA_PTE)
+            out.varint(i)
+            out.varint(idx)
+            out.varint(0 if pte.page is None else _index(pages, pte.page, "page") + 1)
+            out.varint(int(pte.present) | int(pte.writable) << 1)
+            out.enum(pte.handler, HANDLERS)
+    for s in w.memslots:
+        out.byte(OP_SLOT)
+        if s.internal is not None:
+            out.varint(INTERNAL_NAMES.index(s.internal) + 1)
+        else:
+            out.varint(0)
+            out.varint(s.id)
+        out.varint(s.gfn)
+        out.varint(s.pages)
+        out.varint(_index(vmas, s.vma, "vma"))
+        out.varint(s.offset)
+        out.varint(int(s.readonly) | int(s.log_dirty) << 1 | (s.as_id & 1) << 2)
+    handles: list[str] = []
+    nmaps = 0
+    for op in sc.ops:
+        code = ENCODE_OPCODE.get(op.kind)
+        if code is None:
+            raise EncodeError(f"op {op.kind!r} has no opcode")
+        _, layout = OP_LAYOUTS[code]
+        schema = OP_SCHEMAS[op.kind]
+        for f in schema:
+            if f.name not in layout and op.args.get(f.name) != f.default:
+                raise EncodeError(f"op {op.kind}.{f.name} has no place in opcode {code:#x}")
+        out.byte(code)
+        fields = [f for n in layout for f in schema if f.name == n]
+        bools = [f for f in fields if f.type == "bool"]
+        if bools:
+            out.varint(sum(1 << i for i, f in enumerate(bools) if op.args[f.name]))
+        for f in fields:
+            if f.type != "bool":
+                _write_field(out, op, f, vmas, handles)
+        if op.kind == "vcpu_map":
+            handles.append(op.args["handle"] or f"map{nmaps}")
+            nmaps += 1
+    return bytes(out.out)
+
+
+def _index(names: list[str], name: str, what: str) -> int:
+    try:
+        return names.index(name)
+    except ValueError:
+        raise EncodeError(f"unknown {what} {name!r}") from None
+
+
+def _write_field(out: _Writer, op: Op, f: F, vmas: list[str], handles: list[str]) -> None:
+    v = op.args[f.name]
+    t = f.type
+    if f.name == "gpa":
+        out.varint(v >> 12)
+        out.varint(v & 0xFFF)
+    elif t == "int":
+        out.varint(v)
+    elif t == "optint":
+        out.optint(v)
+    elif t == "optbool":
+        out.varint({None: 0, False: 1, True: 2}[v])
+    elif t == "enum":
+        out.enum(v, f.choices)
+    elif f.name == "vma":
+        out.varint(_index(vmas, v, "vma"))
+    elif op.kind == "vcpu_unmap" and f.name == "handle":
+        if v not in handles:
+            raise EncodeError(f"vcpu_unmap of unknown handle {v!r}")
+        out.varint(len(handles) - 1 - handles[::-1].index(v))
+    else:
+        out.string(v)
+
+
+def dictionary_entries() -> list[bytes]:
+    """Tokens for libFuzzer's ``-dict``: every opcode, and one complete default record of each
+    world kind, so mutation from an empty corpus builds worlds quickly."""
+    tokens = [bytes([c]) for c in (*_RECORDS, *OP_LAYOUTS)]
+    tokens += [bytes([OP_VMA, 0, 4, 0, 0, 2, 0, 0, 0, 0]), bytes([OP_VMA, 0, 2, 0, 0, 2, 1, 0, 0, 0]),
+               bytes([OP_SLOT, 0, 0, 0, 4, 0, 0, 0]), bytes([OP_PAGE, 0, 0, 0, 1])]
+    return tokens

@@ -1,0 +1,247 @@
+"""The known-divergence catalogue (``catalogue.yaml``): one entry per intended behaviour change.
+
+Why data, not code: a reviewer checks each entry against its spec row (D1…D27) without reading
+Python, and the fuzzer counts matches instead of reporting them.  Bugs are never entries; the
+loader refuses the sketch's bug rows so that they always surface as findings.
+
+Entry fields::
+
+    id: D4-remapped-ref          # unique
+    spec: D4                     # the §7 row
+    title: one line
+    oracle: diff                 # diff (two traces) or inv:<name> (one trace)
+    a: [g1, g2]                  # generation families on one side (diff) ...
+    b: [g3]                      # ... and on the other; for inv:* only `a` (the trace's family)
+    ops: [lookup]                # op kinds it applies to
+    when: {op.write: true, ctx.vma: remapped, a.api.result: pfn}
+    explains: {api.held: {a: {empty: false}, b: {}}, api.accessed: "*"}   # or explains: "*"
+    ambient: true                # optional: a change that accompanies a whole class of ops
+                                 # (A/D bookkeeping, pins) rather than one scenario
+
+Conditions: a scalar/list/dict is compared for equality; ``"*"`` matches anything;
+``{in: [...]}``, ``{not: x}``, ``{empty: bool}``, ``{has: prefix}`` (a list with an element
+starting with prefix), ``{prefix: text}``.  ``when`` keys: ``op.<arg>``, ``ctx.<key>``
+(oracles.context), ``a.<field>`` / ``b.<field>`` (normalised observations of a side).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from kvmsim.scenario import OP_SCHEMAS
+from kvmsim.yamlsrc import Node, ScenarioError, parse
+
+from .normalise import NA
+
+FAMILIES = ("g1", "g2", "g2s", "g2f", "g3", "host")
+# Bug rows of the spec and the sketch's literal bugs: never catalogued as known.
+BUG_IDS = frozenset({"S2", "S4", "S5", "S6", "S8", "D12b", "D22", "D23", "D24"})
+_SPEC_ID = re.compile(r"^D([1-9]|1[0-9]|2[0-7])b?$")
+DEFAULT_PATH = os.path.join(os.path.dirname(__file__), "catalogue.yaml")
+
+
+class CatalogueError(ScenarioError):
+    """A malformed catalogue; ``str()`` is ``FILE:LINE: problem``."""
+
+
+@dataclass(frozen=True)
+class Entry:
+    id: str
+    spec: str
+    title: str
+    oracle: str
+    a: frozenset[str]
+    b: frozenset[str]
+    ops: frozenset[str]
+    when: tuple[tuple[str, Any], ...]
+    explains: tuple[tuple[str, Any], ...] | None      # None: every differing field
+    ambient: bool = False                             # accompanies whole op classes (A/D bookkeeping, pins)
+    line: int = 0
+
+
+def family(backend: str) -> str:
+    """``sim:g2s-literal:S4`` -> ``g2s``; ``sim:g3`` -> ``g3``; anything else -> ``host``."""
+    if not backend.startswith("sim:"):
+        return "host"
+    name = backend[4:].split(":")[0]
+    return name.split("-")[0]
+
+
+def cond(c: Any, v: Any) -> bool:
+    """Does observed value v satisfy condition c?"""
+    if v is NA:
+        return True
+    if c == "*":
+        return True
+    if isinstance(c, dict) and len(c) == 1:
+        (k, x), = c.items()
+        if k == "in":
+            return v in x
+        if k == "not":
+            return v != x
+        if k == "empty":
+            return (not v) == x
+        if k == "has":
+            return isinstance(v, list) and any(isinstance(e, str) and e.startswith(x) for e in v)
+        if k == "prefix":
+            return isinstance(v, str) and v.startswith(x)
+    return v == c
+
+
+@dataclass
+class Match:
+    """Which entry explained which field of one divergence."""
+    explained: dict[str, str] = field(default_factory=dict)
+
+
+class Catalogue:
+    def __init__(self, entries: list[Entry], path: str = "") -> None:
+        self.entries = entries
+        self.path = path
+        self.by_id = {e.id: e for e in entries}
+
+    def explain(self, oracle: str, op_kind: str, fams: tuple[str, str], fields: list[str],
+                obs: tuple[dict[str, Any], dict[str, Any]], args: dict[str, Any], ctx: dict[str, Any]) -> dict[str, str]:
+        """field -> entry id for every differing field some applicable entry explains."""
+        out: dict[str, str] = {}
+        if fams[0] == fams[1]:
+            return out                    # a family never diverges from itself by intent (literal sketch = bugs)
+        for e in self.entries:
+            if e.oracle != oracle or op_kind not in e.ops:
+                continue
+            for side in self._orientations(e, fams):
+                oa, ob = obs[side], obs[1 - side]
+                if not self._when(e, oa, ob, args, ctx):
+                    continue
+                for f in fields:
+                    if f in out:
+                        continue
+                    if e.explains is None:
+                        out[f] = e.id
+                        continue
+                    for name, c in e.explains:
+                        if name != f:
+                            continue
+                        if c == "*" or (cond(c.get("a", "*"), oa.get(f)) and cond(c.get("b", "*"), ob.get(f))):
+                            out[f] = e.id
+        return out
+
+    @staticmethod
+    def _orientations(e: Entry, fams: tuple[str, str]) -> list[int]:
+        left, right = fams
+        sides = []
+        if left in e.a and (right in e.b or not e.b):
+            sides.append(0)
+        if e.b and right in e.a and left in e.b:
+            sides.append(1)
+        return sides
+
+    @staticmethod
+    def _when(e: Entry, oa: dict[str, Any], ob: dict[str, Any], args: dict[str, Any], ctx: dict[str, Any]) -> bool:
+        for key, c in e.when:
+            if key.startswith("op."):
+                v = args.get(key[3:])
+            elif key.startswith("ctx."):
+                v = ctx.get(key)
+            elif key.startswith("a."):
+                v = oa.get(key[2:])
+            elif key.startswith("b."):
+                v = ob.get(key[2:])
+            else:
+                return False
+            if not cond(c, v):
+                return False
+        return True
+
+
+def _plain(n: Node) -> Any:
+    if isinstance(n.value, dict):
+        return {k: _plain(v) for k, v in n.value.items()}
+    if isinstance(n.value, list):
+        return [_plain(v) for v in n.value]
+    return n.value
+
+
+def load_catalogue(path: str = DEFAULT_PATH) -> Catalogue:
+    """Read and check the catalogue; raises CatalogueError naming FILE:LINE."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            text = fh.read()
+    except OSError as e:
+        raise CatalogueError(f"cannot read: {e.strerror}", 0, path) from None
+    try:
+        root = parse(text, path)
+    except ScenarioError as e:
+        raise CatalogueError(e.problem, e.line, path) from None
+
+    def err(msg: str, line: int) -> CatalogueError:
+        return CatalogueError(msg, line, path)
+
+    if not isinstance(root.value, dict) or "entries" not in root.value:
+        raise err("the catalogue must be a mapping with an 'entries' list", root.line)
+    items = root.value["entries"]
+    if not isinstance(items.value, list):
+        raise err("'entries' must be a list", items.line)
+    entries: list[Entry] = []
+    seen: set[str] = set()
+    allowed = {"id", "spec", "title", "oracle", "a", "b", "ops", "when", "explains", "note", "ambient"}
+    for n in items.value:
+        if not isinstance(n.value, dict):
+            raise err("each entry must be a mapping", n.line)
+        m = n.value
+        for k, v in m.items():
+            if k not in allowed:
+                raise err(f"unknown field {k!r} in entry (expected one of: {', '.join(sorted(allowed))})", v.line)
+        for req in ("id", "spec", "title", "a", "ops"):
+            if req not in m:
+                raise err(f"entry needs {req!r}", n.line)
+        eid = str(m["id"].value)
+        if eid in seen:
+            raise err(f"duplicate entry id {eid!r}", m["id"].line)
+        seen.add(eid)
+        spec = str(m["spec"].value)
+        if spec in BUG_IDS:
+            raise err(f"entry {eid}: {spec} is a bug, never a known divergence", m["spec"].line)
+        if not _SPEC_ID.match(spec):
+            raise err(f"entry {eid}: spec must be a §7 row D1..D27, got {spec!r}", m["spec"].line)
+        oracle = str(m["oracle"].value) if "oracle" in m else "diff"
+        if oracle != "diff" and not oracle.startswith("inv:"):
+            raise err(f"entry {eid}: oracle must be 'diff' or 'inv:<name>'", m["oracle"].line)
+        fams: list[frozenset[str]] = []
+        for side in ("a", "b"):
+            vals = _plain(m[side]) if side in m else []
+            if not isinstance(vals, list) or any(v not in FAMILIES for v in vals):
+                raise err(f"entry {eid}: {side} must be a list of {', '.join(FAMILIES)}", m[side].line)
+            fams.append(frozenset(vals))
+        if oracle == "diff" and not fams[1]:
+            raise err(f"entry {eid}: a diff entry needs both sides 'a' and 'b'", n.line)
+        ops = _plain(m["ops"])
+        if ops == "*":
+            ops = list(OP_SCHEMAS)
+        if not isinstance(ops, list) or any(o not in OP_SCHEMAS for o in ops):
+            raise err(f"entry {eid}: ops must be a list of op kinds", m["ops"].line)
+        when = _plain(m["when"]) if "when" in m else {}
+        if not isinstance(when, dict) or any(not k.startswith(("op.", "ctx.", "a.", "b.")) for k in when):
+            raise err(f"entry {eid}: when keys must start with op., ctx., a. or b.", m["when"].line)
+        explains: tuple[tuple[str, Any], ...] | None = None
+        if "explains" in m:
+            ex = _plain(m["explains"])
+            if ex != "*":
+                if not isinstance(ex, dict):
+                    raise err(f"entry {eid}: explains must be a mapping of field to condition, or '*'",
+                              m["explains"].line)
+                for f, c in ex.items():
+                    if not (f == "events" or f.startswith(("api.", "vmm."))):
+                        raise err(f"entry {eid}: unknown field {f!r} in explains", m["explains"].line)
+                    if c != "*" and not (isinstance(c, dict) and set(c) <= {"a", "b"}):
+                        raise err(f"entry {eid}: explains.{f} must be '*' or {{a: cond, b: cond}}", m["explains"].line)
+                explains = tuple(ex.items())
+        else:
+            raise err(f"entry {eid}: needs 'explains' (a mapping, or '*')", n.line)
+        entries.append(Entry(eid, spec, str(m["title"].value), oracle, fams[0], fams[1], frozenset(ops),
+                             tuple(when.items()), explains, bool(m["ambient"].value) if "ambient" in m else False,
+                             n.line))
+    return Catalogue(entries, path)

@@ -1,0 +1,181 @@
+"""What an op touched, derived from the scenario alone (no backend): the memslot, VMA and frame
+behind the op's gfn at the time the op runs.
+
+Why: catalogue conditions must be precise ("a remapped refcount-0 page", "a read-only slot"),
+but trace records name pages, not their kinds, and VMM-level records name nothing.  This replays
+the structural ops (memslot create/delete/move/flags/invalidate, munmap, mprotect, page_state,
+pte, invalidate_begin/end) symbolically; it is independent of every generation, so it cannot
+hide a generation's bug.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from kvmsim.constants import PAGE_SHIFT
+from kvmsim.scenario import Scenario, SlotSpec, VmaSpec
+
+
+@dataclass
+class _Slot:
+    spec: SlotSpec
+    gfn: int
+    invalid: bool = False
+    log_dirty: bool = False
+
+
+@dataclass
+class _Vma:
+    spec: VmaSpec
+    prot: str
+    live: bool = True
+    states: dict[int, str] = field(default_factory=dict)
+    ptes: dict[int, dict[str, Any]] = field(default_factory=dict)
+
+
+def op_contexts(sc: Scenario) -> list[dict[str, Any]]:
+    """One dict per op: ``ctx.slot`` (none|invalid|ro|rw), ``ctx.internal``, ``ctx.log_dirty``,
+    ``ctx.vma`` (none|normal|mixedmap|remapped), ``ctx.prot``, ``ctx.state`` (normal page state),
+    ``ctx.frame`` (kind of the page behind the gfn, when known), ``ctx.pte_present``,
+    ``ctx.pte_writable``, ``ctx.invalidating`` (an invalidation is open), ``ctx.seq0``
+    (the notifier sequence may still be 0)."""
+    w = sc.world
+    kinds = {p.name: p.kind for p in w.pages}
+    slots = {(s.as_id, s.id): _Slot(s, s.gfn, False, s.log_dirty) for s in w.memslots}
+    vmas = {v.name: _Vma(v, v.prot, True, {i: st for i, (st, _) in v.page_states.items()},
+                         {i: {"page": p.page, "present": p.present, "writable": p.writable}
+                          for i, p in v.ptes.items()}) for v in w.vmas}
+    named = {v.name: {i: pg for i, (_, pg) in v.page_states.items() if pg} for v in w.vmas}
+    open_inval = 0
+    ranges: list[tuple[tuple[int, int], tuple[int, int] | None]] = []   # open (hva range, gfn range)
+    seq_moved = w.seq != 0
+    maps: dict[str, tuple[int, bool]] = {}
+    nmaps = 0
+    out: list[dict[str, Any]] = []
+    for op in sc.ops:
+        a = op.args
+        k = op.kind
+        gfn = a.get("gfn")
+        ctx: dict[str, Any] = {"ctx.invalidating": open_inval > 0, "ctx.seq0": not seq_moved}
+        if k == "access":
+            gfn = a["gpa"] >> PAGE_SHIFT
+        elif k == "vcpu_map":
+            maps[a["handle"] or f"map{nmaps}"] = (a["gfn"], a["writable"])
+            nmaps += 1
+        elif k == "vcpu_unmap" and a["handle"] in maps:
+            gfn, ctx["ctx.map_writable"] = maps.pop(a["handle"])
+        elif k == "get_dirty_log":
+            s = slots.get((a["as_id"], a["slot"]))
+            ctx["ctx.gfns"] = (s.gfn, s.gfn + s.spec.pages) if s is not None else None
+        if gfn is not None:
+            ctx["ctx.gfn"] = gfn
+            ctx.update(_backing(gfn, slots, vmas, kinds, named))
+            ctx.update(_in_ranges(sc, gfn, slots, ranges))
+        out.append(ctx)
+        if k == "memslot_create":
+            spec = SlotSpec(a["slot"], a["gfn"], a["pages"], a["vma"], a["offset"], a["readonly"], a["log_dirty"],
+                            a["as_id"])
+            slots[(a["as_id"], a["slot"])] = _Slot(spec, a["gfn"], False, a["log_dirty"])
+        elif k == "memslot_delete":
+            slots.pop((a["as_id"], a["slot"]), None)
+        elif k == "memslot_move":
+            s = slots.get((a["as_id"], a["slot"]))
+            if s is not None:
+                s.gfn, s.invalid, s.spec = a["gfn"], False, replace(s.spec, gfn=a["gfn"])
+        elif k == "memslot_flags":
+            s = slots.get((a["as_id"], a["slot"]))
+            if s is not None:
+                s.log_dirty = a["log_dirty"]
+        elif k == "memslot_invalidate":
+            s = slots.get((a["as_id"], a["slot"]))
+            if s is not None:
+                s.invalid = True
+        elif k in ("munmap", "mprotect", "page_state", "pte", "madvise", "invalidate_begin"):
+            v = vmas.get(a["vma"])
+            if v is None:
+                continue
+            if any(s.spec.vma == v.spec.name for s in slots.values()):
+                seq_moved = seq_moved or k != "invalidate_begin"
+            if k == "munmap":
+                v.live = False
+            elif k == "mprotect":
+                v.prot = a["prot"]
+            elif k == "page_state":
+                v.states[a["page"]] = a["state"]
+            elif k == "pte":
+                old = v.ptes.get(a["page"], {})
+                v.ptes[a["page"]] = {"page": old.get("page"), "present": a["present"], "writable": a["writable"]}
+            elif k == "invalidate_begin":
+                open_inval += 1
+                start = sc.vma_start(v.spec) + (a["page"] << PAGE_SHIFT)
+                hr = (start, min(sc.vma_start(v.spec) + (v.spec.pages << PAGE_SHIFT), start + (a["count"] << PAGE_SHIFT)))
+                ranges.append((hr, _gfn_range(sc, hr, slots)))
+        elif k == "invalidate_end":
+            open_inval = max(0, open_inval - 1)
+            if ranges:
+                ranges.pop()
+            seq_moved = True
+    return out
+
+
+def _slot_hva(sc: Scenario, s: _Slot) -> int:
+    v = next(v for v in sc.world.vmas if v.name == s.spec.vma)
+    return sc.vma_start(v) + (s.spec.offset << PAGE_SHIFT)
+
+
+def _gfn_range(sc: Scenario, hr: tuple[int, int], slots: dict) -> tuple[int, int] | None:
+    lo = hi = None
+    for s in slots.values():
+        base = _slot_hva(sc, s)
+        a, b = max(hr[0], base), min(hr[1], base + (s.spec.pages << PAGE_SHIFT))
+        if a < b:
+            g0 = s.gfn + ((a - base) >> PAGE_SHIFT)
+            g1 = s.gfn + ((b - 1 - base) >> PAGE_SHIFT) + 1
+            lo = g0 if lo is None else min(lo, g0)
+            hi = g1 if hi is None else max(hi, g1)
+    return None if lo is None else (lo, hi)
+
+
+def _in_ranges(sc: Scenario, gfn: int, slots: dict, ranges: list) -> dict[str, Any]:
+    """Whether the gfn lies in the union of the open invalidations, counted in hvas (<= 6.7) and
+    in gfns (>= 6.8), as ``mmu_invalidate_retry_hva``/``_gfn`` see it."""
+    counted = [(h, g) for h, g in ranges if g is not None]
+    if not counted:
+        return {"ctx.inval_hva": False, "ctx.inval_gfn": False}
+    slot = next((s for (as_id, _), s in slots.items() if as_id == 0 and s.gfn <= gfn < s.gfn + s.spec.pages), None)
+    hlo, hhi = min(h[0] for h, _ in counted), max(h[1] for h, _ in counted)
+    glo, ghi = min(g[0] for _, g in counted), max(g[1] for _, g in counted)
+    in_hva = False
+    if slot is not None:
+        hva = _slot_hva(sc, slot) + ((gfn - slot.gfn) << PAGE_SHIFT)
+        in_hva = hlo <= hva < hhi
+    return {"ctx.inval_hva": in_hva, "ctx.inval_gfn": glo <= gfn < ghi}
+
+
+def _backing(gfn: int, slots: dict, vmas: dict, kinds: dict, named: dict) -> dict[str, Any]:
+    slot = next((s for (as_id, _), s in slots.items() if as_id == 0 and s.gfn <= gfn < s.gfn + s.spec.pages), None)
+    if slot is None:
+        return {"ctx.slot": "none"}
+    ctx: dict[str, Any] = {"ctx.slot": "invalid" if slot.invalid else ("ro" if slot.spec.readonly else "rw"),
+                           "ctx.internal": slot.spec.internal is not None, "ctx.log_dirty": slot.log_dirty}
+    v = vmas.get(slot.spec.vma)
+    if v is None or not v.live:
+        ctx["ctx.vma"] = "none"
+        return ctx
+    idx = slot.spec.offset + gfn - slot.gfn
+    spec = v.spec
+    ctx["ctx.prot"] = v.prot
+    if spec.remap in ("pfnmap", "io"):
+        ctx["ctx.vma"] = "remapped"
+        pte = v.ptes.get(idx)
+        page = pte.get("page") if pte else None
+        ctx["ctx.frame"] = kinds.get(page, spec.frames) if page else spec.frames
+        ctx["ctx.pte_present"] = pte["present"] if pte else True
+        ctx["ctx.pte_writable"] = pte["writable"] if pte else v.prot == "rw"
+    else:
+        ctx["ctx.vma"] = "mixedmap" if spec.remap == "mixedmap" else "normal"
+        ctx["ctx.state"] = v.states.get(idx, spec.state)
+        page = named.get(spec.name, {}).get(idx)
+        ctx["ctx.frame"] = kinds[page] if page else "normal"
+    return ctx

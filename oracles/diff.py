@@ -1,0 +1,171 @@
+"""Compare two traces of one scenario: every divergence, explained or not.
+
+Two levels (DESIGN principle 5): ``api`` between simulated generations (API records, VMM
+records and WARN/BUG events), ``vmm`` for any pair that includes a backend without API
+observations (a real host): only what a VMM sees is compared.
+
+One divergence per differing op record; its ``fields`` are all the fields that differ after
+normalisation, ``field`` is the first one no catalogue entry explains (or the first one, if all
+are explained).  Single-trace invariant violations become divergences of their own.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from kvmsim.scenario import Scenario
+from kvmsim.trace import Trace
+
+from .catalogue import Catalogue, family
+from .context import op_contexts
+from .invariants import check_trace
+from .normalise import API_LEVEL, NA, RULES, VMM_LEVEL, normalise
+from .signature import make_signature, op_class, signature_id
+
+PRIORITY = ("events", "api.oops", "api.skipped", "api.result", "api.ret", "vmm.outcome", "vmm.ret", "api.frame",
+            "api.method", "vmm.exits", "vmm.data", "vmm.mmio", "vmm.signals", "vmm.emulated", "api.writable",
+            "api.map_writable", "api.spte", "api.mmio_spte", "api.async_pf", "api.held", "api.pinned", "api.leaked",
+            "api.pins_leaked", "api.released", "api.unpinned", "api.page", "api.faults", "api.accessed", "api.dirty",
+            "api.dirty_logged", "vmm.dirty")
+_RANK = {f: i for i, f in enumerate(PRIORITY)}
+_MISSING = object()
+
+
+@dataclass
+class Divergence:
+    oracle: str                   # diff:api | diff:vmm | inv:<name>
+    left: str                     # backend (the one trace, for invariants)
+    right: str                    # "" for invariants
+    index: int                    # op index (len(ops) = end of scenario)
+    op: str
+    fields: list[str]
+    field: str
+    left_obs: dict[str, Any]
+    right_obs: dict[str, Any]
+    explained: dict[str, str] = field(default_factory=dict)
+    signature: str = ""
+
+    @property
+    def known(self) -> bool:
+        return bool(self.fields) and all(f in self.explained for f in self.fields)
+
+    @property
+    def entries(self) -> list[str]:
+        return sorted(set(self.explained.values()))
+
+    @property
+    def sig_id(self) -> str:
+        return signature_id(self.signature)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"signature": self.signature, "id": self.sig_id, "known": self.known, "entries": self.entries,
+                "oracle": self.oracle, "left": self.left, "right": self.right, "op_index": self.index,
+                "op": self.op, "field": self.field, "fields": self.fields, "explained": self.explained,
+                "left_obs": _plain(self.left_obs), "right_obs": _plain(self.right_obs)}
+
+
+def _plain(d: dict[str, Any]) -> dict[str, Any]:
+    return {k: ("n/a" if v is NA else v) for k, v in d.items()}
+
+
+def _same(a: Any, b: Any) -> bool:
+    return a is NA or b is NA or a == b
+
+
+def level_for(left: Trace, right: Trace) -> str:
+    """API level only when both traces carry API observations (simulated backends)."""
+    for t in (left, right):
+        if not t.backend.startswith("sim:"):
+            return VMM_LEVEL
+        if any(isinstance(r.api, dict) and "not_observable" in r.api for r in t.records):
+            return VMM_LEVEL
+    return API_LEVEL
+
+
+def _order(fields: list[str]) -> list[str]:
+    return sorted(fields, key=lambda f: (_RANK.get(f, len(_RANK)), f))
+
+
+def compare(sc: Scenario, left: Trace, right: Trace, cat: Catalogue, level: str | None = None,
+            invariants: bool = True) -> list[Divergence]:
+    """Every divergence between two traces of ``sc``, first differing op first."""
+    level = level or level_for(left, right)
+    ctxs = op_contexts(sc)
+    fams = (family(left.backend), family(right.backend))
+    out: list[Divergence] = []
+    tainted: dict[int, str] = {}          # gfn -> entry id of a known divergence that changed it
+    for lrec, rrec in zip(left.records, right.records):
+        ln, lfired = normalise(lrec, level)
+        rn, rfired = normalise(rrec, level)
+        i = lrec.index
+        op = sc.ops[i]
+        ctx = ctxs[i]
+        keys = set(ln) | set(rn)
+        diff = [k for k in keys if not _same(ln.get(k, _MISSING), rn.get(k, _MISSING))]
+        for rule in RULES:
+            if rule.reports and (rule.name in lfired) != (rule.name in rfired):
+                pseudo = f"api.result ({rule.name})"
+                diff.append(pseudo)
+                ln[pseudo] = (lrec.api or {}).get("result")
+                rn[pseudo] = (rrec.api or {}).get("result")
+        if not diff:
+            continue
+        diff = _order(diff)
+        explained = cat.explain("diff", op.kind, fams, diff, (ln, rn), op.args, ctx)
+        cause = _cascade(ctx, tainted)
+        if cause is not None:
+            for f in diff:
+                if f not in explained and f != "events":
+                    explained[f] = f"{cause} (cascade)"
+        first = next((f for f in diff if f not in explained), diff[0])
+        d = Divergence(f"diff:{level}", left.backend, right.backend, i, op.kind, diff, first,
+                       {k: ln.get(k) for k in diff if k in ln}, {k: rn.get(k) for k in diff if k in rn}, explained)
+        d.signature = make_signature(d.oracle, left.backend, right.backend, op_class(op.kind, op.args), first,
+                                     ln.get(first), rn.get(first))
+        if d.known and "ctx.gfn" in ctx:
+            tainted.setdefault(ctx["ctx.gfn"], d.entries[0].replace(" (cascade)", ""))
+        out.append(d)
+    if invariants and level == API_LEVEL:
+        seen: set[str] = set()
+        for t in (left, right):
+            if t.backend in seen:
+                continue
+            seen.add(t.backend)
+            out.extend(check_invariants(sc, t, cat, ctxs))
+    out.sort(key=lambda d: (d.index, d.oracle != f"diff:{level}"))
+    return out
+
+
+def check_invariants(sc: Scenario, trace: Trace, cat: Catalogue, ctxs: list[dict[str, Any]] | None = None) -> list[Divergence]:
+    ctxs = ctxs if ctxs is not None else op_contexts(sc)
+    fam = family(trace.backend)
+    out = []
+    for v in check_trace(sc, trace, ctxs):
+        args = sc.ops[v.index].args if v.index < len(sc.ops) else {}
+        obs = {v.field: v.value}
+        explained = cat.explain(v.oracle, v.op, (fam, ""), [v.field], (obs, {}), args,
+                                ctxs[v.index] if v.index < len(ctxs) else {}) if v.op != "end" else {}
+        d = Divergence(v.oracle, trace.backend, "", v.index, v.op, [v.field], v.field, obs, {}, explained)
+        d.signature = make_signature(v.oracle, trace.backend, "", op_class(v.op, args), v.field, v.value, None)
+        out.append(d)
+    return out
+
+
+def _cascade(ctx: dict[str, Any], tainted: dict[int, str]) -> str | None:
+    """A known divergence at a gfn leaves the two worlds different there (a COW break on one side
+    only, an SPTE on one side only...): later differences at the same gfn (or in the dirty log of
+    its memslot) are its consequences.  WARN/BUG events are never explained this way."""
+    gfn = ctx.get("ctx.gfn")
+    if gfn is not None and gfn in tainted:
+        return tainted[gfn]
+    span = ctx.get("ctx.gfns")
+    if span:
+        for g, cause in tainted.items():
+            if span[0] <= g < span[1]:
+                return cause
+    return None
+
+
+def first_unknown(divs: list[Divergence]) -> Divergence | None:
+    return next((d for d in divs if not d.known), None)

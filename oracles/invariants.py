@@ -1,0 +1,75 @@
+"""Single-trace invariants: rules every generation must keep, whatever the other side does.
+
+Why separate from the diff: a refcount leak or a WARN can be identical in two generations (then
+the diff is silent) and still be wrong.  Each check returns violations; the catalogue can mark
+a violation as known for a generation whose documented behaviour it is (G1's reserved-page
+leak, D19), exactly as for divergences.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from kvmsim.scenario import Scenario
+from kvmsim.trace import Trace
+
+from .normalise import _is_page_name
+
+
+@dataclass
+class Violation:
+    oracle: str           # inv:<name>
+    index: int            # op index (len(ops) for end-of-scenario checks)
+    op: str
+    field: str
+    value: Any
+
+
+def _api(rec) -> dict[str, Any]:
+    return rec.api if isinstance(rec.api, dict) and "not_observable" not in rec.api else {}
+
+
+def check_trace(sc: Scenario, trace: Trace, ctxs: list[dict[str, Any]]) -> list[Violation]:
+    out: list[Violation] = []
+    crashed = False
+    for rec in trace.records:
+        api = _api(rec)
+        i, kind = rec.index, rec.op
+        if "skipped" in api:
+            crashed = True
+            continue
+        ctx = ctxs[i] if i < len(ctxs) else {}
+        bad = [e for e in rec.events if e.startswith(("WARN:", "BUG:", "CORRUPT:"))]
+        if bad:
+            out.append(Violation("inv:no-warn-bug", i, kind, "events", bad))
+        if "oops" in api:
+            crashed = True
+            out.append(Violation("inv:no-warn-bug", i, kind, "api.oops", api["oops"]))
+            continue
+        for f in ("leaked", "pins_leaked"):
+            if api.get(f):
+                out.append(Violation("inv:no-leak", i, kind, "api." + f, api[f]))
+        if kind == "lookup" and api.get("result") != "pfn" and (api.get("held") or api.get("pinned")):
+            f = "api.held" if api.get("held") else "api.pinned"
+            out.append(Violation("inv:no-ref-on-error", i, kind, f, api[f[4:]]))
+        if kind == "gfn_to_page" and not _is_page_name(api.get("result")) and api.get("held"):
+            out.append(Violation("inv:no-ref-on-error", i, kind, "api.held", api["held"]))
+        if kind == "vcpu_map" and api.get("ret", 0) != 0 and (api.get("held") or api.get("pinned")):
+            f = "api.held" if api.get("held") else "api.pinned"
+            out.append(Violation("inv:no-ref-on-error", i, kind, f, api[f[4:]]))
+        if ctx.get("ctx.slot") == "ro":
+            spte = api.get("spte")
+            if kind == "x86_fault" and isinstance(spte, dict) and spte.get("writable"):
+                out.append(Violation("inv:ro-slot-not-writable", i, kind, "api.spte", spte))
+            if kind == "lookup" and api.get("result") == "pfn" and api.get("writable") is True:
+                out.append(Violation("inv:ro-slot-not-writable", i, kind, "api.writable", True))
+    # every map was unmapped and nothing crashed: KVM must hold nothing at the end
+    opened = {r.api.get("handle") for r in trace.records if r.op == "vcpu_map" and _api(r).get("ret") == 0}
+    closed = {op.args["handle"] for op in sc.ops if op.kind == "vcpu_unmap"}
+    leaked = any(v.oracle == "inv:no-leak" for v in out)
+    if not crashed and not leaked and opened <= closed:
+        for key in ("refs_held_at_end", "pins_held_at_end"):
+            if trace.meta.get(key):
+                out.append(Violation("inv:balanced-at-end", len(sc.ops), "end", "meta." + key, trace.meta[key]))
+    return out
