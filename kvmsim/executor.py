@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from .constants import (
-    KVM_MEM_LOG_DIRTY_PAGES, KVM_MEM_READONLY, KVM_MEMSLOT_INVALID, PAGE_SHIFT, PAGE_SIZE,
+    KVM_MEM_LOG_DIRTY_PAGES, KVM_MEM_READONLY, KVM_MEMSLOT_INVALID, PAGE_SHIFT, PAGE_SIZE, VM_WRITE,
     kvm_is_error_hva, pfn_class, ret_name,
 )
 from .generation import UNINIT, Fault, Generation, HostMap, KernelBug
@@ -233,7 +233,8 @@ class Executor:
 
         def change() -> None:
             old = v.ptes.get(op.page)
-            v.ptes[op.page] = RemapPte(op.present, old.page if old else None, op.writable, op.handler)
+            v.ptes[op.page] = RemapPte(op.present, old.page if old else None,   # writable only with
+                                       op.writable and bool(v.flags & VM_WRITE), op.handler)   # VM_WRITE
         self.invalidate(s, e, change)
         rec.vmm = {"ret": 0}
 

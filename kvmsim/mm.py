@@ -115,7 +115,16 @@ class Mm:
                 e.page.hwpoison = True
             elif e.state in (PRESENT_RW, PRESENT_RO, RESIDENT):
                 e.page = self._new_page(vma, idx)
+            self.fit(vma, e)
         return e
+
+    @staticmethod
+    def fit(vma: Vma, e: PageEntry) -> None:
+        """§1.3: PRESENT_RW is "PTE present and writable", which a VMA without VM_WRITE cannot have
+        (PTEs are built from vm_page_prot; mprotect write-protects them).  Such a page is really a
+        read-only PTE of an exclusive page, so GUP-fast must not hand it out as writable."""
+        if e.state == PRESENT_RW and not vma.flags & VM_WRITE:
+            e.state, e.cow = PRESENT_RO, False
 
     # --- the mm's own page management --------------------------------------------------
     def _new_page(self, vma: Vma, idx: int) -> Page:
@@ -223,6 +232,7 @@ class Mm:
             if e.page is None or e.page is self.db.zero:
                 e.page = self._new_page(vma, idx)
             e.state = state
+            self.fit(vma, e)
 
 
 # --- GUP primitives (§1.4) ---------------------------------------------------------------------

@@ -158,8 +158,9 @@ class World:
                     pg = db.declare(f"{v.name}.frame{i}", v.frames)
                 if spec is None:
                     vma.ptes[i] = RemapPte(True, pg, bool(flags & VM_WRITE))
-                else:
-                    vma.ptes[i] = RemapPte(spec.present, pg, spec.writable, spec.handler)
+                else:                              # a PTE is writable only in a VM_WRITE vma (§1.3)
+                    vma.ptes[i] = RemapPte(spec.present, pg, spec.writable and bool(flags & VM_WRITE),
+                                           spec.handler)
             return vma
         for i, (state, pname) in v.page_states.items():
             e = vma.pages[i] = PageEntry(state)
@@ -171,4 +172,5 @@ class World:
             elif state in ("present_rw", "present_ro", "resident") and e.page is None:
                 e.page = self.mm._new_page(vma, i)
             e.cow = not v.shared
+            self.mm.fit(vma, e)                    # no writable PTE without VM_WRITE (§1.3)
         return vma
