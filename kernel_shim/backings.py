@@ -68,6 +68,8 @@ class Backing:
     mapped: bool = False
     prot: str = "rw"
     uffd_registered: bool = False
+    map_lo: int = 0                         # pfnmap: host pages mapped around the VMA
+    map_hi: int = 0
     missing: dict[int, bytes] = field(default_factory=dict)      # needs_io pages → contents
     tainted: dict[int, str] = field(default_factory=dict)        # page → why it is not real
 
@@ -125,42 +127,67 @@ class Backing:
             raise Unrealisable(f"no 2 MiB hugetlb page available ({e.strerror}; reserve with vm.nr_hugepages)") from None
 
     def _create_pfnmap(self) -> None:
-        """One perf ring buffer of a single (user) page per scenario page, placed contiguously.
-        The page is zeroed through a write (``pfn_mkwrite`` makes its PTE writable); pages whose
-        PTE the scenario wants read-only are write-protected again by an mprotect round trip."""
+        """Perf ring buffers laid side by side.  A buffer is one control page followed by 2^k data
+        pages; the control page's PTE is read-only until the first write, which ``pfn_mkwrite``
+        allows (so it is written once here: a writable PTE, zeroed), while data pages stay
+        read-only and a write fault on them fails (SIGBUS).  So a writable-PTE page is a control
+        page, and a run of read-only-PTE pages is the data area of the buffer whose control page
+        precedes it (before the VMA start for a leading run; a trailing run may overrun the VMA
+        end).  The buffers cannot be split (munmap/mprotect of part fails), which is why the
+        layout is fixed at creation."""
         self.kind = "pfnmap"
         spec = self.spec
-        if spec.pages > MAX_PFNMAP_PAGES:
-            raise Unrealisable(f"pfnmap VMAs are limited to {MAX_PFNMAP_PAGES} pages (one perf event per page)")
-        for i, pte in spec.ptes.items():
-            if not pte.present:
+        n = spec.pages
+        if n > MAX_PFNMAP_PAGES:
+            raise Unrealisable(f"pfnmap VMAs are limited to {MAX_PFNMAP_PAGES} pages (one perf event per run)")
+        rw = spec.prot == "rw"
+        writable = []
+        for i in range(n):
+            pte = spec.ptes.get(i)
+            w = pte.writable if pte is not None else rw
+            writable.append(w and rw)
+            if pte is not None and not pte.present:
                 self.tainted[i] = "perf ring-buffer PTEs are always present (no absent PTE with a fault handler)"
-            elif pte.page is not None:
+            elif pte is not None and pte.page is not None:
                 self.tainted[i] = f"named frame {pte.page!r} cannot be placed at a chosen pfn"
-            elif spec.prot == "rw" and not pte.writable and pte.handler == "fails":
-                self.tainted[i] = "no read-only PFNMAP PTE whose write fault fails in a writable VMA"
-            elif spec.prot != "rw" and pte.writable:
+            elif not rw and w:
                 self.tainted[i] = "a writable PTE in a VMA without PROT_WRITE"
         if spec.frames == "refcount0":
-            for i in range(spec.pages):
+            for i in range(n):
                 self.tainted.setdefault(i, "no refcount-0 struct page source (TTM/amdgpu-like driver) on this host")
-        self.addr = k.mmap(self.addr, self.length, k.PROT_NONE, FIXED | k.MAP_PRIVATE | k.MAP_ANONYMOUS | k.MAP_NORESERVE)
+        plan: list[tuple[int, int]] = []           # (first page incl. control page, data pages)
+        i = 0
+        while i < n:
+            ctl = i if writable[i] else i - 1      # a leading read-only run gets a control page before it
+            j = i + 1 if writable[i] else i
+            while j < n and not writable[j]:
+                j += 1
+            run = j - (ctl + 1)
+            size = 1 << max(run - 1, 0).bit_length() if run else 0
+            if run and size != run and j < n:
+                for p in range(ctl + 1, j):
+                    self.tainted.setdefault(p, "read-only PFNMAP PTEs come in runs of 2^k pages after a writable one")
+                plan.append((ctl, 0))
+                plan.extend((p, 0) for p in range(ctl + 1, j))
+            else:
+                plan.append((ctl, size))
+            i = j
+        self.map_lo = min(c for c, _ in plan)
+        self.map_hi = max(c + 1 + d for c, d in plan)
+        lo, hi = self.addr + self.map_lo * k.PAGE, self.addr + self.map_hi * k.PAGE
+        self.addr = k.mmap(lo, hi - lo, k.PROT_NONE, FIXED | k.MAP_PRIVATE | k.MAP_ANONYMOUS | k.MAP_NORESERVE) \
+            - self.map_lo * k.PAGE
         self.mapped = True
         try:
-            for i in range(spec.pages):
+            for ctl, data in plan:
                 fd = perf_event_fd()
                 self.fds.append(fd)
-                k.mmap(self.hva(i), k.PAGE, PROTS["rw"], k.MAP_SHARED | k.MAP_FIXED, fd, 0)
+                k.mmap(self.hva(ctl), (1 + data) * k.PAGE, PROTS["rw"], k.MAP_SHARED | k.MAP_FIXED, fd, 0)
+                ctypes.memset(self.hva(ctl), 0, k.PAGE)
         except OSError as e:
             raise Unrealisable(f"perf ring buffer mmap: {e.strerror}") from None
-        ctypes.memset(self.addr, 0, self.length)
-        ro = [i for i in range(spec.pages) if i in spec.ptes and not spec.ptes[i].writable]
-        for i in ro:
-            k.mprotect(self.hva(i), k.PAGE, k.PROT_READ)
-            if spec.prot == "rw":
-                k.mprotect(self.hva(i), k.PAGE, PROTS["rw"])
-        if spec.prot != "rw":
-            k.mprotect(self.addr, self.length, PROTS[spec.prot])
+        if not rw:
+            k.mprotect(lo, hi - lo, PROTS[spec.prot])
 
     def _realise_states(self) -> None:
         spec = self.spec
@@ -240,8 +267,14 @@ class Backing:
                     self.missing[j] = bytes(k.PAGE)      # the swapped-out contents are discarded too
         return r
 
+    def span(self) -> tuple[int, int]:
+        """The host range to unmap or protect: perf buffers can only be handled whole."""
+        if self.kind == "pfnmap":
+            return self.addr + self.map_lo * k.PAGE, (self.map_hi - self.map_lo) * k.PAGE
+        return self.addr, self.length
+
     def mprotect(self, prot: str) -> int:
-        r = k.mprotect(self.addr, self.length, PROTS[prot])
+        r = k.mprotect(*self.span(), PROTS[prot])
         if r == 0:
             self.prot = prot
         return r
@@ -265,7 +298,7 @@ class Backing:
         return uffd.copy(fd, hva, b"")
 
     def munmap(self) -> int:
-        r = k.munmap(self.addr, self.length)
+        r = k.munmap(*self.span())
         if r == 0:
             self.mapped = False
             self.uffd_registered = False
@@ -273,7 +306,7 @@ class Backing:
 
     def release(self) -> None:
         if self.mapped:
-            k.munmap(self.addr, self.length)
+            k.munmap(*self.span())
         self.mapped = False
         for fd in self.fds:
             os.close(fd)

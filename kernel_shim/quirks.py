@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from kvmsim.scenario import Scenario
 
 QUIRKS: dict[str, str] = {}
@@ -9,3 +11,7 @@ QUIRKS: dict[str, str] = {}
 
 def applicable(sc: Scenario) -> list[str]:
     return []
+
+
+def explain(sc: Scenario, d: Any, lv: dict, rv: dict) -> str | None:
+    return None
