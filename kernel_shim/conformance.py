@@ -83,7 +83,7 @@ def compare(left: Trace, right: Trace, sc: Scenario | None = None) -> Report:
             if lv.get(key) != rv.get(key):
                 d = Difference(lr.index, lr.op, key, lv.get(key), rv.get(key))
                 if sc is not None:
-                    d.quirk = quirks.explain(sc, d, lv, rv)
+                    d.quirk = quirks.explain(sc, d, lv, rv, right.meta.get("path", "native-cpl3"))
                 diffs.append(d)
     return Report(compared, unreal, diffs)
 

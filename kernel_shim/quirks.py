@@ -1,17 +1,91 @@
-"""Named, documented differences between this host and the model (see docs/host.md)."""
+"""Named host quirks: known, documented reasons why this host's VMM-level traces differ from the
+model's (or why a scenario is realised the way it is).  docs/host.md explains each one.
+
+A quirk is a property of the host or of how the shim realises a scenario, never a model bug:
+model bugs are reported to the model's maintainers and left visible as unexplained differences.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from kvmsim.scenario import Scenario
 
-QUIRKS: dict[str, str] = {}
+
+@dataclass(frozen=True)
+class Quirk:
+    name: str
+    summary: str
+
+
+_ALL = [
+    Quirk("emulated-path-mmio",
+          "path=emulated: CPL0 guest code is run by KVM's instruction emulator, which reaches guest memory "
+          "through gfn_to_hva + copy_{from,to}_user; where that fails (hole, PROT_NONE, write to PROT_READ) the "
+          "access becomes KVM_EXIT_MMIO instead of the fault path's -EFAULT"),
+    Quirk("pvm-shadow-paging",
+          "this host's KVM MMU is shadow paging under PVM (tdp_mmu=N), not EPT/NPT: SPTE level and A/D "
+          "behaviour differ from the model's TDP assumptions; not visible at VMM level"),
+    Quirk("no-mmio-caching",
+          "kvm.mmio_caching=N here: no MMIO SPTEs, every access to a gfn without memslot is emulated; "
+          "the VMM sees the same KVM_EXIT_MMIO"),
+    Quirk("perf-pfnmap",
+          "VM_PFNMAP VMAs are perf-event ring buffers: frames are ordinary kernel pages (kind normal; "
+          "none/reserved/zone_device are VMM-equivalent on g3), PTEs are always present, a read-only PTE "
+          "in a writable VMA is a ring-buffer data page (runs of 2^k after a writable page), and "
+          "buffers can only be mprotect-ed or unmapped whole"),
+    Quirk("perf-control-page-mkwrite",
+          "a writable-PTE pfnmap page is a ring-buffer control page; after mprotect(r) and mprotect(rw) "
+          "its PTE is read-only but pfn_mkwrite upgrades it on the next write, so the emulator's write "
+          "succeeds where the model's read-only PTE turns it into MMIO"),
+    Quirk("killed-vmm-silent",
+          "a VMM killed by a fatal signal sees no KVM_RUN return at all: only the outcome is comparable, "
+          "and nothing after it ran"),
+    Quirk("needs-io-is-userfaultfd",
+          "needs_io pages are missing pages of a userfaultfd range filled by a resolver thread; a pending "
+          "signal is sent by the resolver while the vCPU waits (else delivered when the op ends)"),
+]
+QUIRKS: dict[str, str] = {q.name: q.summary for q in _ALL}
 
 
 def applicable(sc: Scenario) -> list[str]:
-    return []
+    """Quirks that shape how this scenario is realised on this host."""
+    out = ["pvm-shadow-paging"] if _pvm() else []
+    vmas = sc.world.vmas
+    if any(v.remap in ("pfnmap", "io") for v in vmas):
+        out.append("perf-pfnmap")
+    if any(v.state == "needs_io" or any(s == "needs_io" for s, _ in v.page_states.values()) for v in vmas) or \
+            any(op.kind == "page_state" and op.args["state"] == "needs_io" for op in sc.ops):
+        out.append("needs-io-is-userfaultfd")
+    if sc.world.signal == "fatal" or any(op.kind == "signal" and op.args["kind"] == "fatal" for op in sc.ops):
+        out.append("killed-vmm-silent")
+    return out
 
 
-def explain(sc: Scenario, d: Any, lv: dict, rv: dict) -> str | None:
+def explain(sc: Scenario, d: Any, left: dict[str, Any], right: dict[str, Any], path: str = "native-cpl3") -> str | None:
+    """The quirk that explains one differing field (left: model, right: host), or None."""
+    lo, ro = left.get("outcome"), right.get("outcome")
+    if path == "emulated" and lo == "efault" and ro == "mmio":
+        return "emulated-path-mmio"
+    if d.op == "access" and lo == "mmio" and ro == "ok" and left.get("mmio", {}).get("is_write"):
+        if _pfnmap_reprotected(sc, d.index):
+            return "perf-control-page-mkwrite"
     return None
+
+
+def _pfnmap_reprotected(sc: Scenario, index: int) -> bool:
+    names = {v.name for v in sc.world.vmas if v.remap in ("pfnmap", "io")}
+    seen_r = set()
+    for op in sc.ops[:index]:
+        if op.kind == "mprotect" and op.args["vma"] in names:
+            if op.args["prot"] != "rw":
+                seen_r.add(op.args["vma"])
+            elif op.args["vma"] in seen_r:
+                return True
+    return False
+
+
+def _pvm() -> bool:
+    import os
+    return os.path.isdir("/sys/module/kvm_pvm")
