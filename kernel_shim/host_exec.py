@@ -90,16 +90,16 @@ class Machine:
         self.vm.close()
         self.kvm.close()
 
-    def status(self, state: int, batch: list[int] = (), records: list | None = None) -> None:
+    def status(self, state: int, records: list[dict[str, Any]], batch: list[Pending] = ()) -> None:
+        """What the parent needs if this process hangs or dies: the records so far and the
+        accesses of the batch in flight (the guest's progress is in the control block)."""
         base = STATUS_PAGE * k.PAGE
-        if records is not None:
-            blob = pickle.dumps(records, protocol=pickle.HIGHEST_PROTOCOL)
-            room = (STATUS_END - STATUS_RECORDS) * k.PAGE
-            if len(blob) <= room:
-                self.mem[STATUS_RECORDS * k.PAGE:STATUS_RECORDS * k.PAGE + len(blob)] = blob
-                struct.pack_into("<Q", self.mem, base + 24, len(blob))
-        struct.pack_into(f"<{len(batch)}I", self.mem, STATUS_BATCH * k.PAGE, *batch)
-        struct.pack_into("<QQQ", self.mem, base, self.executions, state, len(batch))
+        blob = pickle.dumps((records, list(batch)), protocol=pickle.HIGHEST_PROTOCOL)
+        room = (STATUS_END - STATUS_RECORDS) * k.PAGE
+        if len(blob) > room:
+            blob = pickle.dumps((records[-64:], list(batch)[-64:]), protocol=pickle.HIGHEST_PROTOCOL)
+        self.mem[STATUS_RECORDS * k.PAGE:STATUS_RECORDS * k.PAGE + len(blob)] = blob
+        struct.pack_into("<QQQQ", self.mem, base, self.executions, state, 0, len(blob))
 
     def execute(self, sc: Scenario, opts: Options) -> dict[str, Any]:
         self.executions += 1
@@ -327,15 +327,18 @@ class Execution:
     def run_batch(self, batch: list[Pending]) -> None:
         vm, mem = self.vm, self.m.mem
         g.set_batch(mem, [(p.va, p.write, p.value) for p in batch])
-        self.m.status(ST_RUNNING, [p.index for p in batch], self.records)
+        self.m.status(ST_FATAL if self.signal == "fatal" else ST_RUNNING, self.records, batch)
         self.signal_sent = False
         if self.signal == "fatal":
-            self.m.status(ST_FATAL, [p.index for p in batch])
             os.kill(os.getpid(), signal.SIGKILL)
         run = vm.run_map
         assert run is not None
         guard = 0
+        self._status_due = None
         while True:
+            if self._status_due is not None:
+                self.m.status(ST_RUNNING, self.records, batch)
+                self._status_due = None
             struct.pack_into("<I", run, k.RUN_EXIT_REASON, 0)
             self.in_run = True
             r = vm.run()
@@ -343,7 +346,7 @@ class Execution:
             i = g.progress(mem)
             cur = batch[i] if i < len(batch) else None
             if not (r.ret == 0 and r.exit_reason == k.KVM_EXIT_MMIO and r.mmio_gpa == self.doorbell):
-                self.m.status(ST_RUNNING, [p.index for p in batch], self.records + self.done(batch, i))
+                self.note_exit(batch, i)
             guard += 1
             if guard > 64 + 4 * len(batch):
                 if cur is not None:
@@ -393,16 +396,14 @@ class Execution:
         if self.signal == "pending":                 # not consumed by a wait: delivered as the op ends
             signal.pthread_kill(threading.get_ident(), signal.SIGUSR1)
             self.signal = "none"
-        self.records.extend(self.done(batch, len(batch)))
-
-    def done(self, batch: list[Pending], upto: int) -> list[dict[str, Any]]:
-        """Records of the first ``upto`` accesses of the batch (all of them have completed)."""
-        out = []
-        for n, p in enumerate(batch[:upto]):
+        for n, p in enumerate(batch):
             if p.vmm is None:
                 p.vmm = {"outcome": "ok", "data": None if p.write else g.result(self.m.mem, n), "exits": p.exits}
-            out.append({"index": p.index, "op": "access", "vmm": p.vmm})
-        return out
+            self.records.append({"index": p.index, "op": "access", "vmm": p.vmm})
+
+    def note_exit(self, batch: list[Pending], i: int) -> None:
+        """Refresh the parent's status after the exit is handled (just before re-entering)."""
+        self._status_due = (batch, i)
 
     # --- events ----------------------------------------------------------------------------
     def event(self, i: int, op: Op) -> dict[str, Any]:

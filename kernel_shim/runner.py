@@ -25,7 +25,7 @@ from kvmsim.scenario import Scenario
 
 from . import guest_code as g
 from . import kvm_ioctl as k
-from .host_exec import ST_FATAL, STATUS_BATCH, STATUS_PAGE, STATUS_RECORDS, Options
+from .host_exec import ST_FATAL, STATUS_PAGE, STATUS_RECORDS, Options
 from .worker import read_msg, write_msg
 
 KILL_GRACE = 2.0
@@ -140,31 +140,41 @@ class Runner:
 
     def _status(self, w: Worker) -> dict[str, Any] | None:
         base = STATUS_PAGE * k.PAGE
-        _, state, nbatch, nrec = struct.unpack_from("<QQQQ", w.view, base)
-        batch = list(struct.unpack_from(f"<{nbatch}I", w.view, STATUS_BATCH * k.PAGE)) if nbatch < 1024 else []
-        records = []
-        if nrec:
+        _, state, _, nblob = struct.unpack_from("<QQQQ", w.view, base)
+        records: list[dict[str, Any]] = []
+        batch: list[Any] = []
+        if nblob:
             try:
-                records = pickle.loads(bytes(w.view[STATUS_RECORDS * k.PAGE:STATUS_RECORDS * k.PAGE + nrec]))
+                records, batch = pickle.loads(bytes(w.view[STATUS_RECORDS * k.PAGE:STATUS_RECORDS * k.PAGE + nblob]))
             except Exception:                       # noqa: BLE001 - a half-written status is possible
-                records = []
-        idx = g.progress(w.view)
-        return {"state": state, "batch": batch, "records": records, "progress": idx}
+                records, batch = [], []
+        return {"state": state, "records": records, "batch": batch, "progress": g.progress(w.view),
+                "results": [g.result(w.view, n) for n in range(len(batch))]}
 
     def _lost(self, sc: Scenario, outcome: str, why: str, status: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Records for an execution that ended early: what completed, the op that was running
+        (``outcome``), and the ops that never ran."""
         records = list(status["records"]) if status else []
-        done = {r["index"] for r in records}
         cur = None
         if status and status["batch"]:
-            b = status["batch"]
-            cur = b[min(status["progress"], len(b) - 1)]
+            batch, prog = status["batch"], status["progress"]
+            for n, p in enumerate(batch):
+                if n < prog:
+                    vmm = p.vmm or {"outcome": "ok", "data": None if p.write else status["results"][n],
+                                    "exits": p.exits}
+                    records.append({"index": p.index, "op": "access", "vmm": vmm})
+            cur = batch[min(prog, len(batch) - 1)]
+            cur_exits = cur.exits if prog < len(batch) else []
+            cur = cur.index
+        done = {r["index"] for r in records}
         if cur is None:
             cur = next((i for i in range(len(sc.ops)) if i not in done), None)
+            cur_exits = []
         for i, op in enumerate(sc.ops):
             if i in done:
                 continue
             if i == cur:
-                vmm: dict[str, Any] = {"outcome": outcome, "data": None, "exits": []}
+                vmm = {"outcome": outcome, "data": None, "exits": [] if outcome == "killed" else list(cur_exits)}
             else:
                 vmm = {"skipped": f"the execution ended at op {cur} ({outcome})"}
             records.append({"index": i, "op": op.kind, "vmm": vmm})

@@ -1,0 +1,84 @@
+"""Isolation: a hung access is ended by the hard timeout and reported; nothing leaks."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from kernel_shim.host_backend import HostBackend
+from shim_helpers import fd_count, map_count, need_backing, run, vmm, worker_pid
+
+HANG = """
+world:
+  vmas: [{name: io, pages: 1, state: needs_io}, {name: ram, pages: 1, state: present_rw}]
+  memslots: [{id: 0, gfn: 0x300, pages: 1, vma: io}, {id: 1, gfn: 0x400, pages: 1, vma: ram}]
+ops:
+  - access: {gpa: 0x400000, write: true, value: 1}
+  - access: {gpa: 0x400000}
+  - access: {gpa: 0x300000}
+  - access: {gpa: 0x400000}
+"""
+
+
+def test_hung_access_is_ended_by_the_timeout():
+    need_backing("userfaultfd")
+    b = HostBackend(timeout=1.0, resolve_io=False)   # the "I/O" never completes
+    try:
+        t0 = time.monotonic()
+        t = run(b, HANG)
+        took = time.monotonic() - t0
+        v = vmm(t)
+        assert v[0]["outcome"] == "ok" and v[1] == {"outcome": "ok", "data": 1, "exits": []}
+        assert v[2]["outcome"] == "timeout"
+        assert "skipped" in v[3]
+        assert t.meta["lost"] == "timeout" and t.meta["lost_at"] == 2
+        assert took < 1.0 + 5.0
+        assert not b.runner.abandoned
+        b2 = HostBackend(timeout=5.0)                 # and the host is usable afterwards
+        try:
+            assert vmm(run(b2, HANG))[2] == {"outcome": "ok", "data": 0, "exits": []}
+        finally:
+            b2.close()
+    finally:
+        b.close()
+
+
+def test_no_fd_or_mapping_leaks_over_1000_executions(host):
+    need_backing("userfaultfd")
+    need_backing("pfnmap_perf")
+    text = """
+world:
+  vmas:
+    - {name: ram, pages: 4, state: present_rw}
+    - {name: shm, pages: 2, shared: true}
+    - {name: io, pages: 2, state: needs_io}
+    - {name: pf, pages: 2, remap: pfnmap}
+  memslots:
+    - {id: 0, gfn: 0x100, pages: 4, vma: ram, log_dirty: true}
+    - {id: 1, gfn: 0x200, pages: 2, vma: shm}
+    - {id: 2, gfn: 0x300, pages: 2, vma: io}
+    - {id: 3, gfn: 0x400, pages: 2, vma: pf}
+ops:
+  - access: {gpa: 0x100000, write: true, value: 1}
+  - access: {gpa: 0x200000, write: true, value: 2}
+  - access: {gpa: 0x300000}
+  - access: {gpa: 0x400000}
+  - get_dirty_log: {slot: 0}
+  - memslot_create: {slot: 5, gfn: 0x500, pages: 1, vma: ram}
+  - madvise: {vma: ram}
+  - munmap: {vma: shm}
+  - access: {gpa: 0x200000}
+"""
+    from kvmsim.scenario import loads_scenario
+    sc = loads_scenario(text)
+    host.run(sc)
+    pid = worker_pid(host)
+    fds, maps, parent_fds = fd_count(pid), map_count(pid), fd_count()
+    for _ in range(1000):
+        t = host.run(sc)
+        assert t.records[2].vmm["outcome"] == "ok" and t.records[8].vmm["outcome"] == "efault"
+    assert worker_pid(host) == pid                     # the VM and worker were reused throughout
+    assert fd_count(pid) == fds
+    assert map_count(pid) == maps
+    assert fd_count() == parent_fds
