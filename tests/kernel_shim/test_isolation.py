@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import time
 
-import pytest
 
 from kernel_shim.host_backend import HostBackend
 from shim_helpers import fd_count, map_count, need_backing, run, vmm, worker_pid
