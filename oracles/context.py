@@ -35,7 +35,7 @@ class _Vma:
 
 
 def op_contexts(sc: Scenario) -> list[dict[str, Any]]:
-    """One dict per op: ``ctx.slot`` (none|invalid|ro|rw), ``ctx.internal``, ``ctx.log_dirty``,
+    """One dict per op: ``ctx.signal`` (none|pending|fatal), ``ctx.lock_contended``, ``ctx.slot`` (none|invalid|ro|rw), ``ctx.internal``, ``ctx.log_dirty``,
     ``ctx.vma`` (none|normal|mixedmap|remapped), ``ctx.prot``, ``ctx.state`` (normal page state),
     ``ctx.frame`` (kind of the page behind the gfn, when known), ``ctx.pte_present``,
     ``ctx.pte_writable``, ``ctx.invalidating`` (an invalidation is open), ``ctx.seq0``
@@ -50,6 +50,7 @@ def op_contexts(sc: Scenario) -> list[dict[str, Any]]:
     open_inval = 0
     ranges: list[tuple[tuple[int, int], tuple[int, int] | None]] = []   # open (hva range, gfn range)
     seq_moved = w.seq != 0
+    signal, contended = w.signal, w.mmap_lock_contended
     maps: dict[str, tuple[int, bool]] = {}
     nmaps = 0
     out: list[dict[str, Any]] = []
@@ -57,7 +58,14 @@ def op_contexts(sc: Scenario) -> list[dict[str, Any]]:
         a = op.args
         k = op.kind
         gfn = a.get("gfn")
-        ctx: dict[str, Any] = {"ctx.invalidating": open_inval > 0, "ctx.seq0": not seq_moved}
+        ctx: dict[str, Any] = {"ctx.invalidating": open_inval > 0, "ctx.seq0": not seq_moved,
+                               "ctx.signal": signal, "ctx.lock_contended": contended}
+        if k == "signal":
+            signal = a["kind"]
+        elif k == "mmap_lock":
+            contended = a["contended"]
+        elif k in ("lookup", "gfn_to_page", "vcpu_map", "vcpu_unmap", "x86_fault", "access") and signal == "pending":
+            signal = "none"               # delivered when the op ends (the executor's rule)
         if k == "access":
             gfn = a["gpa"] >> PAGE_SHIFT
         elif k == "vcpu_map":

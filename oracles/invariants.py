@@ -8,6 +8,7 @@ leak, D19), exactly as for divergences.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,7 +31,8 @@ def _api(rec) -> dict[str, Any]:
     return rec.api if isinstance(rec.api, dict) and "not_observable" not in rec.api else {}
 
 
-def check_trace(sc: Scenario, trace: Trace, ctxs: list[dict[str, Any]]) -> list[Violation]:
+def check_trace(sc: Scenario, trace: Trace, ctxs: Callable[[], list[dict[str, Any]]]) -> list[Violation]:
+    """``ctxs`` computes the op contexts (oracles.context) only if a check needs them."""
     out: list[Violation] = []
     crashed = False
     for rec in trace.records:
@@ -39,7 +41,6 @@ def check_trace(sc: Scenario, trace: Trace, ctxs: list[dict[str, Any]]) -> list[
         if "skipped" in api:
             crashed = True
             continue
-        ctx = ctxs[i] if i < len(ctxs) else {}
         bad = [e for e in rec.events if e.startswith(("WARN:", "BUG:", "CORRUPT:"))]
         if bad:
             out.append(Violation("inv:no-warn-bug", i, kind, "events", bad))
@@ -58,17 +59,24 @@ def check_trace(sc: Scenario, trace: Trace, ctxs: list[dict[str, Any]]) -> list[
         if kind == "vcpu_map" and api.get("ret", 0) != 0 and (api.get("held") or api.get("pinned")):
             f = "api.held" if api.get("held") else "api.pinned"
             out.append(Violation("inv:no-ref-on-error", i, kind, f, api[f[4:]]))
-        if ctx.get("ctx.slot") == "ro":
-            spte = api.get("spte")
-            if kind == "x86_fault" and isinstance(spte, dict) and spte.get("writable"):
+        spte = api.get("spte")
+        w_spte = kind == "x86_fault" and isinstance(spte, dict) and spte.get("writable")
+        w_lookup = kind == "lookup" and api.get("result") == "pfn" and api.get("writable") is True
+        if (w_spte or w_lookup) and ctxs()[i].get("ctx.slot") == "ro":
+            if w_spte:
                 out.append(Violation("inv:ro-slot-not-writable", i, kind, "api.spte", spte))
-            if kind == "lookup" and api.get("result") == "pfn" and api.get("writable") is True:
+            else:
                 out.append(Violation("inv:ro-slot-not-writable", i, kind, "api.writable", True))
     # every map was unmapped and nothing crashed: KVM must hold nothing at the end
-    opened = {r.api.get("handle") for r in trace.records if r.op == "vcpu_map" and _api(r).get("ret") == 0}
-    closed = {op.args["handle"] for op in sc.ops if op.kind == "vcpu_unmap"}
+    still_open: set[str] = set()
+    for r in trace.records:
+        api = _api(r)
+        if r.op == "vcpu_map" and api.get("ret") == 0:
+            still_open.add(api.get("handle"))
+        elif r.op == "vcpu_unmap":
+            still_open.discard(sc.ops[r.index].args["handle"])
     leaked = any(v.oracle == "inv:no-leak" for v in out)
-    if not crashed and not leaked and opened <= closed:
+    if not crashed and not leaked and not still_open:
         for key in ("refs_held_at_end", "pins_held_at_end"):
             if trace.meta.get(key):
                 out.append(Violation("inv:balanced-at-end", len(sc.ops), "end", "meta." + key, trace.meta[key]))

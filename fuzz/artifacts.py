@@ -1,0 +1,99 @@
+"""Findings as data (DESIGN principle 6): ``crash-<sha1>`` (libFuzzer naming) + a YAML sidecar,
+each written atomically (temp file in the same directory, fsync, rename), so that an interrupted
+campaign never leaves a half-written finding and triage reads only these files.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import tempfile
+import time
+from typing import Any
+
+import yaml
+
+SIGNATURE_DIR = "by-signature"      # one marker per signature: the first artifact wins
+STATS_DIR = ".stats"                # per-process counters, aggregated by the campaign
+
+
+def atomic_write(path: str, data: bytes) -> None:
+    d = os.path.dirname(path) or "."
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=d)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def input_name(data: bytes) -> str:
+    return "crash-" + hashlib.sha1(data).hexdigest()
+
+
+def claim_signature(artifacts: str, sig_id: str, name: str) -> bool:
+    """True for the first process to report this signature in this artifacts directory."""
+    d = os.path.join(artifacts, SIGNATURE_DIR)
+    os.makedirs(d, exist_ok=True)
+    try:
+        fd = os.open(os.path.join(d, sig_id), os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+    except FileExistsError:
+        return False
+    with os.fdopen(fd, "w") as fh:
+        fh.write(name + "\n")
+    return True
+
+
+def write_finding(artifacts: str, data: bytes, sidecar: dict[str, Any]) -> str:
+    """Write the input, then its sidecar (so a sidecar never points at a missing input)."""
+    os.makedirs(artifacts, exist_ok=True)
+    name = input_name(data)
+    path = os.path.join(artifacts, name)
+    if not os.path.exists(path):
+        atomic_write(path, data)
+    text = yaml.safe_dump(_plain(sidecar), sort_keys=False, default_flow_style=None, width=110, allow_unicode=True)
+    atomic_write(path + ".yaml", text.encode("utf-8"))
+    return path
+
+
+def _plain(v: Any) -> Any:
+    """Only plain YAML types in sidecars (safe_dump refuses anything else)."""
+    return json.loads(json.dumps(v, default=str))
+
+
+def host_info() -> dict[str, str]:
+    return {"kernel": platform.release(), "machine": platform.machine(), "python": platform.python_version(),
+            "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+
+
+def write_stats(artifacts: str, stats: dict[str, Any]) -> None:
+    d = os.path.join(artifacts, STATS_DIR)
+    os.makedirs(d, exist_ok=True)
+    atomic_write(os.path.join(d, f"{os.getpid()}.json"), json.dumps(stats).encode())
+
+
+def read_stats(artifacts: str) -> list[dict[str, Any]]:
+    d = os.path.join(artifacts, STATS_DIR)
+    out = []
+    try:
+        names = os.listdir(d)
+    except OSError:
+        return out
+    for n in names:
+        if not n.endswith(".json"):
+            continue
+        try:
+            with open(os.path.join(d, n), encoding="utf-8") as fh:
+                out.append(json.load(fh))
+        except (OSError, ValueError):
+            continue
+    return out

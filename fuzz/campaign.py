@@ -1,0 +1,227 @@
+"""A fuzzing campaign: run the differential target under libFuzzer for a time budget, report
+progress, survive findings and Ctrl-C, and end with a findings table.
+
+Why one target process for several pairs: each input is run once per backend and compared for
+every pair, so pairs share the budget and the corpus (``--pair a~b --pair a~c`` costs three
+backend runs per input, not four).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+
+from . import artifacts as art
+from .codec import dictionary_entries
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TARGETS = {"diff": os.path.join(REPO, "fuzz", "targets", "diff_target.py"),
+           "empty": os.path.join(REPO, "fuzz", "targets", "empty_target.py")}
+BUNDLED_CORPUS = os.path.join(REPO, "corpus", "libfuzzer")
+_STAT = re.compile(r"(cov|ft|corp|exec/s):\s*(\d+)")
+
+
+@dataclass
+class Progress:
+    """The latest numbers libFuzzer printed."""
+    cov: int = 0
+    ft: int = 0
+    corp: int = 0
+    execs_per_s: int = 0
+    lines: int = 0
+
+
+@dataclass
+class Campaign:
+    pairs: list[tuple[str, str]]
+    seconds: int = 300
+    jobs: int = 1
+    corpus: str = "fuzz-out/corpus"
+    artifacts: str = "artifacts"
+    seeds: list[str] = field(default_factory=list)
+    extra: list[str] = field(default_factory=list)
+    status_every: float = 5.0
+    log: str = ""
+    out: Callable[[str], None] = print
+    run_id: str = field(default_factory=lambda: uuid.uuid4().hex[:8])
+
+    def command(self, dict_path: str) -> list[str]:
+        cmd = [TARGETS["diff"], f"-max_total_time={self.seconds}", f"-artifact_prefix={self.artifacts}/",
+               f"-dict={dict_path}", "-print_final_stats=1", "-reload=1"]
+        if self.jobs > 1:
+            cmd += [f"-fork={self.jobs}", "-ignore_crashes=1", "-ignore_timeouts=1", "-ignore_ooms=1"]
+        return cmd + self.extra + [self.corpus] + [s for s in self.seeds if os.path.isdir(s)]
+
+    def env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        bindir = os.path.dirname(sys.executable)
+        env["PATH"] = bindir + os.pathsep + env.get("PATH", "")      # the shebang's python3 = this venv
+        env["PFNDIFF_PAIRS"] = ";".join(f"{a}~{b}" for a, b in self.pairs)
+        env["PFNDIFF_ARTIFACTS"] = os.path.abspath(self.stats_root())
+        env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
+        return env
+
+    def stats_root(self) -> str:
+        return self.artifacts
+
+    def run(self) -> int:
+        os.makedirs(self.corpus, exist_ok=True)
+        os.makedirs(self.artifacts, exist_ok=True)
+        dict_path = os.path.join(self.artifacts, ".pfndiff.dict")
+        art.atomic_write(dict_path, "".join(f'"{_escape(t)}"\n' for t in dictionary_entries()).encode())
+        log_path = self.log or os.path.join(self.artifacts, "libfuzzer.log")
+        t0 = self._started = time.time()
+        before = _known_signatures(self.artifacts)
+        prog = Progress()
+        env = self.env()
+        env["PFNDIFF_T0"] = repr(t0)
+        cmd = self.command(dict_path)
+        self.out(f"pfndiff fuzz: {', '.join(f'{a} vs {b}' for a, b in self.pairs)}; {self.seconds}s, "
+                 f"{self.jobs} job(s); corpus {self.corpus}; artifacts {self.artifacts}; log {log_path}")
+        with open(log_path, "ab") as log:
+            proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.PIPE, env=env, start_new_session=True)
+            reader = threading.Thread(target=_pump, args=(proc, log, prog), daemon=True)
+            reader.start()
+            interrupted = False
+            try:
+                next_status = t0 + self.status_every
+                while proc.poll() is None:
+                    time.sleep(0.2)
+                    now = time.time()
+                    if now >= next_status:
+                        self.out(self.status_line(now - t0, prog, before))
+                        next_status = now + self.status_every
+                    if now - t0 > self.seconds + 30:           # libFuzzer should have stopped itself
+                        _stop(proc)
+            except KeyboardInterrupt:
+                interrupted = True
+                self.out("pfndiff fuzz: interrupted, stopping libFuzzer (corpus and artifacts are kept)")
+                _stop(proc)
+            reader.join(timeout=5)
+        self.out(self.status_line(time.time() - t0, prog, before))
+        self.out(self.findings_table(before))
+        if interrupted:
+            return 130
+        return 0 if proc.returncode in (0, -signal.SIGINT, 130) or proc.returncode is None else proc.returncode
+
+    # --- reporting ------------------------------------------------------------------------------
+    def aggregate(self) -> tuple[int, dict[str, dict[str, Any]]]:
+        execs = 0
+        sigs: dict[str, dict[str, Any]] = {}
+        for st in art.read_stats(self.artifacts):
+            if abs(st.get("t0", 0) - self._started) > 1e-3:
+                continue                                  # an earlier campaign in the same directory
+            execs += st.get("execs", 0)
+            for s, v in st.get("signatures", {}).items():
+                cur = sigs.get(s)
+                if cur is None:
+                    sigs[s] = dict(v)
+                else:
+                    cur["count"] += v["count"]
+                    if v["first_seen"] < cur["first_seen"]:
+                        cur["first_seen"], cur["first_input"] = v["first_seen"], v["first_input"]
+        return execs, sigs
+
+    _started: float = 0.0
+
+    def status_line(self, elapsed: float, prog: Progress, before: set[str]) -> str:
+        execs, sigs = self.aggregate()
+        new = sum(1 for v in sigs.values() if not v["known"])
+        known = sum(1 for v in sigs.values() if v["known"])
+        rate = prog.execs_per_s or (int(execs / elapsed) if elapsed > 0 else 0)
+        return (f"[{elapsed:6.0f}s] execs {execs}  exec/s {rate}  corpus {prog.corp}  cov {prog.cov} ft {prog.ft}  "
+                f"findings: {new} new signature(s), {known} known")
+
+    def findings_table(self, before: set[str]) -> str:
+        execs, sigs = self.aggregate()
+        unknown = sorted(((s, v) for s, v in sigs.items() if not v["known"]), key=lambda x: x[1]["first_seen"])
+        known = sorted(((s, v) for s, v in sigs.items() if v["known"]), key=lambda x: -x[1]["count"])
+        lines = [f"findings after {execs} executions: {len(unknown)} distinct new signature(s), "
+                 f"{len(known)} known signature(s)"]
+        if unknown:
+            lines.append(f"{'count':>7}  {'first@s':>7}  {'spec ids':<12}  {'first input':<47}  signature")
+            for s, v in unknown:
+                first = _first_input(self.artifacts, s) or v["first_input"]
+                spec = ",".join(_spec_ids(self.artifacts, first)) or "-"
+                lines.append(f"{v['count']:>7}  {v['first_seen']:>7.1f}  {spec:<12}  {first:<47}  {s}")
+        if known:
+            by_entry: dict[str, int] = {}
+            for _, v in known:
+                for e in v["entries"]:
+                    by_entry[e] = by_entry.get(e, 0) + v["count"]
+            lines.append("known (catalogued) divergences, by entry: " +
+                         ", ".join(f"{e} x{c}" for e, c in sorted(by_entry.items(), key=lambda x: -x[1])))
+        return "\n".join(lines)
+
+
+def _escape(b: bytes) -> str:
+    return "".join(f"\\x{c:02x}" for c in b)
+
+
+def _pump(proc: subprocess.Popen, log, prog: Progress) -> None:
+    """Copy libFuzzer's stderr to the log and keep its latest numbers."""
+    assert proc.stderr is not None
+    for raw in proc.stderr:
+        log.write(raw)
+        prog.lines += 1
+        line = raw.decode("utf-8", errors="replace")
+        if "cov:" in line or "corp:" in line:
+            for k, v in _STAT.findall(line):
+                if k == "cov":
+                    prog.cov = int(v)
+                elif k == "ft":
+                    prog.ft = int(v)
+                elif k == "corp":
+                    prog.corp = int(v)
+                else:
+                    prog.execs_per_s = int(v)
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    """SIGINT first (libFuzzer exits cleanly and keeps what it wrote), then escalate."""
+    for sig, wait in ((signal.SIGINT, 10), (signal.SIGTERM, 5), (signal.SIGKILL, 5)):
+        if proc.poll() is not None:
+            return
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(timeout=wait)
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def _known_signatures(artifacts: str) -> set[str]:
+    try:
+        return set(os.listdir(os.path.join(artifacts, art.SIGNATURE_DIR)))
+    except OSError:
+        return set()
+
+
+def _first_input(artifacts: str, signature: str) -> str | None:
+    from oracles.signature import signature_id
+    try:
+        with open(os.path.join(artifacts, art.SIGNATURE_DIR, signature_id(signature)), encoding="utf-8") as fh:
+            return fh.read().strip()
+    except OSError:
+        return None
+
+
+def _spec_ids(artifacts: str, name: str) -> list[str]:
+    try:
+        with open(os.path.join(artifacts, name + ".yaml"), encoding="utf-8") as fh:
+            return list(yaml.safe_load(fh).get("spec_ids", []))
+    except (OSError, yaml.YAMLError, AttributeError):
+        return []

@@ -1,0 +1,44 @@
+"""``pfndiff corpus build`` (seeds -> libFuzzer corpora) and ``pfndiff corpus decode`` (an input
+file, e.g. a ``crash-<sha1>``, back to a readable scenario)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+from kvmsim import dump_scenario
+from kvmsim.yamlsrc import ScenarioError
+
+from .cli import COMMANDS, UsageError
+from .codec import decode
+from .corpus import OUT, SEEDS, build_corpus
+
+
+def cmd_corpus(args: argparse.Namespace) -> int:
+    if args.action == "build":
+        counts = build_corpus(args.seeds, args.out)
+        for target, n in counts.items():
+            print(f"{os.path.join(args.out, target)}: {n} input(s) from {args.seeds}")
+        return 0
+    if not args.files:
+        raise UsageError("pfndiff corpus decode: give one or more input files")
+    for path in args.files:
+        try:
+            with open(path, "rb") as fh:
+                data = fh.read()
+        except OSError as e:
+            raise ScenarioError(f"cannot read: {e.strerror}", 0, path) from None
+        if len(args.files) > 1:
+            print(f"# {path}")
+        print(dump_scenario(decode(data)), end="")
+    return 0
+
+
+def _setup(p: argparse.ArgumentParser) -> None:
+    p.add_argument("action", choices=("build", "decode"), help="build: encode the seeds; decode: show inputs")
+    p.add_argument("files", nargs="*", help="decode: input files")
+    p.add_argument("--seeds", default=SEEDS, help="seed directory (build)")
+    p.add_argument("--out", default=OUT, help="output directory, one subdirectory per target (build)")
+
+
+COMMANDS["corpus"] = ("build the libFuzzer corpora from the YAML seeds, or decode inputs", cmd_corpus, _setup)

@@ -1,0 +1,66 @@
+"""``pfndiff fuzz``: a differential fuzzing campaign (see fuzz.campaign)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+from kvmsim import BackendError, get_backend
+
+from .campaign import BUNDLED_CORPUS, Campaign
+from .cli import COMMANDS, UsageError
+from .corpus import build_corpus
+
+DEFAULT_PAIRS = [("sim:g2", "sim:g3"), ("sim:g2", "sim:g2s-literal")]
+
+
+def _pair(text: str) -> tuple[str, str]:
+    for sep in ("~", ","):
+        if sep in text:
+            a, _, b = text.partition(sep)
+            if a and b:
+                return a, b
+    raise UsageError(f"pfndiff fuzz: bad --pair {text!r} (expected LEFT~RIGHT, e.g. sim:g2~sim:g3)")
+
+
+def cmd_fuzz(args: argparse.Namespace) -> int:
+    pairs: list[tuple[str, str]] = [_pair(p) for p in args.pair]
+    if args.left or args.right:
+        if not (args.left and args.right):
+            raise UsageError("pfndiff fuzz: --left and --right go together")
+        pairs.insert(0, (args.left, args.right))
+    pairs = pairs or list(DEFAULT_PAIRS)
+    for name in {n for p in pairs for n in p}:
+        reason = get_backend(name).available()
+        if reason is not None:
+            raise BackendError(f"backend {name} is not available here: {reason}")
+    if args.time <= 0 or args.jobs <= 0:
+        raise UsageError("pfndiff fuzz: --time and --jobs must be positive")
+    extra = [a for a in args.libfuzzer_args if a != "--"]
+    for a in extra:
+        if not a.startswith("-"):
+            raise UsageError(f"pfndiff fuzz: extra libFuzzer arguments must be flags, got {a!r}")
+    seeds = []
+    if not args.no_seeds:
+        build_corpus()                    # cheap, and never stale: the seeds may have changed
+        seeds.append(os.path.join(BUNDLED_CORPUS, "diff"))
+    c = Campaign(pairs, args.time, args.jobs, args.corpus, args.artifacts, seeds, extra,
+                 status_every=args.status_every)
+    return c.run()
+
+
+def _setup(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--left", help="left backend of the (first) pair")
+    p.add_argument("--right", help="right backend of the (first) pair")
+    p.add_argument("--pair", action="append", default=[], metavar="LEFT~RIGHT",
+                   help="a backend pair (repeatable; all pairs share the time budget and corpus)")
+    p.add_argument("--time", type=int, default=300, help="time budget in seconds (default 300)")
+    p.add_argument("--jobs", type=int, default=1, help="parallel libFuzzer workers (fork mode when > 1)")
+    p.add_argument("--corpus", default="fuzz-out/corpus", help="working corpus directory (grows)")
+    p.add_argument("--artifacts", default="artifacts", help="where findings are written")
+    p.add_argument("--no-seeds", action="store_true", help="do not add the bundled seed corpus")
+    p.add_argument("--status-every", type=float, default=5.0, help="seconds between status lines")
+    p.add_argument("libfuzzer_args", nargs=argparse.REMAINDER, help="after --: extra libFuzzer flags")
+
+
+COMMANDS["fuzz"] = ("run a differential fuzzing campaign (libFuzzer via atheris)", cmd_fuzz, _setup)

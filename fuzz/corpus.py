@@ -1,0 +1,63 @@
+"""The bundled corpus: readable YAML seeds (``corpus/seeds``) encoded into one libFuzzer corpus
+directory per target (``corpus/libfuzzer/<target>/<sha1>``).
+
+Why rebuild atomically: a campaign may be reading the directory; the new one is assembled next
+to it and swapped in with renames, so a reader sees either the old or the new corpus.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import os
+import shutil
+import tempfile
+
+from kvmsim import load_scenario
+from kvmsim.yamlsrc import ScenarioError
+
+from .codec import EncodeError, decode, encode
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SEEDS = os.path.join(REPO, "corpus", "seeds")
+OUT = os.path.join(REPO, "corpus", "libfuzzer")
+CORPUS_TARGETS = ("diff",)          # every seed suits the differential target (any pair)
+
+
+def encode_seed(path: str) -> bytes:
+    """A seed file -> bytes; ScenarioError (FILE:LINE) if it cannot be read, encoded or round-tripped."""
+    sc = load_scenario(path)
+    try:
+        data = encode(sc)
+    except EncodeError as e:
+        raise ScenarioError(f"cannot encode: {e}", 0, path) from None
+    if decode(data) != sc:
+        raise ScenarioError("does not survive encode/decode unchanged (codec bug)", 0, path)
+    return data
+
+
+def seed_files(seeds: str = SEEDS) -> list[str]:
+    return sorted(glob.glob(os.path.join(seeds, "*.yaml")))
+
+
+def build_corpus(seeds: str = SEEDS, out: str = OUT, targets: tuple[str, ...] = CORPUS_TARGETS) -> dict[str, int]:
+    """Encode every seed into each target's directory; returns {target: files}."""
+    encoded = {path: encode_seed(path) for path in seed_files(seeds)}
+    os.makedirs(out, exist_ok=True)
+    counts = {}
+    for target in targets:
+        tmp = tempfile.mkdtemp(prefix=f".{target}.new-", dir=out)
+        for data in encoded.values():
+            with open(os.path.join(tmp, hashlib.sha1(data).hexdigest()), "wb") as fh:
+                fh.write(data)
+        final = os.path.join(out, target)
+        old = None
+        if os.path.exists(final):
+            old = tempfile.mkdtemp(prefix=f".{target}.old-", dir=out)
+            os.rmdir(old)
+            os.rename(final, old)
+        os.rename(tmp, final)
+        if old:
+            shutil.rmtree(old, ignore_errors=True)
+        counts[target] = len(set(encoded.values()))
+    return counts

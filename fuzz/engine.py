@@ -1,0 +1,177 @@
+"""One fuzz input, judged: decode, run every backend of the campaign once, compare each pair,
+check each trace's invariants, count known divergences, write an artifact for each signature
+not seen before.  Independent of atheris, so tests and ``pfndiff corpus`` use it directly.
+
+Why no crash for a finding: the campaign must keep going and count; libFuzzer's own crash path
+would stop a non-fork run at the first finding and name nothing but the input.  So findings are
+written here (atomically) and the target returns normally.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+import traceback
+from dataclasses import dataclass, field
+from typing import Any
+
+from kvmsim import get_backend
+from kvmsim.scenario import Scenario, dump_scenario
+from kvmsim.trace import Trace
+from oracles.catalogue import Catalogue, load_catalogue
+from oracles.diff import Divergence, check_invariants, compare
+
+from . import artifacts as art
+from .codec import VERSION as CODEC_VERSION
+from .codec import decode
+
+STATS_EVERY = 2.0
+
+
+def parse_pairs(text: str) -> list[tuple[str, str]]:
+    """``sim:g2~sim:g3;sim:g2~sim:g2s-literal`` (``,`` also separates left from right)."""
+    pairs = []
+    for part in text.replace(" ", "").split(";"):
+        if not part:
+            continue
+        sep = "~" if "~" in part else ","
+        left, _, right = part.partition(sep)
+        if not left or not right:
+            raise ValueError(f"bad pair {part!r}: expected LEFT~RIGHT")
+        pairs.append((left, right))
+    if not pairs:
+        raise ValueError("no backend pair given")
+    return pairs
+
+
+@dataclass
+class SigStat:
+    signature: str
+    known: bool
+    pair: str
+    entries: list[str]
+    count: int = 0
+    first_input: str = ""
+    first_seen: float = 0.0
+    first_exec: int = 0
+
+
+@dataclass
+class Checker:
+    pairs: list[tuple[str, str]]
+    artifacts: str | None = None
+    catalogue: Catalogue | None = None
+    t0: float = field(default_factory=time.time)
+    execs: int = 0
+    stats: dict[str, SigStat] = field(default_factory=dict)
+    _last_flush: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.catalogue is None:
+            self.catalogue = load_catalogue()
+        names = sorted({n for p in self.pairs for n in p})
+        self.backends = {n: get_backend(n) for n in names}
+        for n, b in self.backends.items():
+            reason = b.available()
+            if reason is not None:
+                raise ValueError(f"backend {n} is not available here: {reason}")
+
+    # --- one input ------------------------------------------------------------------------------
+    def check(self, data: bytes) -> list[Divergence]:
+        """Every divergence of this input (known and unknown), after recording them."""
+        self.execs += 1
+        sc = decode(data)
+        traces: dict[str, Trace] = {}
+        divs: list[Divergence] = []
+        for name, b in self.backends.items():
+            try:
+                traces[name] = b.run(sc)
+            except Exception as e:           # a crash of the model is a finding, not a fuzzer crash
+                divs.append(_exception_divergence(name, e))
+        for left, right in self.pairs:
+            if left in traces and right in traces and left != right:
+                divs.extend(compare(sc, traces[left], traces[right], self.catalogue, invariants=False))
+        for t in traces.values():
+            divs.extend(check_invariants(sc, t, self.catalogue))
+        if divs:
+            self._record(data, sc, divs, traces)
+        self._maybe_flush()
+        return divs
+
+    def _record(self, data: bytes, sc: Scenario, divs: list[Divergence], traces: dict[str, Trace]) -> None:
+        now = time.time() - self.t0
+        name = art.input_name(data)
+        new: list[Divergence] = []
+        seen: set[str] = set()
+        for d in divs:
+            if d.signature in seen:
+                continue
+            seen.add(d.signature)
+            st = self.stats.get(d.signature)
+            if st is None:
+                st = self.stats[d.signature] = SigStat(d.signature, d.known, f"{d.left}~{d.right}" if d.right else d.left,
+                                                       d.entries, 0, name, round(now, 3), self.execs)
+                if not d.known:
+                    new.append(d)
+            st.count += 1
+        if new and self.artifacts:
+            fresh = [d for d in new if art.claim_signature(self.artifacts, d.sig_id, name)]
+            if fresh:
+                art.write_finding(self.artifacts, data, self.sidecar(sc, fresh, divs, traces, now))
+                self.flush()
+
+    def sidecar(self, sc: Scenario, fresh: list[Divergence], divs: list[Divergence], traces: dict[str, Trace],
+                now: float) -> dict[str, Any]:
+        first = fresh[0]
+        involved = sorted({self.catalogue.by_id[e.split(" (")[0]].spec for d in divs for e in d.entries
+                           if e.split(" (")[0] in self.catalogue.by_id})
+        quirks = sorted({q for n in traces for q in _quirks(n)})
+        backends = [first.left] + ([first.right] if first.right else [])
+        return {
+            "signature": first.signature, "id": first.sig_id,
+            "signatures": [{"signature": d.signature, "id": d.sig_id} for d in fresh],
+            "oracle": first.oracle, "pair": backends,
+            "first_differing_op": {"index": first.index, "op": first.op,
+                                   "args": sc.ops[first.index].args if first.index < len(sc.ops) else None},
+            "field": first.field, "fields": first.fields,
+            "observations": {first.left: first.left_obs, **({first.right: first.right_obs} if first.right else {})},
+            "spec_ids": involved + quirks,
+            "divergences": [d.to_dict() for d in divs],
+            "backend_versions": {n: self.backends[n].version() for n in backends if n in self.backends},
+            "host": art.host_info(), "codec_version": CODEC_VERSION,
+            "found_after_s": round(now, 3), "execs": self.execs,
+            "scenario": dump_scenario(sc),
+            "traces": {n: traces[n].to_dict() for n in backends if n in traces},
+        }
+
+    # --- counters ---------------------------------------------------------------------------------
+    def snapshot(self) -> dict[str, Any]:
+        return {"pid": os.getpid(), "execs": self.execs, "t0": self.t0, "updated": time.time(),
+                "pairs": [f"{a}~{b}" for a, b in self.pairs],
+                "signatures": {s: vars(st) for s, st in self.stats.items()}}
+
+    def flush(self) -> None:
+        self._last_flush = time.time()
+        if self.artifacts:
+            art.write_stats(self.artifacts, self.snapshot())
+
+    def _maybe_flush(self) -> None:
+        if self.artifacts and time.time() - self._last_flush >= STATS_EVERY:
+            self.flush()
+
+
+def _quirks(backend: str) -> list[str]:
+    if backend.startswith("sim:g2s-literal"):
+        rest = backend[len("sim:g2s-literal"):].lstrip(":")
+        return rest.split(",") if rest else ["S2", "S4", "S5", "S6", "S8"]
+    return []
+
+
+def _exception_divergence(backend: str, e: Exception) -> Divergence:
+    tb = traceback.extract_tb(sys.exc_info()[2])
+    where = next((f"{os.path.basename(f.filename)}:{f.lineno}" for f in reversed(tb)), "?")
+    d = Divergence("exception", backend, "", 0, "run", ["exception"], "exception",
+                   {"exception": f"{type(e).__name__}: {e}", "at": where}, {})
+    d.signature = f"exception {backend} {type(e).__name__} at {where}"
+    return d

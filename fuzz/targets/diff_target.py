@@ -1,0 +1,55 @@
+#!/usr/bin/env python3
+"""libFuzzer target: differential fuzzing of backend pairs.
+
+Pairs come from ``PFNDIFF_PAIRS`` (``sim:g2~sim:g3;sim:g2~sim:g2s-literal``) or from an
+argument ``--pairs=...`` (removed before libFuzzer sees argv); findings go to
+``PFNDIFF_ARTIFACTS`` (default ``./artifacts``).  Executable with a shebang so that libFuzzer's
+``-fork``, ``-jobs`` and ``-merge`` can re-run it.  Known divergences are counted, unknown ones
+written as ``crash-<sha1>`` + YAML sidecar; the target never crashes on a finding.
+"""
+
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+
+from fuzz.atheris_compat import fuzz, instrumented  # noqa: E402
+
+with instrumented():
+    import kvmsim.g1_legacy  # noqa: F401,E402  (every generation, instrumented)
+    import kvmsim.g2_noref  # noqa: F401,E402
+    import kvmsim.g2f_posted  # noqa: F401,E402
+    import kvmsim.g2s_sketch  # noqa: F401,E402
+    import kvmsim.g3_merged  # noqa: F401,E402
+    import kvmsim.sim_backend  # noqa: F401,E402
+    from fuzz import codec  # noqa: F401,E402
+
+from fuzz.engine import Checker, parse_pairs  # noqa: E402
+
+
+def main() -> None:
+    argv = list(sys.argv)
+    pairs = os.environ.get("PFNDIFF_PAIRS", "sim:g2~sim:g3")
+    for a in list(argv[1:]):
+        if a.startswith("--pairs="):
+            pairs = a.split("=", 1)[1]
+            argv.remove(a)
+            os.environ["PFNDIFF_PAIRS"] = pairs          # fork/jobs children re-read it
+    try:
+        t0 = float(os.environ.get("PFNDIFF_T0", "0")) or None
+    except ValueError:
+        t0 = None
+    checker = Checker(parse_pairs(pairs), os.environ.get("PFNDIFF_ARTIFACTS", "artifacts"))
+    if t0:
+        checker.t0 = t0
+
+    def test_one_input(data: bytes) -> None:
+        checker.check(data)
+
+    import atexit
+    atexit.register(checker.flush)
+    fuzz(test_one_input, argv)
+
+
+if __name__ == "__main__":
+    main()
