@@ -98,3 +98,34 @@ def test_literal_sketch_is_excluded_because_it_underflows() -> None:
                notifier={"seq": 1})
     t = run("sim:g2s-literal:S8", sc)
     assert any(e.startswith("BUG:refcount_underflow") for e in t.records[0].events)
+
+
+# --- a second invariant over the same random scenarios: I1 / K4 -----------------------------------
+
+def _ro_gfns(sc_dict) -> set[int]:
+    out = set()
+    for s in sc_dict["world"]["memslots"]:
+        if s.get("readonly"):
+            out.update(range(s["gfn"], s["gfn"] + s["pages"]))
+    return out
+
+
+def check_ro_slot_never_writable(backend: str, sc_dict, t: Trace) -> None:
+    """§2.5 I1, §3.4, §6.6 K4: ``writable`` is never reported true for a RO memslot, and x86 never
+    installs a writable SPTE there — except G2f's D12b (remapped PTE in a RO slot, v11 as posted)."""
+    ro = _ro_gfns(sc_dict)
+    for op, r in zip(sc_dict["ops"], t.records):
+        kind, args = next(iter(op.items()))
+        api = r.api or {}
+        if kind == "lookup" and args["gfn"] in ro and api.get("result") == "pfn" and api.get("writable"):
+            assert backend == "sim:g2f" and api["frame"].startswith("b."), (backend, op, api)   # D12b only
+        if kind == "x86_fault" and args["gfn"] in ro and api.get("spte"):
+            assert not api["spte"]["writable"] or backend == "sim:g2f", (backend, op, api)
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(scenarios())
+def test_random_scenarios_never_map_ro_slot_writable(sc_dict) -> None:
+    sc = loads_scenario(yaml.safe_dump(sc_dict, sort_keys=False))
+    for b in GENERATIONS:
+        check_ro_slot_never_writable(b, sc_dict, run(b, sc))
