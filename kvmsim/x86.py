@@ -52,7 +52,14 @@ def try_async_pf(w: World, f: Fault) -> int | None:
     f.async_pf = "queued"
     hva = gfn_to_hva_in_slot(f.slot, f.gfn)
     signal, w.task.signal = w.task.signal, "none"           # the worker is a kthread
-    n, pg = gup_slow(w, hva, FOLL_WRITE if f.write else 0)
+    # async_pf_execute: get_user_pages_remote(mm, addr, 1, FOLL_WRITE, NULL, &locked) — always a
+    # write fault, whatever the guest access, and no page/reference kept (pages == NULL).
+    n, pg = gup_slow(w, hva, FOLL_WRITE)
+    if n != 1:
+        # The write GUP can fail (e.g. no VM_WRITE); the vCPU is kicked anyway and
+        # kvm_arch_async_page_ready's prefetch fault (a read) then faults the page in
+        # synchronously.  The model keeps only its effect on the host page.
+        n, pg = gup_slow(w, hva, 0)
     w.task.signal = signal
     if n == 1 and pg is not None:
         w.db.put(pg)

@@ -202,3 +202,20 @@ def test_g1_vcpu_unmap_dirty_log_iff_dirty() -> None:
         sc = build([{"vcpu_map": {"gfn": GFN, "handle": "m"}}, {"vcpu_unmap": {"handle": "m", "dirty": dirty}}],
                    vmas=[vma(page_states={0: "present_rw"})], memslots=[slot(log_dirty=True)])
         assert last(run(G1, sc)).api["dirty_logged"] is dirty
+
+
+@pytest.mark.parametrize("backend", ["sim:g1", "sim:g2", "sim:g2s", "sim:g2f", "sim:g3"])
+@pytest.mark.parametrize("prot,writable", [("rw", True), ("r", False)])
+def test_async_pf_worker_faults_in_for_write(backend, prot, writable) -> None:
+    """async_pf_execute always uses FOLL_WRITE (virt/kvm/async_pf.c): after an async #PF for a
+    guest *read*, the page is present and writable in a VM_WRITE mapping, so the re-entered read
+    fault maps it writable.  Without VM_WRITE the worker's GUP fails and the page-ready (read)
+    prefetch fault brings the page in read-only."""
+    ops = [{"x86_fault": {"gfn": GFN, "write": False}}, {"x86_fault": {"gfn": GFN, "write": False}}]
+    sc = build(ops, vmas=[vma(prot=prot, page_states={0: "needs_io"})], memslots=[slot()],
+               vcpu={"async_pf": True}, notifier={"seq": 1})
+    t = run(backend, sc)
+    first, second = t.records[0].api, t.records[1].api
+    assert first["ret"] == "RETRY" and first["async_pf"] == "queued" and first["leaked"] == {}
+    assert second["ret"] == "FIXED" and second["map_writable"] is writable
+    assert t.meta["refs_held_at_end"] == {}
