@@ -22,8 +22,13 @@ test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest
 
+# The default campaign: a few minutes over the simulated pairs on the bundled seed corpus,
+# findings in ./artifacts, the grown corpus in ./fuzz-out/corpus; ends with the findings table.
+FUZZ_TIME ?= 180
+FUZZ_JOBS ?= 1
 fuzz: $(STAMP)
-	$(BIN)/pfndiff fuzz-default
+	$(BIN)/pfndiff fuzz --pair sim:g2~sim:g3 --pair sim:g2~sim:g2s-literal --time $(FUZZ_TIME) \
+	    --jobs $(FUZZ_JOBS) --corpus fuzz-out/corpus --artifacts artifacts
 
 bench: $(STAMP)
 	$(BIN)/python bench/sim_speed.py

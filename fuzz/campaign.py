@@ -29,7 +29,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TARGETS = {"diff": os.path.join(REPO, "fuzz", "targets", "diff_target.py"),
            "empty": os.path.join(REPO, "fuzz", "targets", "empty_target.py")}
 BUNDLED_CORPUS = os.path.join(REPO, "corpus", "libfuzzer")
-_STAT = re.compile(r"(cov|ft|corp|exec/s):\s*(\d+)")
+_STAT = re.compile(r"(cov|ft|corp|exec/s):?\s*(\d+)")
 
 
 @dataclass
@@ -89,6 +89,7 @@ class Campaign:
         cmd = self.command(dict_path)
         self.out(f"pfndiff fuzz: {', '.join(f'{a} vs {b}' for a, b in self.pairs)}; {self.seconds}s, "
                  f"{self.jobs} job(s); corpus {self.corpus}; artifacts {self.artifacts}; log {log_path}")
+        _interrupt_on(signal.SIGINT, signal.SIGTERM)
         with open(log_path, "ab") as log:
             proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.PIPE, env=env, start_new_session=True)
             reader = threading.Thread(target=_pump, args=(proc, log, prog), daemon=True)
@@ -163,6 +164,15 @@ class Campaign:
             lines.append("known (catalogued) divergences, by entry: " +
                          ", ".join(f"{e} x{c}" for e, c in sorted(by_entry.items(), key=lambda x: -x[1])))
         return "\n".join(lines)
+
+
+def _interrupt_on(*sigs: int) -> None:
+    """Ctrl-C and SIGTERM end the campaign cleanly, even where the shell started us with SIGINT
+    ignored (background jobs of non-interactive shells)."""
+    def handler(signum, frame):
+        raise KeyboardInterrupt
+    for s in sigs:
+        signal.signal(s, handler)
 
 
 def _escape(b: bytes) -> str:
