@@ -118,11 +118,15 @@ class PfnDB:
             self.underflows.append(pg.name)
 
     def pin(self, pg: Page) -> None:
+        if pg.kind == ZERO:
+            return   # mm/gup.c since v6.5 (c8070b787519): FOLL_PIN leaves the zero page unpinned
         self.touch(pg)
         pg.refcount += 1  # FOLL_PIN also elevates the refcount (GUP_PIN_COUNTING_BIAS simplified to 1)
         pg.pincount += 1
 
     def unpin(self, pg: Page) -> None:
+        if pg.kind == ZERO:
+            return   # unpin_user_page() ignores the zero page (gup_put_folio), matching pin()
         self.touch(pg)
         pg.pincount -= 1
         self.put(pg)

@@ -275,3 +275,13 @@ def test_g3_x86_needs_io_async_pf_then_interruptible() -> None:
     assert api["ret"] == "RETRY" and api["async_pf"] == "queued" and api["result"] == "ERR_NEEDS_IO"
     api = x86("needs_io_signal", False)
     assert api["ret"] == "-EINTR" and api["calls"] == ["__kvm_faultin_pfn"] * 2
+
+
+def test_g3_map_ro_of_zero_page_takes_no_pin() -> None:
+    """pin_user_pages*() leave the shared zero page unpinned and unpin_user_page() ignores it
+    (mm/gup.c since v6.5, "mm: Don't pin ZERO_PAGE in pin_user_pages()"), so kvm_vcpu_map_readonly
+    of a never-written anonymous page sets pinned_page = zero page without holding a pin."""
+    m, u, _ = vmap("unpopulated", False)
+    assert m["ret"] == 0 and m["frame"] == "zero" and m["method"] == "kmap"
+    assert m["pinned"] == {} and m["held"] == {}
+    assert u["unpinned"] == {} and u["released"] == {}
