@@ -1,0 +1,163 @@
+"""Normalisation rules, the catalogue loader, signatures and invariants, one behaviour each."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from kvmsim import get_backend, loads_scenario
+from kvmsim.trace import OpRecord, Trace
+from oracles.catalogue import BUG_IDS, CatalogueError, cond, family, load_catalogue
+from oracles.diff import compare
+from oracles.normalise import API_LEVEL, NA, RULES, VMM_LEVEL, normalise
+from oracles.signature import make_signature, signature_id, value_class
+
+CAT = load_catalogue()
+
+
+def rec(api=None, vmm=None, events=(), op="lookup"):
+    return OpRecord(0, op, api, vmm, list(events))
+
+
+# --- normalisation ---------------------------------------------------------------------------
+
+def test_async_fault_is_needs_io():
+    a, fa = normalise(rec({"call": "x", "result": "ERR_FAULT", "async": True}), API_LEVEL)
+    b, fb = normalise(rec({"call": "y", "result": "ERR_NEEDS_IO", "async": None}), API_LEVEL)
+    assert a == b and "async-fault-is-needs-io" in fa and "async-fault-is-needs-io" not in fb
+
+
+def test_fault_without_async_stays_a_fault():
+    a, _ = normalise(rec({"result": "ERR_FAULT", "async": False}), API_LEVEL)
+    assert a["api.result"] == "ERR_FAULT"
+
+
+def test_bad_page_is_null():
+    a, _ = normalise(rec({"result": "ERR_PTR_BAD_PAGE"}, op="gfn_to_page"), API_LEVEL)
+    assert a["api.result"] == "NULL"
+
+
+def test_writable_compared_only_on_success():
+    err, _ = normalise(rec({"result": "ERR_HWPOISON", "writable": True}), API_LEVEL)
+    ok, _ = normalise(rec({"result": "pfn", "writable": True}), API_LEVEL)
+    assert err["api.writable"] is NA and ok["api.writable"] is True
+
+
+def test_call_and_raw_hva_are_ignored_and_legacy_page_is_not_an_observation():
+    a, _ = normalise(rec({"call": "__gfn_to_pfn_memslot", "hva": 0x7F00_0000_0000, "page": None}), API_LEVEL)
+    assert "api.call" not in a and "api.hva" not in a and a["api.page"] is NA
+
+
+def test_vmm_level_keeps_only_vmm_fields():
+    a, _ = normalise(rec({"result": "pfn"}, {"outcome": "ok"}, ["WARN:x"], op="access"), VMM_LEVEL)
+    assert a == {"vmm.outcome": "ok"}
+
+
+def test_every_rule_is_named_and_documented_and_reported_ids_exist():
+    assert len({r.name for r in RULES}) == len(RULES)
+    for r in RULES:
+        assert r.doc and r.spec
+        if r.reports:
+            assert any(e.spec == r.reports for e in CAT.entries), r.name
+
+
+# --- catalogue --------------------------------------------------------------------------------
+
+def test_shipped_catalogue_has_no_bug_entries_and_unique_ids():
+    assert CAT.entries
+    assert not {e.spec for e in CAT.entries} & BUG_IDS
+    assert len(CAT.by_id) == len(CAT.entries)
+
+
+@pytest.mark.parametrize("text,problem", [
+    ("entries:\n  - {id: x, spec: S8, title: t, a: [g1], b: [g3], ops: [lookup], explains: '*'}\n", "is a bug"),
+    ("entries:\n  - {id: x, spec: D99, title: t, a: [g1], b: [g3], ops: [lookup], explains: '*'}\n", "D1..D27"),
+    ("entries:\n  - {id: x, spec: D4, title: t, a: [g9], b: [g3], ops: [lookup], explains: '*'}\n", "must be a list"),
+    ("entries:\n  - {id: x, spec: D4, title: t, a: [g1], b: [g3], ops: [nope], explains: '*'}\n", "op kinds"),
+    ("entries:\n  - {id: x, spec: D4, title: t, a: [g1], b: [g3], ops: [lookup]}\n", "explains"),
+    ("entries:\n  - {id: x, spec: D4, title: t, a: [g1], b: [g3], ops: [lookup], explains: '*', bogus: 1}\n",
+     "unknown field"),
+    ("entries: [\n", "bad YAML"),
+])
+def test_bad_catalogue_is_one_line_with_file_and_line(tmp_path, text, problem):
+    p = tmp_path / "cat.yaml"
+    p.write_text(text)
+    with pytest.raises(CatalogueError) as e:
+        load_catalogue(str(p))
+    msg = str(e.value)
+    assert msg.startswith(str(p)) and problem in msg and "\n" not in msg
+
+
+def test_conditions():
+    assert cond("*", 5) and cond({"in": [1, 2]}, 2) and not cond({"not": 1}, 1)
+    assert cond({"empty": True}, {}) and cond({"has": "WARN:"}, ["WARN:a"]) and cond({"prefix": "ab"}, "abc")
+    assert cond(None, NA)
+
+
+def test_families():
+    assert family("sim:g2s-literal:S4,S8") == "g2s" and family("sim:g3") == "g3" and family("host") == "host"
+
+
+# --- signatures -------------------------------------------------------------------------------
+
+def test_signature_ignores_page_names_and_values_but_keeps_classes():
+    a = make_signature("diff:api", "sim:g1", "sim:g3", "lookup[ref]", "api.held", {"ram+0#0": 1}, {})
+    b = make_signature("diff:api", "sim:g1", "sim:g3", "lookup[ref]", "api.held", {"dev.frame3": 1}, {})
+    c = make_signature("diff:api", "sim:g1", "sim:g3", "lookup[ref]", "api.held", {"dev.frame3": -1}, {})
+    assert a == b != c and signature_id(a) == signature_id(b)
+    assert value_class("ERR_FAULT") == "ERR_FAULT" and value_class("ram+0#1") == "page"
+    assert value_class(0x1234) == value_class(7) == "int"
+
+
+def test_event_signature_strips_the_page_of_an_underflow():
+    a = make_signature("diff:api", "l", "r", "x86_fault", "events", [], ["BUG:refcount_underflow:ram+0#0"])
+    assert a.endswith("[]>[BUG:refcount_underflow]")
+
+
+# --- diff and invariants ------------------------------------------------------------------------
+
+S8 = """
+world:
+  notifier: {seq: 2}
+  vmas: [{name: ram, pages: 1, page_states: {0: present_rw}}]
+  memslots: [{id: 0, gfn: 0x100, pages: 1, vma: ram}]
+ops:
+  - x86_fault: {gfn: 0x100, write: true}
+"""
+
+
+def test_identical_backends_never_diverge():
+    sc = loads_scenario(S8)
+    t = get_backend("sim:g3").run(sc)
+    assert compare(sc, t, get_backend("sim:g3").run(sc), CAT) == []
+
+
+def test_s8_underflow_is_a_finding_by_diff_and_by_invariants():
+    sc = loads_scenario(S8)
+    divs = compare(sc, get_backend("sim:g2").run(sc), get_backend("sim:g2s-literal:S8").run(sc), CAT)
+    oracles = {d.oracle for d in divs if not d.known}
+    assert {"diff:api", "inv:no-warn-bug", "inv:no-leak"} <= oracles
+
+
+def test_vmm_level_ignores_api_differences():
+    sc = loads_scenario(S8.replace("x86_fault: {gfn: 0x100, write: true}", "access: {gpa: 0x100000}"))
+    lt, rt = get_backend("sim:g1").run(sc), get_backend("sim:g3").run(sc)
+    assert compare(sc, lt, rt, CAT, level="api")            # D17: dirty at SPTE creation
+    assert compare(sc, lt, rt, CAT, level="vmm") == []
+
+
+def test_host_traces_are_compared_at_vmm_level():
+    sc = loads_scenario(S8.replace("x86_fault: {gfn: 0x100, write: true}", "access: {gpa: 0x100000}"))
+    sim = get_backend("sim:g3").run(sc)
+    host = Trace("host", [OpRecord(0, "access", {"not_observable": "host"}, {"outcome": "efault", "exits": ["EFAULT"]})])
+    divs = compare(sc, sim, host, CAT)
+    assert [d.oracle for d in divs] == ["diff:vmm"] and divs[0].field == "vmm.outcome" and not divs[0].known
+
+
+def test_ro_slot_writable_spte_is_an_invariant_violation():
+    path = os.path.join(os.path.dirname(__file__), "..", "..", "corpus", "seeds", "d12b-g2f-writable-ro-slot.yaml")
+    from kvmsim import load_scenario
+    sc = load_scenario(path)
+    divs = compare(sc, get_backend("sim:g2f").run(sc), get_backend("sim:g3").run(sc), CAT)
+    assert any(d.oracle == "inv:ro-slot-not-writable" and not d.known for d in divs)
