@@ -35,10 +35,10 @@ CODE_PAGE = 0
 CTRL_PAGE = 1
 CTRL_PAGES = 8
 STACK_PAGE = CTRL_PAGE + CTRL_PAGES
-PT_FIRST = 16
+PT_FIRST = 64
 SHIM_PAGES = 1024                       # slot size: code, control, stack and the page-table pool
 DOORBELL_PAGE = SHIM_PAGES              # first page after the slot: no memslot → MMIO
-SHIM_SPAN = 4 << 20                     # GPA space reserved for the region (slot + doorbell)
+SHIM_SPAN = 8 << 20                     # GPA space reserved for the region (slot + doorbell frame)
 HEADER = 64
 DESC = 32
 MAX_BATCH = (CTRL_PAGES * PAGE - HEADER) // DESC
@@ -48,21 +48,40 @@ USER_VA_LIMIT = 1 << 47
 GUEST_MAXPHYADDR = 48
 
 
-@dataclass
-class PageTables:
-    """4-level, 4 KiB guest page tables built in the shim region's page pool.
+PTE_PS = 1 << 7
+UPPER_HALF = 0xFFFF_8000_0000_0000
+HUGE = 1 << 21
 
-    VA = GPA wherever possible (identity); GPAs at or above 2^47 get an alias VA.
+
+def va_of(gpa: int) -> int | None:
+    """The guest virtual address of gpa (identity below 2^47; the upper canonical half, still
+    user pages, for [2^47, 2^48)); None beyond the 48-bit physical space."""
+    if gpa >> GUEST_MAXPHYADDR:
+        return None
+    return gpa if gpa < USER_VA_LIMIT else UPPER_HALF + (gpa - USER_VA_LIMIT)
+
+
+@dataclass
+class IdentityMap:
+    """Guest page tables (4 levels, 2 MiB user pages) mapping VA → GPA, grown on demand.
+
+    Entries are only ever added, never changed: KVM's shadow MMU re-walks the guest tables on
+    every fault through a not-present entry, so an added entry needs no invalidation, and an
+    existing one never goes stale.  When the pool is full the caller starts a fresh map (and
+    recreates the shim memslot, which zaps all shadow pages).
     """
     base_gpa: int
-    mem: memoryview                     # host view of the shim slot
+    mem: memoryview
     next_pt: int = PT_FIRST
-    tables: dict[tuple[int, int], int] = field(default_factory=dict)   # (level, va prefix) -> page
-    va_of: dict[int, int] = field(default_factory=dict)                 # gpa page -> va page
-    alias_next: int = 0x4000_0000_0000
+    tables: dict[tuple[int, int], int] = field(default_factory=dict)
+    mapped: set[int] = field(default_factory=set)          # 2 MiB frames mapped
 
     def __post_init__(self) -> None:
         self.root = self._alloc()
+
+    @property
+    def cr3(self) -> int:
+        return self.base_gpa + self.root * PAGE
 
     def _alloc(self) -> int:
         if self.next_pt >= SHIM_PAGES:
@@ -72,39 +91,27 @@ class PageTables:
         self.mem[p * PAGE:(p + 1) * PAGE] = bytes(PAGE)
         return p
 
-    @property
-    def cr3(self) -> int:
-        return self.base_gpa + self.root * PAGE
-
-    def map(self, va: int, gpa: int) -> None:
+    def ensure(self, gpa: int) -> None:
+        """Map the 2 MiB frame holding gpa (raises OverflowError when the pool is full)."""
+        frame = gpa // HUGE
+        if frame in self.mapped:
+            return
+        va = va_of(frame * HUGE)
+        assert va is not None
         table = self.root
-        for level in (3, 2, 1):
-            idx = (va >> (12 + 9 * level)) & 511
-            key = (level, va >> (12 + 9 * level))
+        for level in (3, 2):
+            shift = 12 + 9 * level
+            key = (level, va >> shift)
             nxt = self.tables.get(key)
             if nxt is None:
-                nxt = self.tables[key] = self._alloc()
-                struct.pack_into("<Q", self.mem, table * PAGE + idx * 8,
+                nxt = self._alloc()
+                struct.pack_into("<Q", self.mem, table * PAGE + ((va >> shift) & 511) * 8,
                                  (self.base_gpa + nxt * PAGE) | PTE_P | PTE_W | PTE_U)
+                self.tables[key] = nxt
             table = nxt
-        struct.pack_into("<Q", self.mem, table * PAGE + ((va >> 12) & 511) * 8,
-                         (gpa & ~0xFFF) | PTE_P | PTE_W | PTE_U)
-        self.va_of[gpa >> 12] = va >> 12
-
-    def map_gpa(self, gpa: int, taken: set[int]) -> int:
-        """Map the page holding gpa; returns the VA of gpa.  ``taken``: identity VA pages in use."""
-        page = gpa >> 12
-        if page in self.va_of:
-            return (self.va_of[page] << 12) | (gpa & 0xFFF)
-        if gpa < USER_VA_LIMIT:
-            va = gpa & ~0xFFF
-        else:
-            while (self.alias_next >> 12) in taken:
-                self.alias_next += PAGE
-            va = self.alias_next
-            self.alias_next += PAGE
-        self.map(va, gpa)
-        return va | (gpa & 0xFFF)
+        struct.pack_into("<Q", self.mem, table * PAGE + ((va >> 21) & 511) * 8,
+                         (frame * HUGE) | PTE_P | PTE_W | PTE_U | PTE_PS)
+        self.mapped.add(frame)
 
 
 def write_code(mem: memoryview) -> None:

@@ -16,6 +16,7 @@ import pickle
 import signal
 import struct
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -81,6 +82,10 @@ class Machine:
         self.shim_hva = k.mmap(0, size, k.PROT_READ | k.PROT_WRITE, k.MAP_SHARED, shim_fd, 0)
         self.mem = memoryview((ctypes.c_char * size).from_address(self.shim_hva)).cast("B")
         self.shim_slot: int | None = None
+        self.shim_gpa = -1
+        self.ptmap: g.IdentityMap | None = None
+        self.cpl = -1
+        self.sregs = k.Sregs()
         self.executions = 0
         signal.signal(signal.SIGUSR1, lambda *_: None)
 
@@ -94,10 +99,13 @@ class Machine:
         """What the parent needs if this process hangs or dies: the records so far and the
         accesses of the batch in flight (the guest's progress is in the control block)."""
         base = STATUS_PAGE * k.PAGE
-        blob = pickle.dumps((records, list(batch)), protocol=pickle.HIGHEST_PROTOCOL)
+        index = struct.pack(f"<{len(batch)}I", *(p.index for p in batch))
+        write = bytes(p.write for p in batch)
+        seen = {n: (p.exits, p.vmm) for n, p in enumerate(batch) if p.exits or p.vmm}
+        blob = pickle.dumps((records, index, write, seen), protocol=pickle.HIGHEST_PROTOCOL)
         room = (STATUS_END - STATUS_RECORDS) * k.PAGE
         if len(blob) > room:
-            blob = pickle.dumps((records[-64:], list(batch)[-64:]), protocol=pickle.HIGHEST_PROTOCOL)
+            blob = pickle.dumps(([], b"", b"", {}), protocol=pickle.HIGHEST_PROTOCOL)
         self.mem[STATUS_RECORDS * k.PAGE:STATUS_RECORDS * k.PAGE + len(blob)] = blob
         struct.pack_into("<QQQQ", self.mem, base, self.executions, state, 0, len(blob))
 
@@ -128,6 +136,8 @@ class Execution:
         self.open_invalidations = 0
         self.unrealised: list[str] = []
         self.signal_sent = False
+        self._why: dict[int, str | None] = {}
+        self.run_seconds = 0.0
         self.dead_vmas: dict[str, str] = {}
 
     # --- setup -----------------------------------------------------------------------------
@@ -138,31 +148,37 @@ class Execution:
             return "no free GPA window or memslot id for the shim region"
         self.lay = lay
         m = self.m
-        if m.shim_slot is not None:                  # deleting a slot zaps every shadow page
-            self.vm.delete_slot(m.shim_slot)
-            m.shim_slot = None
-        mem = m.mem
-        g.write_code(mem)
-        pt = g.PageTables(lay.shim_gpa, mem)
-        for p in list(range(g.CODE_PAGE, g.STACK_PAGE + 1)) + [g.DOORBELL_PAGE]:
-            pt.map(lay.shim_gpa + p * k.PAGE, lay.shim_gpa + p * k.PAGE)
-        taken = {(a["gpa"] >> 12) for op in sc.ops if op.kind == "access" for a in [op.args]}
-        taken |= {(lay.shim_gpa >> 12) + p for p in range(g.SHIM_SPAN >> 12)}
-        maxphy = 48
-        self.va: dict[int, int] = {}
-        for op in sc.ops:
-            if op.kind == "access":
-                gpa = op.args["gpa"] & ~0x7
-                if gpa >> maxphy:
-                    continue
-                self.va[op.args["gpa"]] = pt.map_gpa(gpa, taken)
-        r = self.vm.set_slot(lay.shim_slot, lay.shim_gpa, g.SHIM_PAGES * k.PAGE, m.shim_hva)
-        if r < 0:
-            return f"shim memslot: {k.errno_name(r)}"
-        m.shim_slot = lay.shim_slot
-        s = self.vm.get_sregs()
-        g.long_mode_sregs(s, pt.cr3, self.opts.cpl)
-        self.vm.set_sregs(s)
+        self.drop_stale_slots()
+        gpas = [op.args["gpa"] & ~0x7 for op in sc.ops if op.kind == "access"]
+        self.va = {op.args["gpa"]: va for op in sc.ops if op.kind == "access"
+                   for va in [g.va_of(op.args["gpa"] & ~0x7)] if va is not None}
+        fresh = m.ptmap is None or (m.shim_slot, m.shim_gpa) != (lay.shim_slot, lay.shim_gpa)
+        if not fresh:
+            try:
+                for gpa in gpas:
+                    if g.va_of(gpa) is not None:
+                        m.ptmap.ensure(gpa)
+            except OverflowError:
+                fresh = True
+        if fresh:
+            if m.shim_slot is not None:              # deleting a slot zaps every shadow page
+                self.vm.delete_slot(m.shim_slot)
+                m.shim_slot = None
+            g.write_code(m.mem)
+            m.ptmap = g.IdentityMap(lay.shim_gpa, m.mem)
+            for gpa in [lay.shim_gpa, lay.shim_gpa + g.DOORBELL_PAGE * k.PAGE] + gpas:
+                if g.va_of(gpa) is not None:
+                    m.ptmap.ensure(gpa)
+            r = self.vm.set_slot(lay.shim_slot, lay.shim_gpa, g.SHIM_PAGES * k.PAGE, m.shim_hva)
+            if r < 0:
+                return f"shim memslot: {k.errno_name(r)}"
+            m.shim_slot, m.shim_gpa = lay.shim_slot, lay.shim_gpa
+            m.sregs = self.vm.get_sregs()
+            m.cpl = -1
+        if m.cpl != self.opts.cpl:
+            g.long_mode_sregs(m.sregs, m.ptmap.cr3, self.opts.cpl)
+            m.cpl = self.opts.cpl
+            self.vm.set_sregs(m.sregs)
         self.regs = g.initial_regs(lay.shim_gpa)
         self.vm.set_regs(self.regs)
         self.doorbell = lay.shim_gpa + g.DOORBELL_PAGE * k.PAGE
@@ -226,22 +242,44 @@ class Execution:
             return -errno.EFAULT
         return b.fill(self.uffd_fd, hva, write)
 
+    def drop_stale_slots(self) -> None:
+        """Memslots left by the previous execution stay only if this scenario starts with the
+        very same one (id, GPA, size, host address, flags); the others are deleted first."""
+        names = [v.name for v in self.sc.world.vmas]
+        want = {}
+        for s in self.sc.world.memslots:
+            if s.internal is None and s.as_id == 0:
+                flags = (k.KVM_MEM_READONLY if s.readonly else 0) | (k.KVM_MEM_LOG_DIRTY_PAGES if s.log_dirty else 0)
+                hva = layout.host_address(names.index(s.vma)) + s.offset * k.PAGE
+                want[s.id] = (s.gfn << 12, s.pages * k.PAGE, hva, flags)
+        for sid, r in list(self.vm.slots.items()):
+            if sid != self.m.shim_slot and want.get(sid) != (r.guest_phys_addr, r.memory_size,
+                                                              r.userspace_addr, r.flags):
+                self.vm.delete_slot(sid)
+
     def create_slot(self, sid: int, gfn: int, pages: int, vma: str, offset: int, ro: bool, log: bool) -> int:
         b = self.backings.get(vma)
         if b is None:
             self.bad_slots[sid] = f"vma {vma} could not be created: {self.dead_vmas.get(vma, '?')}"
             self.slots[sid] = Slot(sid, gfn, pages, vma, offset, 0)
+            if sid != self.m.shim_slot:
+                self.vm.delete_slot(sid)
             return 0
         flags = (k.KVM_MEM_READONLY if ro else 0) | (k.KVM_MEM_LOG_DIRTY_PAGES if log else 0)
+        cur = self.vm.slots.get(sid)
+        if cur is not None and (cur.guest_phys_addr, cur.memory_size, cur.userspace_addr, cur.flags) == \
+                (gfn << 12, pages * k.PAGE, b.hva(offset), flags):
+            self.slots[sid] = Slot(sid, gfn, pages, vma, offset, flags)
+            return 0                                 # kept from the previous execution
         r = self.vm.set_slot(sid, gfn << 12, pages * k.PAGE, b.hva(offset), flags)
         if r == 0:
             self.slots[sid] = Slot(sid, gfn, pages, vma, offset, flags)
         return r
 
     def teardown(self) -> None:
-        for sid in list(self.vm.slots):
-            if sid != self.m.shim_slot:
-                self.vm.delete_slot(sid)
+        """Release every mapping and fd of the execution.  Memslots stay (the next execution
+        reuses identical ones): unmapping the backings zapped their SPTEs through the mmu
+        notifier, and dirty bitmaps are emptied here."""
         if self.resolver is not None:
             self.resolver.stop()
         for b in self.backings.values():
@@ -249,6 +287,9 @@ class Execution:
         if self.uffd_fd >= 0:
             os.close(self.uffd_fd)
             self.uffd_fd = -1
+        for sid, r in self.vm.slots.items():
+            if sid != self.m.shim_slot and r.flags & k.KVM_MEM_LOG_DIRTY_PAGES:
+                self.vm.dirty_log(sid, r.memory_size // k.PAGE)
 
     # --- run -------------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
@@ -289,14 +330,27 @@ class Execution:
                 self.run_batch(batch)
                 i = j
                 continue
+            self._why.clear()
             self.records.append(self.event(i, op))
             i += 1
         if self.unrealised:
             meta["unrealised"] = self.unrealised
+        meta["kvm_run_seconds"] = round(self.run_seconds, 6)
         return {"records": self.records, "meta": meta}
 
     def access_unrealisable(self, op: Op) -> str | None:
+        """Why this access cannot be made real now (None: it can).  Cached per page while no
+        event runs (the cache is emptied by every non-access op)."""
         gpa = op.args["gpa"]
+        key = gpa >> 12
+        if key in self._why and gpa in self.va:
+            return self._why[key]
+        why = self._access_unrealisable(gpa)
+        if gpa in self.va:
+            self._why[key] = why
+        return why
+
+    def _access_unrealisable(self, gpa: int) -> str | None:
         if self.sc.world.seq_bits != 64:
             return "a 32-bit mmu notifier sequence (this kernel's is 64-bit)"
         if gpa not in self.va:
@@ -341,7 +395,9 @@ class Execution:
                 self._status_due = None
             struct.pack_into("<I", run, k.RUN_EXIT_REASON, 0)
             self.in_run = True
+            t0 = time.perf_counter()
             r = vm.run()
+            self.run_seconds += time.perf_counter() - t0
             self.in_run = False
             i = g.progress(mem)
             cur = batch[i] if i < len(batch) else None

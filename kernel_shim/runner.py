@@ -25,7 +25,7 @@ from kvmsim.scenario import Scenario
 
 from . import guest_code as g
 from . import kvm_ioctl as k
-from .host_exec import ST_FATAL, STATUS_PAGE, STATUS_RECORDS, Options
+from .host_exec import ST_FATAL, STATUS_PAGE, STATUS_RECORDS, Options, Pending
 from .worker import read_msg, write_msg
 
 KILL_GRACE = 2.0
@@ -142,10 +142,14 @@ class Runner:
         base = STATUS_PAGE * k.PAGE
         _, state, _, nblob = struct.unpack_from("<QQQQ", w.view, base)
         records: list[dict[str, Any]] = []
-        batch: list[Any] = []
+        batch: list[Pending] = []
         if nblob:
             try:
-                records, batch = pickle.loads(bytes(w.view[STATUS_RECORDS * k.PAGE:STATUS_RECORDS * k.PAGE + nblob]))
+                records, index, write, seen = pickle.loads(
+                    bytes(w.view[STATUS_RECORDS * k.PAGE:STATUS_RECORDS * k.PAGE + nblob]))
+                batch = [Pending(i, 0, 0, bool(wr), 0) for i, wr in zip(struct.unpack(f"<{len(write)}I", index), write)]
+                for n, (exits, vmm) in seen.items():
+                    batch[n].exits, batch[n].vmm = exits, vmm
             except Exception:                       # noqa: BLE001 - a half-written status is possible
                 records, batch = [], []
         return {"state": state, "records": records, "batch": batch, "progress": g.progress(w.view),
