@@ -39,7 +39,12 @@ def main() -> None:
         t0 = float(os.environ.get("PFNDIFF_T0", "0")) or None
     except ValueError:
         t0 = None
-    checker = Checker(parse_pairs(pairs), os.environ.get("PFNDIFF_ARTIFACTS", "artifacts"))
+    for a in argv[1:]:                      # libFuzzer refuses a missing artifact directory
+        if a.startswith("-artifact_prefix=") and a.endswith("/"):
+            os.makedirs(a.split("=", 1)[1], exist_ok=True)
+    artifacts = os.environ.get("PFNDIFF_ARTIFACTS", "artifacts")
+    os.makedirs(artifacts, exist_ok=True)
+    checker = Checker(parse_pairs(pairs), artifacts)
     if t0:
         checker.t0 = t0
 

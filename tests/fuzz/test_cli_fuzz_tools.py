@@ -1,0 +1,89 @@
+"""pfndiff diff / corpus build / corpus decode: output, JSON, and one-line errors with exit 2."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import pytest
+
+from fuzz.cli import main
+from fuzz.codec import decode, encode
+from fuzz.corpus import build_corpus
+from kvmsim import load_scenario
+
+SEEDS = os.path.join(os.path.dirname(__file__), "..", "..", "corpus", "seeds")
+
+
+def seed(name: str) -> str:
+    return os.path.join(SEEDS, name)
+
+
+def test_diff_lists_known_and_new_divergences_side_by_side(capsys):
+    assert main(["diff", seed("d24-sketch-ownership.yaml"), "--left", "sim:g2", "--right", "sim:g2s-literal:S8"]) == 0
+    out = capsys.readouterr().out
+    assert "not catalogued" in out and "NEW" in out and "BUG:refcount_underflow" in out
+    assert out.index("[op 0]") < out.rindex("[op 0]") or "[op 0]" in out
+    assert main(["diff", seed("d04-remapped-refcounted.yaml"), "-l", "sim:g1", "-r", "sim:g3"]) == 0
+    out = capsys.readouterr().out
+    assert "known (D4-ref" in out and "0 not catalogued" in out
+
+
+def test_diff_json(capsys):
+    assert main(["diff", seed("d05-remapped-refcount0.yaml"), "-l", "sim:g1", "-r", "sim:g3", "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    divs = doc["divergences"]
+    assert [d["op_index"] for d in divs] == sorted(d["op_index"] for d in divs)
+    assert divs[0]["known"] and divs[0]["field"] == "api.result" and divs[0]["left_obs"]["api.result"] == "ERR_FAULT"
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["diff", "/nonexistent.yaml", "-l", "sim:g1", "-r", "sim:g3"], "/nonexistent.yaml: cannot read"),
+    (["diff", seed("d04-remapped-refcounted.yaml"), "-l", "sim:nope", "-r", "sim:g3"], "unknown backend"),
+    (["diff", seed("d04-remapped-refcounted.yaml"), "-l", "sim:g1"], "required"),
+])
+def test_diff_bad_input_is_one_line_exit_2(capsys, argv, needle):
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert needle in err and err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_diff_bad_scenario_names_file_and_line(tmp_path, capsys):
+    p = tmp_path / "bad.yaml"
+    p.write_text("world:\n  vmas: []\nops:\n  - lookup: {gfn: -1}\n")
+    assert main(["diff", str(p), "-l", "sim:g1", "-r", "sim:g3"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"{p}:4:") and err.count("\n") == 1
+
+
+def test_corpus_build_encodes_every_seed_and_replaces_atomically(tmp_path):
+    seeds = tmp_path / "seeds"
+    shutil.copytree(SEEDS, seeds)
+    out = tmp_path / "out"
+    counts = build_corpus(str(seeds), str(out))
+    files = sorted(os.listdir(out / "diff"))
+    assert counts["diff"] == len(files) > 10
+    decoded = {decode((out / "diff" / f).read_bytes()).name for f in files}
+    assert "d05-remapped-refcount0" in decoded
+    (seeds / "d05-remapped-refcount0.yaml").unlink()
+    build_corpus(str(seeds), str(out))
+    assert len(os.listdir(out / "diff")) == len(files) - 1
+    assert not [n for n in os.listdir(out) if n.startswith(".")]          # no temp dirs left behind
+
+
+def test_corpus_build_bad_seed_is_one_line_exit_2(tmp_path, capsys):
+    (tmp_path / "s").mkdir()
+    (tmp_path / "s" / "bad.yaml").write_text("world: {}\nops:\n  - munmap: {vma: nope}\n")
+    assert main(["corpus", "build", "--seeds", str(tmp_path / "s"), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "bad.yaml:3:" in err and err.count("\n") == 1
+    assert not (tmp_path / "o" / "diff").exists()
+
+
+def test_corpus_decode_shows_the_scenario(tmp_path, capsys):
+    sc = load_scenario(seed("d05-remapped-refcount0.yaml"))
+    p = tmp_path / "crash-x"
+    p.write_bytes(encode(sc))
+    assert main(["corpus", "decode", str(p)]) == 0
+    assert "ttm-tail" in capsys.readouterr().out

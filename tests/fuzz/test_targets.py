@@ -1,0 +1,71 @@
+"""The real atheris/libFuzzer targets and a short campaign (slow: they start libFuzzer)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from fuzz.campaign import TARGETS
+from fuzz.cli import main
+from fuzz.codec import encode
+from kvmsim import load_scenario
+
+SEEDS = os.path.join(os.path.dirname(__file__), "..", "..", "corpus", "seeds")
+
+
+def env_for(artifacts: str, pairs: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")
+    env["PFNDIFF_ARTIFACTS"] = artifacts
+    env["PFNDIFF_PAIRS"] = pairs
+    return env
+
+
+@pytest.mark.parametrize("name", sorted(TARGETS))
+def test_targets_are_executable_scripts_with_a_shebang(name):
+    path = TARGETS[name]
+    assert os.access(path, os.X_OK)
+    with open(path, encoding="utf-8") as fh:
+        assert fh.readline().rstrip() == "#!/usr/bin/env python3"
+
+
+@pytest.mark.slow
+def test_diff_target_under_libfuzzer_writes_artifacts_and_keeps_going(tmp_path):
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    (corpus / "s8").write_bytes(encode(load_scenario(os.path.join(SEEDS, "d24-sketch-ownership.yaml"))))
+    art = tmp_path / "art"
+    r = subprocess.run([TARGETS["diff"], "-runs=3000", f"-artifact_prefix={art}/", str(corpus)],
+                       env=env_for(str(art), "sim:g2~sim:g2s-literal:S8"), capture_output=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert b"Done 3000 runs" in r.stderr                 # it did not stop at the first finding
+    sidecars = [n for n in os.listdir(art) if n.startswith("crash-") and n.endswith(".yaml")]
+    assert sidecars
+    assert any("S8" in yaml.safe_load((art / n).read_text())["spec_ids"] for n in sidecars)
+
+
+@pytest.mark.slow
+def test_diff_target_merge_mode(tmp_path):
+    old, new = tmp_path / "old", tmp_path / "new"
+    old.mkdir()
+    new.mkdir()
+    for i, n in enumerate(("d04-remapped-refcounted.yaml", "d05-remapped-refcount0.yaml")):
+        (new / str(i)).write_bytes(encode(load_scenario(os.path.join(SEEDS, n))))
+    r = subprocess.run([TARGETS["diff"], "-merge=1", str(old), str(new)], env=env_for(str(tmp_path / "a"), "sim:g1~sim:g3"),
+                       capture_output=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert len(os.listdir(old)) >= 1
+
+
+@pytest.mark.slow
+def test_campaign_ends_with_a_findings_table(tmp_path, capsys):
+    rc = main(["fuzz", "--pair", "sim:g2~sim:g2s-literal:S8", "--time", "8", "--corpus", str(tmp_path / "c"),
+               "--artifacts", str(tmp_path / "a"), "--status-every", "2"])
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    assert "exec/s" in out and "findings after" in out and "BUG:refcount_underflow" in out
+    assert os.listdir(tmp_path / "c")                  # the working corpus grew
