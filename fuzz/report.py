@@ -1,0 +1,122 @@
+"""Human-readable pieces of triage: two traces side by side with the first differing op marked,
+and the spec rows that explain (or fail to explain) a divergence.
+
+Why plain text in fixed columns: the same rendering goes to the terminal (`pfndiff repro`) and,
+inside a fenced block, into the Markdown reports, and reads the same in both.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import yaml
+
+from kvmsim.scenario import Scenario
+from kvmsim.trace import OpRecord, Trace
+from oracles.catalogue import BUG_IDS, Catalogue, family
+from oracles.diff import Divergence
+
+from .engine import _quirks
+
+COL = 54
+MARK = ">>"
+
+
+def _flow(v: Any) -> str:
+    if isinstance(v, (dict, list)):
+        return yaml.safe_dump(v, default_flow_style=True, width=10**6, sort_keys=False).strip()
+    return "null" if v is None else str(v)
+
+
+def flatten(rec: OpRecord | None) -> dict[str, str]:
+    """``api.result: pfn`` style lines of one record."""
+    if rec is None:
+        return {}
+    out: dict[str, str] = {}
+    for level in ("api", "vmm"):
+        for k, v in (getattr(rec, level) or {}).items():
+            out[f"{level}.{k}"] = _flow(v)
+    if rec.events:
+        out["events"] = _flow(rec.events)
+    return out
+
+
+def op_line(sc: Scenario, i: int) -> str:
+    if i >= len(sc.ops):
+        return "end of scenario"
+    op = sc.ops[i]
+    return f"{op.kind}: {_flow(op.args)}"
+
+
+def _cut(s: str, n: int) -> str:
+    return s if len(s) <= n else s[: n - 1] + "…"
+
+
+def side_by_side(sc: Scenario, left: Trace, right: Trace | None, mark: int, fields: list[str] = (),
+                 color: bool = False) -> str:
+    """Every op with both records in two columns.  ``mark`` is the first differing op (``>>``);
+    a ``*`` flags each line whose value differs between the two sides (or a divergence field)."""
+    rname = right.backend if right else "(no second trace)"
+    lines = [f"   {'':<{COL}}   {'':<2}", f"   {_cut(left.backend, COL):<{COL}} | {rname}", "   " + "-" * (COL * 2 + 3)]
+    lrecs = {r.index: r for r in left.records}
+    rrecs = {r.index: r for r in right.records} if right else {}
+    hi, lo = ("\033[1;31m", "\033[0m") if color else ("", "")
+    for i in range(len(sc.ops)):
+        head = f"{MARK if i == mark else '  '} [{i}] {op_line(sc, i)}"
+        lines.append(f"{hi}{head}{lo}" if i == mark else head)
+        lf, rf = flatten(lrecs.get(i)), flatten(rrecs.get(i))
+        for k in list(dict.fromkeys([*lf, *rf])):
+            lv, rv = lf.get(k, "-"), rf.get(k, "-")
+            differs = right is not None and lv != rv
+            star = "*" if differs or (i == mark and k in fields) else " "
+            text = f" {star} {_cut(f'{k}: {lv}', COL):<{COL}} | {_cut(f'{k}: {rv}', COL) if right else ''}"
+            lines.append(f"{hi}{text}{lo}" if star == "*" and i == mark else text)
+    if mark >= len(sc.ops):
+        lines.append(f"{MARK} [end] " + ", ".join(f"{k}={_flow(v)}" for k, v in left.meta.items()
+                                                   if k in ("refs_held_at_end", "pins_held_at_end")))
+    return "\n".join(lines)
+
+
+@dataclass
+class SpecRow:
+    id: str
+    text: str
+
+
+def explain(d: Divergence, cat: Catalogue) -> list[SpecRow]:
+    """The spec rows behind a divergence: catalogue entries that explain some of its fields, the
+    literal sketch's quirks when that backend took part, and (for an unexplained field) the
+    catalogue entries of the same op and generation pair that did *not* match: the rows a
+    reviewer compares the finding against."""
+    rows: list[SpecRow] = []
+    seen: set[str] = set()
+    for f, eid in d.explained.items():
+        e = cat.by_id.get(eid.split(" (")[0])
+        if e is not None and e.id not in seen:
+            seen.add(e.id)
+            rows.append(SpecRow(e.spec, f"{e.id}: {e.title} (explains {f})"))
+    for b in (d.left, d.right):
+        for q in _quirks(b) if b else []:
+            if q not in seen:
+                seen.add(q)
+                rows.append(SpecRow(q, f"literal-sketch quirk {q} is enabled on {b} (spec §4.3; a bug, never catalogued)"))
+    if not d.known:
+        fams = {family(d.left), family(d.right)} if d.right else {family(d.left)}
+        for e in cat.entries:
+            if e.id in seen or d.op not in e.ops:
+                continue
+            if d.right and not ((fams <= (e.a | e.b)) and fams & e.a and fams & e.b):
+                continue
+            if not d.right and (e.oracle != d.oracle or family(d.left) not in e.a):
+                continue
+            seen.add(e.id)
+            rows.append(SpecRow(e.spec, f"{e.id}: {e.title} (same op and generations; its conditions do not match)"))
+    if d.field == "events" and any(str(v).startswith(("[WARN", "[BUG", "[CORRUPT")) for v in
+                                   (*d.left_obs.values(), *d.right_obs.values())):
+        rows.append(SpecRow("-", "a WARN/BUG/CORRUPT event is never a known divergence (DESIGN: bugs are findings)"))
+    return rows
+
+
+def bug_rows(spec_ids: list[str]) -> list[str]:
+    return [s for s in spec_ids if s in BUG_IDS]

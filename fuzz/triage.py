@@ -1,0 +1,280 @@
+"""Triage: read findings (raw inputs, with or without sidecars), re-run each on its backends,
+group them by signature, minimise one reproducer per cluster.
+
+Clustering rule.  An artifact's *primary* signature is the first unknown divergence of its re-run
+(op order; pair diffs before single-trace invariants), a property of the input alone, so the same
+bug found through different inputs or campaigns lands in one cluster.  A sidecar also names the
+signatures its campaign wrote the input for; if they still show, the artifact belongs to those
+clusters too (a campaign writes a signature only once, so dropping them would lose findings).
+
+Nothing is dropped: an artifact whose recorded signature no longer shows is kept, in the cluster
+of its recorded signature, labelled ``unreproduced`` (or ``now-known`` if the catalogue explains it
+today); an unreadable one is reported as one line and listed in the summary.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+
+from kvmsim.backend import BackendError
+from kvmsim.scenario import Scenario, dump_scenario
+from kvmsim.trace import Trace
+from oracles.diff import Divergence
+from oracles.signature import signature_id
+
+from .codec import decode
+from .judge import Judge, Judgement, Pair, pairs_from_sidecar
+
+HOST_RUNS = 10                     # default re-runs of an artifact on a real-host backend
+SIM_RUNS = 2                       # sim backends: run twice, the traces must be identical
+_CRASH = re.compile(r"^crash-([0-9a-f]{40})$")
+_SKIP_DIRS = {"by-signature", ".stats", "clusters"}
+
+
+class ArtifactError(Exception):
+    """One artifact cannot be triaged; ``str()`` is ``FILE[:LINE]: problem``."""
+
+
+@dataclass
+class Artifact:
+    path: str
+    data: bytes
+    sidecar: dict[str, Any] | None
+    mtime: float
+
+    @property
+    def name(self) -> str:
+        return os.path.basename(self.path)
+
+    @property
+    def seen(self) -> str:
+        """When it was found: the sidecar's host time, else the file's mtime (UTC, ISO 8601)."""
+        t = ((self.sidecar or {}).get("host") or {}).get("time")
+        if isinstance(t, str) and t:
+            return t
+        return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.mtime))
+
+
+# --- reading ---------------------------------------------------------------------------------------
+
+def list_inputs(paths: list[str]) -> list[str]:
+    """Raw inputs under the given directories (or the given files): every regular file that is
+    not a sidecar, a dotfile, a libFuzzer log, or inside the campaign's bookkeeping directories."""
+    out: list[str] = []
+    for p in paths:
+        if os.path.isfile(p):
+            out.append(p[:-5] if p.endswith(".yaml") and os.path.isfile(p[:-5]) else p)
+            continue
+        if not os.path.isdir(p):
+            raise ArtifactError(f"{p}: no such file or directory")
+        for root, dirs, files in os.walk(p):
+            dirs[:] = sorted(d for d in dirs if d not in _SKIP_DIRS and not d.startswith("."))
+            for f in sorted(files):
+                if f.startswith(".") or f.endswith((".yaml", ".yml", ".json", ".log", ".md", ".xml", ".sarif", ".dict")):
+                    continue
+                out.append(os.path.join(root, f))
+    seen: set[str] = set()
+    return [x for x in out if not (x in seen or seen.add(x))]
+
+
+def load_artifact(path: str) -> Artifact:
+    """The raw input and its sidecar, checked against each other.  Raises ArtifactError."""
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read()
+        mtime = os.stat(path).st_mtime
+    except OSError as e:
+        raise ArtifactError(f"{path}: cannot read: {e.strerror}") from None
+    sidecar = None
+    side_path = path + ".yaml"
+    if os.path.exists(side_path):
+        try:
+            with open(side_path, encoding="utf-8") as fh:
+                sidecar = yaml.safe_load(fh)
+        except OSError as e:
+            raise ArtifactError(f"{side_path}: cannot read: {e.strerror}") from None
+        except UnicodeDecodeError as e:
+            raise ArtifactError(f"{side_path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            where = f":{mark.line + 1}" if mark is not None else ""
+            problem = getattr(e, "problem", None) or "malformed YAML"
+            raise ArtifactError(f"{side_path}{where}: truncated or malformed sidecar: {problem}") from None
+        if not isinstance(sidecar, dict) or not isinstance(sidecar.get("signature"), str):
+            raise ArtifactError(f"{side_path}: not a pfndiff sidecar (no 'signature')")
+    m = _CRASH.match(os.path.basename(path))
+    if m and hashlib.sha1(data).hexdigest() != m.group(1):
+        raise ArtifactError(f"{path}: content does not match its name (sha1 {hashlib.sha1(data).hexdigest()[:12]}…, "
+                            f"{len(data)} bytes): truncated or modified")
+    if sidecar is not None and isinstance(sidecar.get("scenario"), str):
+        if dump_scenario(decode(data)) != sidecar["scenario"]:
+            raise ArtifactError(f"{path}: input does not decode to its sidecar's scenario: truncated or modified")
+    return Artifact(path, data, sidecar, mtime)
+
+
+# --- judging one artifact --------------------------------------------------------------------------
+
+@dataclass
+class Verdict:
+    """One artifact, re-run."""
+    artifact: Artifact
+    pairs: list[Pair]
+    status: str                       # reproduced | flaky | unreproduced | now-known | no-divergence | nondeterministic
+    primary: str                      # cluster signature ("" for no-divergence)
+    memberships: list[str]            # every cluster it belongs to, primary first
+    runs: int                         # how many times it was run
+    hits: dict[str, int]              # signature -> runs that showed it
+    judgement: Judgement              # of the first run
+    scenario: Scenario
+    note: str = ""
+
+    @property
+    def known(self) -> dict[str, bool]:
+        return self.judgement.signatures
+
+
+def _sim_only(pairs: list[Pair]) -> bool:
+    return all(n.startswith("sim:") for p in pairs for n in p if n)
+
+
+def _same_traces(a: dict[str, Trace], b: dict[str, Trace]) -> list[str]:
+    return [n for n in a if n not in b or a[n].to_dict() != b[n].to_dict()]
+
+
+def judge_artifact(art: Artifact, judges: JudgeCache, override: list[Pair] | None = None,
+                   host_runs: int = HOST_RUNS) -> Verdict:
+    if override:
+        pairs = override
+    elif art.sidecar is not None:
+        pairs = pairs_from_sidecar(art.sidecar)
+        if not pairs:
+            raise ArtifactError(f"{art.path}.yaml: the sidecar names no backends")
+    else:
+        raise ArtifactError(f"{art.path}: no sidecar; give the backends with --left/--right")
+    judge = judges.get(pairs)
+    sc = decode(art.data)
+    first = judge.judge(sc)
+    runs = SIM_RUNS if _sim_only(pairs) else host_runs
+    all_runs = [first]
+    note = ""
+    nondet: list[str] = []
+    for _ in range(runs - 1):
+        j = judge.judge(sc)
+        all_runs.append(j)
+        if _sim_only(pairs):
+            nondet = _same_traces(first.traces, j.traces)
+    hits: dict[str, int] = {}
+    for j in all_runs:
+        for s in {d.signature for d in j.unknown}:
+            hits[s] = hits.get(s, 0) + 1
+    recorded = [s["signature"] for s in (art.sidecar or {}).get("signatures") or [] if isinstance(s, dict)
+                and isinstance(s.get("signature"), str)]
+    if art.sidecar and art.sidecar["signature"] not in recorded:
+        recorded.insert(0, art.sidecar["signature"])
+    if override:
+        recorded = [s for s in recorded if s.split(" ")[1] in {f"{a}~{b}" if b else a for a, b in pairs}]
+    fu = first.first_unknown()
+    if nondeterministic := nondet:
+        primary = f"nondeterministic {','.join(sorted(nondeterministic))}"
+        return Verdict(art, pairs, "nondeterministic", primary, [primary], runs, hits, first, sc,
+                       "a simulated backend gave different traces for the same input (a model bug)")
+    members: list[str] = []
+    if fu is not None:
+        members.append(fu.signature)
+    members += [s for s in recorded if s in hits and s not in members]
+    if members:
+        primary = members[0]
+        status = "reproduced" if hits[primary] == runs else "flaky"
+        return Verdict(art, pairs, status, primary, members, runs, hits, first, sc)
+    if recorded:                              # kept in its recorded cluster, labelled
+        primary = recorded[0]
+        known = first.signatures.get(primary)
+        if known:
+            status, note = "now-known", "the catalogue now explains it: " + ", ".join(
+                e for d in first.divs if d.signature == primary for e in d.entries)
+        else:
+            status, note = "unreproduced", f"0/{runs} runs showed the recorded signature"
+        return Verdict(art, pairs, status, primary, [primary], runs, hits, first, sc, note)
+    return Verdict(art, pairs, "no-divergence", "", [], runs, hits, first, sc, "no unknown divergence")
+
+
+class JudgeCache:
+    """One Judge per distinct pair list (backends are created once)."""
+    def __init__(self) -> None:
+        self._j: dict[tuple[Pair, ...], Judge] = {}
+
+    def get(self, pairs: list[Pair]) -> Judge:
+        key = tuple(pairs)
+        if key not in self._j:
+            try:
+                self._j[key] = Judge(list(pairs))
+            except (BackendError, ValueError) as e:
+                raise ArtifactError(str(e)) from None
+        return self._j[key]
+
+
+# --- clusters ----------------------------------------------------------------------------------------
+
+@dataclass
+class Cluster:
+    signature: str
+    members: list[Verdict] = field(default_factory=list)
+
+    @property
+    def id(self) -> str:
+        return signature_id(self.signature)
+
+    @property
+    def count(self) -> int:
+        return len(self.members)
+
+    @property
+    def known(self) -> bool:
+        return all(v.status == "now-known" for v in self.members)
+
+    @property
+    def first_seen(self) -> str:
+        return min(v.artifact.seen for v in self.members)
+
+    @property
+    def last_seen(self) -> str:
+        return max(v.artifact.seen for v in self.members)
+
+    @property
+    def runs(self) -> int:
+        return sum(v.runs for v in self.members)
+
+    @property
+    def hits(self) -> int:
+        return sum(v.hits.get(self.signature, 0) for v in self.members)
+
+    @property
+    def status(self) -> str:
+        statuses = {v.status for v in self.members}
+        for s in ("nondeterministic", "reproduced", "flaky", "now-known", "unreproduced"):
+            if s in statuses:
+                return s
+        return "unreproduced"
+
+    def representative(self) -> Verdict:
+        """The smallest member that shows the signature (fewest ops, then fewest bytes)."""
+        live = [v for v in self.members if v.hits.get(self.signature)] or self.members
+        return min(live, key=lambda v: (len(v.scenario.ops), len(v.artifact.data), v.artifact.name))
+
+    def divergence(self) -> Divergence | None:
+        return self.representative().judgement.find(self.signature)
+
+
+def cluster(verdicts: list[Verdict]) -> list[Cluster]:
+    by: dict[str, Cluster] = {}
+    for v in verdicts:
+        for s in v.memberships:
+            by.setdefault(s, Cluster(s)).members.append(v)
+    return sorted(by.values(), key=lambda c: (c.known, c.first_seen, c.signature))
