@@ -180,3 +180,11 @@ def test_cli_run_good_file(tmp_path, capsys) -> None:
     assert rc == 0 and err == ""
     import json
     assert json.loads(out)["records"][0]["api"]["result"] == "pfn"
+
+
+@pytest.mark.parametrize("cmd", ["run", "check"])
+def test_cli_missing_or_unreadable_file(tmp_path, capsys, cmd) -> None:
+    for path in (tmp_path / "missing.yaml", tmp_path):            # no such file; a directory
+        rc, out, err = _cli(capsys, [cmd, str(path)])
+        assert rc == 2 and len(err.splitlines()) == 1 and "Traceback" not in err
+        assert err.startswith(f"{path}: ")
