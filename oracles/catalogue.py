@@ -17,6 +17,8 @@ Entry fields::
     explains: {api.held: {a: {empty: false}, b: {}}, api.accessed: "*"}   # or explains: "*"
     ambient: true                # optional: a change that accompanies a whole class of ops
                                  # (A/D bookkeeping, pins) rather than one scenario
+    taints: false                # optional: the change leaves no state behind (a return value
+                                 # only), so later differences at the gfn are not its consequences
 
 Conditions: a scalar/list/dict is compared for equality; ``"*"`` matches anything;
 ``{in: [...]}``, ``{not: x}``, ``{empty: bool}``, ``{has: prefix}`` (a list with an element
@@ -59,6 +61,7 @@ class Entry:
     when: tuple[tuple[str, Any], ...]
     explains: tuple[tuple[str, Any], ...] | None      # None: every differing field
     ambient: bool = False                             # accompanies whole op classes (A/D bookkeeping, pins)
+    taints: bool = True                               # the generations' states differ afterwards
     line: int = 0
 
 
@@ -129,6 +132,21 @@ class Catalogue:
                             out[f] = e.id
         return out
 
+    def applies(self, op_kind: str, fams: tuple[str, str], args: dict[str, Any], ctx: dict[str, Any]) -> str | None:
+        """An entry whose conditions on the op and its context (not on observations) hold here:
+        the two generations behave differently at this gfn even when this op's observations agree
+        (e.g. a read vs a write fault-in), so later differences there are its consequences."""
+        if fams[0] == fams[1]:
+            return None
+        for e in self.entries:
+            if e.oracle != "diff" or op_kind not in e.ops or not e.when or not e.taints:
+                continue
+            if any(k.startswith(("a.", "b.")) for k, _ in e.when):
+                continue
+            if self._orientations(e, fams) and self._when(e, {}, {}, args, ctx):
+                return e.id
+        return None
+
     @staticmethod
     def _orientations(e: Entry, fams: tuple[str, str]) -> list[int]:
         left, right = fams
@@ -187,7 +205,7 @@ def load_catalogue(path: str = DEFAULT_PATH) -> Catalogue:
         raise err("'entries' must be a list", items.line)
     entries: list[Entry] = []
     seen: set[str] = set()
-    allowed = {"id", "spec", "title", "oracle", "a", "b", "ops", "when", "explains", "note", "ambient"}
+    allowed = {"id", "spec", "title", "oracle", "a", "b", "ops", "when", "explains", "note", "ambient", "taints"}
     for n in items.value:
         if not isinstance(n.value, dict):
             raise err("each entry must be a mapping", n.line)
@@ -243,5 +261,5 @@ def load_catalogue(path: str = DEFAULT_PATH) -> Catalogue:
             raise err(f"entry {eid}: needs 'explains' (a mapping, or '*')", n.line)
         entries.append(Entry(eid, spec, str(m["title"].value), oracle, fams[0], fams[1], frozenset(ops),
                              tuple(when.items()), explains, bool(m["ambient"].value) if "ambient" in m else False,
-                             n.line))
+                             bool(m["taints"].value) if "taints" in m else True, n.line))
     return Catalogue(entries, path)

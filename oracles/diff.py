@@ -103,6 +103,12 @@ def compare(sc: Scenario, left: Trace, right: Trace, cat: Catalogue, level: str 
     tainted: dict[int, str] = {}          # gfn -> entry id of a known divergence that changed it
     for lrec, rrec in zip(left.records, right.records):
         if _raw_same(lrec, rrec):
+            gfn = ctxs[lrec.index].get("ctx.gfn")
+            if gfn is not None and gfn not in tainted:
+                op = sc.ops[lrec.index]
+                cause = cat.applies(op.kind, fams, op.args, ctxs[lrec.index])
+                if cause is not None:
+                    tainted[gfn] = cause
             continue
         ln, lfired = normalise(lrec, level)
         rn, rfired = normalise(rrec, level)

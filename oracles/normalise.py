@@ -61,7 +61,9 @@ def _hva(r: dict[str, Any]) -> bool:
 
 
 def _needs_io(r: dict[str, Any]) -> bool:
-    fired = r.get("api.result") == "ERR_FAULT" and r.get("api.async") is True
+    # lookups report *async; an x86 fault that went to async #PF shows it through async_pf
+    fired = r.get("api.result") == "ERR_FAULT" and (r.get("api.async") is True
+                                                    or r.get("api.async_pf") in ("queued", "halt"))
     if fired:
         r["api.result"] = "ERR_NEEDS_IO"
     r.pop("api.async", None)

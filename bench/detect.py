@@ -1,0 +1,81 @@
+#!/usr/bin/env python3
+"""Time to detection: from an empty corpus, one core, how long until each distinct signature's
+first artifact, per backend pair.  Each literal-sketch bug of spec §4.3 is measured on its own
+pair (the intended sketch vs the sketch with only that quirk; S5 needs S4 to be reachable, so it
+is measured as S4,S5 vs S4), and every generation against itself must give zero diff findings.
+Not part of the test run.
+
+    .venv/bin/python bench/detect.py [--time 120] [--self-time 20] [--only S8]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+
+import yaml
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from fuzz.campaign import Campaign  # noqa: E402
+
+BUG_PAIRS = {
+    "S2": ("sim:g2s", "sim:g2s-literal:S2"),
+    "S4": ("sim:g2s", "sim:g2s-literal:S4"),
+    "S5": ("sim:g2s-literal:S4", "sim:g2s-literal:S4,S5"),
+    "S6": ("sim:g2s", "sim:g2s-literal:S6"),
+    "S8": ("sim:g2s", "sim:g2s-literal:S8"),
+}
+SELF = ["sim:g1", "sim:g2", "sim:g2s", "sim:g2f", "sim:g3"]
+
+
+def campaign(pair: tuple[str, str], seconds: int) -> list[tuple[float, str, str]]:
+    """(seconds to first artifact, signature, input) for every distinct signature of the run."""
+    with tempfile.TemporaryDirectory() as tmp:
+        c = Campaign([pair], seconds, 1, os.path.join(tmp, "corpus"), os.path.join(tmp, "art"), [],
+                     status_every=10**9, out=lambda s: None)
+        c.run()
+        found = []
+        art = os.path.join(tmp, "art")
+        for n in sorted(os.listdir(art)):
+            if n.startswith("crash-") and n.endswith(".yaml"):
+                with open(os.path.join(art, n), encoding="utf-8") as fh:
+                    side = yaml.safe_load(fh)
+                for s in side["signatures"]:
+                    found.append((side["found_after_s"], s["signature"], n[:-5]))
+        return sorted(found)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--time", type=int, default=120, help="budget per bug pair (seconds)")
+    ap.add_argument("--self-time", type=int, default=20, help="budget per generation-vs-itself pair")
+    ap.add_argument("--only", action="append", default=[], help="only these quirks (repeatable)")
+    args = ap.parse_args()
+    ok = True
+    for quirk, pair in BUG_PAIRS.items():
+        if args.only and quirk not in args.only:
+            continue
+        found = campaign(pair, args.time)
+        print(f"\n{quirk}: {pair[0]} vs {pair[1]} ({args.time}s from an empty corpus): {len(found)} signature(s)")
+        for t, sig, _name in found:
+            print(f"  {t:7.1f}s  {sig}")
+        if not found:
+            ok = False
+            print("  NOT FOUND")
+    if not args.only:
+        for gen in SELF:
+            found = campaign((gen, gen), args.self_time)
+            diff = [f for f in found if f[1].startswith("diff")]
+            inv = [f for f in found if not f[1].startswith("diff")]
+            print(f"\n{gen} vs itself ({args.self_time}s): {len(diff)} diff finding(s), {len(inv)} invariant finding(s)")
+            for t, sig, _ in found:
+                print(f"  {t:7.1f}s  {sig}")
+            ok = ok and not diff
+    sys.exit(0 if ok else 1)
+
+
+if __name__ == "__main__":
+    main()

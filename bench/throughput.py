@@ -1,0 +1,89 @@
+#!/usr/bin/env python3
+"""Executions per second of the differential target (a backend pair) and of an empty atheris
+target, measured in the same run under real libFuzzer, and their ratio.  ``--profile`` adds an
+in-process profile of the differential check (no libFuzzer, no instrumentation) with the hot
+spots.  Not part of the test run.
+
+    .venv/bin/python bench/throughput.py [--time 20] [--pair sim:g2~sim:g3] [--profile]
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import os
+import pstats
+import re
+import subprocess
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from fuzz.campaign import TARGETS  # noqa: E402
+from fuzz.corpus import OUT, build_corpus  # noqa: E402
+
+TARGET_PER_CORE = 25_000
+
+
+def run_target(name: str, seconds: int, pairs: str, corpus: str) -> tuple[int, float]:
+    """(executions, exec/s) of one single-process libFuzzer run on a copy of the seed corpus."""
+    with tempfile.TemporaryDirectory() as tmp:
+        work = os.path.join(tmp, "corpus")
+        os.makedirs(work)
+        env = dict(os.environ)
+        env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")
+        env["PFNDIFF_PAIRS"], env["PFNDIFF_ARTIFACTS"] = pairs, os.path.join(tmp, "art")
+        t = time.time()
+        r = subprocess.run([TARGETS[name], f"-max_total_time={seconds}", "-print_final_stats=1",
+                            f"-artifact_prefix={tmp}/", work, corpus], env=env, capture_output=True, timeout=seconds + 120)
+        wall = time.time() - t
+        m = re.search(rb"stat::number_of_executed_units:\s*(\d+)", r.stderr)
+        if r.returncode != 0 or not m:
+            sys.exit(f"throughput: {name} target failed (exit {r.returncode}): {r.stderr[-500:].decode(errors='replace')}")
+        execs = int(m.group(1))
+        rate = re.search(rb"stat::average_exec_per_sec:\s*(\d+)", r.stderr)
+        return execs, float(rate.group(1)) if rate else execs / wall
+
+
+def profile(pairs: str, corpus: str, n: int) -> None:
+    from fuzz.engine import Checker, parse_pairs
+    inputs = [open(os.path.join(corpus, f), "rb").read() for f in sorted(os.listdir(corpus))]
+    c = Checker(parse_pairs(pairs), None)
+    t = time.perf_counter()
+    for i in range(n):
+        c.check(inputs[i % len(inputs)])
+    per = (time.perf_counter() - t) / n
+    print(f"in-process, uninstrumented: {per * 1e6:.0f} us per input ({1 / per:.0f} exec/s) over the seed corpus")
+    prof = cProfile.Profile()
+    prof.enable()
+    for i in range(n):
+        c.check(inputs[i % len(inputs)])
+    prof.disable()
+    st = pstats.Stats(prof)
+    st.sort_stats("tottime").print_stats(15)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--time", type=int, default=20, help="seconds per target")
+    ap.add_argument("--pair", default="sim:g2~sim:g3")
+    ap.add_argument("--profile", action="store_true")
+    ap.add_argument("--profile-inputs", type=int, default=3000)
+    args = ap.parse_args()
+    build_corpus()
+    corpus = os.path.join(OUT, "diff")
+    diff_n, diff_rate = run_target("diff", args.time, args.pair, corpus)
+    empty_n, empty_rate = run_target("empty", args.time, args.pair, corpus)
+    print(f"diff target ({args.pair}): {diff_rate:,.0f} exec/s ({diff_n} executions in {args.time}s, 1 core)")
+    print(f"empty atheris target:      {empty_rate:,.0f} exec/s ({empty_n} executions in {args.time}s, 1 core)")
+    print(f"ratio diff/empty:          {diff_rate / empty_rate:.4f}")
+    verdict = "meets" if diff_rate >= TARGET_PER_CORE else "MISSES"
+    print(f"target {TARGET_PER_CORE:,} exec/s per core: {verdict} ({diff_rate / TARGET_PER_CORE:.1%})")
+    if args.profile:
+        profile(args.pair, corpus, args.profile_inputs)
+
+
+if __name__ == "__main__":
+    main()
