@@ -12,7 +12,7 @@ from typing import Any
 
 import yaml
 
-from kvmsim.scenario import Scenario
+from kvmsim.scenario import OP_SCHEMAS, Scenario
 from kvmsim.trace import OpRecord, Trace
 from oracles.catalogue import BUG_IDS, Catalogue, family
 from oracles.diff import Divergence
@@ -46,7 +46,9 @@ def op_line(sc: Scenario, i: int) -> str:
     if i >= len(sc.ops):
         return "end of scenario"
     op = sc.ops[i]
-    return f"{op.kind}: {_flow(op.args)}"
+    schema = {f.name: f for f in OP_SCHEMAS[op.kind]}
+    args = {k: v for k, v in op.args.items() if k not in schema or schema[k].required or v != schema[k].default}
+    return f"{op.kind}: {_flow(args)}" if args else op.kind
 
 
 def _cut(s: str, n: int) -> str:
@@ -58,7 +60,7 @@ def side_by_side(sc: Scenario, left: Trace, right: Trace | None, mark: int, fiel
     """Every op with both records in two columns.  ``mark`` is the first differing op (``>>``);
     a ``*`` flags each line whose value differs between the two sides (or a divergence field)."""
     rname = right.backend if right else "(no second trace)"
-    lines = [f"   {'':<{COL}}   {'':<2}", f"   {_cut(left.backend, COL):<{COL}} | {rname}", "   " + "-" * (COL * 2 + 3)]
+    lines = [f"   {_cut(left.backend, COL):<{COL}} | {rname}", "   " + "-" * (COL * 2 + 3)]
     lrecs = {r.index: r for r in left.records}
     rrecs = {r.index: r for r in right.records} if right else {}
     hi, lo = ("\033[1;31m", "\033[0m") if color else ("", "")
@@ -105,6 +107,8 @@ def explain(d: Divergence, cat: Catalogue) -> list[SpecRow]:
         fams = {family(d.left), family(d.right)} if d.right else {family(d.left)}
         for e in cat.entries:
             if e.id in seen or d.op not in e.ops:
+                continue
+            if e.explains is not None and d.field not in {name for name, _ in e.explains}:
                 continue
             if d.right and not ((fams <= (e.a | e.b)) and fams & e.a and fams & e.b):
                 continue

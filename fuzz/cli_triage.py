@@ -1,0 +1,236 @@
+"""``pfndiff triage``, ``pfndiff minimize`` and ``pfndiff repro`` (see fuzz.triage, fuzz.minimize,
+fuzz.report).  Bad input is one line ``FILE[:LINE]: problem`` and exit status 2."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from dataclasses import dataclass
+
+import yaml
+
+from kvmsim import load_scenario
+from kvmsim.scenario import Scenario, dump_scenario
+from kvmsim.yamlsrc import ScenarioError
+
+from . import triage_run
+from .artifacts import atomic_write
+from .cli import COMMANDS, EXIT_USAGE, UsageError
+from .codec import EncodeError, encode
+from .judge import Judge, Pair
+from .minimize import minimize
+from .report import explain, side_by_side
+from .triage import HOST_RUNS, ArtifactError, JudgeCache, judge_artifact, load_artifact
+
+
+def _override(args: argparse.Namespace, cmd: str) -> list[Pair] | None:
+    if bool(args.left) != bool(args.right):
+        raise UsageError(f"pfndiff {cmd}: --left and --right go together")
+    return [(args.left, args.right)] if args.left else None
+
+
+# --- triage ------------------------------------------------------------------------------------------
+
+def cmd_triage(args: argparse.Namespace) -> int:
+    fmts = tuple(dict.fromkeys(f for spec in args.format for f in spec.split(",") if f))
+    for f in fmts:
+        if f not in triage_run.FORMATS:
+            raise UsageError(f"pfndiff triage: unknown --format {f!r} (choose from {', '.join(triage_run.FORMATS)})")
+    if args.runs < 1:
+        raise UsageError("pfndiff triage: --runs must be at least 1")
+    promote = None
+    if args.promote:
+        promote = args.promote_dir or triage_run.REGRESSIONS
+    opts = triage_run.Options(args.dirs, args.out, args.join, fmts or ("md",), _override(args, "triage"),
+                              args.runs, not args.no_minimize, promote)
+    try:
+        out = triage_run.run(opts)
+    except ArtifactError as e:
+        print(str(e), file=sys.stderr)
+        return EXIT_USAGE
+    from .formats import table
+    print(table(out.records, out.errors, out.meta))
+    print(f"wrote {os.path.join(args.out, 'summary.md')}, triage.json"
+          + ("".join(f", {n}" for f, n in (("junit", "junit.xml"), ("sarif", "triage.sarif")) if f in fmts))
+          + f" and clusters/ ({len(out.clusters)})")
+    for p in out.promoted:
+        print(f"promoted: {p}")
+    if out.errors:
+        return EXIT_USAGE
+    return 1 if args.fail_on_new and out.new else 0
+
+
+def _setup_triage(p: argparse.ArgumentParser) -> None:
+    p.add_argument("dirs", nargs="+", metavar="DIR", help="artifact directories (campaign outputs) or files")
+    p.add_argument("--out", "-o", default="triage-out", help="output directory (default triage-out)")
+    p.add_argument("--join", metavar="PREVIOUS_OUT", help="an earlier triage output to compare with")
+    p.add_argument("--format", action="append", default=[], metavar="FMT",
+                   help="extra outputs: md, json, junit, sarif (repeatable or comma-separated; "
+                        "summary.md and triage.json are always written)")
+    p.add_argument("--left", help="re-run every artifact on this pair instead of its sidecar's")
+    p.add_argument("--right", help="(with --left)")
+    p.add_argument("--runs", type=int, default=HOST_RUNS,
+                   help=f"re-runs per artifact on a real-host backend (default {HOST_RUNS}; sim backends run twice)")
+    p.add_argument("--no-minimize", action="store_true", help="keep each cluster's smallest input as it is")
+    p.add_argument("--promote", action="store_true",
+                   help="copy reproducible sim clusters' reproducers into corpus/regressions as YAML")
+    p.add_argument("--promote-dir", help=argparse.SUPPRESS)
+    p.add_argument("--fail-on-new", action="store_true", help="exit 1 if there is a new cluster (for CI)")
+
+
+# --- shared: one reproducer from a raw input or a scenario YAML ---------------------------------------
+
+@dataclass
+class Input:
+    scenario: Scenario
+    data: bytes | None
+    pairs: list[Pair]
+    signature: str | None          # what it was recorded/tagged for
+
+
+def _is_scenario_yaml(path: str) -> bool:
+    """A scenario has ``ops``/``world``; a sidecar has ``signature`` and ``divergences``."""
+    if not path.endswith((".yaml", ".yml")):
+        return False
+    try:
+        with open(path, encoding="utf-8") as fh:
+            doc = yaml.safe_load(fh)
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return not os.path.isfile(path[: -len(".yaml")])      # let the loader name the problem
+    return isinstance(doc, dict) and ("ops" in doc or "world" in doc) and "divergences" not in doc
+
+
+def read_input(path: str, override: list[Pair] | None) -> Input:
+    """A raw input (with or without sidecar) or a scenario YAML whose tags name left/right."""
+    if _is_scenario_yaml(path):
+        sc = load_scenario(path)
+        tags = sc.tags or {}
+        pairs = override
+        if pairs is None:
+            if tags.get("pairs"):
+                pairs = [tuple((p.split("~") + [""])[:2]) for p in tags["pairs"]]   # type: ignore[misc]
+            elif tags.get("left"):
+                pairs = [(str(tags["left"]), str(tags.get("right") or ""))]
+            else:
+                raise UsageError(f"{path}: the scenario's tags name no backends; give --left/--right")
+        try:
+            data = encode(sc)
+        except EncodeError:
+            data = None
+        sig = tags.get("signature") if isinstance(tags.get("signature"), str) else None
+        return Input(sc, data, list(pairs), sig)
+    if path.endswith((".yaml", ".yml")):
+        path = path[: -len(".yaml")]
+    art = load_artifact(path)
+    v = judge_artifact(art, JudgeCache(), override, host_runs=1)
+    return Input(v.scenario, art.data, v.pairs, v.primary or None)
+
+
+def _pick(inp: Input, judge: Judge, wanted: str | None) -> tuple[object, str]:
+    j = judge.judge(inp.scenario)
+    for sig in (wanted, inp.signature):
+        if sig and j.find(sig) is not None:
+            return j, sig
+    if wanted:
+        raise UsageError(f"the input does not show signature {wanted!r}")
+    d = j.first_unknown() or (j.divs[0] if j.divs else None)
+    if d is None:
+        raise UsageError("the input shows no divergence on " + ", ".join(f"{a}~{b}" if b else a for a, b in inp.pairs))
+    return j, d.signature
+
+
+# --- minimize ------------------------------------------------------------------------------------------
+
+def cmd_minimize(args: argparse.Namespace) -> int:
+    try:
+        inp = read_input(args.file, _override(args, "minimize"))
+        judge = Judge(inp.pairs)
+    except (ArtifactError, ValueError) as e:
+        print(str(e), file=sys.stderr)
+        return EXIT_USAGE
+    j, sig = _pick(inp, judge, args.signature)
+    d = j.find(sig)                                                    # type: ignore[attr-defined]
+    res = minimize(inp.scenario, judge, sig, known=d.known, data=inp.data)
+    base = args.out or (args.file[:-5] if args.file.endswith(".yaml") else args.file) + ".min"
+    pair = triage_run._pair_of(sig, inp.pairs)
+    tagged = Scenario(res.scenario.world, res.scenario.ops, name="minimised", description=f"Minimised: {sig}",
+                      tags={"signature": sig, "left": pair[0], "right": pair[1],
+                            "pairs": [f"{a}~{b}" if b else a for a, b in inp.pairs]})
+    for path in (base, base + ".yaml"):
+        if os.path.abspath(path) == os.path.abspath(args.file):
+            raise UsageError(f"pfndiff minimize: refusing to overwrite the input {path}")
+    atomic_write(base, res.data)
+    atomic_write(base + ".yaml", dump_scenario(tagged).encode())
+    print(f"{args.file}: {sig}")
+    print(f"  {res.ops_before} -> {res.ops_after} ops, {res.bytes_before} -> {res.bytes_after} bytes, "
+          f"{res.checks} checks; wrote {base} and {base}.yaml")
+    return 0
+
+
+def _setup_minimize(p: argparse.ArgumentParser) -> None:
+    p.add_argument("file", help="a raw input (crash-<sha1>, with or without sidecar) or a scenario YAML")
+    p.add_argument("--left", help="left backend (default: the sidecar's or the scenario tags')")
+    p.add_argument("--right", help="right backend")
+    p.add_argument("--signature", help="the signature to keep (default: the recorded one, else the first unknown)")
+    p.add_argument("--out", "-o", help="output path for the bytes (YAML goes to OUT.yaml; default FILE.min)")
+
+
+# --- repro -----------------------------------------------------------------------------------------------
+
+def cmd_repro(args: argparse.Namespace) -> int:
+    try:
+        inp = read_input(args.file, _override(args, "repro"))
+        judge = Judge(inp.pairs)
+    except (ArtifactError, ValueError) as e:
+        print(str(e), file=sys.stderr)
+        return EXIT_USAGE
+    j, sig = _pick(inp, judge, args.signature)
+    d = j.find(sig)                                                    # type: ignore[attr-defined]
+    traces = j.traces                                                  # type: ignore[attr-defined]
+    left = traces[d.left]
+    right = traces.get(d.right) if d.right else triage_run._partner(d.left, judge, j)
+    color = sys.stdout.isatty() and not args.no_color
+    print(f"# {args.file}")
+    print(dump_scenario(inp.scenario).rstrip())
+    print()
+    status = f"known ({', '.join(d.entries)})" if d.known else "NEW (no catalogue entry explains it)"
+    print(f"signature: {sig}  [{d.sig_id}]  {status}")
+    print(f"first differing op: [{d.index}] {d.op}, field {d.field} (all differing: {', '.join(d.fields)})")
+    print()
+    print(side_by_side(inp.scenario, left, right, d.index, d.fields, color=color))
+    print()
+    assert judge.catalogue is not None
+    rows = explain(d, judge.catalogue)
+    print("spec rows:" if rows else "spec rows: none apply")
+    for r in rows:
+        print(f"  {r.id:<5} {r.text}")
+    return 0
+
+
+def _setup_repro(p: argparse.ArgumentParser) -> None:
+    p.add_argument("file", help="a raw input (crash-<sha1>, with or without sidecar) or a scenario YAML")
+    p.add_argument("--left", help="left backend (default: the sidecar's or the scenario tags')")
+    p.add_argument("--right", help="right backend")
+    p.add_argument("--signature", help="which divergence to show (default: the recorded one, else the first unknown)")
+    p.add_argument("--no-color", action="store_true", help="no ANSI highlighting")
+
+
+def _guard(fn):
+    """Scenario/artifact problems are one line and exit 2 (ScenarioError is handled by the CLI core)."""
+    def run(args: argparse.Namespace) -> int:
+        try:
+            return fn(args)
+        except ArtifactError as e:
+            print(str(e), file=sys.stderr)
+            return EXIT_USAGE
+        except ScenarioError:
+            raise
+    return run
+
+
+COMMANDS["triage"] = ("re-run, cluster and minimise findings; write reports (md/json/junit/sarif)",
+                      _guard(cmd_triage), _setup_triage)
+COMMANDS["minimize"] = ("minimise one input, keeping its divergence signature", _guard(cmd_minimize), _setup_minimize)
+COMMANDS["repro"] = ("show one input's traces side by side, the first differing op and its spec rows",
+                     _guard(cmd_repro), _setup_repro)
