@@ -9,12 +9,15 @@ import os
 from kvmsim import dump_scenario
 from kvmsim.yamlsrc import ScenarioError
 
+from . import corpus_minimize
 from .cli import COMMANDS, UsageError
 from .codec import decode
 from .corpus import OUT, SEEDS, build_corpus
 
 
 def cmd_corpus(args: argparse.Namespace) -> int:
+    if args.action in ("minimize", "stats"):
+        return corpus_minimize.cmd(args)
     if args.action == "build":
         counts = build_corpus(args.seeds, args.out)
         for target, n in counts.items():
@@ -35,10 +38,12 @@ def cmd_corpus(args: argparse.Namespace) -> int:
 
 
 def _setup(p: argparse.ArgumentParser) -> None:
-    p.add_argument("action", choices=("build", "decode"), help="build: encode the seeds; decode: show inputs")
+    p.add_argument("action", choices=("build", "decode", "minimize", "stats"),
+                   help="build: encode the seeds; decode: show inputs; minimize/stats: see fuzz.corpus_minimize")
     p.add_argument("files", nargs="*", help="decode: input files")
     p.add_argument("--seeds", default=SEEDS, help="seed directory (build)")
     p.add_argument("--out", default=OUT, help="output directory, one subdirectory per target (build)")
+    corpus_minimize.add_arguments(p)
 
 
 COMMANDS["corpus"] = ("build the libFuzzer corpora from the YAML seeds, or decode inputs", cmd_corpus, _setup)
