@@ -233,10 +233,12 @@ class Backing:
     def _touch(self, hva: int, write: bool) -> None:
         if self.prot != "rw":
             k.mprotect(self.addr, self.length, PROTS["rw"])
-        p = ctypes.c_uint8.from_address(hva)
-        v = p.value
+        # ctypes.memmove releases the GIL: the page may be a missing userfaultfd page that the
+        # resolver thread (which needs the GIL) has to fill before this access can complete.
+        buf = ctypes.create_string_buffer(1)
+        ctypes.memmove(buf, hva, 1)
         if write:
-            p.value = v
+            ctypes.memmove(hva, buf, 1)
         if self.prot != "rw":
             k.mprotect(self.addr, self.length, PROTS[self.prot])
 
@@ -245,7 +247,9 @@ class Backing:
             return self.missing.get(i, bytes(k.PAGE))
         if self.prot == "none":
             k.mprotect(self.addr, self.length, k.PROT_READ)
-        data = ctypes.string_at(self.hva(i), k.PAGE)
+        buf = ctypes.create_string_buffer(k.PAGE)
+        ctypes.memmove(buf, self.hva(i), k.PAGE)           # releases the GIL (see _touch)
+        data = buf.raw
         if self.prot == "none":
             k.mprotect(self.addr, self.length, k.PROT_NONE)
         return data

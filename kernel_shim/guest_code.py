@@ -48,9 +48,7 @@ USER_VA_LIMIT = 1 << 47
 GUEST_MAXPHYADDR = 48
 
 
-PTE_PS = 1 << 7
 UPPER_HALF = 0xFFFF_8000_0000_0000
-HUGE = 1 << 21
 
 
 def va_of(gpa: int) -> int | None:
@@ -63,7 +61,11 @@ def va_of(gpa: int) -> int | None:
 
 @dataclass
 class IdentityMap:
-    """Guest page tables (4 levels, 2 MiB user pages) mapping VA → GPA, grown on demand.
+    """Guest page tables (4 levels, 4 KiB user pages) mapping VA → GPA, grown on demand.
+
+    4 KiB leaves give every gfn its own guest PTE, so the accessed/dirty bits that a
+    shadow-paging host keeps in them (and that decide whether a read fault gets a writable
+    SPTE) belong to that gfn alone.
 
     Entries are only ever added, never changed: KVM's shadow MMU re-walks the guest tables on
     every fault through a not-present entry, so an added entry needs no invalidation, and an
@@ -74,7 +76,7 @@ class IdentityMap:
     mem: memoryview
     next_pt: int = PT_FIRST
     tables: dict[tuple[int, int], int] = field(default_factory=dict)
-    mapped: set[int] = field(default_factory=set)          # 2 MiB frames mapped
+    mapped: dict[int, int] = field(default_factory=dict)   # 4 KiB frame -> offset of its leaf PTE
 
     def __post_init__(self) -> None:
         self.root = self._alloc()
@@ -92,14 +94,14 @@ class IdentityMap:
         return p
 
     def ensure(self, gpa: int) -> None:
-        """Map the 2 MiB frame holding gpa (raises OverflowError when the pool is full)."""
-        frame = gpa // HUGE
+        """Map the page holding gpa (raises OverflowError when the pool is full)."""
+        frame = gpa >> 12
         if frame in self.mapped:
             return
-        va = va_of(frame * HUGE)
+        va = va_of(frame << 12)
         assert va is not None
         table = self.root
-        for level in (3, 2):
+        for level in (3, 2, 1):
             shift = 12 + 9 * level
             key = (level, va >> shift)
             nxt = self.tables.get(key)
@@ -109,9 +111,17 @@ class IdentityMap:
                                  (self.base_gpa + nxt * PAGE) | PTE_P | PTE_W | PTE_U)
                 self.tables[key] = nxt
             table = nxt
-        struct.pack_into("<Q", self.mem, table * PAGE + ((va >> 21) & 511) * 8,
-                         (frame * HUGE) | PTE_P | PTE_W | PTE_U | PTE_PS)
-        self.mapped.add(frame)
+        off = table * PAGE + ((va >> 12) & 511) * 8
+        struct.pack_into("<Q", self.mem, off, (frame << 12) | PTE_P | PTE_W | PTE_U)
+        self.mapped[frame] = off
+
+    def clear_ad(self, gpa: int) -> None:
+        """Forget the accessed/dirty bits the guest left in gpa's PTE in an earlier execution.
+        Safe because no SPTE of the page survives between executions (its backing was unmapped,
+        which zapped them); the next fault re-walks the guest tables."""
+        off = self.mapped.get(gpa >> 12)
+        if off is not None:
+            struct.pack_into("<Q", self.mem, off, (gpa & ~0xFFF) | PTE_P | PTE_W | PTE_U)
 
 
 def write_code(mem: memoryview) -> None:

@@ -158,6 +158,7 @@ class Execution:
                 for gpa in gpas:
                     if g.va_of(gpa) is not None:
                         m.ptmap.ensure(gpa)
+                        m.ptmap.clear_ad(gpa)
             except OverflowError:
                 fresh = True
         if fresh:
@@ -166,7 +167,8 @@ class Execution:
                 m.shim_slot = None
             g.write_code(m.mem)
             m.ptmap = g.IdentityMap(lay.shim_gpa, m.mem)
-            for gpa in [lay.shim_gpa, lay.shim_gpa + g.DOORBELL_PAGE * k.PAGE] + gpas:
+            shim = [lay.shim_gpa + p * k.PAGE for p in list(range(g.STACK_PAGE + 1)) + [g.DOORBELL_PAGE]]
+            for gpa in shim + gpas:
                 if g.va_of(gpa) is not None:
                     m.ptmap.ensure(gpa)
             r = self.vm.set_slot(lay.shim_slot, lay.shim_gpa, g.SHIM_PAGES * k.PAGE, m.shim_hva)
