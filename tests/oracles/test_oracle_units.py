@@ -161,3 +161,48 @@ def test_ro_slot_writable_spte_is_an_invariant_violation():
     sc = load_scenario(path)
     divs = compare(sc, get_backend("sim:g2f").run(sc), get_backend("sim:g3").run(sc), CAT)
     assert any(d.oracle == "inv:ro-slot-not-writable" and not d.known for d in divs)
+
+
+def _violations(text: str, backend: str):
+    from oracles.diff import check_invariants
+    sc = loads_scenario(text)
+    return check_invariants(sc, get_backend(backend).run(sc), CAT)
+
+
+MAP_LEFT_OPEN = """
+world:
+  vmas: [{name: ram, pages: 1, page_states: {0: present_rw}}]
+  memslots: [{id: 0, gfn: 0x100, pages: 1, vma: ram}]
+ops:
+  - vcpu_map: {gfn: 0x100, handle: m}
+"""
+
+
+def test_an_open_map_is_not_a_leak_but_a_closed_one_must_balance():
+    assert _violations(MAP_LEFT_OPEN, "sim:g3") == []
+    closed = MAP_LEFT_OPEN + "  - vcpu_unmap: {handle: m}\n"
+    assert _violations(closed, "sim:g3") == []
+
+
+def test_g1_reserved_page_leak_is_a_known_invariant_violation():
+    path = os.path.join(os.path.dirname(__file__), "..", "..", "corpus", "seeds", "d19-reserved-page-leak.yaml")
+    from kvmsim import load_scenario
+    from oracles.diff import check_invariants
+    sc = load_scenario(path)
+    vs = check_invariants(sc, get_backend("sim:g1").run(sc), CAT)
+    assert vs and all(v.known and v.oracle == "inv:no-leak" for v in vs)
+    assert check_invariants(sc, get_backend("sim:g3").run(sc), CAT) == []
+
+
+def test_g2f_unguarded_warn_is_known_but_the_sketch_seq0_warn_is_not():
+    noref = """
+world:
+  vmas: [{name: ram, pages: 1, page_states: {0: present_rw}}]
+  memslots: [{id: 0, gfn: 0x100, pages: 1, vma: ram}]
+ops:
+  - lookup: {gfn: 0x100, write: true, want_ref: false}
+"""
+    assert all(v.known for v in _violations(noref, "sim:g2f"))
+    guarded_seq0 = noref.replace("want_ref: false", "want_ref: false, guarded: true")
+    vs = _violations(guarded_seq0, "sim:g2s-literal:S2")
+    assert vs and not any(v.known for v in vs)
