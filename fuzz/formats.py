@@ -14,8 +14,12 @@ import xml.etree.ElementTree as ET
 from typing import Any
 
 SARIF_SCHEMA = "https://json.schemastore.org/sarif-2.1.0.json"
-FAILING = ("new",)
 _BASELINE = {"new": "new", "grew": "updated", "same": "unchanged", "vanished": "absent"}
+
+
+def failing(c: dict[str, Any]) -> bool:
+    """What fails a CI job: a new cluster the catalogue does not explain."""
+    return c["delta"] == "new" and not c.get("known")
 
 
 def _repro_pct(c: dict[str, Any]) -> str:
@@ -72,7 +76,7 @@ def triage_json(records: list[dict[str, Any]], errors: list[str], meta: dict[str
 def junit(records: list[dict[str, Any]], errors: list[str], meta: dict[str, Any]) -> str:
     """One testcase per cluster; a *new* cluster is a failure, a vanished one is skipped, an
     unreadable artifact is an error."""
-    failures = sum(1 for c in records if c["delta"] in FAILING)
+    failures = sum(1 for c in records if failing(c))
     skipped = sum(1 for c in records if c["delta"] == "vanished")
     suites = ET.Element("testsuites", name="pfndiff triage")
     suite = ET.SubElement(suites, "testsuite", name="pfndiff.triage", tests=str(len(records) + len(errors)),
@@ -87,7 +91,7 @@ def junit(records: list[dict[str, Any]], errors: list[str], meta: dict[str, Any]
         text = (f"{c['signature']}\nstatus: {c['status']}, {c['count']} artifact(s), reproducible "
                 f"{_repro_pct(c)}\nspec ids: {', '.join(c.get('spec_ids') or []) or '-'}\n"
                 f"reproducer: {(c.get('reproducer') or {}).get('yaml', '-')}")
-        if c["delta"] in FAILING:
+        if failing(c):
             f = ET.SubElement(case, "failure", message=f"new divergence cluster {c['id']}: {c['signature']}",
                               type=c["status"])
             f.text = text
@@ -115,7 +119,7 @@ def sarif(records: list[dict[str, Any]], errors: list[str], meta: dict[str, Any]
                       "fullDescription": {"text": f"{c['signature']} (spec ids: {', '.join(c.get('spec_ids') or []) or '-'})"},
                       "defaultConfiguration": {"level": "error"},
                       "properties": {"spec_ids": c.get("spec_ids") or [], "pair": c.get("pair") or ""}})
-        level = "error" if c["delta"] == "new" else "warning" if c["delta"] == "grew" else "note"
+        level = "error" if failing(c) else "warning" if c["delta"] == "grew" and not c.get("known") else "note"
         res: dict[str, Any] = {
             "ruleId": c["id"], "ruleIndex": i, "level": level,
             "message": {"text": f"{c['delta']} cluster, {c['status']}: {c['signature']} "

@@ -57,7 +57,7 @@ class Outcome:
 
     @property
     def new(self) -> list[dict[str, Any]]:
-        return [c for c in self.records if c["delta"] == "new"]
+        return [c for c in self.records if formats.failing(c)]
 
 
 def _write(path: str, text: str | bytes) -> None:
@@ -70,6 +70,7 @@ def run(opts: Options) -> Outcome:
     errors: list[str] = []
     verdicts: list[Verdict] = []
     judges = JudgeCache()
+    previous = load_previous(opts.join) if opts.join else None      # a bad --join fails before any work
     paths = list_inputs(opts.inputs)
     for path in paths:
         try:
@@ -92,8 +93,8 @@ def run(opts: Options) -> Outcome:
     meta: dict[str, Any] = {"artifacts": len(paths), "inputs": list(opts.inputs), "host": host,
                             "unclustered": len(unclustered), "unclustered_list": unclustered,
                             "seconds": 0.0, "joined": opts.join or ""}
-    if opts.join:
-        records = join(records, load_previous(opts.join))
+    if previous is not None:
+        records = join(records, previous)
     meta["seconds"] = round(time.time() - t0, 3)
     out = Outcome(records, errors, meta, clusters, minimized)
     if opts.promote:
