@@ -285,3 +285,17 @@ def test_g3_map_ro_of_zero_page_takes_no_pin() -> None:
     assert m["ret"] == 0 and m["frame"] == "zero" and m["method"] == "kmap"
     assert m["pinned"] == {} and m["held"] == {}
     assert u["unpinned"] == {} and u["released"] == {}
+
+
+@pytest.mark.parametrize("backend,ret,mmio", [
+    ("sim:g1", "EMULATE", True),       # §2.7: every non-visible (internal) slot is hidden from L2
+    ("sim:g2f", "EMULATE", True),      # v11 keeps the ≤6.7 __kvm_faultin_pfn visibility check
+    ("sim:g3", "FIXED", False),        # §6.4: only the APIC-access slot is special-cased for L2
+])
+def test_l2_access_to_internal_tss_slot(backend, ret, mmio) -> None:
+    """A G1↔G3 difference the §7 catalogue does not list: L2 faults on the TSS/identity-map
+    internal slots are emulated as MMIO up to v6.12 but mapped in v6.13."""
+    sc = build([{"x86_fault": {"gfn": GFN, "write": True}}], vmas=[vma(page_states={0: "present_rw"})],
+               memslots=[{"internal": "tss", "gfn": GFN, "pages": 1, "vma": "ram"}], vcpu={"guest_mode": True})
+    api = last(run(backend, sc)).api
+    assert api["ret"] == ret and api["mmio_spte"] is mmio
