@@ -84,9 +84,22 @@ def minimize(sc: Scenario, judge: Judge, signature: str, known: bool = False, da
                 cur, changed = nxt, True
                 steps.append(name)
     best = encode(cur)
-    best = shrink_bytes(best, lambda b: pred(decode(b)), len(cur.ops))
+    limit_size = _size(cur)
+    best = shrink_bytes(best, lambda b: _not_larger(_size(decode(b)), limit_size) and pred(decode(b)))
     final = decode(best)
     return MinResult(final, best, signature, ops_before, len(final.ops), before, len(best), pred.used, steps)
+
+
+def _size(sc: Scenario) -> tuple[int, int]:
+    """(ops, world items): a byte candidate may not grow either, so the bytes never trade a small
+    world for the codec's larger default world (the YAML reproducer stays readable)."""
+    w = sc.world
+    items = len(w.pages) + len(w.vmas) + len(w.memslots) + sum(len(v.page_states) + len(v.ptes) for v in w.vmas)
+    return len(sc.ops), items
+
+
+def _not_larger(a: tuple[int, int], b: tuple[int, int]) -> bool:
+    return a[0] <= b[0] and a[1] <= b[1]
 
 
 def _clean(sc: Scenario) -> Scenario:
@@ -255,16 +268,16 @@ _STEPS: list[tuple[str, Callable[[Scenario, Predicate], Scenario | None]]] = [
 
 # --- byte level -------------------------------------------------------------------------------------
 
-def shrink_bytes(data: bytes, pred: Callable[[bytes], bool], max_ops: int | None = None) -> bytes:
-    """Remove byte runs (halving sizes, as ddmin) while ``pred`` holds; never lets the decoded
-    scenario grow beyond ``max_ops`` ops.  Byte 0 (the codec version) is kept."""
+def shrink_bytes(data: bytes, pred: Callable[[bytes], bool]) -> bytes:
+    """Remove byte runs (halving sizes, as ddmin) while ``pred`` holds.  Byte 0 (the codec
+    version) is kept."""
     best = data
     n = max(1, (len(best) - 1) // 2)
     while n >= 1:
         i, removed = 1, False
         while i < len(best):
             cand = best[:i] + best[i + n:]
-            if (max_ops is None or len(decode(cand).ops) <= max_ops) and pred(cand):
+            if pred(cand):
                 best, removed = cand, True
             else:
                 i += n
