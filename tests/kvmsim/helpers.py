@@ -18,7 +18,6 @@ from kvmsim.trace import OpRecord, Trace
 GFN = 0x100
 NPAGES = 4
 GENERATIONS = ("sim:g1", "sim:g2", "sim:g2s", "sim:g2f", "sim:g3")
-ALL_SIM = GENERATIONS + ("sim:g2s-literal",)
 
 # Names the model gives pages (docs/traces.md "Pages are named").
 ORIG = "ram+0#0"       # the page a present/resident normal VMA page starts with
@@ -129,7 +128,3 @@ def lookup(backend: str, state: str, ro_slot: bool = False, world: dict | None =
     rec = last(t)
     assert not any(e.startswith("BUG:refcount_underflow") for e in rec.events), rec.events
     return rec.api
-
-
-def no_events(rec: OpRecord) -> bool:
-    return not rec.events
