@@ -219,3 +219,15 @@ def test_async_pf_worker_faults_in_for_write(backend, prot, writable) -> None:
     assert first["ret"] == "RETRY" and first["async_pf"] == "queued" and first["leaked"] == {}
     assert second["ret"] == "FIXED" and second["map_writable"] is writable
     assert t.meta["refs_held_at_end"] == {}
+
+
+@pytest.mark.parametrize("backend,world", [("sim:g1", {}), ("sim:g2", {}), ("sim:g3", {"allow_unsafe_mappings": True})])
+def test_vcpu_map_memremap_failure_is_efault_without_leak(backend, world) -> None:
+    """§2.8 / §6.3: memremap failing gives -EFAULT; a pfn without struct page never held a
+    reference (G1) or a pin (G3, D27), so nothing is left behind."""
+    sc = build([{"vcpu_map": {"gfn": GFN, "handle": "m"}}, {"vcpu_unmap": {"handle": "m"}}],
+               pages=[{"name": "bar", "kind": "none", "memremap_ok": False}],
+               vmas=[vma(remap="pfnmap", ptes={0: {"page": "bar"}})], **world)
+    t = run(backend, sc)
+    assert t.records[0].api["ret"] == "-EFAULT" and t.records[0].api["method"] is None
+    assert t.meta["refs_held_at_end"] == {} and t.meta["pins_held_at_end"] == {}
