@@ -45,8 +45,10 @@ def cmd_probe(args: argparse.Namespace) -> int:
         for n, v in p.caps.items():
             print(f"  {n:<36} {v}")
     print("backings")
+    notes = {"guest_memfd": " (checked by tests; not used by scenarios: gmem faults bypass hva_to_pfn)",
+             "hwpoison": ""}
     for n, why in p.backings.items():
-        print(f"  {n:<16} {'yes' if why is None else 'no: ' + why}")
+        print(f"  {n:<16} {'yes' + notes.get(n, '') if why is None else 'no: ' + why}")
     print("paths")
     for n, why in p.paths.items():
         print(f"  {n:<16} {'yes' if why is None else 'no: ' + why}")

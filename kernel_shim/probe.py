@@ -158,12 +158,12 @@ def _probe_gmem(kvm: k.KvmHandle | None) -> str | None:
     if vm < 0:
         return f"KVM_CREATE_VM: {k.errno_name(vm)}"
     try:
-        req = k.CreateGuestMemfd(k.PAGE * 16, 0)
+        req = k.CreateGuestMemfd(k.PAGE * 16, 3)            # MMAP | INIT_SHARED
         fd = k.ioctl(vm, k.KVM_CREATE_GUEST_MEMFD, req)
         if fd < 0:
-            return f"KVM_CREATE_GUEST_MEMFD on a default VM: {k.errno_name(fd)}"
+            return f"KVM_CREATE_GUEST_MEMFD(MMAP|INIT_SHARED) on a default VM: {k.errno_name(fd)}"
         os.close(fd)
-        return "creatable, but the scenario language has no guest_memfd VMA, so no scenario uses it"
+        return None
     finally:
         os.close(vm)
 

@@ -39,6 +39,11 @@ _ALL = [
           "a writable-PTE pfnmap page is a ring-buffer control page; after mprotect(r) and mprotect(rw) "
           "its PTE is read-only but pfn_mkwrite upgrades it on the next write, so the emulator's write "
           "succeeds where the model's read-only PTE turns it into MMIO"),
+    Quirk("shadow-gpte-dirty",
+          "shadow paging: a read fault gets a writable SPTE only if the guest PTE is already dirty "
+          "(KVM keeps the guest D bit exact), so in a dirty-logged slot a read marks the page dirty "
+          "exactly when the guest wrote that gfn earlier (even while it had no memslot); the model never "
+          "marks a read dirty"),
     Quirk("killed-vmm-silent",
           "a VMM killed by a fatal signal sees no KVM_RUN return at all: only the outcome is comparable, "
           "and nothing after it ran"),
@@ -71,7 +76,28 @@ def explain(sc: Scenario, d: Any, left: dict[str, Any], right: dict[str, Any], p
     if d.op == "access" and lo == "mmio" and ro == "ok" and left.get("mmio", {}).get("is_write"):
         if _pfnmap_reprotected(sc, d.index):
             return "perf-control-page-mkwrite"
+    if d.op == "get_dirty_log" and d.field == "dirty" and _pvm():
+        extra = set(right.get("dirty") or []) - set(left.get("dirty") or [])
+        if extra and not set(left.get("dirty") or []) - set(right.get("dirty") or []):
+            base = _slot_base(sc, d.index)
+            written = {op.args["gpa"] >> 12 for op in sc.ops[:d.index] if op.kind == "access" and op.args["write"]}
+            if base is not None and all(base + p in written for p in extra):
+                return "shadow-gpte-dirty"
     return None
+
+
+def _slot_base(sc: Scenario, index: int) -> int | None:
+    """The base gfn of the memslot that op ``index`` (a get_dirty_log) names, at that time."""
+    op = sc.ops[index]
+    key = (op.args["as_id"], op.args["slot"])
+    bases = {(s.as_id, s.id): s.gfn for s in sc.world.memslots}
+    for o in sc.ops[:index]:
+        k = (o.args.get("as_id", 0), o.args.get("slot"))
+        if o.kind in ("memslot_create", "memslot_move"):
+            bases[k] = o.args["gfn"]
+        elif o.kind == "memslot_delete":
+            bases.pop(k, None)
+    return bases.get(key)
 
 
 def _pfnmap_reprotected(sc: Scenario, index: int) -> bool:

@@ -22,7 +22,7 @@ from .probe import probe
 A, B, C, NOSLOT = 0x100, 0x200, 0x300, 0x500
 
 
-def random_scenario(rng: random.Random, n_ops: int = 12) -> Scenario | None:
+def random_scenario(rng: random.Random, n_ops: int = 12, madvise_all: bool = True) -> Scenario | None:
     """One random scenario over three VMAs (normal, pfnmap, maybe hugetlb), or None if invalid."""
     have = probe().backings
     states = ["present_rw", "present_ro", "unpopulated"] + (["needs_io"] if have.get("userfaultfd") is None else [])
@@ -55,7 +55,7 @@ def random_scenario(rng: random.Random, n_ops: int = 12) -> Scenario | None:
             ops.append({"access": {"gpa": rng.choice(gpas) + 8 * rng.randint(0, 3), "write": rng.random() < 0.5,
                                    "value": rng.randint(1, 255)}})
         elif r < 0.62:
-            ops.append({"madvise": {"vma": v, "page": 0, "count": rng.randint(1, 4)}})
+            ops.append({"madvise": {"vma": v if madvise_all else "a", "page": 0, "count": rng.randint(1, 4)}})
         elif r < 0.68:
             ops.append({"mprotect": {"vma": v, "prot": rng.choice(["rw", "r", "none"])}})
         elif r < 0.72:
@@ -100,14 +100,16 @@ class SweepResult:
     examples: dict[str, Scenario] = field(default_factory=dict)
 
 
-def sweep(n: int, seed: int, model: str = "sim:g3", host: Any = None, all_diffs: bool = False) -> SweepResult:
+def sweep(n: int, seed: int, model: str = "sim:g3", host: Any = None, all_diffs: bool = False,
+          madvise_all: bool = True) -> SweepResult:
+    """``madvise_all=False`` keeps madvise to the normal VMA (hides the known pfnmap/hugetlb case)."""
     from kvmsim.backend import get_backend
     rng = random.Random(seed)
     m = get_backend(model)
     h = host if host is not None else get_backend("host")
     out = SweepResult()
     while out.runs < n:
-        sc = random_scenario(rng)
+        sc = random_scenario(rng, madvise_all=madvise_all)
         if sc is None:
             continue
         out.runs += 1

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+
 import pytest
 
 from shim_helpers import need_backing, run, vmm
@@ -259,8 +264,16 @@ ops:
     ok(vmm(t2)[0], 0)                         # a fresh worker took over
 
 
-def test_guest_memfd(host):
+def test_guest_memfd():
+    """guest_memfd (MMAP|INIT_SHARED) backs a memslot the CPL3 guest reads and writes; checked in a
+    child process with a timeout, as it enters KVM_RUN."""
     need_backing("guest_memfd")
+    out = subprocess.run([sys.executable, "-m", "kernel_shim.gmem"], capture_output=True, text=True, timeout=60,
+                         cwd=os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+    assert out.returncode == 0, out.stderr
+    res = json.loads(out.stdout)
+    assert res["ok"], res
+    assert res["read"] == 0x5A5A5A5A5A5A5A5A and res["host_sees_write"] == 7
 
 
 def test_emulated_path_turns_faults_into_mmio(emulated):
