@@ -93,7 +93,11 @@ def _env(pairs: list[Pair], artifacts: str) -> dict[str, str]:
 
 def libfuzzer_merge(in_dirs: list[str], out_dir: str, pairs: list[Pair], target: str = TARGETS["diff"],
                     log_path: str | None = None, expect_inputs: int = 1) -> str:
-    """Run ``target -merge=1 out_dir in_dirs...`` and verify it; returns the log text."""
+    """Run ``target -merge=1 out_dir in_dirs...`` and verify it; returns the log text.  The target
+    runs in a scratch directory (findings it writes during the merge land there, not in the
+    user's tree), so every path is made absolute first."""
+    target, out_dir = os.path.abspath(target), os.path.abspath(out_dir)
+    in_dirs = [os.path.abspath(d) for d in in_dirs]
     with tempfile.TemporaryDirectory(prefix="pfndiff-merge-art-") as arts:
         try:
             r = subprocess.run([target, "-merge=1", out_dir, *in_dirs], env=_env(pairs, arts),
