@@ -63,6 +63,8 @@ def host(state: str, ro_slot: bool = False) -> dict[str, Any]:
     normal = {"present_rw", "present_ro", "unpopulated", "resident", "needs_io", "hwpoison"}
     if state in normal:
         out["vmas"] = [vma(page_states={0: state})]
+    elif state == "resident_shared":            # page-cache page of a MAP_SHARED rw mapping
+        out["vmas"] = [vma(shared=True, page_states={0: "resident"})]
     elif state == "needs_io_signal":
         out["vmas"] = [vma(page_states={0: "needs_io"})]
         out["signal"] = "pending"

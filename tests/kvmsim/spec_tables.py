@@ -62,8 +62,11 @@ G1_TABLE: list[Row] = [
     _r("2.6:resident:W", "resident", W, "pfn", frame=ORIG, writable=True, held={ORIG: 1}),
     _r("2.6:resident:W,A:minor", "resident", {**W, "nowait": True}, "pfn", frame=ORIG, writable=True,
        held={ORIG: 1}, async_=False),
-    _r("2.6:resident:!W,A:minor", "resident", {**R, "nowait": True}, "pfn", frame=ORIG, held={ORIG: 1},
-       async_=False),
+    _r("2.6:resident:!W,A:minor:upgrade-fails", "resident", {**R, "nowait": True}, "pfn", frame=ORIG,
+       writable=False, held={ORIG: 1}, async_=False),
+    # ... and "true if upgrade works": a MAP_SHARED rw page is mapped writable on a read fault
+    _r("2.6:resident:!W,P:shared:upgrade-works", "resident_shared", R, "pfn", frame=ORIG, writable=True,
+       held={ORIG: 1}),
     # NEEDS_IO, A: FAULT, writable = W, async iff vma_is_valid
     _r("2.6:needs_io:A:!W", "needs_io", {**R, "nowait": True}, ERR, writable=False, async_=True, gup=False),
     _r("2.6:needs_io:A:W", "needs_io", {**W, "nowait": True}, ERR, writable=True, async_=True, gup=False),
