@@ -9,7 +9,6 @@ import pytest
 
 from kernel_shim.probe import kvm_unusable
 
-SCENARIOS = Path(__file__).parent / "scenarios"
 
 
 def pytest_collection_modifyitems(config, items):

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 
 from kernel_shim.probe import probe
 from kvmsim.scenario import loads_scenario
 from kvmsim.trace import Trace
+
+SCENARIOS = Path(__file__).parent / "scenarios"
 
 
 def need_backing(name: str) -> None:
