@@ -73,6 +73,10 @@ def explain(sc: Scenario, d: Any, left: dict[str, Any], right: dict[str, Any], p
     lo, ro = left.get("outcome"), right.get("outcome")
     if path == "emulated" and lo == "efault" and ro == "mmio":
         return "emulated-path-mmio"
+    if path == "emulated" and lo == "ok" and ro == "mmio" and d.op == "access":
+        v, prot = _vma_at(sc, d.index)
+        if v is not None and v.remap in ("pfnmap", "io") and prot == "none":
+            return "emulated-path-mmio"              # the fault path maps PROT_NONE PFNMAP; copy_from_user cannot
     if d.op == "access" and lo == "mmio" and ro == "ok" and left.get("mmio", {}).get("is_write"):
         if _pfnmap_reprotected(sc, d.index):
             return "perf-control-page-mkwrite"
@@ -84,6 +88,27 @@ def explain(sc: Scenario, d: Any, left: dict[str, Any], right: dict[str, Any], p
             if base is not None and all(base + p in written for p in extra):
                 return "shadow-gpte-dirty"
     return None
+
+
+def _vma_at(sc: Scenario, index: int) -> tuple[Any, str | None]:
+    """The VMA (spec) behind the gpa of access ``index`` at that time, and its prot then."""
+    gfn = sc.ops[index].args["gpa"] >> 12
+    slots = {(s.as_id, s.id): (s.gfn, s.pages, s.vma) for s in sc.world.memslots}
+    prot = {v.name: v.prot for v in sc.world.vmas}
+    for o in sc.ops[:index]:
+        k = (o.args.get("as_id", 0), o.args.get("slot"))
+        if o.kind == "memslot_create":
+            slots[k] = (o.args["gfn"], o.args["pages"], o.args["vma"])
+        elif o.kind == "memslot_move" and k in slots:
+            slots[k] = (o.args["gfn"],) + slots[k][1:]
+        elif o.kind == "memslot_delete":
+            slots.pop(k, None)
+        elif o.kind == "mprotect":
+            prot[o.args["vma"]] = o.args["prot"]
+    for (as_id, _), (g0, n, vma) in slots.items():
+        if as_id == 0 and g0 <= gfn < g0 + n:
+            return next(v for v in sc.world.vmas if v.name == vma), prot[vma]
+    return None, None
 
 
 def _slot_base(sc: Scenario, index: int) -> int | None:
