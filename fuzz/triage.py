@@ -64,16 +64,20 @@ class Artifact:
 
 # --- reading ---------------------------------------------------------------------------------------
 
-def list_inputs(paths: list[str]) -> list[str]:
+def list_inputs(paths: list[str], errors: list[str] | None = None) -> list[str]:
     """Raw inputs under the given directories (or the given files): every regular file that is
-    not a sidecar, a dotfile, a libFuzzer log, or inside the campaign's bookkeeping directories."""
+    not a sidecar, a dotfile, a libFuzzer log, or inside the campaign's bookkeeping directories.
+    A missing path is an error (appended to ``errors`` if given, else raised)."""
     out: list[str] = []
     for p in paths:
         if os.path.isfile(p):
             out.append(p[:-5] if p.endswith(".yaml") and os.path.isfile(p[:-5]) else p)
             continue
         if not os.path.isdir(p):
-            raise ArtifactError(f"{p}: no such file or directory")
+            if errors is None:
+                raise ArtifactError(f"{p}: no such file or directory")
+            errors.append(f"{p}: no such file or directory")
+            continue
         for root, dirs, files in os.walk(p):
             dirs[:] = sorted(d for d in dirs if d not in _SKIP_DIRS and not d.startswith("."))
             for f in sorted(files):

@@ -71,7 +71,9 @@ def run(opts: Options) -> Outcome:
     verdicts: list[Verdict] = []
     judges = JudgeCache()
     previous = load_previous(opts.join) if opts.join else None      # a bad --join fails before any work
-    paths = list_inputs(opts.inputs)
+    paths = list_inputs(opts.inputs, errors)
+    for e in errors:
+        opts.err(e)
     for path in paths:
         try:
             art = load_artifact(path)
@@ -285,6 +287,8 @@ def promote(out: Outcome, dest: str) -> list[str]:
                                 "spec": rec["spec_ids"], "promoted": out.meta["host"]["time"]})
         slug = rec["pair"].replace("sim:", "").replace("~", "-vs-").replace(":", "-").replace(",", "")
         path = os.path.join(dest, f"{slug}-{rec['id']}.yaml")
+        if os.path.exists(path):                # promoted earlier: never rewrite a corpus file
+            continue
         text = dump_scenario(tagged)
         encode(sc)                              # a promoted reproducer must stay encodable (EncodeError)
         _write(path, text)
