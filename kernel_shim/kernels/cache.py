@@ -1,0 +1,97 @@
+"""Where fetched kernels live: ``$XDG_CACHE_HOME/pfndiff`` (or ``~/.cache/pfndiff``).
+
+Why a user cache and not the checkout: downloads are large, machine-specific and never committed;
+they survive ``git clean`` and are shared by every checkout of the project.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+
+def cache_root() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "pfndiff"
+
+
+def kernels_dir() -> Path:
+    return cache_root() / "kernels"
+
+
+def generation_of(release: str) -> str | None:
+    """≤ 6.12: legacy gfn_to_pfn family (g1); ≥ 6.13: merged kvm_follow_pfn (g3)."""
+    m = re.match(r"(\d+)\.(\d+)", release)
+    if not m:
+        return None
+    return "g3" if (int(m[1]), int(m[2])) >= (6, 13) else "g1"
+
+
+def short_name(release: str) -> str:
+    """``6.12.57+deb13-amd64`` -> ``6.12`` (the name in ``qemu:<kernel>``)."""
+    m = re.match(r"(\d+\.\d+)", release)
+    return m[1] if m else release
+
+
+@dataclass
+class KernelEntry:
+    """One cached, bootable kernel (``manifest.json`` in its directory)."""
+    release: str                    # uname -r, e.g. 6.1.0-41-amd64
+    suite: str
+    packages: dict[str, str]        # package -> version
+    generation: str
+    api: str                        # __gfn_to_pfn_memslot | kvm_follow_pfn (what kvm.ko exports)
+    modules: list[str] = field(default_factory=list)     # load order
+    busybox: str = ""
+    directory: str = ""
+
+    @property
+    def name(self) -> str:
+        return short_name(self.release)
+
+    @property
+    def vmlinux(self) -> Path:
+        return Path(self.directory) / "vmlinux"
+
+    @property
+    def initramfs(self) -> Path:
+        return Path(self.directory) / "initramfs.cpio"
+
+    def save(self) -> None:
+        d = asdict(self)
+        d.pop("directory")
+        tmp = Path(self.directory) / "manifest.json.tmp"
+        tmp.write_text(json.dumps(d, indent=2) + "\n")
+        os.replace(tmp, Path(self.directory) / "manifest.json")
+
+
+def cached_kernels() -> list[KernelEntry]:
+    """Every complete kernel in the cache (vmlinux, initramfs and manifest present), oldest first."""
+    out = []
+    root = kernels_dir()
+    if not root.is_dir():
+        return out
+    for d in sorted(root.iterdir()):
+        man = d / "manifest.json"
+        try:
+            data = json.loads(man.read_text())
+            e = KernelEntry(directory=str(d), **data)
+        except (OSError, ValueError, TypeError):
+            continue
+        if e.vmlinux.is_file() and e.initramfs.is_file():
+            out.append(e)
+    out.sort(key=lambda e: _version_key(e.release))
+    return out
+
+
+def find_kernel(name: str) -> KernelEntry | None:
+    """``6.1`` (newest cached 6.1.x) or a full release ``6.1.0-41-amd64``."""
+    hits = [e for e in cached_kernels() if e.release == name or e.name == name]
+    return hits[-1] if hits else None
+
+
+def _version_key(release: str) -> tuple[int, ...]:
+    return tuple(int(x) for x in re.findall(r"\d+", release)[:4])
