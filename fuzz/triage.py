@@ -24,12 +24,13 @@ from typing import Any
 import yaml
 
 from kvmsim.backend import BackendError
-from kvmsim.scenario import Scenario, dump_scenario
+from kvmsim.scenario import Scenario, loads_scenario
+from kvmsim.yamlsrc import ScenarioError
 from kvmsim.trace import Trace
 from oracles.diff import Divergence
 from oracles.signature import signature_id
 
-from .codec import decode
+from .codec import VERSION, decode
 from .judge import Judge, Judgement, Pair, pairs_from_sidecar
 
 HOST_RUNS = 10                     # default re-runs of an artifact on a real-host backend
@@ -48,6 +49,11 @@ class Artifact:
     data: bytes
     sidecar: dict[str, Any] | None
     mtime: float
+    recorded: Scenario | None = None      # the sidecar's scenario, when the bytes decode differently now
+    note: str = ""
+
+    def scenario(self) -> Scenario:
+        return self.recorded if self.recorded is not None else decode(self.data)
 
     @property
     def name(self) -> str:
@@ -117,10 +123,23 @@ def load_artifact(path: str) -> Artifact:
     if m and hashlib.sha1(data).hexdigest() != m.group(1):
         raise ArtifactError(f"{path}: content does not match its name (sha1 {hashlib.sha1(data).hexdigest()[:12]}…, "
                             f"{len(data)} bytes): truncated or modified")
-    if sidecar is not None and isinstance(sidecar.get("scenario"), str):
-        if dump_scenario(decode(data)) != sidecar["scenario"]:
-            raise ArtifactError(f"{path}: input does not decode to its sidecar's scenario: truncated or modified")
+    recorded = _recorded_scenario(sidecar, side_path)
+    if recorded is not None and recorded != decode(data):
+        # The bytes are intact (name check above) but this codec decodes them differently, e.g. a
+        # changed default world: triage what the campaign actually ran, and say so.
+        return Artifact(path, data, sidecar, mtime, recorded,
+                        f"decodes differently with this codec (sidecar codec_version {sidecar.get('codec_version')}, "
+                        f"now {VERSION}); triaged from the sidecar's scenario")
     return Artifact(path, data, sidecar, mtime)
+
+
+def _recorded_scenario(sidecar: dict[str, Any] | None, side_path: str) -> Scenario | None:
+    if sidecar is None or not isinstance(sidecar.get("scenario"), str):
+        return None
+    try:
+        return loads_scenario(sidecar["scenario"], side_path)
+    except ScenarioError:
+        return None                         # an older scenario format: nothing to compare with
 
 
 # --- judging one artifact --------------------------------------------------------------------------
@@ -163,11 +182,11 @@ def judge_artifact(art: Artifact, judges: JudgeCache, override: list[Pair] | Non
     else:
         raise ArtifactError(f"{art.path}: no sidecar; give the backends with --left/--right")
     judge = judges.get(pairs)
-    sc = decode(art.data)
+    sc = art.scenario()
     first = judge.judge(sc)
     runs = SIM_RUNS if _sim_only(pairs) else host_runs
     all_runs = [first]
-    note = ""
+    note = art.note
     nondet: list[str] = []
     for _ in range(runs - 1):
         j = judge.judge(sc)
@@ -196,17 +215,19 @@ def judge_artifact(art: Artifact, judges: JudgeCache, override: list[Pair] | Non
     if members:
         primary = members[0]
         status = "reproduced" if hits[primary] == runs else "flaky"
-        return Verdict(art, pairs, status, primary, members, runs, hits, first, sc)
+        return Verdict(art, pairs, status, primary, members, runs, hits, first, sc, note)
     if recorded:                              # kept in its recorded cluster, labelled
         primary = recorded[0]
         known = first.signatures.get(primary)
         if known:
-            status, note = "now-known", "the catalogue now explains it: " + ", ".join(
+            status, why = "now-known", "the catalogue now explains it: " + ", ".join(
                 e for d in first.divs if d.signature == primary for e in d.entries)
         else:
-            status, note = "unreproduced", f"0/{runs} runs showed the recorded signature"
+            status, why = "unreproduced", f"0/{runs} runs showed the recorded signature"
+        note = "; ".join(x for x in (why, note) if x)
         return Verdict(art, pairs, status, primary, [primary], runs, hits, first, sc, note)
-    return Verdict(art, pairs, "no-divergence", "", [], runs, hits, first, sc, "no unknown divergence")
+    return Verdict(art, pairs, "no-divergence", "", [], runs, hits, first, sc,
+                   "; ".join(x for x in ("no unknown divergence", note) if x))
 
 
 class JudgeCache:

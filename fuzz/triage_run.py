@@ -19,7 +19,7 @@ from kvmsim.scenario import Scenario, dump_scenario
 
 from . import formats
 from .artifacts import atomic_write, host_info
-from .codec import encode
+from .codec import EncodeError, encode
 from .judge import Judge, Pair
 from .minimize import MinResult, minimize
 from .report import explain, side_by_side
@@ -115,6 +115,11 @@ def _do_cluster(c: Cluster, judges: JudgeCache, opts: Options) -> tuple[dict[str
     note = ""
     sc = rep.scenario
     data = rep.artifact.data
+    if rep.artifact.recorded is not None:           # the bytes decode differently now: re-encode
+        try:
+            data = encode(sc)
+        except EncodeError:
+            pass
     if opts.minimize and d0 is not None and c.status != "nondeterministic":
         limit = HOST_MIN_CHECKS if any(not n.startswith("sim:") for p in rep.pairs for n in p if n) else 4000
         try:

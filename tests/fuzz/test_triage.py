@@ -162,3 +162,19 @@ def test_list_inputs_skips_sidecars_and_bookkeeping(tmp_path):
     (tmp_path / "c" / "libfuzzer.log").write_text("x")
     names = [os.path.basename(p) for p in tr.list_inputs([str(tmp_path / "c")])]
     assert names and all(n.startswith("crash-") and not n.endswith(".yaml") for n in names)
+
+
+def test_an_input_the_codec_now_decodes_differently_is_triaged_from_its_sidecar(tmp_path):
+    """Intact bytes (the name matches) whose decoding changed, e.g. a new default world: the
+    campaign's scenario from the sidecar is what gets triaged, with a note; never an error."""
+    from kvmsim.scenario import dump_scenario
+    paths = find(tmp_path / "c", [D10_PAIR], [seed(D10)])
+    side_path = paths[0] + ".yaml"
+    side = yaml.safe_load(open(side_path))
+    side["scenario"] = dump_scenario(d10_other())
+    with open(side_path, "w") as fh:
+        yaml.safe_dump(side, fh)
+    art = tr.load_artifact(paths[0])
+    assert art.recorded == d10_other() and "decodes differently" in art.note
+    v = tr.judge_artifact(art, tr.JudgeCache())
+    assert v.status == "reproduced" and v.scenario == d10_other() and "decodes differently" in v.note
