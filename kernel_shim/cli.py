@@ -56,7 +56,7 @@ def cmd_probe(args: argparse.Namespace) -> int:
 
 
 def cmd_conform(args: argparse.Namespace) -> int:
-    from .conformance import compare
+    from .conformance import compare, unstable_ops
     if not args.scenarios:
         raise UsageError("pfndiff host conform: give at least one scenario file")
     model = get_backend(args.model)
@@ -69,15 +69,18 @@ def cmd_conform(args: argparse.Namespace) -> int:
     out = []
     for path, sc in zip(args.scenarios, scs):
         rep = compare(model.run(sc), host.run(sc), sc)
-        bad += not rep.ok
+        unstable = unstable_ops(sc, host, args.repeat) if args.repeat > 1 else []
+        bad += not rep.ok or bool(unstable)
         out.append({"scenario": path, "compared": rep.compared, "not_realisable": rep.unrealisable,
-                    "differences": [d.to_dict() for d in rep.differences]})
+                    "differences": [d.to_dict() for d in rep.differences], "unstable_ops": unstable})
         if not args.json:
             status = "ok" if rep.ok else f"{len(rep.unexplained)} unexplained"
             print(f"{path}: {rep.compared} ops compared, {rep.unrealisable} not realisable, "
                   f"{len(rep.differences)} differences ({status})")
             for d in rep.differences:
                 print(f"    {d}")
+            if unstable:
+                print(f"    not reproducible over {args.repeat} host runs: ops {unstable}")
     if args.json:
         print(json.dumps(out, indent=2))
     return 1 if bad else 0
@@ -93,6 +96,8 @@ def _setup(p: argparse.ArgumentParser) -> None:
     pc.add_argument("--model", default="sim:g3", help="model backend (default sim:g3)")
     pc.add_argument("--path", choices=("native-cpl3", "emulated"), default="native-cpl3",
                     help="guest fault path on the host")
+    pc.add_argument("--repeat", type=int, default=1, metavar="N",
+                    help="also run each scenario N times on the host and report ops that vary")
     pc.add_argument("--json", action="store_true", help="machine-readable output")
 
 

@@ -88,6 +88,14 @@ def compare(left: Trace, right: Trace, sc: Scenario | None = None) -> Report:
     return Report(compared, unreal, diffs)
 
 
+def unstable_ops(sc: Scenario, host: Any, runs: int = 3) -> list[int]:
+    """DESIGN principle 4: a host run is re-run to measure reproducibility.  Returns the indices
+    of ops whose VMM observation was not the same in every run."""
+    traces = [host.run(sc) for _ in range(runs)]
+    first = {r.index: r.vmm for r in traces[0].records}
+    return sorted({r.index for t in traces[1:] for r in t.records if r.vmm != first.get(r.index)})
+
+
 def conform(sc: Scenario, model: str = "sim:g3", host: Any = None) -> tuple[Report, Trace, Trace]:
     """Run ``sc`` on the model and on this host and compare (``host``: a Backend, default ``host``)."""
     from kvmsim.backend import get_backend

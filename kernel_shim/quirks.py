@@ -24,6 +24,10 @@ _ALL = [
           "path=emulated: CPL0 guest code is run by KVM's instruction emulator, which reaches guest memory "
           "through gfn_to_hva + copy_{from,to}_user; where that fails (hole, PROT_NONE, write to PROT_READ) the "
           "access becomes KVM_EXIT_MMIO instead of the fault path's -EFAULT"),
+    Quirk("emulated-uffd-signal-spin",
+          "path=emulated: a signal while the emulator waits on a userfaultfd page does not end KVM_RUN "
+          "with -EINTR; the vCPU re-faults in the kernel until the page is filled (a hang, ended only by "
+          "SIGKILL, if it never is)"),
     Quirk("pvm-shadow-paging",
           "this host's KVM MMU is shadow paging under PVM (tdp_mmu=N), not EPT/NPT: SPTE level and A/D "
           "behaviour differ from the model's TDP assumptions; not visible at VMM level"),

@@ -81,3 +81,23 @@ ops:
     assert fd_count(pid) == fds
     assert map_count(pid) == maps
     assert fd_count() == parent_fds
+
+
+def test_emulated_path_spins_on_signal_plus_missing_page_and_is_killed():
+    """The DESIGN hazard: on the emulated path a pending signal does not end the wait on an
+    unresolved userfaultfd page; only the outside SIGKILL ends it, and the worker is reaped."""
+    need_backing("userfaultfd")
+    b = HostBackend(path="emulated", timeout=1.0, resolve_io=False)
+    try:
+        t = run(b, """
+world:
+  signal: pending
+  vmas: [{name: io, pages: 1, state: needs_io}]
+  memslots: [{id: 0, gfn: 0x300, pages: 1, vma: io}]
+ops:
+  - access: {gpa: 0x300000}
+""")
+        assert t.records[0].vmm == {"outcome": "timeout", "data": None, "exits": []}
+        assert t.meta["path"] == "emulated" and not b.runner.abandoned
+    finally:
+        b.close()
