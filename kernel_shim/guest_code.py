@@ -131,8 +131,8 @@ def write_code(mem: memoryview) -> None:
 def set_batch(mem: memoryview, accesses: list[tuple[int, bool, int]]) -> None:
     """Write descriptors (va, write, value) and reset the header: n, idx = 0."""
     off = CTRL_PAGE * PAGE
-    for i, (va, write, value) in enumerate(accesses):
-        struct.pack_into("<QQQQ", mem, off + HEADER + i * DESC, va, value & (2**64 - 1), int(write), 0)
+    flat = [x for va, write, value in accesses for x in (va, value & (2**64 - 1), int(write), 0)]
+    struct.pack_into(f"<{len(flat)}Q", mem, off + HEADER, *flat)
     struct.pack_into("<QQ", mem, off, len(accesses), 0)
 
 
@@ -143,6 +143,11 @@ def progress(mem: memoryview) -> int:
 def skip_current(mem: memoryview) -> None:
     off = CTRL_PAGE * PAGE + 8
     struct.pack_into("<Q", mem, off, struct.unpack_from("<Q", mem, off)[0] + 1)
+
+
+def results(mem: memoryview, n: int) -> tuple[int, ...]:
+    """The result word of descriptors 0..n-1."""
+    return struct.unpack_from(f"<{4 * n}Q", mem, CTRL_PAGE * PAGE + HEADER)[3::4]
 
 
 def result(mem: memoryview, i: int) -> int:

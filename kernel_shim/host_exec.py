@@ -149,9 +149,9 @@ class Execution:
         self.lay = lay
         m = self.m
         self.drop_stale_slots()
-        gpas = [op.args["gpa"] & ~0x7 for op in sc.ops if op.kind == "access"]
-        self.va = {op.args["gpa"]: va for op in sc.ops if op.kind == "access"
-                   for va in [g.va_of(op.args["gpa"] & ~0x7)] if va is not None}
+        accessed = {op.args["gpa"] for op in sc.ops if op.kind == "access"}
+        self.va = {gpa: va for gpa in accessed for va in [g.va_of(gpa & ~0x7)] if va is not None}
+        gpas = sorted({gpa & ~0xFFF for gpa in self.va})          # one PTE per distinct page
         fresh = m.ptmap is None or (m.shim_slot, m.shim_gpa) != (lay.shim_slot, lay.shim_gpa)
         if not fresh:
             try:
@@ -454,9 +454,10 @@ class Execution:
         if self.signal == "pending":                 # not consumed by a wait: delivered as the op ends
             signal.pthread_kill(threading.get_ident(), signal.SIGUSR1)
             self.signal = "none"
+        results = g.results(self.m.mem, len(batch))
         for n, p in enumerate(batch):
             if p.vmm is None:
-                p.vmm = {"outcome": "ok", "data": None if p.write else g.result(self.m.mem, n), "exits": p.exits}
+                p.vmm = {"outcome": "ok", "data": None if p.write else results[n], "exits": p.exits}
             self.records.append({"index": p.index, "op": "access", "vmm": p.vmm})
 
     def note_exit(self, batch: list[Pending], i: int) -> None:

@@ -41,9 +41,8 @@ def gpa_ranges(sc: Scenario) -> list[tuple[int, int]]:
         elif op.kind == "memslot_move":
             n = sizes.get((a["as_id"], a["slot"]), 1)
             out.append((a["gfn"] << 12, (a["gfn"] + n) << 12))
-        elif op.kind == "access":
-            g = a["gpa"] & ~0xFFF
-            out.append((g, g + 0x1000))
+    for g in {op.args["gpa"] & ~0xFFF for op in sc.ops if op.kind == "access"}:
+        out.append((g, g + 0x1000))
     return out
 
 
