@@ -101,3 +101,31 @@ ops:
         assert t.meta["path"] == "emulated" and not b.runner.abandoned
     finally:
         b.close()
+
+
+def test_reused_memslots_carry_nothing_over(host):
+    """Executions reuse identical memslots; contents, SPTEs and dirty bits must not survive."""
+    world = """
+world:
+  vmas: [{name: ram, pages: 4}]
+  memslots: [{id: 0, gfn: 0x100, pages: 4, vma: ram, log_dirty: true}]
+ops:
+"""
+    first = run(host, world + """
+  - access: {gpa: 0x100000, write: true, value: 11}
+  - access: {gpa: 0x101000, write: true, value: 12}
+""")
+    assert [r.vmm["outcome"] for r in first.records] == ["ok", "ok"]
+    second = run(host, world + """
+  - get_dirty_log: {slot: 0}
+  - access: {gpa: 0x100000}
+  - access: {gpa: 0x101000}
+  - get_dirty_log: {slot: 0}
+  - access: {gpa: 0x101000, write: true, value: 13}
+  - get_dirty_log: {slot: 0}
+""")
+    v = vmm(second)
+    assert v[0] == {"ret": 0, "dirty": []}
+    assert v[1]["data"] == 0 and v[2]["data"] == 0        # fresh pages, no stale SPTE
+    assert v[3] == {"ret": 0, "dirty": []}                # reads do not dirty (guest PTE D bits reset)
+    assert v[5] == {"ret": 0, "dirty": [1]}
