@@ -1,11 +1,13 @@
 """Triage: read findings (raw inputs, with or without sidecars), re-run each on its backends,
 group them by signature, minimise one reproducer per cluster.
 
-Clustering rule.  An artifact's *primary* signature is the first unknown divergence of its re-run
-(op order; pair diffs before single-trace invariants), a property of the input alone, so the same
-bug found through different inputs or campaigns lands in one cluster.  A sidecar also names the
-signatures its campaign wrote the input for; if they still show, the artifact belongs to those
-clusters too (a campaign writes a signature only once, so dropping them would lose findings).
+Clustering rule.  An artifact belongs to exactly one cluster: its *primary* signature, the first
+unknown divergence of its re-run (op order; pair diffs before single-trace invariants).  That is
+a property of the input alone, so the same bug found through different inputs or campaigns lands
+in one cluster, whatever order a campaign met its signatures in.  The other unknown signatures
+it shows (including those its sidecar was written for: a campaign writes a signature only once)
+are kept as ``also`` and listed in the reports, not made into clusters of their own: they are
+mostly the same event seen by a second oracle or the consequences of the first divergence.
 
 Nothing is dropped: an artifact whose recorded signature no longer shows is kept, in the cluster
 of its recorded signature, labelled ``unreproduced`` (or ``now-known`` if the catalogue explains it
@@ -151,16 +153,13 @@ class Verdict:
     pairs: list[Pair]
     status: str                       # reproduced | flaky | unreproduced | now-known | no-divergence | nondeterministic
     primary: str                      # cluster signature ("" for no-divergence)
-    memberships: list[str]            # every cluster it belongs to, primary first
+    memberships: list[str]            # [primary] (empty: no cluster)
     runs: int                         # how many times it was run
     hits: dict[str, int]              # signature -> runs that showed it
     judgement: Judgement              # of the first run
     scenario: Scenario
     note: str = ""
-
-    @property
-    def known(self) -> dict[str, bool]:
-        return self.judgement.signatures
+    also: list[str] = field(default_factory=list)    # other unknown signatures it shows, recorded ones first
 
 
 def _sim_only(pairs: list[Pair]) -> bool:
@@ -208,14 +207,11 @@ def judge_artifact(art: Artifact, judges: JudgeCache, override: list[Pair] | Non
         primary = f"nondeterministic {','.join(sorted(nondeterministic))}"
         return Verdict(art, pairs, "nondeterministic", primary, [primary], runs, hits, first, sc,
                        "a simulated backend gave different traces for the same input (a model bug)")
-    members: list[str] = []
     if fu is not None:
-        members.append(fu.signature)
-    members += [s for s in recorded if s in hits and s not in members]
-    if members:
-        primary = members[0]
+        primary = fu.signature
+        also = [s for s in dict.fromkeys([*recorded, *(d.signature for d in first.unknown)]) if s in hits and s != primary]
         status = "reproduced" if hits[primary] == runs else "flaky"
-        return Verdict(art, pairs, status, primary, members, runs, hits, first, sc, note)
+        return Verdict(art, pairs, status, primary, [primary], runs, hits, first, sc, note, also)
     if recorded:                              # kept in its recorded cluster, labelled
         primary = recorded[0]
         known = first.signatures.get(primary)

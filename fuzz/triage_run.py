@@ -186,8 +186,10 @@ def _record(c: Cluster, rep: Verdict, judge: Judge, res: MinResult | None, spec:
                        "ops_before": len(rep.scenario.ops), "size_before": len(rep.artifact.data),
                        "checks": res.checks if res else 0, "minimised": res is not None, "note": note},
         "members": [{"path": v.artifact.path, "status": v.status, "seen": v.artifact.seen,
-                     "hits": v.hits.get(c.signature, 0), "runs": v.runs, **({"note": v.note} if v.note else {})}
+                     "hits": v.hits.get(c.signature, 0), "runs": v.runs, **({"note": v.note} if v.note else {}),
+                     **({"also": v.also} if v.also else {})}
                     for v in c.members],
+        "also": sorted({s for v in c.members for s in v.also}),
     }
 
 
@@ -211,6 +213,9 @@ def cluster_md(c: Cluster, rec: dict[str, Any], sc: Scenario, j: Any, judge: Jud
              f"{' (' + rep['note'] + ')' if rep['note'] else ''} |", ""]
     lines += ["## Artifacts", ""] + [f"- `{m['path']}`: {m['status']} ({m['hits']}/{m['runs']}), seen {m['seen']}"
                                      f"{' - ' + m['note'] if m.get('note') else ''}" for m in rec["members"]]
+    if rec["also"]:
+        lines += ["", "Other unknown signatures these artifacts show (after the first, so not clusters of their own):",
+                  ""] + [f"- `{s}`" for s in rec["also"]]
     lines += ["", "## Reproducer (`repro.yaml`)", "", "```yaml", text.rstrip(), "```", ""]
     if d is not None:
         assert judge.catalogue is not None
