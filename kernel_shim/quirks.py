@@ -84,6 +84,10 @@ def explain(sc: Scenario, d: Any, left: dict[str, Any], right: dict[str, Any], p
     if d.op == "access" and lo == "mmio" and ro == "ok" and left.get("mmio", {}).get("is_write"):
         if _pfnmap_reprotected(sc, d.index):
             return "perf-control-page-mkwrite"
+    if d.op == "access" and d.field == "data" and lo == ro == "ok" and _pfnmap_reprotected(sc, d.index):
+        v, _ = _vma_at(sc, d.index)
+        if v is not None and v.remap in ("pfnmap", "io"):
+            return "perf-control-page-mkwrite"      # a later read sees what that write stored
     if d.op == "get_dirty_log" and d.field == "dirty" and _pvm():
         extra = set(right.get("dirty") or []) - set(left.get("dirty") or [])
         if extra and not set(left.get("dirty") or []) - set(right.get("dirty") or []):

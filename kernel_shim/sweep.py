@@ -61,7 +61,7 @@ def random_scenario(rng: random.Random, n_ops: int = 12, madvise_all: bool = Tru
         elif r < 0.72:
             ops.append({"page_state": {"vma": "a", "page": rng.randint(0, 3), "state": rng.choice(states)}})
         elif r < 0.76:
-            ops.append({"signal": {"kind": "pending"}})
+            ops.append({"signal": {"kind": "fatal" if rng.random() < 0.03 else "pending"}})
         elif r < 0.82:
             ops.append({"get_dirty_log": {"slot": 0}})
         elif r < 0.86:
@@ -75,7 +75,10 @@ def random_scenario(rng: random.Random, n_ops: int = 12, madvise_all: bool = Tru
             ops.append({"memslot_delete": {"slot": 0}})
         else:
             ops.append({"munmap": {"vma": v}})
-    text = yaml.safe_dump({"version": 1, "world": {"vmas": vmas, "memslots": slots}, "ops": ops})
+    world: dict[str, Any] = {"vmas": vmas, "memslots": slots}
+    if rng.random() < 0.1:
+        world["signal"] = "pending"
+    text = yaml.safe_dump({"version": 1, "world": world, "ops": ops})
     try:
         return loads_scenario(text, "<sweep>")
     except ScenarioError:

@@ -46,7 +46,7 @@ $B mount -t tmpfs run /host/run 2>/dev/null
 echo "pfndiff-init: $($B uname -r) up $($B cut -d' ' -f1 /proc/uptime)s, kvm: $($B ls /dev/kvm 2>&1)"
 cd /host$REPO
 $B chroot /host /usr/bin/env -i PYTHONPATH=$REPO PYTHONDONTWRITEBYTECODE=1 HOME=/tmp PATH=/usr/bin:/bin \
-  $PY -S -m kernel_shim.kernels.guest_runner
+  $PY -m kernel_shim.kernels.guest_runner
 echo "pfndiff-init: runner exited with $?"
 $B poweroff -f
 """
