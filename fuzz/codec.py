@@ -102,12 +102,12 @@ class EncodeError(ValueError):
 
 def default_world() -> WorldSpec:
     """The world used when a stream declares none: one of each memory kind the spec cares about,
-    at gfns 0..17 (one varint byte away)."""
+    at gfns 0..17 (one varint byte away); gfn 17 is a needs-I/O page behind a read-only slot."""
     return WorldSpec(
         pages=[PageSpec("ttm", "refcount0"), PageSpec("rsv", "reserved"), PageSpec("bar", "none")],
         vmas=[
             VmaSpec("ram", 8, page_states={0: ("present_rw", None), 1: ("present_ro", None), 2: ("needs_io", None),
-                                           3: ("hwpoison", None), 4: ("resident", None)}),
+                                           3: ("hwpoison", None), 4: ("resident", None), 7: ("needs_io", None)}),
             VmaSpec("dev", 4, remap="pfnmap", frames="normal",
                     ptes={1: PteSpec("ttm"), 2: PteSpec("rsv", writable=False),
                           3: PteSpec("bar", present=False)}),
