@@ -89,11 +89,14 @@ class Checker:
                 traces[name] = b.run(sc)
             except Exception as e:           # a crash of the model is a finding, not a fuzzer crash
                 divs.append(_exception_divergence(name, e))
-        for left, right in self.pairs:
-            if left in traces and right in traces and left != right:
-                divs.extend(compare(sc, traces[left], traces[right], self.catalogue, invariants=False))
-        for t in traces.values():
-            divs.extend(check_invariants(sc, t, self.catalogue))
+        try:
+            for left, right in self.pairs:
+                if left in traces and right in traces and left != right:
+                    divs.extend(compare(sc, traces[left], traces[right], self.catalogue, invariants=False))
+            for t in traces.values():
+                divs.extend(check_invariants(sc, t, self.catalogue))
+        except Exception as e:               # an oracle bug must not stop the campaign either
+            divs.append(_exception_divergence("oracles", e))
         if divs:
             self._record(data, sc, divs, traces)
         self._maybe_flush()
