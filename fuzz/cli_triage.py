@@ -20,6 +20,7 @@ from .cli import COMMANDS, EXIT_USAGE, UsageError
 from .codec import EncodeError, encode
 from .judge import Judge, Pair
 from .minimize import minimize
+from .attribution import needed_quirks
 from .report import explain, side_by_side
 from .triage import HOST_RUNS, ArtifactError, JudgeCache, judge_artifact, load_artifact
 
@@ -201,7 +202,7 @@ def cmd_repro(args: argparse.Namespace) -> int:
     print(side_by_side(inp.scenario, left, right, d.index, d.fields, color=color))
     print()
     assert judge.catalogue is not None
-    rows = explain(d, judge.catalogue)
+    rows = explain(d, judge.catalogue, needed_quirks(inp.scenario, inp.pairs, sig))
     print("spec rows:" if rows else "spec rows: none apply")
     for r in rows:
         print(f"  {r.id:<5} {r.text}")

@@ -17,6 +17,7 @@ from kvmsim.trace import OpRecord, Trace
 from oracles.catalogue import BUG_IDS, Catalogue, family
 from oracles.diff import Divergence
 
+from .attribution import QUIRK_ROWS
 from .engine import _quirks
 
 COL = 54
@@ -86,7 +87,7 @@ class SpecRow:
     text: str
 
 
-def explain(d: Divergence, cat: Catalogue) -> list[SpecRow]:
+def explain(d: Divergence, cat: Catalogue, needed: list[str] | None = None) -> list[SpecRow]:
     """The spec rows behind a divergence: catalogue entries that explain some of its fields, the
     literal sketch's quirks when that backend took part, and (for an unexplained field) the
     catalogue entries of the same op and generation pair that did *not* match: the rows a
@@ -100,8 +101,14 @@ def explain(d: Divergence, cat: Catalogue) -> list[SpecRow]:
             rows.append(SpecRow(e.spec, f"{e.id}: {e.title} (explains {f})"))
     for b in (d.left, d.right):
         for q in _quirks(b) if b else []:
-            if q not in seen:
-                seen.add(q)
+            if q in seen:
+                continue
+            seen.add(q)
+            if needed is not None and q in needed:
+                row = QUIRK_ROWS.get(q)
+                rows.insert(0, SpecRow(q, f"literal-sketch quirk {q} on {b}: without it the divergence disappears "
+                                          f"(spec §4.3{', row ' + row if row else ''}; a bug, never catalogued)"))
+            elif needed is None:
                 rows.append(SpecRow(q, f"literal-sketch quirk {q} is enabled on {b} (spec §4.3; a bug, never catalogued)"))
     if not d.known:
         fams = {family(d.left), family(d.right)} if d.right else {family(d.left)}

@@ -22,6 +22,7 @@ from .artifacts import atomic_write, host_info
 from .codec import EncodeError, encode
 from .judge import Judge, Pair
 from .minimize import MinResult, minimize
+from .attribution import needed_quirks, spec_rows
 from .report import explain, side_by_side
 from .triage import (
     HOST_RUNS, ArtifactError, Cluster, JudgeCache, Verdict, cluster, judge_artifact, list_inputs, load_artifact,
@@ -131,10 +132,15 @@ def _do_cluster(c: Cluster, judges: JudgeCache, opts: Options) -> tuple[dict[str
         note = "not minimised: the representative does not show the signature now"
     j = judge.judge(sc)
     d = j.find(c.signature)
-    spec = set(judge.spec_ids(j))
-    if d is None:                       # nothing to recompute from: keep what the sidecars said
-        spec |= {s for v in c.members for s in (v.artifact.sidecar or {}).get("spec_ids") or [] if isinstance(s, str)}
-    spec = sorted(spec)
+    involved = judge.spec_ids(j)
+    if d is not None:
+        assert judge.catalogue is not None
+        needed = needed_quirks(sc, rep.pairs, c.signature)
+        spec = spec_rows(d, needed, {e.id: e.spec for e in judge.catalogue.entries})
+    else:                               # nothing to recompute from: keep what the sidecars said
+        needed = []
+        spec = sorted({s for v in c.members for s in (v.artifact.sidecar or {}).get("spec_ids") or []
+                       if isinstance(s, str)})
     pair = _pair_of(c.signature, rep.pairs)
     tagged = Scenario(sc.world, sc.ops, name=f"triage {c.id}",
                       description=f"Minimised reproducer of: {c.signature}",
@@ -147,6 +153,8 @@ def _do_cluster(c: Cluster, judges: JudgeCache, opts: Options) -> tuple[dict[str
     _write(os.path.join(cdir, "repro.yaml"), text)
     line = formats.op_line_in_yaml(text, d.index if d is not None else len(sc.ops))
     rec = _record(c, rep, judge, res, spec, pair, d, note)
+    rec["spec_ids_involved"] = involved
+    rec["needed_quirks"] = needed
     _write(os.path.join(cdir, "report.md"), cluster_md(c, rec, sc, j, judge, text))
     _write(os.path.join(cdir, "report.json"), json.dumps(rec, indent=2))
     return rec, res, line
@@ -208,7 +216,8 @@ def cluster_md(c: Cluster, rec: dict[str, Any], sc: Scenario, j: Any, judge: Jud
              (" (simulated backends: every re-run gave identical traces)" if r["deterministic"] else "") + " |",
              f"| backends | {', '.join(f'{k} ({v})' for k, v in rec['backends'].items())} |",
              f"| host kernel | found on {', '.join(rec['found_on_kernels'])}; triaged on {rec['triaged_on_kernel']} |",
-             f"| spec ids | {', '.join(rec['spec_ids']) or '-'} |",
+             f"| spec ids | {', '.join(rec['spec_ids']) or '-'} (rows this divergence depends on; every row "
+             f"involved in the reproducer: {', '.join(rec.get('spec_ids_involved') or []) or '-'}) |",
              f"| reproducer | {rep['ops_before']} → {rep['ops']} ops, {rep['size_before']} → {rep['size']} bytes"
              f"{' (' + rep['note'] + ')' if rep['note'] else ''} |", ""]
     lines += ["## Artifacts", ""] + [f"- `{m['path']}`: {m['status']} ({m['hits']}/{m['runs']}), seen {m['seen']}"
@@ -219,7 +228,8 @@ def cluster_md(c: Cluster, rec: dict[str, Any], sc: Scenario, j: Any, judge: Jud
     lines += ["", "## Reproducer (`repro.yaml`)", "", "```yaml", text.rstrip(), "```", ""]
     if d is not None:
         assert judge.catalogue is not None
-        lines += ["## Spec rows", ""] + [f"- **{row.id}** {row.text}" for row in explain(d, judge.catalogue)] + [""]
+        lines += ["## Spec rows", ""] + [f"- **{row.id}** {row.text}" for row in
+                                             explain(d, judge.catalogue, rec.get("needed_quirks"))] + [""]
         left = j.traces.get(d.left)
         right = j.traces.get(d.right) if d.right else _partner(d.left, judge, j)
         if left is not None:

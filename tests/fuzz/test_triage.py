@@ -178,3 +178,21 @@ def test_an_input_the_codec_now_decodes_differently_is_triaged_from_its_sidecar(
     assert art.recorded == d10_other() and "decodes differently" in art.note
     v = tr.judge_artifact(art, tr.JudgeCache())
     assert v.status == "reproduced" and v.scenario == d10_other() and "decodes differently" in v.note
+
+
+def test_spec_ids_name_the_sketch_quirks_a_bug_needs(tmp_path, capsys):
+    """Ablation finds the literal-sketch quirk(s) each bug seed depends on; the cluster's spec ids
+    contain the rows the seed itself names (D10/S2, D22/S5, D23/S4, D24/S8)."""
+    names = ["d10-sketch-warn-seq0.yaml", "d22-sketch-hva-error-as-pfn.yaml", "d23-sketch-forced-write.yaml",
+             "d24-sketch-ownership.yaml"]
+    owner = {}
+    for i, n in enumerate(names):
+        sc = seed(n)
+        for p in find(tmp_path / f"c{i}", [(sc.tags["left"], sc.tags["right"])], [sc]):
+            owner[p] = n
+    rc, _, err = _triage(capsys, *(str(tmp_path / f"c{i}") for i in range(len(names))), "-o", str(tmp_path / "out"))
+    assert rc == 0, err
+    for c in _clusters(tmp_path / "out"):
+        n = owner[c["members"][0]["path"]]
+        assert set(seed(n).tags["spec"]) <= set(c["spec_ids"]), (n, c["spec_ids"])
+        assert set(c["needed_quirks"]) <= set(c["spec_ids_involved"])
