@@ -180,7 +180,11 @@ def judge_artifact(art: Artifact, judges: JudgeCache, override: list[Pair] | Non
             raise ArtifactError(f"{art.path}.yaml: the sidecar names no backends")
     else:
         raise ArtifactError(f"{art.path}: no sidecar; give the backends with --left/--right")
-    judge = judges.get(pairs)
+    try:
+        judge = judges.get(pairs)
+    except ArtifactError as e:
+        where = f"{art.path}.yaml" if art.sidecar is not None and not override else art.path
+        raise ArtifactError(f"{where}: {e}") from None
     sc = art.scenario()
     first = judge.judge(sc)
     runs = SIM_RUNS if _sim_only(pairs) else host_runs

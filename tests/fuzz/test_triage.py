@@ -196,3 +196,14 @@ def test_spec_ids_name_the_sketch_quirks_a_bug_needs(tmp_path, capsys):
         n = owner[c["members"][0]["path"]]
         assert set(seed(n).tags["spec"]) <= set(c["spec_ids"]), (n, c["spec_ids"])
         assert set(c["needed_quirks"]) <= set(c["spec_ids_involved"])
+
+
+def test_a_sidecar_naming_an_unknown_backend_is_one_line(tmp_path, capsys):
+    paths = find(tmp_path / "c", [D10_PAIR], [seed(D10)])
+    side = paths[0] + ".yaml"
+    with open(side) as fh:
+        text = fh.read().replace("sim:g2s-literal", "sim:g9")
+    with open(side, "w") as fh:
+        fh.write(text)
+    rc, _, err = _triage(capsys, str(tmp_path / "c"), "-o", str(tmp_path / "out"))
+    assert rc == 2 and err.count("\n") == 1 and err.startswith(side + ":") and "sim:g9" in err
