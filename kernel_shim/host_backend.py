@@ -17,15 +17,16 @@ from .runner import Runner, WorkerError
 class HostBackend(Backend):
     """``path``: ``native-cpl3`` (the real fault path) or ``emulated`` (CPL0, instruction emulator).
     ``timeout``: wall-clock seconds per execution.  ``resolve_io=False`` leaves needs_io pages
-    missing forever (I/O that never completes), which only the timeout ends."""
+    missing forever (I/O that never completes), which only the timeout ends.  ``region_v1``
+    uses ``KVM_SET_USER_MEMORY_REGION`` instead of ``…REGION2``."""
 
     def __init__(self, name: str = "host", path: str = "native-cpl3", timeout: float = 5.0,
-                 resolve_io: bool = True) -> None:
+                 resolve_io: bool = True, region_v1: bool = False) -> None:
         if path not in ("native-cpl3", "emulated"):
             raise ValueError(f"path must be native-cpl3 or emulated, not {path!r}")
         self.name = name
         self.path = path
-        self.opts = Options(cpl=3 if path == "native-cpl3" else 0, resolve_io=resolve_io)
+        self.opts = Options(cpl=3 if path == "native-cpl3" else 0, resolve_io=resolve_io, region_v1=region_v1)
         self.runner = Runner(timeout=timeout)
 
     def description(self) -> str:

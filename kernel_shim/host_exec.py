@@ -47,6 +47,7 @@ ST_IDLE, ST_RUNNING, ST_FATAL = 0, 1, 2
 class Options:
     cpl: int = 3                    # 3: native fault path; 0: the instruction emulator
     resolve_io: bool = True         # False: needs_io pages are never filled (I/O that hangs)
+    region_v1: bool = False         # use KVM_SET_USER_MEMORY_REGION even where ...REGION2 exists
 
 
 @dataclass
@@ -77,6 +78,7 @@ class Machine:
     def __init__(self, shim_fd: int) -> None:
         self.kvm = k.KvmHandle.open()
         self.vm = Vm.create(self.kvm)
+        self.region2 = self.vm.region2
         self.shim_fd = shim_fd
         size = g.SHIM_PAGES * k.PAGE
         self.shim_hva = k.mmap(0, size, k.PROT_READ | k.PROT_WRITE, k.MAP_SHARED, shim_fd, 0)
@@ -111,6 +113,7 @@ class Machine:
 
     def execute(self, sc: Scenario, opts: Options) -> dict[str, Any]:
         self.executions += 1
+        self.vm.region2 = self.region2 and not opts.region_v1
         struct.pack_into("<Q", self.mem, STATUS_PAGE * k.PAGE + 24, 0)
         ex = Execution(self, sc, opts)
         try:
@@ -295,7 +298,9 @@ class Execution:
 
     # --- run -------------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
-        meta: dict[str, Any] = {"path": "native-cpl3" if self.opts.cpl == 3 else "emulated"}
+        meta: dict[str, Any] = {"path": "native-cpl3" if self.opts.cpl == 3 else "emulated",
+                                "memslot_ioctl": "KVM_SET_USER_MEMORY_REGION2" if self.vm.region2
+                                else "KVM_SET_USER_MEMORY_REGION"}
         why = self.setup()
         if why is not None:
             meta["not_realisable"] = why

@@ -58,7 +58,26 @@ class KernelEntry:
 
     @property
     def initramfs(self) -> Path:
-        return Path(self.directory) / "initramfs.cpio"
+        """The initramfs for the current ``/init``, rebuilt from the cached busybox and modules
+        when ``/init`` changed since it was built."""
+        from .initramfs import build_initramfs, init_version
+        d = Path(self.directory)
+        path = d / f"initramfs-{init_version()}.cpio"
+        if not path.exists():
+            mods = {n: (d / "modules" / f"{n}.ko").read_bytes() for n in self.modules}
+            blob = build_initramfs((d / "busybox").read_bytes(), mods, self.modules)
+            tmp = path.with_suffix(".tmp")
+            tmp.write_bytes(blob)
+            os.replace(tmp, path)
+            for old in d.glob("initramfs-*.cpio"):
+                if old != path:
+                    old.unlink(missing_ok=True)
+        return path
+
+    def complete(self) -> bool:
+        d = Path(self.directory)
+        return self.vmlinux.is_file() and (d / "busybox").is_file() and \
+            all((d / "modules" / f"{n}.ko").is_file() for n in self.modules)
 
     def save(self) -> None:
         d = asdict(self)
@@ -69,7 +88,7 @@ class KernelEntry:
 
 
 def cached_kernels() -> list[KernelEntry]:
-    """Every complete kernel in the cache (vmlinux, initramfs and manifest present), oldest first."""
+    """Every complete kernel in the cache (manifest, vmlinux, busybox and modules present), oldest first."""
     out = []
     root = kernels_dir()
     if not root.is_dir():
@@ -81,7 +100,7 @@ def cached_kernels() -> list[KernelEntry]:
             e = KernelEntry(directory=str(d), **data)
         except (OSError, ValueError, TypeError):
             continue
-        if e.vmlinux.is_file() and e.initramfs.is_file():
+        if e.complete():
             out.append(e)
     out.sort(key=lambda e: _version_key(e.release))
     return out

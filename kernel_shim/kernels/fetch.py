@@ -20,7 +20,7 @@ from pathlib import Path
 
 from .apt_private import AptError, PrivateApt
 from .cache import KernelEntry, generation_of, kernels_dir
-from .initramfs import WANTED, InitramfsError, ModuleSet, build_initramfs, decompress_module, module_key
+from .initramfs import WANTED, InitramfsError, ModuleSet, decompress_module, module_key
 from .vmlinux import VmlinuxError, extract_vmlinux
 
 # Only modules under these trees are kept while reading a package (the WANTED closure lives here).
@@ -120,14 +120,10 @@ def fetch_suite(suite: str, log: Callable[[str], None] = print, update: bool = T
             log(f"{suite}: downloading {n} {v}")
             debs[n] = apt.download(n, v)
         bb_apt = apt if suite == BUSYBOX_SUITE else PrivateApt(BUSYBOX_SUITE)
-        if bb_apt is not apt and update and not (bb_apt.root / "state" / "lists").glob("*Packages*"):
+        bb_name = "busybox-static"
+        if bb_apt is not apt and not any((bb_apt.root / "state" / "lists").glob("*Packages*")):
             bb_apt.update()
-        bb_name, bb_v = "busybox-static", None
-        try:
-            bb_v = bb_apt.candidate(bb_name)
-        except AptError:
-            bb_apt.update()
-            bb_v = bb_apt.candidate(bb_name)
+        bb_v = bb_apt.candidate(bb_name)
         if bb_v is None:
             raise FetchError(f"busybox-static is not in {BUSYBOX_SUITE}")
         bb_deb = bb_apt.download(bb_name, bb_v)
@@ -177,7 +173,10 @@ def prepare(suite: str, abi: str, pkgs: dict[str, str], debs: dict[str, Path], b
     tmp = Path(tempfile.mkdtemp(prefix=f".{abi}.", dir=dest.parent))
     try:
         (tmp / "vmlinux").write_bytes(elf)
-        (tmp / "initramfs.cpio").write_bytes(build_initramfs(busybox, mods, order))
+        (tmp / "busybox").write_bytes(busybox)
+        (tmp / "modules").mkdir()
+        for n in order:
+            (tmp / "modules" / f"{n}.ko").write_bytes(mods.files[n])
         entry = KernelEntry(release_s, suite, pkgs, generation_of(release_s) or "?", api, order,
                             f"busybox-static {bb_v}", str(tmp))
         entry.save()
@@ -188,6 +187,7 @@ def prepare(suite: str, abi: str, pkgs: dict[str, str], debs: dict[str, Path], b
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     entry.directory = str(dest)
+    entry.initramfs                                     # noqa: B018 - built now, not at the first boot
     log(f"{suite}: {release_s} ready ({entry.generation}, kvm.ko has {api}; vmlinux was {how}; "
         f"{len(order)} modules: {' '.join(order)})")
     return entry

@@ -9,6 +9,7 @@ checkout.
 
 from __future__ import annotations
 
+import hashlib
 import lzma
 import os
 import re
@@ -27,11 +28,13 @@ exec </dev/console >/dev/console 2>&1
 for m in $($B cat /modules.list); do
   $B insmod /lib/modules/$m.ko 2>/dev/null || echo "pfndiff-init: insmod $m failed"
 done
-PY=; REPO=
+PY=; REPO=; PYPATH=; FLAGS=
 for a in $($B cat /proc/cmdline); do
   case $a in
     pfndiff.py=*) PY=${a#pfndiff.py=} ;;
     pfndiff.repo=*) REPO=${a#pfndiff.repo=} ;;
+    pfndiff.path=*) PYPATH=${a#pfndiff.path=} ;;
+    pfndiff.flags=*) FLAGS=$(echo ${a#pfndiff.flags=} | $B tr , ' ') ;;
   esac
 done
 $B mkdir -p /host
@@ -45,8 +48,8 @@ $B mount -t tmpfs tmp /host/tmp
 $B mount -t tmpfs run /host/run 2>/dev/null
 echo "pfndiff-init: $($B uname -r) up $($B cut -d' ' -f1 /proc/uptime)s, kvm: $($B ls /dev/kvm 2>&1)"
 cd /host$REPO
-$B chroot /host /usr/bin/env -i PYTHONPATH=$REPO PYTHONDONTWRITEBYTECODE=1 HOME=/tmp PATH=/usr/bin:/bin \
-  $PY -m kernel_shim.kernels.guest_runner
+$B chroot /host /usr/bin/env -i PYTHONPATH=$PYPATH PYTHONDONTWRITEBYTECODE=1 HOME=/tmp PATH=/usr/bin:/bin \
+  $PY $FLAGS -m kernel_shim.kernels.guest_runner
 echo "pfndiff-init: runner exited with $?"
 $B poweroff -f
 """
@@ -129,7 +132,12 @@ def build_cpio(files: dict[str, tuple[int, bytes]]) -> bytes:
     return blob + b"\x00" * (-len(blob) % 512)
 
 
-def build_initramfs(busybox: bytes, mods: ModuleSet, order: list[str]) -> bytes:
+def init_version() -> str:
+    """Changes whenever ``/init`` does: a cached initramfs is rebuilt when it is stale."""
+    return hashlib.sha256(INIT.encode()).hexdigest()[:16]
+
+
+def build_initramfs(busybox: bytes, mods: dict[str, bytes], order: list[str]) -> bytes:
     d = 0o040755
     files: dict[str, tuple[int, bytes]] = {p: (d, b"") for p in (
         "bin", "dev", "proc", "sys", "tmp", "host", "lib", "lib/modules")}
@@ -137,5 +145,5 @@ def build_initramfs(busybox: bytes, mods: ModuleSet, order: list[str]) -> bytes:
     files["init"] = (0o100755, INIT.encode())
     files["modules.list"] = (0o100644, ("\n".join(order) + "\n").encode())
     for n in order:
-        files[f"lib/modules/{n}.ko"] = (0o100644, mods.files[n])
+        files[f"lib/modules/{n}.ko"] = (0o100644, mods[n])
     return build_cpio(files)

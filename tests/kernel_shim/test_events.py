@@ -153,3 +153,19 @@ ops:
   - access: {gpa: 0x100000}
 """)
     assert "32-bit" in t.records[0].vmm["not_realisable"]
+
+
+def test_memslot_ioctl_v1_and_v2_agree(host):
+    from kernel_shim.host_backend import HostBackend
+    from kvmsim.scenario import load_scenario
+    from shim_helpers import SCENARIOS
+    v1 = HostBackend(region_v1=True)
+    try:
+        for name in ("memslots.yaml", "readonly_slot.yaml", "prot.yaml"):
+            sc = load_scenario(str(SCENARIOS / name))
+            a, b = host.run(sc), v1.run(sc)
+            assert a.meta["memslot_ioctl"] == "KVM_SET_USER_MEMORY_REGION2"
+            assert b.meta["memslot_ioctl"] == "KVM_SET_USER_MEMORY_REGION"
+            assert [r.vmm for r in a.records] == [r.vmm for r in b.records]
+    finally:
+        v1.close()

@@ -129,3 +129,30 @@ ops:
     assert v[1]["data"] == 0 and v[2]["data"] == 0        # fresh pages, no stale SPTE
     assert v[3] == {"ret": 0, "dirty": []}                # reads do not dirty (guest PTE D bits reset)
     assert v[5] == {"ret": 0, "dirty": [1]}
+
+
+def test_a_crashing_worker_is_an_observation():
+    """The worker dies (here: SIGSEGV from outside) while an access waits: the op is reported as
+    a crash, what completed before is kept, and the next execution gets a fresh worker."""
+    import os
+    import signal
+    import threading
+    need_backing("userfaultfd")
+    b = HostBackend(timeout=20.0, resolve_io=False)
+    try:
+        run(b, "world: {vmas: [{name: r, pages: 1}], memslots: [{id: 0, gfn: 0x100, pages: 1, vma: r}]}\n"
+               "ops: [{access: {gpa: 0x100000}}]")
+        pid = worker_pid(b)
+        threading.Timer(0.5, os.kill, (pid, signal.SIGSEGV)).start()
+        t0 = time.monotonic()
+        t = run(b, HANG)
+        assert time.monotonic() - t0 < 10
+        v = vmm(t)
+        assert v[1] == {"outcome": "ok", "data": 1, "exits": []}
+        assert v[2]["outcome"] == "crash" and "skipped" in v[3]
+        assert t.meta["lost"] == "crash" and str(-signal.SIGSEGV) in t.meta["reason"]
+        assert vmm(run(b, "world: {vmas: [{name: r, pages: 1}], memslots: [{id: 0, gfn: 0x100, pages: 1, vma: r}]}\n"
+                          "ops: [{access: {gpa: 0x100000}}]"))[0]["outcome"] == "ok"
+        assert worker_pid(b) != pid
+    finally:
+        b.close()

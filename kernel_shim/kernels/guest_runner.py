@@ -1,0 +1,128 @@
+"""Runs inside the QEMU guest (started by the initramfs's ``/init``): scenarios in, VMM-level
+records out, over a virtio-serial port, for as long as the host keeps asking.
+
+Why here and how: the guest runs the host's Python from the read-only 9p root, and executes each
+scenario through kernel_shim's own Runner (a worker child with a hard timeout), so a scenario
+that hangs or kills the VMM costs one record, not the boot.  Standard library plus kvmsim and
+kernel_shim only; no pytest, nothing installed.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import subprocess
+import sys
+import time
+import traceback
+from typing import Any
+
+from kernel_shim import guest_code as g
+from kernel_shim import kvm_ioctl as k
+from kernel_shim import quirks
+from kernel_shim.probe import generation_of, kvm_unusable
+from kernel_shim.runner import Runner, Worker, WorkerError
+from kernel_shim.worker import read_msg, write_msg
+
+from . import guest_pfnmap
+
+PORT_NAME = "pfndiff.ctl"
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def find_port() -> str | None:
+    base = "/sys/class/virtio-ports"
+    try:
+        ports = sorted(os.listdir(base))
+    except OSError:
+        return None
+    for p in ports:
+        try:
+            with open(os.path.join(base, p, "name")) as fh:
+                if fh.read().strip() == PORT_NAME:
+                    return "/dev/" + p
+        except OSError:
+            continue
+    return None
+
+
+class GuestRunner(Runner):
+    """kernel_shim's Runner, whose worker child installs BAR-backed VM_PFNMAP VMAs first
+    (``Runner.start`` with the guest's worker module; everything else is inherited)."""
+
+    def start(self) -> Worker:
+        size = g.SHIM_PAGES * k.PAGE
+        fd = k.memfd_create("pfndiff-shim")
+        os.ftruncate(fd, size)
+        proc = subprocess.Popen([sys.executable, "-m", "kernel_shim.kernels.guest_worker", str(fd)],
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, pass_fds=(fd,), close_fds=True,
+                                cwd=REPO)
+        hva = k.mmap(0, size, k.PROT_READ, k.MAP_SHARED, fd, 0)
+        view = memoryview((ctypes.c_char * size).from_address(hva)).cast("B")
+        w = Worker(proc, fd, view, hva)
+        hello = self._recv(w, 60.0)
+        if not isinstance(hello, dict) or "ready" not in hello:
+            w.close(kill=True)
+            raise WorkerError(hello.get("error", "worker did not start") if isinstance(hello, dict)
+                              else "worker did not start")
+        return w
+
+
+def guest_quirks(sc: Any) -> list[str]:
+    out = [q for q in quirks.applicable(sc) if q != "perf-pfnmap"]
+    if any(v.remap in ("pfnmap", "io") for v in sc.world.vmas):
+        out.append("ivshmem-pfnmap")
+    return out
+
+
+def _uptime() -> float:
+    try:
+        with open("/proc/uptime") as fh:
+            return float(fh.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return -1.0
+
+
+def main() -> int:
+    t_start = _uptime()
+    port = find_port()
+    if port is None:
+        print("pfndiff-guest: no virtio-serial port named " + PORT_NAME, file=sys.stderr)
+        return 1
+    fd = os.open(port, os.O_RDWR)
+    release = os.uname().release
+    why_kvm = kvm_unusable()
+    pfnmap = guest_pfnmap.install()
+    write_msg(fd, {"ready": why_kvm is None, "release": release, "generation": generation_of(release),
+                   "kvm": why_kvm, "pfnmap": pfnmap, "uptime_at_start": t_start, "uptime": _uptime()})
+    if why_kvm is not None:
+        return 1
+    runners: dict[float, GuestRunner] = {}
+    try:
+        while True:
+            req = read_msg(fd)
+            if req is None or req == "quit":
+                break
+            sc, opts, timeout = req
+            r = runners.get(timeout)
+            if r is None:
+                r = runners[timeout] = GuestRunner(timeout=timeout)
+            t0 = time.monotonic()
+            try:
+                out = r.execute(sc, opts)
+            except WorkerError as e:
+                out = {"error": f"worker: {e}"}
+            except Exception:                       # noqa: BLE001 - reported to the host
+                out = {"error": traceback.format_exc(limit=6)}
+            if "records" in out:
+                out["meta"]["quirks"] = guest_quirks(sc)
+                out["meta"]["guest_seconds"] = round(time.monotonic() - t0, 6)
+            write_msg(fd, out)
+    finally:
+        for r in runners.values():
+            r.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

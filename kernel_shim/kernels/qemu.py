@@ -1,0 +1,223 @@
+"""One QEMU guest (TCG, ``-cpu max``: AMD SVM with nested paging) running ``guest_runner``.
+
+Why a session object: booting costs seconds and running a scenario milliseconds, so a guest is
+booted once and serves every scenario of a batch (or a whole fuzzing campaign) over a
+virtio-serial port.  Every wait has a deadline; on a missed one QEMU is killed (its own process
+group, and it dies with us through PDEATHSIG) and the next request boots a fresh guest.  The
+serial console goes to a file, so each scenario's kernel messages can be kept with its trace.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import select
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from kernel_shim.worker import read_msg, write_msg
+
+from .cache import KernelEntry
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+QEMU = "qemu-system-x86_64"
+INSTALL_HINT = "install it with: apt-get install qemu-system-x86"
+BOOT_TIMEOUT = 90.0
+IVSHMEM_MIB = 16
+SERIAL_KEEP = 16_000
+
+
+class QemuError(Exception):
+    """QEMU is missing, the guest did not come up, or it died (the message says which)."""
+
+
+def qemu_missing() -> str | None:
+    if shutil.which(QEMU) is None:
+        return f"{QEMU} is not installed ({INSTALL_HINT})"
+    return None
+
+
+def _pdeathsig() -> None:
+    """In the QEMU child: die with the parent, in a process group of its own."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL, 0, 0, 0)      # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
+@dataclass
+class QemuSession:
+    kernel: KernelEntry
+    memory_mib: int = 1024
+    boot_timeout: float = BOOT_TIMEOUT
+    proc: subprocess.Popen | None = None
+    sock: socket.socket | None = None
+    tmp: str = ""
+    hello: dict[str, Any] = field(default_factory=dict)
+    boot_seconds: float = 0.0
+    served: int = 0
+    python_flags: tuple[str, ...] = ("-S",)
+    _console_pos: int = 0
+
+    @property
+    def console_path(self) -> str:
+        return os.path.join(self.tmp, "console.log")
+
+    def command(self) -> list[str]:
+        py, repo = sys.executable, REPO
+        # -S: no site processing (dozens of stats over 9p at TCG speed); the path is explicit.
+        path = ":".join([repo, sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]])
+        for what, p in (("python", py), ("checkout", repo), ("site-packages", path)):
+            if any(c.isspace() for c in p):
+                raise QemuError(f"the {what} path {p!r} contains white space (it goes on the kernel command line)")
+        append = (f"console=ttyS0 panic=-1 loglevel=4 printk.time=1 nokaslr mitigations=off "
+                  f"pfndiff.py={py} pfndiff.repo={repo} pfndiff.path={path} pfndiff.flags={','.join(self.python_flags)}")
+        return [QEMU, "-accel", "tcg", "-cpu", "max", "-m", str(self.memory_mib), "-smp", "1",
+                "-nodefaults", "-display", "none", "-monitor", "none", "-no-reboot", "-net", "none",
+                "-serial", f"file:{self.console_path}",
+                "-kernel", str(self.kernel.vmlinux), "-initrd", str(self.kernel.initramfs), "-append", append,
+                "-virtfs", "local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap",
+                "-device", "virtio-serial-pci,id=vser",
+                "-chardev", f"socket,id=ctl,path={os.path.join(self.tmp, 'ctl.sock')},server=on,wait=on",
+                "-device", "virtserialport,bus=vser.0,chardev=ctl,name=pfndiff.ctl",
+                "-object", f"memory-backend-memfd,id=ivmem,size={IVSHMEM_MIB}M,share=on",
+                "-device", "ivshmem-plain,memdev=ivmem"]
+
+    # --- life cycle ----------------------------------------------------------------------------
+    def start(self) -> dict[str, Any]:
+        why = qemu_missing()
+        if why is not None:
+            raise QemuError(why)
+        self.tmp = tempfile.mkdtemp(prefix="pfndiff-qemu-")
+        self._console_pos = 0
+        t0 = time.monotonic()
+        with open(os.path.join(self.tmp, "qemu.log"), "wb") as log:
+            self.proc = subprocess.Popen(self.command(), stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                                         start_new_session=True, preexec_fn=_pdeathsig)
+        path = os.path.join(self.tmp, "ctl.sock")
+        deadline = t0 + 10.0
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        while True:
+            try:
+                s.connect(path)
+                break
+            except (FileNotFoundError, ConnectionRefusedError):
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    s.close()
+                    err = self._qemu_log()
+                    self.kill()
+                    raise QemuError(f"QEMU did not start: {err or 'no control socket'}") from None
+                time.sleep(0.02)
+        self.sock = s
+        hello = self._recv(self.boot_timeout)
+        self.boot_seconds = round(time.monotonic() - t0, 3)
+        if not isinstance(hello, dict) or "ready" not in hello:
+            tail = self.console()[-2000:]
+            self.kill()
+            raise QemuError(f"kernel {self.kernel.release} did not come up within {self.boot_timeout:g} s "
+                            f"({type(hello).__name__}); console tail:\n{tail}")
+        if not hello["ready"]:
+            self.kill()
+            raise QemuError(f"kernel {self.kernel.release}: KVM is not usable in the guest: {hello.get('kvm')}")
+        self.hello = hello
+        return hello
+
+    @property
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None and self.sock is not None
+
+    def request(self, msg: Any, timeout: float) -> Any:
+        """Send one request and wait for its reply; a TimeoutError/EOFError value on failure
+        (QEMU is killed then)."""
+        assert self.sock is not None
+        try:
+            write_msg(self.sock.fileno(), msg)
+        except OSError:
+            self.kill()
+            return EOFError("the guest closed the control port")
+        reply = self._recv(timeout)
+        if isinstance(reply, Exception):
+            self.kill()
+        else:
+            self.served += 1
+        return reply
+
+    def _recv(self, timeout: float) -> Any:
+        assert self.sock is not None
+        fd = self.sock.fileno()
+        r, _, _ = select.select([fd], [], [], timeout)
+        if not r:
+            return TimeoutError(f"no answer within {timeout:g} s")
+        try:
+            msg = read_msg(fd)
+        except (OSError, EOFError, ValueError) as e:
+            return EOFError(str(e))
+        return EOFError("the guest closed the control port") if msg is None else msg
+
+    def console(self) -> str:
+        try:
+            with open(self.console_path, "rb") as fh:
+                return fh.read().decode(errors="replace")
+        except OSError:
+            return ""
+
+    def console_since_last(self) -> str:
+        """Console output since the previous call (kernel messages of one scenario)."""
+        try:
+            with open(self.console_path, "rb") as fh:
+                fh.seek(self._console_pos)
+                data = fh.read()
+        except OSError:
+            return ""
+        self._console_pos += len(data)
+        text = data.decode(errors="replace")
+        return text if len(text) <= SERIAL_KEEP else "…" + text[-SERIAL_KEEP:]
+
+    def _qemu_log(self) -> str:
+        try:
+            with open(os.path.join(self.tmp, "qemu.log"), errors="replace") as fh:
+                return fh.read().strip()[-1000:]
+        except OSError:
+            return ""
+
+    def stop(self, grace: float = 5.0) -> None:
+        """Ask the guest to power off; kill QEMU if it does not within ``grace`` seconds."""
+        if self.alive:
+            try:
+                assert self.sock is not None
+                write_msg(self.sock.fileno(), "quit")
+            except OSError:
+                pass
+            try:
+                assert self.proc is not None
+                self.proc.wait(timeout=grace)
+            except subprocess.TimeoutExpired:
+                pass
+        self.kill()
+
+    def kill(self) -> None:
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
+        if self.proc is not None:
+            if self.proc.poll() is None:
+                try:
+                    os.killpg(self.proc.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                pass
+        if self.tmp:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            self.tmp = ""
