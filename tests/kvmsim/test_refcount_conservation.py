@@ -63,7 +63,7 @@ def test_random_scenarios_conserve_references(sc_dict) -> None:
 
 
 @pytest.mark.slow
-@settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=800, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(scenarios(max_ops=16))
 def test_random_scenarios_conserve_references_long(sc_dict) -> None:
     sc = loads_scenario(yaml.safe_dump(sc_dict, sort_keys=False))
