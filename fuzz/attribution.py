@@ -11,6 +11,7 @@ S8 → D24; S6 has no row of its own).
 from __future__ import annotations
 
 from kvmsim.scenario import Scenario
+from oracles.catalogue import Catalogue
 from oracles.diff import Divergence
 
 from .engine import _quirks
@@ -34,7 +35,17 @@ def _rename(signature: str, old: str, new: str) -> str:
     return " ".join(words)
 
 
-def needed_quirks(sc: Scenario, pairs: list[Pair], signature: str) -> list[str]:
+_JUDGES: dict[tuple[Pair, ...], Judge] = {}
+
+
+def _judge(pairs: list[Pair], catalogue: Catalogue | None) -> Judge:
+    key = tuple(pairs)
+    if key not in _JUDGES or (catalogue is not None and _JUDGES[key].catalogue is not catalogue):
+        _JUDGES[key] = Judge(list(pairs), catalogue)
+    return _JUDGES[key]
+
+
+def needed_quirks(sc: Scenario, pairs: list[Pair], signature: str, catalogue: Catalogue | None = None) -> list[str]:
     """The literal-sketch quirks without which ``signature`` no longer shows."""
     out: list[str] = []
     words = signature.split(" ")
@@ -46,7 +57,7 @@ def needed_quirks(sc: Scenario, pairs: list[Pair], signature: str) -> list[str]:
                 continue
             alt_pairs = [tuple(alt if n == b else n for n in p) for p in pairs]
             try:
-                j = Judge(alt_pairs).judge(sc)                                         # type: ignore[arg-type]
+                j = _judge(alt_pairs, catalogue).judge(sc)                             # type: ignore[arg-type]
             except Exception:
                 continue
             if _rename(signature, b, alt) not in j.signatures:

@@ -202,7 +202,7 @@ def cmd_repro(args: argparse.Namespace) -> int:
     print(side_by_side(inp.scenario, left, right, d.index, d.fields, color=color))
     print()
     assert judge.catalogue is not None
-    rows = explain(d, judge.catalogue, needed_quirks(inp.scenario, inp.pairs, sig))
+    rows = explain(d, judge.catalogue, needed_quirks(inp.scenario, inp.pairs, sig, judge.catalogue))
     print("spec rows:" if rows else "spec rows: none apply")
     for r in rows:
         print(f"  {r.id:<5} {r.text}")

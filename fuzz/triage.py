@@ -29,6 +29,7 @@ from kvmsim.backend import BackendError
 from kvmsim.scenario import Scenario, loads_scenario
 from kvmsim.yamlsrc import ScenarioError
 from kvmsim.trace import Trace
+from oracles.catalogue import load_catalogue
 from oracles.diff import Divergence
 from oracles.signature import signature_id
 
@@ -39,6 +40,7 @@ HOST_RUNS = 10                     # default re-runs of an artifact on a real-ho
 SIM_RUNS = 2                       # sim backends: run twice, the traces must be identical
 _CRASH = re.compile(r"^crash-([0-9a-f]{40})$")
 _SKIP_DIRS = {"by-signature", ".stats", "clusters"}
+_SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)     # libyaml's safe loader: sidecars are large
 
 
 class ArtifactError(Exception):
@@ -109,7 +111,7 @@ def load_artifact(path: str) -> Artifact:
     if os.path.exists(side_path):
         try:
             with open(side_path, encoding="utf-8") as fh:
-                sidecar = yaml.safe_load(fh)
+                sidecar = yaml.load(fh, Loader=_SAFE_LOADER)
         except OSError as e:
             raise ArtifactError(f"{side_path}: cannot read: {e.strerror}") from None
         except UnicodeDecodeError as e:
@@ -234,12 +236,13 @@ class JudgeCache:
     """One Judge per distinct pair list (backends are created once)."""
     def __init__(self) -> None:
         self._j: dict[tuple[Pair, ...], Judge] = {}
+        self.catalogue = load_catalogue()
 
     def get(self, pairs: list[Pair]) -> Judge:
         key = tuple(pairs)
         if key not in self._j:
             try:
-                self._j[key] = Judge(list(pairs))
+                self._j[key] = Judge(list(pairs), self.catalogue)
             except (BackendError, ValueError) as e:
                 raise ArtifactError(str(e)) from None
         return self._j[key]

@@ -135,7 +135,7 @@ def _do_cluster(c: Cluster, judges: JudgeCache, opts: Options) -> tuple[dict[str
     involved = judge.spec_ids(j)
     if d is not None:
         assert judge.catalogue is not None
-        needed = needed_quirks(sc, rep.pairs, c.signature)
+        needed = needed_quirks(sc, rep.pairs, c.signature, judge.catalogue)
         spec = spec_rows(d, needed, {e.id: e.spec for e in judge.catalogue.entries})
     else:                               # nothing to recompute from: keep what the sidecars said
         needed = []
