@@ -220,10 +220,8 @@ class Backing:
             if self.kind != "memfd":
                 self.tainted[i] = "a resident but unmapped private anonymous page needs swap (none here)"
                 return 0
-            self.drop(i, 1)
-            buf = ctypes.create_string_buffer(k.PAGE)
-            libc.pwrite(self.memfd, buf, k.PAGE, i * k.PAGE)
-            return 0
+            self._touch(hva, write=False)          # in the page cache (a hole gets a zeroed page) ...
+            return k.madvise(hva, k.PAGE, k.MADV_DONTNEED)   # ... and no longer mapped here
         if state == "present_rw":
             self._touch(hva, write=True)
         elif state == "present_ro":
