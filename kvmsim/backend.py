@@ -53,6 +53,8 @@ REGISTRY: dict[str, tuple[str, dict[str, Any]]] = {
 }
 # Parameterised names: "sim:g2s-literal:S4,S8" enables only the listed sketch quirks.
 PARAMETERISED = {"sim:g2s-literal": "quirks"}
+# Name families without a fixed list: "qemu:6.1" -> the class with kernel="6.1".
+PREFIXES: dict[str, tuple[str, str]] = {"qemu": ("kernel_shim.kernels.qemu_backend:QemuBackend", "kernel")}
 
 
 def load_object(path: str) -> Any:
@@ -76,6 +78,10 @@ def get_backend(name: str) -> Backend:
         if sep and base in PARAMETERISED and param:
             entry = REGISTRY[base]
             kwargs[PARAMETERISED[base]] = param
+        family, _, rest = name.partition(":")
+        if entry is None and family in PREFIXES and rest:
+            entry = (PREFIXES[family][0], {})
+            kwargs[PREFIXES[family][1]] = rest
     if entry is None:
         raise BackendError(f"unknown backend {name!r} (known: {', '.join(REGISTRY)})")
     path, base_kwargs = entry

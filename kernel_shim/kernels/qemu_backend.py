@@ -1,0 +1,150 @@
+"""``qemu:<kernel>`` backends: a cached Debian kernel booted in QEMU runs the scenario through
+the host backend's execution code and returns the same VMM-level trace as ``host``.
+
+Why one boot per backend object: the first ``run`` boots the guest and every later one reuses it
+(a ``pfndiff kernels compare`` batch, a whole ``pfndiff fuzz`` campaign); ``run_many`` is the
+explicit batch.  A scenario that times out or kills the guest becomes the observation of the op
+that was running, and the next scenario boots a fresh guest.  Each trace carries the kernel
+messages printed while it ran (``meta.serial``), so a finding's sidecar keeps them.
+"""
+
+from __future__ import annotations
+
+import atexit
+import weakref
+from collections.abc import Iterable
+from typing import Any
+
+from kvmsim.backend import Backend, BackendError
+from kvmsim.scenario import Scenario
+from kvmsim.trace import OpRecord, Trace
+
+from ..host_exec import Options
+from .cache import KernelEntry, cached_kernels, find_kernel
+from .qemu import QemuError, QemuSession, qemu_missing
+
+GUEST_TIMEOUT = 30.0          # per scenario inside the guest (KVM there is ~12x slower than here)
+HOST_MARGIN = 30.0            # on top of it, for the reply to come back before QEMU is killed
+_LIVE: weakref.WeakSet[QemuBackend] = weakref.WeakSet()
+
+
+class QemuBackend(Backend):
+    """``kernel``: a cached kernel's short name (``6.1``) or release (``6.1.0-41-amd64``)."""
+
+    def __init__(self, name: str = "qemu", kernel: str = "", path: str = "native-cpl3",
+                 timeout: float = GUEST_TIMEOUT) -> None:
+        if not kernel:
+            raise ValueError("name a kernel: qemu:<version>, e.g. qemu:6.1 (see `pfndiff kernels list`)")
+        if path not in ("native-cpl3", "emulated"):
+            raise ValueError(f"path must be native-cpl3 or emulated, not {path!r}")
+        self.name = name
+        self.kernel_name = kernel
+        self.path = path
+        self.timeout = timeout
+        self.opts = Options(cpl=3 if path == "native-cpl3" else 0)
+        self.session: QemuSession | None = None
+        self.boots: list[float] = []
+        _LIVE.add(self)
+
+    @property
+    def kernel(self) -> KernelEntry | None:
+        return find_kernel(self.kernel_name)
+
+    # --- Backend ---------------------------------------------------------------------------------
+    def description(self) -> str:
+        k = self.kernel
+        if k is None:
+            return f"Linux {self.kernel_name} in QEMU (not cached)"
+        what = "merged kvm_follow_pfn" if k.generation == "g3" else "legacy gfn_to_pfn"
+        return f"Linux {k.release} ({k.suite}) in QEMU/TCG, AMD SVM+NPT ({k.generation}: {what}; VMM level only)"
+
+    def version(self) -> str:
+        k = self.kernel
+        return f"linux-{k.release}" if k else f"linux-{self.kernel_name}"
+
+    def info(self) -> dict[str, Any]:
+        k = self.kernel
+        d: dict[str, Any] = {"kind": "qemu", "kernel": self.kernel_name, "path": self.path}
+        if k is not None:
+            d.update(release=k.release, suite=k.suite, generation=k.generation, kvm_api=k.api,
+                     packages=k.packages, accel="tcg", cpu="max (AMD SVM, NPT)")
+        return d
+
+    def available(self) -> str | None:
+        why = qemu_missing()
+        if why is not None:
+            return why
+        if self.kernel is None:
+            have = ", ".join(e.name for e in cached_kernels()) or "none"
+            return (f"kernel {self.kernel_name} is not cached (cached: {have}); "
+                    "fetch it with `pfndiff kernels fetch --suite bookworm|trixie|sid`")
+        return None
+
+    def run(self, scenario: Scenario) -> Trace:
+        return self._run_one(scenario)
+
+    def run_many(self, scenarios: Iterable[Scenario]) -> list[Trace]:
+        """A batch in one boot (a lost guest is rebooted for the scenarios after it)."""
+        return [self._run_one(sc) for sc in scenarios]
+
+    # --- guest -----------------------------------------------------------------------------------
+    def _ensure(self) -> QemuSession:
+        if self.session is not None and self.session.alive:
+            return self.session
+        if self.session is not None:
+            self.session.kill()
+        k = self.kernel
+        if k is None:
+            raise QemuError(self.available() or f"kernel {self.kernel_name} is not cached")
+        s = QemuSession(k)
+        s.start()
+        self.boots.append(s.boot_seconds)
+        self.session = s
+        return s
+
+    def _run_one(self, sc: Scenario) -> Trace:
+        k = self.kernel
+        meta: dict[str, Any] = {"generation": k.generation if k else None, "kernel": k.release if k else None,
+                                "version": self.version(), "path": self.path, "qemu": "tcg -cpu max"}
+        try:
+            s = self._ensure()
+        except QemuError as e:                      # not the scenario's doing: no trace to give
+            raise BackendError(f"{self.name}: {e}") from None
+        meta["boot_seconds"] = s.boot_seconds
+        s.console_since_last()                      # boot messages stay out of the scenario's serial
+        reply = s.request((sc, self.opts, self.timeout), self.timeout + HOST_MARGIN)
+        serial = s.console_since_last() if s.tmp else ""
+        if isinstance(reply, Exception):
+            tail = serial or ""
+            return self._lost(sc, "timeout" if isinstance(reply, TimeoutError) else "crash",
+                              f"the guest was lost ({reply}); QEMU killed", {**meta, "serial": tail})
+        if "error" in reply:
+            return self._lost(sc, "crash", str(reply["error"]).strip().splitlines()[-1], {**meta, "serial": serial})
+        meta.update(reply["meta"])
+        meta["serial"] = serial
+        recs = [OpRecord(r["index"], r["op"], r.get("api"), r.get("vmm")) for r in reply["records"]]
+        return Trace(self.name, recs, meta)
+
+    def _lost(self, sc: Scenario, outcome: str, why: str, meta: dict[str, Any]) -> Trace:
+        """Every op gets the outcome (as the host backend does for a crashed worker): which op
+        was running is unknown once the guest itself is gone."""
+        recs = [OpRecord(i, op.kind, None, {"outcome": outcome, "data": None, "exits": []})
+                for i, op in enumerate(sc.ops)]
+        return Trace(self.name, recs, {**meta, "lost": outcome, "reason": why})
+
+    def close(self) -> None:
+        if self.session is not None:
+            self.session.stop()
+            self.session = None
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:                           # noqa: BLE001 - interpreter shutdown
+            pass
+
+
+@atexit.register
+def _close_all() -> None:
+    for b in list(_LIVE):
+        b.close()
