@@ -20,7 +20,28 @@ REGISTRY.setdefault("host:emulated", ("kernel_shim.host_backend:HostBackend", {"
 def cmd_host(args: argparse.Namespace) -> int:
     if args.host_cmd == "probe":
         return cmd_probe(args)
+    if args.host_cmd == "sweep":
+        return cmd_sweep(args)
     return cmd_conform(args)
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from kvmsim.scenario import dump_scenario
+
+    from .sweep import sweep
+    if args.runs < 1:
+        raise UsageError("pfndiff host sweep: --runs must be at least 1")
+    host = get_backend("host" if args.path == "native-cpl3" else "host:emulated")
+    why = host.available()
+    if why is not None:
+        raise BackendError(f"host backend is not available here: {why}")
+    r = sweep(args.runs, args.seed, model=args.model, host=host, all_diffs=True, madvise_all=not args.no_madvise_remapped)
+    print(f"{r.runs} random scenarios, {r.compared} ops compared, {len(r.groups)} unexplained difference kinds")
+    for sig, n in r.groups.most_common():
+        print(f"  {n:6d}  {sig}")
+        if args.show:
+            print("\n".join("          " + line for line in dump_scenario(r.examples[sig]).splitlines()))
+    return 1 if r.groups else 0
 
 
 def cmd_probe(args: argparse.Namespace) -> int:
@@ -96,6 +117,14 @@ def _setup(p: argparse.ArgumentParser) -> None:
     pc.add_argument("--model", default="sim:g3", help="model backend (default sim:g3)")
     pc.add_argument("--path", choices=("native-cpl3", "emulated"), default="native-cpl3",
                     help="guest fault path on the host")
+    ps = sub.add_parser("sweep", help="random VMM-level scenarios on a model and on this host; differences grouped")
+    ps.add_argument("--runs", type=int, default=200, help="number of random scenarios (default 200)")
+    ps.add_argument("--seed", type=int, default=1, help="random seed")
+    ps.add_argument("--model", default="sim:g3", help="model backend (default sim:g3)")
+    ps.add_argument("--path", choices=("native-cpl3", "emulated"), default="native-cpl3")
+    ps.add_argument("--no-madvise-remapped", action="store_true",
+                    help="keep madvise to the normal VMA (hides the known pfnmap/hugetlb madvise model bug)")
+    ps.add_argument("--show", action="store_true", help="print one example scenario per difference kind")
     pc.add_argument("--repeat", type=int, default=1, metavar="N",
                     help="also run each scenario N times on the host and report ops that vary")
     pc.add_argument("--json", action="store_true", help="machine-readable output")

@@ -90,9 +90,14 @@ def signature(sc: Scenario, d: Difference) -> str:
     what = op.kind
     if op.kind == "access":
         what += "/write" if op.args["write"] else "/read"
-    lo = d.left.get("outcome") if isinstance(d.left, dict) else d.left
-    ro = d.right.get("outcome") if isinstance(d.right, dict) else d.right
-    return f"{what}: {d.field} model={lo!r} host={ro!r}"
+    return f"{what}: {d.field} model={_short(d.left)} host={_short(d.right)}"
+
+
+def _short(v: Any) -> str:
+    """A value for a signature: MMIO records reduced to their direction, no data or addresses."""
+    if isinstance(v, dict):
+        return "{" + ", ".join(f"{k}: {v[k]!r}" for k in ("is_write",) if k in v) + "}"
+    return repr(v)
 
 
 @dataclass
