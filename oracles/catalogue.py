@@ -66,7 +66,11 @@ class Entry:
 
 
 def family(backend: str) -> str:
-    """``sim:g2s-literal:S4`` -> ``g2s``; ``sim:g3`` -> ``g3``; anything else -> ``host``."""
+    """``sim:g2s-literal:S4`` -> ``g2s``; ``sim:g3`` -> ``g3``; ``qemu:6.1`` -> ``g1`` and ``qemu:7.2`` ->
+    ``g3`` (≤ 6.12 legacy, ≥ 6.13 merged); anything else -> ``host``."""
+    if backend.startswith("qemu:"):               # a real kernel in QEMU: its release fixes its generation
+        m = re.match(r"qemu:(\d+)\.(\d+)", backend)
+        return ("g3" if (int(m[1]), int(m[2])) >= (6, 13) else "g1") if m else "host"
     if not backend.startswith("sim:"):
         return "host"
     name = backend[4:].split(":")[0]
