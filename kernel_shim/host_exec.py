@@ -474,6 +474,9 @@ class Execution:
         rec: dict[str, Any] = {"index": i, "op": op.kind}
         if op.kind in API_OPS:
             rec["api"] = {"not_observable": NOT_OBSERVABLE[op.kind]}
+            if self.signal == "pending":           # as in the model: a KVM op ends, the signal is delivered
+                signal.pthread_kill(threading.get_ident(), signal.SIGUSR1)
+                self.signal = "none"
             return rec
         handler = getattr(self, "ev_" + op.kind)
         out = handler(op)

@@ -48,6 +48,10 @@ _ALL = [
           "(KVM keeps the guest D bit exact), so in a dirty-logged slot a read marks the page dirty "
           "exactly when the guest wrote that gfn earlier (even while it had no memslot); the model never "
           "marks a read dirty"),
+    Quirk("api-ops-not-executed",
+          "API-level ops (lookup, gfn_to_page, vcpu_map, x86_fault…) are not observable from /dev/kvm and are "
+          "not executed here, so their side effects in the model (a page faulted in or read back from I/O, an "
+          "SPTE installed, a dirty bit) are absent on the host for later ops on the same gfn"),
     Quirk("killed-vmm-silent",
           "a VMM killed by a fatal signal sees no KVM_RUN return at all: only the outcome is comparable, "
           "and nothing after it ran"),
@@ -75,6 +79,8 @@ def applicable(sc: Scenario) -> list[str]:
 def explain(sc: Scenario, d: Any, left: dict[str, Any], right: dict[str, Any], path: str = "native-cpl3") -> str | None:
     """The quirk that explains one differing field (left: model, right: host), or None."""
     lo, ro = left.get("outcome"), right.get("outcome")
+    if _api_touched(sc, d):
+        return "api-ops-not-executed"
     if path == "emulated" and lo == "efault" and ro == "mmio":
         return "emulated-path-mmio"
     if path == "emulated" and lo == "ok" and ro == "mmio" and d.op == "access":
@@ -96,6 +102,21 @@ def explain(sc: Scenario, d: Any, left: dict[str, Any], right: dict[str, Any], p
             if base is not None and all(base + p in written for p in extra):
                 return "shadow-gpte-dirty"
     return None
+
+
+def _api_touched(sc: Scenario, d: Any) -> bool:
+    """Did an API op before this one work on the gfn(s) the difference is about?"""
+    api = {op.args["gfn"] for op in sc.ops[:d.index] if "gfn" in op.args and op.kind in
+           ("lookup", "gfn_to_page", "vcpu_map", "x86_fault")}
+    if not api:
+        return False
+    op = sc.ops[d.index]
+    if op.kind == "access":
+        return op.args["gpa"] >> 12 in api
+    if op.kind == "get_dirty_log" and isinstance(d.left, list) and isinstance(d.right, list):
+        base = _slot_base(sc, d.index)
+        return base is not None and all(base + p in api for p in set(d.left) ^ set(d.right))
+    return False
 
 
 def _vma_at(sc: Scenario, index: int) -> tuple[Any, str | None]:
