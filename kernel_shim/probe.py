@@ -115,7 +115,9 @@ def probe_backings(kvm: k.KvmHandle | None) -> dict[str, str | None]:
             b["pfnmap_perf"] = "perf ring buffer is not VM_PFNMAP on this kernel (needs v6.16+)"
     except Unrealisable as e:
         b["pfnmap_perf"] = str(e)
-    b["pfnmap_devmem"] = None if os.path.exists("/dev/mem") else "/dev/mem does not exist"
+    b["pfnmap_devmem"] = ("/dev/mem exists but is not wired to scenarios (its frames are live RAM or MMIO)"
+                          if os.path.exists("/dev/mem") else "/dev/mem does not exist")
+    b["pfnmap_pci_bar"] = _pci_bar()
     try:
         fd = uffd.open_uffd()
         os.close(fd)
@@ -126,6 +128,22 @@ def probe_backings(kvm: k.KvmHandle | None) -> dict[str, str | None]:
                      else "CONFIG_MEMORY_FAILURE is off (no MADV_HWPOISON); not used")
     b["guest_memfd"] = _probe_gmem(kvm)
     return b
+
+
+def _pci_bar() -> str:
+    """Only a BAR of a device no driver owns would be safe to map; live devices are never touched."""
+    root = "/sys/bus/pci/devices"
+    try:
+        devs = sorted(os.listdir(root))
+    except OSError:
+        return "no PCI bus"
+    free = [d for d in devs if not os.path.exists(os.path.join(root, d, "driver"))
+            and os.path.exists(os.path.join(root, d, "resource0"))]
+    if not any(os.path.exists(os.path.join(root, d, "resource0")) for d in devs):
+        return "no sysfs resourceN files (this kernel offers no PCI BAR mmap)"
+    if not free:
+        return "every PCI device with a BAR is bound to a driver (never mapped: live device registers)"
+    return f"unbound device(s) {', '.join(free)} have BARs, but BAR mapping is not wired to scenarios"
 
 
 def _perf_is_pfnmap() -> bool:
