@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from .constants import (
     EAGAIN, EFAULT, EHWPOISON, EINTR, EINVAL, FOLL_GET, FOLL_HWPOISON, FOLL_INTERRUPTIBLE, FOLL_NOWAIT,
     FOLL_WRITE, KVM_HVA_ERR_RO_BAD, KVM_PFN_ERR_FAULT, KVM_PFN_ERR_HWPOISON, KVM_PFN_ERR_NEEDS_IO,
-    KVM_PFN_ERR_RO_FAULT, KVM_PFN_ERR_SIGPENDING, KVM_PFN_NOSLOT, RET_PF_CONTINUE, RET_PF_RETRY,
+    KVM_PFN_ERR_RO_FAULT, KVM_PFN_ERR_SIGPENDING, KVM_PFN_NOSLOT, RET_PF_CONTINUE,
     VM_REMAPPED, is_error_noslot_pfn, kvm_is_error_hva,
 )
 from .g1_legacy import G1Legacy, _probe_hwpoison, kvm_release_page, kvm_vcpu_map, refcounted_page
@@ -180,13 +180,11 @@ class G2fPosted(G1Legacy):
         m.hva = m.page = None
 
     # --- x86 (v11 6/8 + 8/8, on a v6.8 base) ---------------------------------------------------
-    def faultin(self, w: World, f: Fault) -> int:
-        f.mmu_seq = w.notifier.seq
-        slot = f.slot
-        if slot is not None and not slot.invalid and not slot.internal \
-                and w.notifier.retry_gfn(f.mmu_seq, f.gfn):
-            return RET_PF_RETRY                    # v6.8 pre-check before GUP (d02c357e5bfa)
-        return super().faultin(w, f)
+    # No lock-free pre-check before GUP (spec D20: "same as G1"): v11's base predates
+    # d02c357e5bfa ("Retry fault before acquiring mmu_lock if mapping is changing", applied to the
+    # 6.8 fixes branch six days before v11 was posted) — v11 8/8 drops FOLL_GET from the x86 fault
+    # yet leaves no kvm_release_pfn_clean() after GUP to convert, which that commit would have added.
+    # kvm_faultin_pfn is therefore G1's; only the stale check under mmu_lock is gfn-based (D21).
 
     @staticmethod
     def _kfp(w: World, f: Fault, flags: int) -> Kfp:

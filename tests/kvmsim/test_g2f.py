@@ -190,3 +190,13 @@ def test_g2f_x86_holds_no_reference(state, write, ret, frame) -> None:
     api = last(run(G2F, sc)).api
     assert api["ret"] == ret and api["frame"] == frame and api["leaked"] == {}
     assert api["calls"] == ["kvm_follow_pfn"]
+
+
+def test_g2f_x86_d20_gup_then_retry_marks_accessed() -> None:
+    """D20 "same as G1": GUP runs, the stale check under mmu_lock (gfn-based, D21) says RETRY, and
+    v11 8/8's out_unlock still does kvm_set_page_accessed(fault->accessed_page) — no reference."""
+    sc = host_scenario("present_rw", [{"invalidate_begin": {"vma": "ram", "page": 0}},
+                                      {"x86_fault": {"gfn": GFN, "write": True}}])
+    api = last(run(G2F, sc)).api
+    assert api["ret"] == "RETRY" and api["calls"] == ["kvm_follow_pfn"]
+    assert api["accessed"] == [ORIG] and api["leaked"] == {} and api["spte"] is None

@@ -141,6 +141,8 @@ def test_lookup_ignores_invalidation_in_progress(backend) -> None:
 @pytest.mark.parametrize("backend,ret,calls", [
     ("sim:g1", "RETRY", 1),      # GUP done, stale under mmu_lock (hva range)
     ("sim:g2", "RETRY", 1),
+    ("sim:g2s", "RETRY", 1),
+    ("sim:g2f", "RETRY", 1),     # D20: "same as G1" (v11's base predates the 6.8 pre-check)
     ("sim:g3", "RETRY", 0),      # v6.8+: lock-free pre-check before GUP
 ])
 def test_x86_fault_retries_when_invalidation_covers_the_page(backend, ret, calls) -> None:
