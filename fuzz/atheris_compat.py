@@ -5,21 +5,28 @@ targets and the campaign runner independent of the installed version (pyproject 
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import atheris
 
-# Packages whose code paths are worth covering: the model and the codec (not the oracles: their
-# branches follow the model's, and instrumenting them only costs speed).
-INSTRUMENT = ("kvmsim", "fuzz.codec")
+# Modules whose branches are worth covering: the generations' decision logic, the shared mm/x86
+# model and the codec.  Not the scenario loader, executor, traces or oracles: their branches
+# follow the model's, and instrumenting them only costs speed.  PFNDIFF_INSTRUMENT overrides
+# (comma-separated module prefixes, e.g. "kvmsim,fuzz.codec").
+INSTRUMENT = ("kvmsim.g1_legacy", "kvmsim.g2_noref", "kvmsim.g2s_sketch", "kvmsim.g2f_posted", "kvmsim.g3_merged",
+              "kvmsim.mm", "kvmsim.x86", "kvmsim.vmm", "kvmsim.pfndb", "kvmsim.memslot", "kvmsim.notifier",
+              "fuzz.codec")
 
 
 @contextmanager
 def instrumented() -> Iterator[None]:
     """Imports inside this block get coverage instrumentation."""
-    with atheris.instrument_imports(include=list(INSTRUMENT)):
+    chosen = os.environ.get("PFNDIFF_INSTRUMENT")
+    include = [m for m in chosen.split(",") if m] if chosen else list(INSTRUMENT)
+    with atheris.instrument_imports(include=include):
         yield
 
 

@@ -15,11 +15,23 @@ DEFAULT_PAIRS = [("sim:g2", "sim:g3"), ("sim:g2", "sim:g2s-literal")]
 
 
 def _pair(text: str) -> tuple[str, str]:
-    for sep in ("~", ","):
-        if sep in text:
-            a, _, b = text.partition(sep)
-            if a and b:
-                return a, b
+    """``LEFT~RIGHT`` or ``LEFT,RIGHT``; ``sim:g2:sim:g3`` also works (split where both halves
+    name backends)."""
+    a, sep, b = text.partition("~")
+    if sep and a and b:
+        return a, b
+    parts = text.split(":")
+    for i in range(1, len(parts)):
+        a, b = ":".join(parts[:i]), ":".join(parts[i:])
+        try:
+            get_backend(a)
+            get_backend(b)
+        except BackendError:
+            continue
+        return a, b
+    a, sep, b = text.partition(",")
+    if sep and a and b:
+        return a, b
     raise UsageError(f"pfndiff fuzz: bad --pair {text!r} (expected LEFT~RIGHT, e.g. sim:g2~sim:g3)")
 
 

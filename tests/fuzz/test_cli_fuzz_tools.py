@@ -87,3 +87,15 @@ def test_corpus_decode_shows_the_scenario(tmp_path, capsys):
     p.write_bytes(encode(sc))
     assert main(["corpus", "decode", str(p)]) == 0
     assert "ttm-tail" in capsys.readouterr().out
+
+
+def test_fuzz_pair_spellings():
+    from fuzz.cli_fuzz import _pair
+    assert _pair("sim:g2~sim:g3") == _pair("sim:g2:sim:g3") == _pair("sim:g2,sim:g3") == ("sim:g2", "sim:g3")
+    assert _pair("sim:g2:sim:g2s-literal:S4,S8") == ("sim:g2", "sim:g2s-literal:S4,S8")
+
+
+def test_fuzz_bad_pair_is_one_line_exit_2(capsys):
+    assert main(["fuzz", "--pair", "nonsense", "--time", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "bad --pair" in err and err.count("\n") == 1
