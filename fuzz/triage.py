@@ -37,6 +37,7 @@ from .codec import VERSION, decode
 from .judge import Judge, Judgement, Pair, pairs_from_sidecar
 
 HOST_RUNS = 10                     # default re-runs of an artifact on a real-host backend
+SIDECAR_GRACE = 2.0                # seconds: a just-written crash file may still be awaiting its sidecar
 SIM_RUNS = 2                       # sim backends: run twice, the traces must be identical
 _CRASH = re.compile(r"^crash-([0-9a-f]{40})$")
 _SKIP_DIRS = {"by-signature", ".stats", "clusters"}
@@ -108,6 +109,8 @@ def load_artifact(path: str) -> Artifact:
         raise ArtifactError(f"{path}: cannot read: {e.strerror}") from None
     sidecar = None
     side_path = path + ".yaml"
+    if _CRASH.match(os.path.basename(path)) and not os.path.exists(side_path) and time.time() - mtime < SIDECAR_GRACE:
+        time.sleep(SIDECAR_GRACE / 4)       # a running campaign writes the input first, its sidecar next
     if os.path.exists(side_path):
         try:
             with open(side_path, encoding="utf-8") as fh:
