@@ -207,3 +207,32 @@ def test_a_sidecar_naming_an_unknown_backend_is_one_line(tmp_path, capsys):
         fh.write(text)
     rc, _, err = _triage(capsys, str(tmp_path / "c"), "-o", str(tmp_path / "out"))
     assert rc == 2 and err.count("\n") == 1 and err.startswith(side + ":") and "sim:g9" in err
+
+
+def test_a_host_like_backend_is_rerun_and_a_flaky_artifact_labelled(tmp_path):
+    """A non-simulated backend is re-run --runs times; an artifact that shows its signature in some
+    runs only is kept and labelled flaky, with the reliability figure."""
+    from kvmsim import get_backend
+    from fuzz.judge import Judge
+    paths = find(tmp_path / "c", [D10_PAIR], [seed(D10)])
+    good, bad = get_backend("sim:g2"), get_backend("sim:g2s-literal")
+    calls = {"n": 0}
+
+    class Unsteady:                         # a "host" whose behaviour changes from run to run
+        def run(self, sc) -> Trace:
+            calls["n"] += 1
+            t = (bad if calls["n"] % 3 else good).run(sc)
+            t.backend = "unsteady"
+            return t
+
+        def version(self) -> str:
+            return "test"
+
+    cache = tr.JudgeCache()
+    pairs = [("sim:g2", "unsteady")]
+    cache._j[tuple(pairs)] = Judge(pairs, cache.catalogue, backends={"unsteady": Unsteady()})
+    v = tr.judge_artifact(tr.load_artifact(paths[0]), cache, override=pairs, host_runs=6)
+    assert v.runs == 6 and calls["n"] == 6
+    assert v.status == "flaky" and 0 < v.hits[v.primary] < 6
+    c = tr.cluster([v])[0]
+    assert c.status == "flaky" and (c.hits, c.runs) == (v.hits[v.primary], 6)
