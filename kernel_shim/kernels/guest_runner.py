@@ -93,23 +93,27 @@ def main() -> int:
     release = os.uname().release
     why_kvm = kvm_unusable()
     pfnmap = guest_pfnmap.install()
-    write_msg(fd, {"ready": why_kvm is None, "release": release, "generation": generation_of(release),
-                   "kvm": why_kvm, "pfnmap": pfnmap, "uptime_at_start": t_start, "uptime": _uptime()})
     if why_kvm is not None:
+        write_msg(fd, {"ready": False, "release": release, "kvm": why_kvm})
         return 1
-    runners: dict[float, GuestRunner] = {}
+    runner = GuestRunner(timeout=30.0)
+    try:
+        runner.worker = runner.start()              # the worker's Python start-up is part of the boot
+    except WorkerError as e:
+        write_msg(fd, {"ready": False, "release": release, "kvm": f"worker did not start: {e}"})
+        return 1
+    write_msg(fd, {"ready": True, "release": release, "generation": generation_of(release), "kvm": None,
+                   "pfnmap": pfnmap, "uptime_at_start": t_start, "uptime": _uptime()})
     try:
         while True:
             req = read_msg(fd)
             if req is None or req == "quit":
                 break
             sc, opts, timeout = req
-            r = runners.get(timeout)
-            if r is None:
-                r = runners[timeout] = GuestRunner(timeout=timeout)
+            runner.timeout = timeout
             t0 = time.monotonic()
             try:
-                out = r.execute(sc, opts)
+                out = runner.execute(sc, opts)
             except WorkerError as e:
                 out = {"error": f"worker: {e}"}
             except Exception:                       # noqa: BLE001 - reported to the host
@@ -119,8 +123,7 @@ def main() -> int:
                 out["meta"]["guest_seconds"] = round(time.monotonic() - t0, 6)
             write_msg(fd, out)
     finally:
-        for r in runners.values():
-            r.close()
+        runner.close()
     return 0
 
 
