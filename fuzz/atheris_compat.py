@@ -12,21 +12,20 @@ from contextlib import contextmanager
 
 import atheris
 
-# Modules whose branches are worth covering: the generations' decision logic, the shared mm/x86
-# model and the codec.  Not the scenario loader, executor, traces or oracles: their branches
-# follow the model's, and instrumenting them only costs speed.  PFNDIFF_INSTRUMENT overrides
-# (comma-separated module prefixes, e.g. "kvmsim,fuzz.codec").
-INSTRUMENT = ("kvmsim.g1_legacy", "kvmsim.g2_noref", "kvmsim.g2s_sketch", "kvmsim.g2f_posted", "kvmsim.g3_merged",
-              "kvmsim.mm", "kvmsim.x86", "kvmsim.vmm", "kvmsim.pfndb", "kvmsim.memslot", "kvmsim.notifier",
-              "fuzz.codec")
+# What gets coverage instrumentation: the model's decision logic and the codec, not the scenario
+# loader/validator, trace records or backend plumbing (their branches follow the model's and only
+# cost speed).  atheris 3.0.0 selects by top-level package and excludes by exact module name.
+# PFNDIFF_INSTRUMENT=all instruments everything in both packages.
+INCLUDE = ("kvmsim", "fuzz")
+EXCLUDE = ("kvmsim.scenario", "kvmsim.yamlsrc", "kvmsim.trace", "kvmsim.backend", "kvmsim.sim_backend",
+           "kvmsim.constants", "kvmsim.generation", "kvmsim.executor", "kvmsim.world")
 
 
 @contextmanager
 def instrumented() -> Iterator[None]:
     """Imports inside this block get coverage instrumentation."""
-    chosen = os.environ.get("PFNDIFF_INSTRUMENT")
-    include = [m for m in chosen.split(",") if m] if chosen else list(INSTRUMENT)
-    with atheris.instrument_imports(include=include):
+    exclude = [] if os.environ.get("PFNDIFF_INSTRUMENT") == "all" else list(EXCLUDE)
+    with atheris.instrument_imports(include=list(INCLUDE), exclude=exclude):
         yield
 
 
