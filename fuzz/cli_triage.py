@@ -161,11 +161,13 @@ def cmd_minimize(args: argparse.Namespace) -> int:
     for path in (base, base + ".yaml"):
         if os.path.abspath(path) == os.path.abspath(args.file):
             raise UsageError(f"pfndiff minimize: refusing to overwrite the input {path}")
-    atomic_write(base, res.data)
+    if res.data:
+        atomic_write(base, res.data)
     atomic_write(base + ".yaml", dump_scenario(tagged).encode())
     print(f"{args.file}: {sig}")
-    print(f"  {res.ops_before} -> {res.ops_after} ops, {res.bytes_before} -> {res.bytes_after} bytes, "
-          f"{res.checks} checks; wrote {base} and {base}.yaml")
+    size = f"{res.bytes_before} -> {res.bytes_after} bytes" if res.data else "too large for the byte codec"
+    wrote = f"{base} and {base}.yaml" if res.data else f"{base}.yaml"
+    print(f"  {res.ops_before} -> {res.ops_after} ops, {size}, {res.checks} checks; wrote {wrote}")
     return 0
 
 

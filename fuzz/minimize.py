@@ -27,7 +27,7 @@ MAX_CHECKS = 4000                     # a bound per minimisation (each check: on
 @dataclass
 class MinResult:
     scenario: Scenario
-    data: bytes
+    data: bytes                      # empty if the scenario exceeds the codec's bounds
     signature: str
     ops_before: int
     ops_after: int
@@ -83,7 +83,10 @@ def minimize(sc: Scenario, judge: Judge, signature: str, known: bool = False, da
             if nxt is not None:
                 cur, changed = nxt, True
                 steps.append(name)
-    best = encode(cur)
+    try:
+        best = encode(cur)
+    except EncodeError:                 # larger than the codec's bounds even now: no byte form
+        return MinResult(cur, b"", signature, ops_before, len(cur.ops), before, 0, pred.used, steps)
     limit_size = _size(cur)
     best = shrink_bytes(best, lambda b: _not_larger(_size(decode(b)), limit_size) and pred(decode(b)))
     final = decode(best)

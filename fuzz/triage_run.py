@@ -125,7 +125,7 @@ def _do_cluster(c: Cluster, judges: JudgeCache, opts: Options) -> tuple[dict[str
         limit = HOST_MIN_CHECKS if any(not n.startswith("sim:") for p in rep.pairs for n in p if n) else 4000
         try:
             res = minimize(sc, judge, c.signature, known=d0.known, data=data, limit=limit)
-            sc, data = res.scenario, res.data
+            sc, data = res.scenario, res.data or data
         except ValueError as e:
             note = f"not minimised: {e}"
     elif d0 is None:
