@@ -41,6 +41,8 @@ SIDECAR_GRACE = 2.0                # seconds: a just-written crash file may stil
 SIM_RUNS = 2                       # sim backends: run twice, the traces must be identical
 _CRASH = re.compile(r"^crash-([0-9a-f]{40})$")
 _SKIP_DIRS = {"by-signature", ".stats", "clusters"}
+_SIDECAR_TYPES: dict[str, type] = {"signatures": list, "divergences": list, "pair": list, "host": dict,
+                                   "spec_ids": list, "scenario": str}
 _SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)     # libyaml's safe loader: sidecars are large
 
 
@@ -126,6 +128,10 @@ def load_artifact(path: str) -> Artifact:
             raise ArtifactError(f"{side_path}{where}: truncated or malformed sidecar: {problem}") from None
         if not isinstance(sidecar, dict) or not isinstance(sidecar.get("signature"), str):
             raise ArtifactError(f"{side_path}: not a pfndiff sidecar (no 'signature')")
+        for key, typ in _SIDECAR_TYPES.items():
+            if key in sidecar and sidecar[key] is not None and not isinstance(sidecar[key], typ):
+                raise ArtifactError(f"{side_path}: sidecar field '{key}' must be a {typ.__name__}, "
+                                    f"got {type(sidecar[key]).__name__}")
     m = _CRASH.match(os.path.basename(path))
     if m and hashlib.sha1(data).hexdigest() != m.group(1):
         raise ArtifactError(f"{path}: content does not match its name (sha1 {hashlib.sha1(data).hexdigest()[:12]}…, "

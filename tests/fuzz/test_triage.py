@@ -236,3 +236,15 @@ def test_a_host_like_backend_is_rerun_and_a_flaky_artifact_labelled(tmp_path):
     assert v.status == "flaky" and 0 < v.hits[v.primary] < 6
     c = tr.cluster([v])[0]
     assert c.status == "flaky" and (c.hits, c.runs) == (v.hits[v.primary], 6)
+
+
+def test_sidecar_fields_of_the_wrong_type_are_one_line(tmp_path, capsys):
+    paths = find(tmp_path / "c", [D10_PAIR], [seed(D10)])
+    side_path = paths[0] + ".yaml"
+    side = yaml.safe_load(open(side_path))
+    for key, bad in (("signatures", 3), ("host", "x"), ("divergences", {"a": 1})):
+        doc = dict(side, **{key: bad})
+        with open(side_path, "w") as fh:
+            yaml.safe_dump(doc, fh)
+        rc, _, err = _triage(capsys, str(tmp_path / "c"), "-o", str(tmp_path / "out"))
+        assert rc == 2 and err.count("\n") == 1 and key in err and err.startswith(side_path), err
