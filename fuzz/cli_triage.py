@@ -130,11 +130,12 @@ def read_input(path: str, override: list[Pair] | None) -> Input:
 
 def _pick(inp: Input, judge: Judge, wanted: str | None) -> tuple[object, str]:
     j = judge.judge(inp.scenario)
-    for sig in (wanted, inp.signature):
-        if sig and j.find(sig) is not None:
-            return j, sig
     if wanted:
-        raise UsageError(f"the input does not show signature {wanted!r}")
+        if j.find(wanted) is None:
+            raise UsageError(f"the input does not show signature {wanted!r}")
+        return j, wanted
+    if inp.signature and j.find(inp.signature) is not None:
+        return j, inp.signature
     d = j.first_unknown() or (j.divs[0] if j.divs else None)
     if d is None:
         raise UsageError("the input shows no divergence on " + ", ".join(f"{a}~{b}" if b else a for a, b in inp.pairs))
