@@ -128,17 +128,17 @@ def read_input(path: str, override: list[Pair] | None) -> Input:
     return Input(v.scenario, art.data, v.pairs, v.primary or None)
 
 
-def _pick(inp: Input, judge: Judge, wanted: str | None) -> tuple[object, str]:
+def _pick(path: str, inp: Input, judge: Judge, wanted: str | None) -> tuple[object, str]:
     j = judge.judge(inp.scenario)
     if wanted:
         if j.find(wanted) is None:
-            raise UsageError(f"the input does not show signature {wanted!r}")
+            raise UsageError(f"{path}: does not show signature {wanted!r}")
         return j, wanted
     if inp.signature and j.find(inp.signature) is not None:
         return j, inp.signature
     d = j.first_unknown() or (j.divs[0] if j.divs else None)
     if d is None:
-        raise UsageError("the input shows no divergence on " + ", ".join(f"{a}~{b}" if b else a for a, b in inp.pairs))
+        raise UsageError(f"{path}: shows no divergence on " + ", ".join(f"{a}~{b}" if b else a for a, b in inp.pairs))
     return j, d.signature
 
 
@@ -151,7 +151,7 @@ def cmd_minimize(args: argparse.Namespace) -> int:
     except (ArtifactError, ValueError) as e:
         print(str(e), file=sys.stderr)
         return EXIT_USAGE
-    j, sig = _pick(inp, judge, args.signature)
+    j, sig = _pick(args.file, inp, judge, args.signature)
     d = j.find(sig)                                                    # type: ignore[attr-defined]
     res = minimize(inp.scenario, judge, sig, known=d.known, data=inp.data)
     base = args.out or (args.file[:-5] if args.file.endswith(".yaml") else args.file) + ".min"
@@ -189,7 +189,7 @@ def cmd_repro(args: argparse.Namespace) -> int:
     except (ArtifactError, ValueError) as e:
         print(str(e), file=sys.stderr)
         return EXIT_USAGE
-    j, sig = _pick(inp, judge, args.signature)
+    j, sig = _pick(args.file, inp, judge, args.signature)
     d = j.find(sig)                                                    # type: ignore[attr-defined]
     traces = j.traces                                                  # type: ignore[attr-defined]
     left = traces[d.left]
