@@ -118,6 +118,8 @@ class Machine:
         ex = Execution(self, sc, opts)
         try:
             return ex.run()
+        except Exception as e:                      # noqa: BLE001 - a shim failure, reported per op
+            return ex.partial(f"{type(e).__name__}: {e}")
         finally:
             ex.teardown()
 
@@ -139,6 +141,7 @@ class Execution:
         self.open_invalidations = 0
         self.unrealised: list[str] = []
         self.signal_sent = False
+        self.current = 0
         self._why: dict[int, str | None] = {}
         self.run_seconds = 0.0
         self.dead_vmas: dict[str, str] = {}
@@ -318,6 +321,7 @@ class Execution:
         i = 0
         while i < len(ops):
             op = ops[i]
+            self.current = i
             if op.kind == "access":
                 j = i
                 batch: list[Pending] = []
@@ -344,6 +348,24 @@ class Execution:
             meta["unrealised"] = self.unrealised
         meta["kvm_run_seconds"] = round(self.run_seconds, 6)
         return {"records": self.records, "meta": meta}
+
+    def partial(self, why: str) -> dict[str, Any]:
+        """The records up to an exception in this process (a shim failure, not a kernel one): the
+        op that was running is a crash and the rest never ran.  The parent replaces the worker."""
+        done = {r["index"] for r in self.records}
+        cur = self.current
+        recs = list(self.records)
+        for i, op in enumerate(self.sc.ops):
+            if i in done:
+                continue
+            if i == cur:
+                vmm: dict[str, Any] = ({"outcome": "crash", "data": None, "exits": []} if op.kind == "access"
+                                       else {"crash": why})
+            else:
+                vmm = {"skipped": f"the execution ended at op {cur} (crash)"}
+            recs.append({"index": i, "op": op.kind, "vmm": vmm})
+        recs.sort(key=lambda r: r["index"])
+        return {"records": recs, "meta": {"lost": "crash", "lost_at": cur, "reason": why}}
 
     def access_unrealisable(self, op: Op) -> str | None:
         """Why this access cannot be made real now (None: it can).  Cached per page while no

@@ -119,6 +119,8 @@ class Runner:
         reply = self._recv(w, self.timeout)
         if isinstance(reply, dict) and "records" in reply:
             reply["meta"]["host_seconds"] = round(time.monotonic() - t0, 6)
+            if reply["meta"].get("lost") == "crash":
+                self._drop(kill=True)               # its VM may be in any state now
             return reply
         if isinstance(reply, dict) and "error" in reply:
             self._drop(kill=True)
