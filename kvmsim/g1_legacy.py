@@ -22,7 +22,7 @@ from .constants import (
 )
 from .generation import Fault, Generation, HostMap, KernelBug, Lookup, Out, PageResult
 from .memslot import Memslot, gfn_to_hva_many
-from .mm import fixup_user_fault, gup_fast_only, gup_slow, lookup_pte, vma_is_valid
+from .mm import follow_remapped_pte, gup_fast_only, gup_slow, vma_is_valid
 from .page_flags import kvm_set_page_accessed, kvm_set_page_dirty
 from .pfndb import Page
 from .scenario import Op
@@ -176,16 +176,9 @@ def _probe_hwpoison(w: World, hva: int) -> bool:
 
 
 def hva_to_pfn_remapped(w: World, vma, hva: int, write_fault: bool, writable_out: Out | None) -> tuple[int, int]:
-    pte = lookup_pte(vma, hva)
+    r, pte = follow_remapped_pte(w, vma, hva, write_fault)
     if pte is None:
-        r, unlocked = fixup_user_fault(w, vma, hva, write_fault)
-        if unlocked:
-            return -EAGAIN, 0
-        if r:
-            return r, 0
-        pte = lookup_pte(vma, hva)
-        if pte is None:
-            return -EINVAL, 0
+        return r, 0
     if write_fault and not pte.writable:
         return 0, KVM_PFN_ERR_RO_FAULT             # success code carrying an error pfn
     if writable_out is not None:

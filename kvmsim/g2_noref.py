@@ -14,7 +14,7 @@ noref + ``kvm_try_get_refcounted_page_ref``, released with ``kvm_release_pfn_cle
 from __future__ import annotations
 
 from .constants import (
-    EAGAIN, EHWPOISON, EINTR, EINVAL, FOLL_HWPOISON, FOLL_INTERRUPTIBLE, FOLL_NOWAIT, FOLL_WRITE,
+    EAGAIN, EHWPOISON, EINTR, FOLL_HWPOISON, FOLL_INTERRUPTIBLE, FOLL_NOWAIT, FOLL_WRITE,
     KVM_HVA_ERR_RO_BAD, KVM_PFN_ERR_FAULT, KVM_PFN_ERR_HWPOISON, KVM_PFN_ERR_RO_FAULT, KVM_PFN_ERR_SIGPENDING,
     KVM_PFN_NOSLOT, VM_REMAPPED, is_error_noslot_pfn, is_error_pfn, kvm_is_error_hva,
 )
@@ -24,7 +24,7 @@ from .g1_legacy import (
 )
 from .generation import UNINIT, Fault, HostMap, KernelBug, Lookup, Out, PageResult
 from .memslot import Memslot, gfn_to_hva_many
-from .mm import fixup_user_fault, gup_fast_only, gup_slow, lookup_pte, vma_is_valid
+from .mm import follow_remapped_pte, gup_fast_only, gup_slow, vma_is_valid
 from .pfndb import Page
 from .scenario import Op
 from .world import World
@@ -101,16 +101,9 @@ def hva_to_pfn(w: World, hva: int, atomic: bool, interruptible: bool, async_out:
 
 def hva_to_pfn_remapped(w: World, vma, hva: int, write_fault: bool, writable_out: Out | None) -> tuple[int, int]:
     """As G1 without ``kvm_try_get_pfn``: no reference, any pfn kind accepted (§3.4)."""
-    pte = lookup_pte(vma, hva)
+    r, pte = follow_remapped_pte(w, vma, hva, write_fault)
     if pte is None:
-        r, unlocked = fixup_user_fault(w, vma, hva, write_fault)
-        if unlocked:
-            return -EAGAIN, 0
-        if r:
-            return r, 0
-        pte = lookup_pte(vma, hva)
-        if pte is None:
-            return -EINVAL, 0
+        return r, 0
     if write_fault and not pte.writable:
         return 0, KVM_PFN_ERR_RO_FAULT
     if writable_out is not None:

@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .constants import (
-    EAGAIN, EFAULT, EHWPOISON, EINTR, EINVAL, FOLL_GET, FOLL_HWPOISON, FOLL_INTERRUPTIBLE, FOLL_NOWAIT,
+    EAGAIN, EFAULT, EHWPOISON, EINTR, FOLL_GET, FOLL_HWPOISON, FOLL_INTERRUPTIBLE, FOLL_NOWAIT,
     FOLL_WRITE, KVM_HVA_ERR_RO_BAD, KVM_PFN_ERR_FAULT, KVM_PFN_ERR_HWPOISON, KVM_PFN_ERR_NEEDS_IO,
     KVM_PFN_ERR_RO_FAULT, KVM_PFN_ERR_SIGPENDING, KVM_PFN_NOSLOT, RET_PF_CONTINUE,
     VM_REMAPPED, is_error_noslot_pfn, kvm_is_error_hva,
@@ -24,7 +24,7 @@ from .constants import (
 from .g1_legacy import G1Legacy, _probe_hwpoison, kvm_release_page, kvm_vcpu_map, refcounted_page
 from .generation import Fault, HostMap, Lookup, PageResult
 from .memslot import Memslot, gfn_to_hva_many
-from .mm import fixup_user_fault, gup_fast_only, gup_slow, lookup_pte, vma_is_valid
+from .mm import follow_remapped_pte, gup_fast_only, gup_slow, vma_is_valid
 from .page_flags import kvm_set_page_accessed, kvm_set_page_dirty
 from .pfndb import Page
 from .scenario import Op
@@ -113,16 +113,9 @@ def hva_to_pfn(w: World, kfp: Kfp) -> int:
 def hva_to_pfn_remapped(w: World, vma, kfp: Kfp) -> tuple[int, int]:
     """v11 4/8 (decision table in §5.1)."""
     write = bool(kfp.flags & FOLL_WRITE)
-    pte = lookup_pte(vma, kfp.hva)
+    r, pte = follow_remapped_pte(w, vma, kfp.hva, write)
     if pte is None:
-        r, unlocked = fixup_user_fault(w, vma, kfp.hva, write)
-        if unlocked:
-            return -EAGAIN, 0
-        if r:
-            return r, 0
-        pte = lookup_pte(vma, kfp.hva)
-        if pte is None:
-            return -EINVAL, 0
+        return r, 0
     kfp.writable = pte.writable                    # unconditional, even for a RO memslot (D12b)
     pfn = pte.page.pfn
     pg = refcounted_page(w, pfn)

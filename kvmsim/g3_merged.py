@@ -24,7 +24,7 @@ from .constants import (
 )
 from .generation import Fault, Generation, HostMap, Lookup, Out, PageResult
 from .memslot import Memslot, gfn_to_hva_many
-from .mm import RemapPte, fixup_user_fault, gup_fast_only, gup_slow, lookup_pte, vma_is_valid
+from .mm import RemapPte, follow_remapped_pte, gup_fast_only, gup_slow, vma_is_valid
 from .page_flags import kvm_set_page_accessed, kvm_set_page_dirty
 from .pfndb import Page
 from .scenario import Op
@@ -127,16 +127,9 @@ def hva_to_pfn_remapped(w: World, vma, kfp: Kfp) -> tuple[int, int]:
     if kfp.pin and not w.allow_unsafe_mappings:
         return -EINVAL, 0                          # pins never resolve through VM_PFNMAP (K3)
     write = bool(kfp.flags & FOLL_WRITE)
-    pte = lookup_pte(vma, kfp.hva)
+    r, pte = follow_remapped_pte(w, vma, kfp.hva, write)
     if pte is None:
-        r, unlocked = fixup_user_fault(w, vma, kfp.hva, write)
-        if unlocked:
-            return -EAGAIN, 0
-        if r:
-            return r, 0
-        pte = lookup_pte(vma, kfp.hva)
-        if pte is None:
-            return -EINVAL, 0
+        return r, 0
     if write and not pte.writable:
         return 0, KVM_PFN_ERR_RO_FAULT
     return 0, kvm_resolve_pfn(w, kfp, None, pte, pte.writable)   # never a reference, any pfn kind

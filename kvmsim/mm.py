@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from .constants import (
-    EAGAIN, EFAULT, EHWPOISON, EINTR, FOLL_HWPOISON, FOLL_INTERRUPTIBLE, FOLL_NOWAIT, FOLL_WRITE,
+    EAGAIN, EFAULT, EHWPOISON, EINTR, EINVAL, FOLL_HWPOISON, FOLL_INTERRUPTIBLE, FOLL_NOWAIT, FOLL_WRITE,
     PAGE_SHIFT, PAGE_SIZE, VM_READ, VM_REMAPPED, VM_SHARED, VM_WRITE,
 )
 from .pfndb import Page, PfnDB
@@ -323,6 +323,24 @@ def fixup_user_fault(w: World, vma: Vma, hva: int, write: bool) -> tuple[int, bo
     unlocked = pte.handler == H_DROPS_LOCK
     pte.present, pte.handler = True, H_POPULATES
     return 0, unlocked
+
+
+def follow_remapped_pte(w: World, vma: Vma, hva: int, write: bool) -> tuple[int, RemapPte | None]:
+    """The PTE walk every generation's ``hva_to_pfn_remapped`` starts with: look the PTE up,
+    else run the fault handler and look again.  Returns (0, pte), (-EAGAIN, None) when the
+    handler dropped the mmap lock (the caller retries its VMA lookup), (-errno, None) when it
+    failed, (-EINVAL, None) when the PTE is still absent."""
+    pte = lookup_pte(vma, hva)
+    if pte is None:
+        r, unlocked = fixup_user_fault(w, vma, hva, write)
+        if unlocked:
+            return -EAGAIN, None
+        if r:
+            return r, None
+        pte = lookup_pte(vma, hva)
+        if pte is None:
+            return -EINVAL, None
+    return 0, pte
 
 
 def hva_page_offset(hva: int) -> int:
