@@ -151,11 +151,14 @@ class Campaign:
         lines = [f"findings after {execs} executions: {len(unknown)} distinct new signature(s), "
                  f"{len(known)} known signature(s)"]
         if unknown:
-            lines.append(f"{'count':>7}  {'first@s':>7}  {'spec ids':<12}  {'first input':<47}  signature")
+            rows = []
             for s, v in unknown:
                 first = _first_input(self.artifacts, s) or v["first_input"]
-                spec = ",".join(_spec_ids(self.artifacts, first)) or "-"
-                lines.append(f"{v['count']:>7}  {v['first_seen']:>7.1f}  {spec:<12}  {first:<47}  {s}")
+                rows.append((v, first, ",".join(_spec_ids(self.artifacts, first)) or "-", s))
+            w = max(8, *(len(r[2]) for r in rows))
+            lines.append(f"{'count':>7}  {'first@s':>7}  {'spec ids':<{w}}  {'first input':<47}  signature")
+            for v, first, spec, s in rows:
+                lines.append(f"{v['count']:>7}  {v['first_seen']:>7.1f}  {spec:<{w}}  {first:<47}  {s}")
         if known:
             by_entry: dict[str, int] = {}
             for _, v in known:
