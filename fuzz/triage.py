@@ -167,7 +167,7 @@ class Verdict:
     memberships: list[str]            # [primary] (empty: no cluster)
     runs: int                         # how many times it was run
     hits: dict[str, int]              # signature -> runs that showed it
-    judgement: Judgement              # of the first run
+    judgement: Judgement              # of a run that shows the primary signature (else the first run)
     scenario: Scenario
     note: str = ""
     also: list[str] = field(default_factory=list)    # other unknown signatures it shows, recorded ones first
@@ -216,17 +216,19 @@ def judge_artifact(art: Artifact, judges: JudgeCache, override: list[Pair] | Non
     if art.sidecar and art.sidecar["signature"] not in recorded:
         recorded.insert(0, art.sidecar["signature"])
     if override:
-        recorded = [s for s in recorded if s.split(" ")[1] in {f"{a}~{b}" if b else a for a, b in pairs}]
-    fu = first.first_unknown()
+        recorded = [s for s in recorded if (s.split(" ") + [""])[1] in {f"{a}~{b}" if b else a for a, b in pairs}]
+    fu = _usual_first(all_runs)
     if nondeterministic := nondet:
         primary = f"nondeterministic {','.join(sorted(nondeterministic))}"
         return Verdict(art, pairs, "nondeterministic", primary, [primary], runs, hits, first, sc,
                        "a simulated backend gave different traces for the same input (a model bug)")
     if fu is not None:
-        primary = fu.signature
-        also = [s for s in dict.fromkeys([*recorded, *(d.signature for d in first.unknown)]) if s in hits and s != primary]
+        primary = fu
+        also = [s for s in dict.fromkeys([*recorded, *(d.signature for j in all_runs for d in j.unknown)])
+                if s in hits and s != primary]
         status = "reproduced" if hits[primary] == runs else "flaky"
-        return Verdict(art, pairs, status, primary, [primary], runs, hits, first, sc, note, also)
+        shown = next(j for j in all_runs if j.find(primary) is not None)      # a run that shows it
+        return Verdict(art, pairs, status, primary, [primary], runs, hits, shown, sc, note, also)
     if recorded:                              # kept in its recorded cluster, labelled
         primary = recorded[0]
         known = first.signatures.get(primary)
@@ -239,6 +241,15 @@ def judge_artifact(art: Artifact, judges: JudgeCache, override: list[Pair] | Non
         return Verdict(art, pairs, status, primary, [primary], runs, hits, first, sc, note)
     return Verdict(art, pairs, "no-divergence", "", [], runs, hits, first, sc,
                    "; ".join(x for x in ("no unknown divergence", note) if x))
+
+
+def _usual_first(runs: list[Judgement]) -> str | None:
+    """The first unknown signature most runs show (the first run's on a tie): a flaky host run
+    that happened to miss the bug does not decide the cluster."""
+    firsts = [d.signature for j in runs if (d := j.first_unknown()) is not None]
+    if not firsts:
+        return None
+    return max(dict.fromkeys(firsts), key=firsts.count)
 
 
 class JudgeCache:
