@@ -102,6 +102,13 @@ def _hwpoison_probe(r: dict[str, Any]) -> bool:
     return False
 
 
+def _unobservable(r: dict[str, Any]) -> bool:
+    if r.pop("_unobservable", False):
+        r["vmm.*"] = NA
+        return True
+    return False
+
+
 RULES: tuple[Rule, ...] = (
     Rule("ignore-call", "§9", "which kernel function a generation used is not behaviour", _ignore_call),
     Rule("ignore-raw-hva", "§1.2, §9", "gfn->hva is the same function in every generation; raw hva values "
@@ -113,6 +120,8 @@ RULES: tuple[Rule, ...] = (
     Rule("writable-only-on-success", "D12", "writable/map_writable are unspecified on error", _writable_on_success),
     Rule("page-out-param", "D26, §3.1", "legacy entry points have no struct page ** out-parameter: their "
          "'page' is not an observation (ownership is compared through held/leaked)", _page_out_param),
+    Rule("unrealisable-is-unobserved", "§9, DESIGN host facts", "a host backend that cannot realise a scenario "
+         "(e.g. a frame at a chosen pfn) reports not_realisable: nothing it says is compared", _unobservable),
     Rule("hwpoison-probe-no-op", "D14", "G1's check_user_page_hwpoison probe adds no outcome in the model "
          "(GUP already reports -EHWPOISON); nothing to rewrite", _hwpoison_probe),
 )
@@ -129,8 +138,11 @@ def flatten(rec: OpRecord, level: str) -> dict[str, Any]:
                 out["api." + k] = v
             out["_call"] = rec.api.get("call")
     if rec.vmm is not None:
-        for k, v in rec.vmm.items():
-            out["vmm." + k] = v
+        if "not_realisable" in rec.vmm or "not_observable" in rec.vmm:
+            out["_unobservable"] = True      # a host that cannot build this world observes nothing
+        else:
+            for k, v in rec.vmm.items():
+                out["vmm." + k] = v
     if level == API_LEVEL:
         out["events"] = list(rec.events)
     return out

@@ -206,3 +206,23 @@ ops:
     guarded_seq0 = noref.replace("want_ref: false", "want_ref: false, guarded: true")
     vs = _violations(guarded_seq0, "sim:g2s-literal:S2")
     assert vs and not any(v.known for v in vs)
+
+
+def test_a_host_that_cannot_realise_a_scenario_observes_nothing():
+    sc = loads_scenario(S8.replace("x86_fault: {gfn: 0x100, write: true}", "access: {gpa: 0x100000}"))
+    sim = get_backend("sim:g1").run(sc)
+    host = Trace("host", [OpRecord(0, "access", {"not_observable": "host"}, {"not_realisable": "no such frame"})],
+                 {"generation": "g3"})
+    assert compare(sc, sim, host, CAT) == []
+
+
+def test_a_host_counts_as_its_kernel_generation_for_the_catalogue():
+    path = os.path.join(os.path.dirname(__file__), "..", "..", "corpus", "seeds", "d05-remapped-refcount0.yaml")
+    from kvmsim import load_scenario
+    sc = load_scenario(path)
+    sim = get_backend("sim:g1").run(sc)
+    host = Trace("host", [OpRecord(0, "lookup", {"not_observable": "host"}),
+                          OpRecord(1, "access", {"not_observable": "host"}, {"outcome": "ok", "data": 0, "exits": []})],
+                 {"generation": "g3"})
+    divs = compare(sc, sim, host, CAT)
+    assert divs and all(d.known and d.oracle == "diff:vmm" for d in divs)
