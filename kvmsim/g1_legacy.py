@@ -105,21 +105,31 @@ def gfn_to_pfn_memslot(w: World, slot: Memslot | None, gfn: int, atomic: bool, i
                        async_out: Out | None, write_fault: bool, writable_out: Out | None,
                        hva_out: Out | None) -> int:
     """``__gfn_to_pfn_memslot``."""
+    hva, early, writable_out = memslot_prelude(slot, gfn, write_fault, writable_out, hva_out)
+    if early is not None:
+        return early
+    return hva_to_pfn(w, hva, atomic, interruptible, async_out, write_fault, writable_out)
+
+
+def memslot_prelude(slot: Memslot | None, gfn: int, write_fault: bool, writable_out: Out | None,
+                    hva_out: Out | None) -> tuple[int, int | None, Out | None]:
+    """The slot checks of ``__gfn_to_pfn_memslot`` (kept by G2's noref variant): the hva, an
+    early error pfn or None, and the writable pointer hva_to_pfn may use (NULL for a RO slot)."""
     hva = gfn_to_hva_many(slot, gfn, write_fault)
     if hva_out is not None:
         hva_out.value = hva                        # written even when hva is an error value (I7)
     if hva == KVM_HVA_ERR_RO_BAD:
         if writable_out is not None:
             writable_out.value = False
-        return KVM_PFN_ERR_RO_FAULT                # I2
+        return hva, KVM_PFN_ERR_RO_FAULT, None     # I2
     if kvm_is_error_hva(hva):
         if writable_out is not None:
             writable_out.value = False
-        return KVM_PFN_NOSLOT                      # I3
+        return hva, KVM_PFN_NOSLOT, None           # I3
     if writable_out is not None and slot.readonly:
         writable_out.value = False                 # I1: never offer RW for a RO slot
         writable_out = None
-    return hva_to_pfn(w, hva, atomic, interruptible, async_out, write_fault, writable_out)
+    return hva, None, writable_out
 
 
 def hva_to_pfn(w: World, hva: int, atomic: bool, interruptible: bool, async_out: Out | None,

@@ -15,15 +15,15 @@ from __future__ import annotations
 
 from .constants import (
     EAGAIN, EHWPOISON, EINTR, FOLL_HWPOISON, FOLL_INTERRUPTIBLE, FOLL_NOWAIT, FOLL_WRITE,
-    KVM_HVA_ERR_RO_BAD, KVM_PFN_ERR_FAULT, KVM_PFN_ERR_HWPOISON, KVM_PFN_ERR_RO_FAULT, KVM_PFN_ERR_SIGPENDING,
-    KVM_PFN_NOSLOT, VM_REMAPPED, is_error_noslot_pfn, is_error_pfn, kvm_is_error_hva,
+    KVM_PFN_ERR_FAULT, KVM_PFN_ERR_HWPOISON, KVM_PFN_ERR_RO_FAULT, KVM_PFN_ERR_SIGPENDING,
+    VM_REMAPPED, is_error_noslot_pfn, is_error_pfn,
 )
 from .g1_legacy import (
-    G1Legacy, _probe_hwpoison, kvm_release_page, kvm_release_pfn, kvm_set_pfn_accessed, kvm_vcpu_map,
+    G1Legacy, _probe_hwpoison, kvm_release_page, memslot_prelude, kvm_release_pfn, kvm_set_pfn_accessed, kvm_vcpu_map,
     refcounted_page,
 )
 from .generation import UNINIT, Fault, HostMap, KernelBug, Lookup, Out, PageResult
-from .memslot import Memslot, gfn_to_hva_many
+from .memslot import Memslot
 from .mm import follow_remapped_pte, gup_fast_only, gup_slow, vma_is_valid
 from .pfndb import Page
 from .scenario import Op
@@ -35,20 +35,9 @@ def gfn_to_pfn_noref_memslot(w: World, slot: Memslot | None, gfn: int, atomic: b
                              hva_out: Out | None, page_out: Out) -> int:
     """``__gfn_to_pfn_noref_memslot``: as G1, but ``*page`` is left unwritten on the RO_FAULT
     and NOSLOT early returns (D26)."""
-    hva = gfn_to_hva_many(slot, gfn, write_fault)
-    if hva_out is not None:
-        hva_out.value = hva
-    if hva == KVM_HVA_ERR_RO_BAD:
-        if writable_out is not None:
-            writable_out.value = False
-        return KVM_PFN_ERR_RO_FAULT
-    if kvm_is_error_hva(hva):
-        if writable_out is not None:
-            writable_out.value = False
-        return KVM_PFN_NOSLOT
-    if writable_out is not None and slot.readonly:
-        writable_out.value = False
-        writable_out = None
+    hva, early, writable_out = memslot_prelude(slot, gfn, write_fault, writable_out, hva_out)
+    if early is not None:
+        return early                               # *page left as the caller had it
     return hva_to_pfn(w, hva, atomic, interruptible, async_out, write_fault, writable_out, page_out)
 
 
