@@ -108,9 +108,11 @@ def junit(records: list[dict[str, Any]], errors: list[str], meta: dict[str, Any]
 
 
 def sarif(records: list[dict[str, Any]], errors: list[str], meta: dict[str, Any], yaml_lines: dict[str, int],
-          base_uri: str) -> str:
+          base_uri: str, prefix: str = "", base_id: str = "TRIAGEROOT") -> str:
     """SARIF 2.1.0: one rule and one result per cluster, located at the first differing op of its
-    minimised reproducer (``clusters/<id>/repro.yaml``, relative to ``base_uri``)."""
+    minimised reproducer (``<prefix>clusters/<id>/repro.yaml`` relative to ``base_uri``; the
+    triage writes ``%SRCROOT%`` and a path from the working directory when the output lies under
+    it, so that a CI job run from the checkout root gets annotations on real files)."""
     rules, results = [], []
     joined = bool(meta.get("joined"))
     for i, c in enumerate(records):
@@ -130,7 +132,7 @@ def sarif(records: list[dict[str, Any]], errors: list[str], meta: dict[str, Any]
         }
         if c["delta"] != "vanished":
             res["locations"] = [{"physicalLocation": {
-                "artifactLocation": {"uri": f"clusters/{c['id']}/repro.yaml", "uriBaseId": "TRIAGEROOT"},
+                "artifactLocation": {"uri": f"{prefix}clusters/{c['id']}/repro.yaml", "uriBaseId": base_id},
                 "region": {"startLine": max(1, yaml_lines.get(c["id"], 1))}}}]
         if joined:
             res["baselineState"] = _BASELINE[c["delta"]]
@@ -139,7 +141,7 @@ def sarif(records: list[dict[str, Any]], errors: list[str], meta: dict[str, Any]
     run: dict[str, Any] = {
         "tool": {"driver": {"name": "pfndiff", "semanticVersion": meta.get("version", "0.1.0"),
                             "rules": rules}},
-        "originalUriBaseIds": {"TRIAGEROOT": {"uri": base_uri}},
+        "originalUriBaseIds": {base_id: {"uri": base_uri}},
         "results": results,
         "invocations": [{"executionSuccessful": not errors, "toolExecutionNotifications": notes}],
     }

@@ -325,5 +325,9 @@ def _write_outputs(out: Outcome, opts: Options, yaml_lines: dict[str, int]) -> N
     if "junit" in opts.formats:
         _write(os.path.join(opts.out, "junit.xml"), formats.junit(r, e, m))
     if "sarif" in opts.formats:
-        base = "file://" + os.path.abspath(opts.out).rstrip("/") + "/"
-        _write(os.path.join(opts.out, "triage.sarif"), formats.sarif(r, e, m, yaml_lines, base))
+        out_abs, cwd = os.path.abspath(opts.out), os.getcwd()
+        if out_abs.startswith(cwd.rstrip("/") + "/"):
+            base, prefix, base_id = "file://" + cwd.rstrip("/") + "/", os.path.relpath(out_abs, cwd) + "/", "%SRCROOT%"
+        else:
+            base, prefix, base_id = "file://" + out_abs.rstrip("/") + "/", "", "TRIAGEROOT"
+        _write(os.path.join(opts.out, "triage.sarif"), formats.sarif(r, e, m, yaml_lines, base, prefix, base_id))

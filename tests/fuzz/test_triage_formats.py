@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import xml.etree.ElementTree as ET
+from pathlib import Path
 
 import jsonschema
 import junitparser
@@ -79,7 +80,9 @@ def test_sarif_validates_against_the_2_1_0_schema(triaged):
     res = run["results"]
     assert res and all(r["level"] == "error" for r in res)
     loc = res[0]["locations"][0]["physicalLocation"]
-    path = triaged / "t1" / loc["artifactLocation"]["uri"]
+    base = run["originalUriBaseIds"][loc["artifactLocation"]["uriBaseId"]]["uri"]
+    assert base.startswith("file://")
+    path = Path(base[len("file://"):]) / loc["artifactLocation"]["uri"]
     lines = path.read_text().splitlines()
     assert lines[loc["region"]["startLine"] - 1].startswith("- ")          # points at an op of repro.yaml
 
@@ -115,3 +118,13 @@ def test_unknown_format_is_a_usage_error(tmp_path, capsys):
     assert main(["triage", str(tmp_path), "--format", "html"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "html" in err
+
+
+def test_sarif_locations_are_relative_to_the_checkout_when_the_output_is_inside(tmp_path, monkeypatch):
+    find(tmp_path / "c", [D10_PAIR], [seed(D10)])
+    monkeypatch.chdir(tmp_path)
+    assert main(["triage", "c", "-o", "ci/triage", "--format", "sarif"]) == 0
+    doc = _validate_sarif(tmp_path / "ci" / "triage" / "triage.sarif")
+    loc = doc["runs"][0]["results"][0]["locations"][0]["physicalLocation"]["artifactLocation"]
+    assert loc["uriBaseId"] == "%SRCROOT%" and loc["uri"].startswith("ci/triage/clusters/")
+    assert (tmp_path / loc["uri"]).is_file()
