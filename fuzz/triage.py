@@ -33,6 +33,7 @@ from oracles.catalogue import load_catalogue
 from oracles.diff import Divergence
 from oracles.signature import signature_id
 
+from .artifacts import read_stats
 from .codec import VERSION, decode
 from .judge import Judge, Judgement, Pair, pairs_from_sidecar
 
@@ -173,6 +174,20 @@ class Verdict:
     also: list[str] = field(default_factory=list)    # other unknown signatures it shows, recorded ones first
 
 
+def campaign_pairs(directory: str) -> list[Pair]:
+    """The pairs a campaign ran, from its per-process counters (``.stats/*.json``): what a raw
+    input without sidecar in a campaign's artifact directory (e.g. libFuzzer's own ``timeout-*``)
+    is re-run on."""
+    pairs: list[Pair] = []
+    for st in read_stats(directory):
+        for p in st.get("pairs") or []:
+            if isinstance(p, str) and "~" in p:
+                a, _, b = p.partition("~")
+                if (a, b) not in pairs:
+                    pairs.append((a, b))
+    return pairs
+
+
 def _sim_only(pairs: list[Pair]) -> bool:
     return all(n.startswith("sim:") for p in pairs for n in p if n)
 
@@ -190,7 +205,9 @@ def judge_artifact(art: Artifact, judges: JudgeCache, override: list[Pair] | Non
         if not pairs:
             raise ArtifactError(f"{art.path}.yaml: the sidecar names no backends")
     else:
-        raise ArtifactError(f"{art.path}: no sidecar; give the backends with --left/--right")
+        pairs = campaign_pairs(os.path.dirname(art.path))
+        if not pairs:
+            raise ArtifactError(f"{art.path}: no sidecar; give the backends with --left/--right")
     try:
         judge = judges.get(pairs)
     except ArtifactError as e:

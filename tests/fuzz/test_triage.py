@@ -248,3 +248,13 @@ def test_sidecar_fields_of_the_wrong_type_are_one_line(tmp_path, capsys):
             yaml.safe_dump(doc, fh)
         rc, _, err = _triage(capsys, str(tmp_path / "c"), "-o", str(tmp_path / "out"))
         assert rc == 2 and err.count("\n") == 1 and key in err and err.startswith(side_path), err
+
+
+def test_a_raw_input_in_a_campaign_directory_uses_the_campaigns_pairs(tmp_path, capsys):
+    paths = find(tmp_path / "c", [D10_PAIR], [seed(D10)])
+    assert os.listdir(tmp_path / "c" / ".stats")
+    shutil.copy(paths[0], tmp_path / "c" / "timeout-0123")          # libFuzzer's naming, no sidecar
+    rc, _, err = _triage(capsys, str(tmp_path / "c"), "-o", str(tmp_path / "out"))
+    assert rc == 0, err
+    members = [m["path"] for c in _clusters(tmp_path / "out") for m in c["members"]]
+    assert str(tmp_path / "c" / "timeout-0123") in members
