@@ -40,10 +40,11 @@ def cmd_corpus(args: argparse.Namespace) -> int:
 def _setup(p: argparse.ArgumentParser) -> None:
     p.add_argument("action", choices=("build", "decode", "minimize", "stats"),
                    help="build: encode the seeds; decode: show inputs; minimize/stats: see fuzz.corpus_minimize")
-    p.add_argument("files", nargs="*", help="decode: input files")
+    p.add_argument("files", nargs="*", help="decode: input files; minimize/stats: corpus directories")
     p.add_argument("--seeds", default=SEEDS, help="seed directory (build)")
     p.add_argument("--out", default=OUT, help="output directory, one subdirectory per target (build)")
     corpus_minimize.add_arguments(p)
 
 
-COMMANDS["corpus"] = ("build the libFuzzer corpora from the YAML seeds, or decode inputs", cmd_corpus, _setup)
+COMMANDS["corpus"] = ("build the libFuzzer corpora from the YAML seeds, decode inputs, minimise a corpus, "
+                      "show its decision-table cells", cmd_corpus, _setup)
