@@ -1,6 +1,10 @@
 """Regression replay (Go ``testdata/fuzz`` style): every reproducer promoted into
 ``corpus/regressions`` by ``pfndiff triage --promote`` still shows the signature its tags name,
-on the pairs they name, and still survives the byte codec (so it can seed a libFuzzer corpus)."""
+on the pairs they name, and still survives the byte codec (so it can seed a libFuzzer corpus).
+
+A failure here means the model or the oracles changed behaviour on a known finding.  If that
+change is intended (a bug fixed, a signature format changed), delete the file and promote again:
+``pfndiff repro FILE`` shows what changed, ``pfndiff triage DIR --promote`` writes the new one."""
 
 from __future__ import annotations
 
