@@ -19,6 +19,7 @@ import subprocess
 import sys
 import sysconfig
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -101,8 +102,11 @@ class QemuSession:
         self._console_pos = 0
         t0 = time.monotonic()
         with open(os.path.join(self.tmp, "qemu.log"), "wb") as log:
+            # PDEATHSIG follows the starting *thread*: only the main thread's children get it (a
+            # guest started from a worker thread is powered off by close() or at exit instead).
+            main = threading.current_thread() is threading.main_thread()
             self.proc = subprocess.Popen(self.command(), stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                                         start_new_session=True, preexec_fn=_pdeathsig)
+                                         start_new_session=True, preexec_fn=_pdeathsig if main else None)
         path = os.path.join(self.tmp, "ctl.sock")
         deadline = t0 + 10.0
         s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)

@@ -1,8 +1,9 @@
 """``qemu:<kernel>`` backends: a cached Debian kernel booted in QEMU runs the scenario through
 the host backend's execution code and returns the same VMM-level trace as ``host``.
 
-Why one boot per backend object: the first ``run`` boots the guest and every later one reuses it
-(a ``pfndiff kernels compare`` batch, a whole ``pfndiff fuzz`` campaign); ``run_many`` is the
+Why one boot per kernel and process: the first ``run`` boots the guest and every later one reuses
+it, from any ``qemu:`` backend object naming that kernel (a ``pfndiff kernels compare`` batch, a
+whole ``pfndiff fuzz`` campaign, the many judges of ``pfndiff triage``); ``run_many`` is the
 explicit batch.  A scenario that times out or kills the guest becomes the observation of the op
 that was running, and the next scenario boots a fresh guest.  Each trace carries the kernel
 messages printed while it ran (``meta.serial``), so a finding's sidecar keeps them.
@@ -11,7 +12,7 @@ messages printed while it ran (``meta.serial``), so a finding's sidecar keeps th
 from __future__ import annotations
 
 import atexit
-import weakref
+import threading
 from collections.abc import Iterable
 from typing import Any
 
@@ -25,7 +26,14 @@ from .qemu import QemuError, QemuSession, qemu_missing
 
 GUEST_TIMEOUT = 10.0          # per scenario inside the guest (a scenario takes milliseconds there)
 HOST_MARGIN = 30.0            # on top of it, for the reply to come back before QEMU is killed
-_LIVE: weakref.WeakSet[QemuBackend] = weakref.WeakSet()
+_SESSIONS: dict[str, QemuSession] = {}           # kernel release -> its running guest
+_LOCKS: dict[str, threading.Lock] = {}           # one request at a time per guest
+_POOL_LOCK = threading.Lock()
+
+
+def _lock_for(release: str) -> threading.Lock:
+    with _POOL_LOCK:
+        return _LOCKS.setdefault(release, threading.Lock())
 
 
 class QemuBackend(Backend):
@@ -42,9 +50,7 @@ class QemuBackend(Backend):
         self.path = path
         self.timeout = timeout
         self.opts = Options(cpl=3 if path == "native-cpl3" else 0)
-        self.session: QemuSession | None = None
         self.boots: list[float] = []
-        _LIVE.add(self)
 
     @property
     def kernel(self) -> KernelEntry | None:
@@ -88,36 +94,36 @@ class QemuBackend(Backend):
         return [self._run_one(sc) for sc in scenarios]
 
     # --- guest -----------------------------------------------------------------------------------
-    def _ensure(self) -> QemuSession:
-        if self.session is not None and self.session.alive:
-            return self.session
-        if self.session is not None:
-            self.session.kill()
-        k = self.kernel
-        if k is None:
-            raise QemuError(self.available() or f"kernel {self.kernel_name} is not cached")
+    def _ensure(self, k: KernelEntry) -> QemuSession:
+        s = _SESSIONS.get(k.release)
+        if s is not None and s.alive:
+            return s
+        if s is not None:
+            s.kill()
         s = QemuSession(k)
         s.start()
         self.boots.append(s.boot_seconds)
-        self.session = s
+        _SESSIONS[k.release] = s
         return s
 
     def _run_one(self, sc: Scenario) -> Trace:
         k = self.kernel
-        meta: dict[str, Any] = {"generation": k.generation if k else None, "kernel": k.release if k else None,
-                                "version": self.version(), "path": self.path, "qemu": "tcg -cpu max"}
-        try:
-            s = self._ensure()
-        except QemuError as e:                      # not the scenario's doing: no trace to give
-            raise BackendError(f"{self.name}: {e}") from None
-        meta["boot_seconds"] = s.boot_seconds
-        s.console_since_last()                      # boot messages stay out of the scenario's serial
-        reply = s.request((sc, self.opts, self.timeout), self.timeout + HOST_MARGIN)
-        serial = s.console_since_last() if s.tmp else ""
+        if k is None:
+            raise BackendError(f"{self.name}: {self.available()}")
+        meta: dict[str, Any] = {"generation": k.generation, "kernel": k.release, "version": self.version(),
+                                "path": self.path, "qemu": "tcg -cpu max"}
+        with _lock_for(k.release):
+            try:
+                s = self._ensure(k)
+            except QemuError as e:                  # not the scenario's doing: no trace to give
+                raise BackendError(f"{self.name}: {e}") from None
+            meta["boot_seconds"] = s.boot_seconds
+            s.console_since_last()                  # boot messages stay out of the scenario's serial
+            reply = s.request((sc, self.opts, self.timeout), self.timeout + HOST_MARGIN)
+            serial = s.console_since_last() if s.tmp else ""
         if isinstance(reply, Exception):
-            tail = serial or ""
             return self._lost(sc, "timeout" if isinstance(reply, TimeoutError) else "crash",
-                              f"the guest was lost ({reply}); QEMU killed", {**meta, "serial": tail})
+                              f"the guest was lost ({reply}); QEMU killed", {**meta, "serial": serial})
         if "error" in reply:
             return self._lost(sc, "crash", str(reply["error"]).strip().splitlines()[-1], {**meta, "serial": serial})
         meta.update(reply["meta"])
@@ -133,18 +139,21 @@ class QemuBackend(Backend):
         return Trace(self.name, recs, {**meta, "lost": outcome, "reason": why})
 
     def close(self) -> None:
-        if self.session is not None:
-            self.session.stop()
-            self.session = None
-
-    def __del__(self) -> None:
-        try:
-            self.close()
-        except Exception:                           # noqa: BLE001 - interpreter shutdown
-            pass
+        """Power off this kernel's guest (shared by every backend object naming the kernel; the
+        next ``run`` boots it again)."""
+        k = self.kernel
+        if k is None:
+            return
+        with _lock_for(k.release):
+            s = _SESSIONS.pop(k.release, None)
+            if s is not None:
+                s.stop()
 
 
 @atexit.register
-def _close_all() -> None:
-    for b in list(_LIVE):
-        b.close()
+def shutdown() -> None:
+    """Power off every guest of this process."""
+    for rel in list(_SESSIONS):
+        s = _SESSIONS.pop(rel, None)
+        if s is not None:
+            s.stop()
