@@ -6,6 +6,7 @@ accesses, VM and worker reused) and the marginal cost of one guest access (slope
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 
@@ -39,17 +40,18 @@ def scenario(n: int, dirty_log: bool = True) -> str:
     return WORLD + "\n".join(ops) + "\n"
 
 
-def rate(b: HostBackend, text: str, seconds: float) -> tuple[float, int, float]:
-    """(executions/s, executions, mean seconds inside KVM_RUN per execution)."""
+def rate(b: HostBackend, text: str, seconds: float) -> tuple[float, int, float, float]:
+    """(executions/s, executions, mean seconds inside KVM_RUN, median seconds inside the worker)."""
     sc = loads_scenario(text)
     b.run(sc)
-    n, in_run, t0 = 0, 0.0, time.perf_counter()
+    n, in_run, worker, t0 = 0, 0.0, [], time.perf_counter()
     while time.perf_counter() - t0 < seconds:
         t = b.run(sc)
         in_run += t.meta["kvm_run_seconds"]
+        worker.append(t.meta["worker_seconds"])
         n += 1
     assert "lost" not in t.meta, t.meta
-    return n / (time.perf_counter() - t0), n, in_run / n
+    return n / (time.perf_counter() - t0), n, in_run / n, sorted(worker)[len(worker) // 2]
 
 
 def main() -> int:
@@ -62,11 +64,14 @@ def main() -> int:
         return 2
     b = HostBackend()
     try:
-        typical, n, _ = rate(b, scenario(16), args.seconds)
+        load = os.getloadavg()[0]
+        typical, n, _, in_worker = rate(b, scenario(16), args.seconds)
         print(f"typical scenario (3 memslots, 16 accesses + dirty log): {typical:,.0f} exec/s "
-              f"({1e6 / typical:,.0f} µs/exec, {n} runs, VM and worker reused)")
-        small, _, run_small = rate(b, scenario(16, dirty_log=False), args.seconds)
-        large, _, run_large = rate(b, scenario(496, dirty_log=False), args.seconds)
+              f"({1e6 / typical:,.0f} µs/exec end to end, {n} runs, VM and worker reused; "
+              f"median {in_worker * 1e6:,.0f} µs of it inside the worker; load average {load:.1f} "
+              f"on {os.cpu_count()} CPUs)")
+        small, _, run_small, _ = rate(b, scenario(16, dirty_log=False), args.seconds)
+        large, _, run_large, _ = rate(b, scenario(496, dirty_log=False), args.seconds)
         per_access = (1 / large - 1 / small) / 480
         in_guest = (run_large - run_small) / 480
         print(f"per access, end to end (slope 16 → 496 accesses): {per_access * 1e6:.2f} µs "

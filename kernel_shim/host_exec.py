@@ -115,13 +115,16 @@ class Machine:
         self.executions += 1
         self.vm.region2 = self.region2 and not opts.region_v1
         struct.pack_into("<Q", self.mem, STATUS_PAGE * k.PAGE + 24, 0)
+        t0 = time.perf_counter()
         ex = Execution(self, sc, opts)
         try:
-            return ex.run()
+            out = ex.run()
         except Exception as e:                      # noqa: BLE001 - a shim failure, reported per op
-            return ex.partial(f"{type(e).__name__}: {e}")
+            out = ex.partial(f"{type(e).__name__}: {e}")
         finally:
             ex.teardown()
+        out["meta"]["worker_seconds"] = round(time.perf_counter() - t0, 6)
+        return out
 
 
 class Execution:
