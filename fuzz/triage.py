@@ -26,7 +26,7 @@ from typing import Any
 import yaml
 
 from kvmsim.backend import BackendError
-from kvmsim.scenario import Scenario, loads_scenario
+from kvmsim.scenario import Scenario, load_scenario, loads_scenario
 from kvmsim.yamlsrc import ScenarioError
 from kvmsim.trace import Trace
 from oracles.catalogue import load_catalogue
@@ -34,7 +34,7 @@ from oracles.diff import Divergence
 from oracles.signature import signature_id
 
 from .artifacts import read_stats
-from .codec import VERSION, decode
+from .codec import VERSION, EncodeError, decode, encode
 from .judge import Judge, Judgement, Pair, pairs_from_sidecar
 
 HOST_RUNS = 10                     # default re-runs of an artifact on a real-host backend
@@ -59,6 +59,8 @@ class Artifact:
     mtime: float
     recorded: Scenario | None = None      # the sidecar's scenario, when the bytes decode differently now
     note: str = ""
+    tag_pairs: list[Pair] = field(default_factory=list)      # a scenario YAML input: the pairs its tags name
+    tag_signatures: list[str] = field(default_factory=list)  # ... and the signature they name
 
     def scenario(self) -> Scenario:
         return self.recorded if self.recorded is not None else decode(self.data)
@@ -95,6 +97,9 @@ def list_inputs(paths: list[str], errors: list[str] | None = None) -> list[str]:
         for root, dirs, files in os.walk(p):
             dirs[:] = sorted(d for d in dirs if d not in _SKIP_DIRS and not d.startswith("."))
             for f in sorted(files):
+                if f.endswith((".yaml", ".yml")) and not f.startswith(".") and f.rsplit(".", 1)[0] not in files:
+                    out.append(os.path.join(root, f))       # no raw twin: a scenario (e.g. a promoted reproducer)
+                    continue
                 if f.startswith(".") or f.endswith((".yaml", ".yml", ".json", ".log", ".md", ".xml", ".sarif", ".dict")):
                     continue
                 out.append(os.path.join(root, f))
@@ -102,8 +107,40 @@ def list_inputs(paths: list[str], errors: list[str] | None = None) -> list[str]:
     return [x for x in out if not (x in seen or seen.add(x))]
 
 
+def load_scenario_input(path: str) -> Artifact:
+    """A scenario YAML as an input (seeds, ``repro.yaml``, promoted regressions): its tags name
+    the pairs; a sidecar whose raw input is missing is an error."""
+    try:
+        mtime = os.stat(path).st_mtime
+        with open(path, encoding="utf-8") as fh:
+            doc = yaml.load(fh, Loader=_SAFE_LOADER)
+    except OSError as e:
+        raise ArtifactError(f"{path}: cannot read: {e.strerror}") from None
+    except (UnicodeDecodeError, yaml.YAMLError):
+        doc = None                                  # let the scenario loader name the line
+    if isinstance(doc, dict) and "divergences" in doc:
+        raise ArtifactError(f"{path}: a sidecar without its input {path.rsplit('.', 1)[0]}")
+    try:
+        sc = load_scenario(path)
+    except ScenarioError as e:
+        raise ArtifactError(str(e)) from None
+    try:
+        data = encode(sc)
+    except EncodeError as e:
+        raise ArtifactError(f"{path}: cannot be encoded for triage: {e}") from None
+    tags = sc.tags or {}
+    pairs: list[Pair] = []
+    for p in tags.get("pairs") or ([f"{tags['left']}~{tags.get('right') or ''}"] if tags.get("left") else []):
+        a, _, b = str(p).partition("~")
+        pairs.append((a, b))
+    recorded = [tags["signature"]] if isinstance(tags.get("signature"), str) else []
+    return Artifact(path, data, None, mtime, None, "", pairs, recorded)
+
+
 def load_artifact(path: str) -> Artifact:
     """The raw input and its sidecar, checked against each other.  Raises ArtifactError."""
+    if path.endswith((".yaml", ".yml")) and not os.path.isfile(path.rsplit(".", 1)[0]):
+        return load_scenario_input(path)
     try:
         with open(path, "rb") as fh:
             data = fh.read()
@@ -205,9 +242,10 @@ def judge_artifact(art: Artifact, judges: JudgeCache, override: list[Pair] | Non
         if not pairs:
             raise ArtifactError(f"{art.path}.yaml: the sidecar names no backends")
     else:
-        pairs = campaign_pairs(os.path.dirname(art.path))
+        pairs = art.tag_pairs or campaign_pairs(os.path.dirname(art.path))
         if not pairs:
-            raise ArtifactError(f"{art.path}: no sidecar; give the backends with --left/--right")
+            what = "its tags name no backend pair" if art.path.endswith((".yaml", ".yml")) else "no sidecar"
+            raise ArtifactError(f"{art.path}: {what}; give the backends with --left/--right")
     try:
         judge = judges.get(pairs)
     except ArtifactError as e:
@@ -232,6 +270,7 @@ def judge_artifact(art: Artifact, judges: JudgeCache, override: list[Pair] | Non
                 and isinstance(s.get("signature"), str)]
     if art.sidecar and art.sidecar["signature"] not in recorded:
         recorded.insert(0, art.sidecar["signature"])
+    recorded += [s for s in art.tag_signatures if s not in recorded]
     if override:
         recorded = [s for s in recorded if (s.split(" ") + [""])[1] in {f"{a}~{b}" if b else a for a, b in pairs}]
     fu = _usual_first(all_runs)

@@ -7,7 +7,7 @@ import os
 import shutil
 
 import yaml
-from test_triage_support import D10, D10_PAIR, d10_other, find, seed
+from test_triage_support import D10, D10_OTHER, D10_PAIR, SEEDS, d10_other, find, seed
 
 from fuzz import triage as tr
 from fuzz.cli import main
@@ -258,3 +258,19 @@ def test_a_raw_input_in_a_campaign_directory_uses_the_campaigns_pairs(tmp_path, 
     assert rc == 0, err
     members = [m["path"] for c in _clusters(tmp_path / "out") for m in c["members"]]
     assert str(tmp_path / "c" / "timeout-0123") in members
+
+
+def test_scenario_yamls_are_inputs_too(tmp_path, capsys):
+    """Seeds, repro.yaml files and promoted reproducers triage like raw inputs (tags name the
+    pair); a sidecar whose input is missing is an error naming it."""
+    d = tmp_path / "yamls"
+    d.mkdir()
+    shutil.copy(os.path.join(SEEDS, D10), d / "a.yaml")
+    (d / "b.yaml").write_text(
+        "tags: {left: sim:g2, right: sim:g2s-literal}\n" + D10_OTHER)
+    paths = find(tmp_path / "c", [D10_PAIR], [seed(D10)])
+    shutil.copy(paths[0] + ".yaml", d / "orphan.yaml")
+    rc, _, err = _triage(capsys, str(d), "-o", str(tmp_path / "out"))
+    assert rc == 2 and err.count("\n") == 1 and "orphan.yaml" in err and "without its input" in err
+    warn = [c for c in _clusters(tmp_path / "out") if "access events" in c["signature"]]
+    assert len(warn) == 1 and {os.path.basename(m["path"]) for m in warn[0]["members"]} == {"a.yaml", "b.yaml"}
