@@ -3,8 +3,9 @@
 on the pairs they name, and still survives the byte codec (so it can seed a libFuzzer corpus).
 
 A failure here means the model or the oracles changed behaviour on a known finding.  If that
-change is intended (a bug fixed, a signature format changed), delete the file and promote again:
-``pfndiff repro FILE`` shows what changed, ``pfndiff triage DIR --promote`` writes the new one."""
+change is intended (a bug fixed, a signature format changed): ``pfndiff repro FILE`` shows what
+changed; move the file out of corpus/regressions and ``pfndiff triage MOVED.yaml --promote``
+writes its successor (or nothing, if the divergence is gone)."""
 
 from __future__ import annotations
 
