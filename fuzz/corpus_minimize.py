@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -28,6 +29,7 @@ from .features import DEFAULT_PAIRS, Feature, FeatureExtractor
 from .judge import Pair
 
 MERGE_TIMEOUT = 3600
+_MERGE_LINE = re.compile(r"MERGE-OUTER: (\d+) new files with (\d+) new features added; (\d+) new coverage edges")
 
 
 class MergeError(Exception):
@@ -56,6 +58,7 @@ class MinimizeReport:
     added_by_cover: int
     log: str
     kept: list[str] = field(default_factory=list)
+    coverage: str = ""                  # what libFuzzer's merge reported keeping
 
     @property
     def share(self) -> float:
@@ -150,7 +153,9 @@ def minimize_corpus(in_dirs: list[str], out_dir: str, pairs: list[Pair] | None =
     tmp = tempfile.mkdtemp(prefix=".merge-", dir=out_dir)
     log_path = os.path.join(out_dir, ".merge.log")
     try:
-        libfuzzer_merge(in_dirs, tmp, pairs, target, log_path, expect_inputs=len(inputs))
+        log = libfuzzer_merge(in_dirs, tmp, pairs, target, log_path, expect_inputs=len(inputs))
+        m = _MERGE_LINE.search(log)
+        coverage = f"{m.group(2)} coverage features, {m.group(3)} edges" if m else ""
         merged = []
         for name in sorted(os.listdir(tmp)):
             with open(os.path.join(tmp, name), "rb") as fh:
@@ -168,7 +173,7 @@ def minimize_corpus(in_dirs: list[str], out_dir: str, pairs: list[Pair] | None =
     after = set().union(*(feats[s] for s in kept)) if kept else set()
     return MinimizeReport(len(inputs), sum(len(i.data) for i in inputs), len(merged), len(kept),
                           sum(len(by_sha[s].data) for s in kept), len(universe), len(universe & after),
-                          len(kept) - len(merged), log_path, kept)
+                          len(kept) - len(merged), log_path, kept, coverage)
 
 
 # --- stats -----------------------------------------------------------------------------------------
@@ -227,7 +232,8 @@ def cmd(args) -> int:
         print(f"pfndiff corpus {args.action}: {e}", file=sys.stderr)
         return EXIT_USAGE
     print(f"before: {r.before_files} file(s), {r.before_bytes} bytes")
-    print(f"libFuzzer -merge=1: {r.merged_files} file(s) keep the code coverage")
+    print(f"libFuzzer -merge=1: {r.merged_files} file(s) keep the code coverage"
+          + (f" ({r.coverage})" if r.coverage else ""))
     print(f"semantic cover: +{r.added_by_cover} file(s) for decision-table cells and oracle outcomes")
     print(f"after: {r.after_files} file(s), {r.after_bytes} bytes in {args.output}")
     print(f"features kept: {r.features_after}/{r.features_before} ({100 * r.share:.1f}%)")
