@@ -54,7 +54,8 @@ class GuestRunner(Runner):
         size = g.SHIM_PAGES * k.PAGE
         fd = k.memfd_create("pfndiff-shim")
         os.ftruncate(fd, size)
-        proc = subprocess.Popen([sys.executable, "-m", "kernel_shim.kernels.guest_worker", str(fd)],
+        flags = ["-S"] if sys.flags.no_site else []          # as this process: no site over 9p
+        proc = subprocess.Popen([sys.executable, *flags, "-m", "kernel_shim.kernels.guest_worker", str(fd)],
                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, pass_fds=(fd,), close_fds=True,
                                 cwd=REPO)
         hva = k.mmap(0, size, k.PROT_READ, k.MAP_SHARED, fd, 0)
