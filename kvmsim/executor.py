@@ -209,8 +209,19 @@ class Executor:
         return v, v.start + (page << PAGE_SHIFT), min(v.end, v.start + ((page + count) << PAGE_SHIFT))
 
     def op_madvise(self, op: Op, rec: OpRecord) -> None:
+        """``madvise(MADV_DONTNEED)``: refused (-EINVAL) for VM_IO/VM_PFNMAP VMAs
+        (``madvise_dontneed_free_valid_vma``); on a 2 MiB (hugetlb) mapping the start must be
+        huge-page aligned and the length is rounded down to whole huge pages."""
         v, s, e = self._span(op)
-        self.invalidate(s, e, lambda: self.w.mm.zap(v, op.page, op.count))
+        count = op.count
+        if v.remapped or (v.host_level > 1 and s % (v.host_level << PAGE_SHIFT)):
+            rec.vmm = {"ret": "-EINVAL"}
+            return
+        if v.host_level > 1:
+            count -= count % v.host_level
+            e = s + (count << PAGE_SHIFT)
+        if count:
+            self.invalidate(s, e, lambda: self.w.mm.zap(v, op.page, count))
         rec.vmm = {"ret": 0}
 
     def op_mprotect(self, op: Op, rec: OpRecord) -> None:

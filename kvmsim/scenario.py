@@ -159,10 +159,10 @@ class Op:
     line: int = field(default=0, compare=False)
 
     def __getattr__(self, name: str) -> Any:
-        try:
-            return self.args[name]
-        except KeyError:
-            raise AttributeError(name) from None
+        args = self.__dict__.get("args")            # absent while unpickling: no recursion
+        if args is None or name not in args:
+            raise AttributeError(name)
+        return args[name]
 
 
 @dataclass

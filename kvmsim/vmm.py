@@ -31,10 +31,10 @@ def guest_access(gen: Generation, w: World, gpa: int, write: bool, value: int) -
     exits: list[str] = []
     faults: list[str] = []
     vmm: dict[str, Any] = {"outcome": "stall", "data": None, "exits": exits}
+    api: dict[str, Any] = {"faults": faults}
     if w.task.signal == "fatal":
-        exits.append("EINTR")
-        vmm["outcome"] = "killed"                  # KVM_RUN refuses to enter; SIGKILL ends the VMM
-        return vmm, {"faults": faults}
+        vmm["outcome"] = "killed"                  # SIGKILL ends the VMM: it sees no exit at all
+        return vmm, api
     for _ in range(MAX_ENTRIES):
         spte = w.sptes.get((as_id, gfn))
         if spte is not None and (spte.writable or not write):
@@ -71,18 +71,19 @@ def guest_access(gen: Generation, w: World, gpa: int, write: bool, value: int) -
         if r in (RET_PF_FIXED, RET_PF_RETRY):
             continue
         if r == RET_PF_EMULATE:
-            _emulate(w, gfn, off, write, value, vmm)
+            api["emulated"] = _emulate(w, gfn, off, write, value, vmm)
             break
-    return vmm, {"faults": faults}
+    return vmm, api
 
 
-def _emulate(w: World, gfn: int, off: int, write: bool, value: int, vmm: dict[str, Any]) -> None:
+def _emulate(w: World, gfn: int, off: int, write: bool, value: int, vmm: dict[str, Any]) -> bool:
     """The emulator's memory operand: ``kvm_vcpu_{read,write}_guest_page`` through the hva;
-    where that fails (no slot, RO slot write, host refuses) the access becomes MMIO."""
+    where that fails (no slot, RO slot write, host refuses) the access becomes MMIO.  Returns
+    whether the emulator completed the access itself (not visible to the VMM)."""
     slot = w.slot_for(gfn, vcpu=True)
     if slot is not None and slot.id == APIC_ACCESS_PAGE_PRIVATE_MEMSLOT and not w.vcpu.guest_mode:
         vmm["outcome"] = "lapic"                   # handled by the in-kernel local APIC, no exit
-        return
+        return False
     hva = gfn_to_hva_many(slot, gfn, write)
     pg = None if hva >= 1 << 47 else _user_access(w, hva, write)
     if pg is None:
@@ -90,14 +91,14 @@ def _emulate(w: World, gfn: int, off: int, write: bool, value: int, vmm: dict[st
         vmm["exits"].append("MMIO")
         vmm["mmio"] = {"gpa": (gfn << PAGE_SHIFT) | off, "len": 8, "is_write": write,
                        "data": value if write else None}
-        return
+        return False
     if write:
         pg.data[off] = value
         w.mark_page_dirty(slot, gfn)
     else:
         vmm["data"] = pg.data.get(off, 0)
     vmm["outcome"] = "ok"
-    vmm["emulated"] = True
+    return True
 
 
 def _user_access(w: World, hva: int, write: bool):

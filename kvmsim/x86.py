@@ -92,10 +92,11 @@ def map_fault(w: World, gen: Generation, f: Fault) -> tuple[int, Spte | None]:
     if is_error_noslot_pfn(f.pfn):                 # only reachable through G2s S6: make_spte masks
         w.events.append("CORRUPT:spte_from_error_pfn")   # the pfn bits, so host frame 0 is mapped
         f.pfn &= (1 << 40) - 1
-    writable = f.map_writable and (f.write or not f.slot.dirty_log)
-    spte = Spte(f.pfn, writable, huge_level(w, gen, f), f.page)
+    # make_spte: writable iff the host mapping is (read faults included), and every writable
+    # SPTE created in a dirty-logged slot marks the gfn dirty (huge pages are off there).
+    spte = Spte(f.pfn, f.map_writable, huge_level(w, gen, f), f.page)
     w.sptes[(f.slot.as_id, f.gfn)] = spte
-    if f.write and writable:
+    if spte.writable:
         w.mark_page_dirty(f.slot, f.gfn)
     return RET_PF_FIXED, spte
 
