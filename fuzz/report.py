@@ -27,6 +27,8 @@ MARK = ">>"
 def _flow(v: Any) -> str:
     if isinstance(v, (dict, list)):
         return yaml.safe_dump(v, default_flow_style=True, width=10**6, sort_keys=False).strip()
+    if isinstance(v, bool):
+        return "true" if v else "false"
     return "null" if v is None else str(v)
 
 
@@ -49,7 +51,16 @@ def op_line(sc: Scenario, i: int) -> str:
     op = sc.ops[i]
     schema = {f.name: f for f in OP_SCHEMAS[op.kind]}
     args = {k: v for k, v in op.args.items() if k not in schema or schema[k].required or v != schema[k].default}
-    return f"{op.kind}: {_flow(args)}" if args else op.kind
+    if not args:
+        return op.kind
+    return f"{op.kind}: {{" + ", ".join(f"{k}: {_hex(v)}" for k, v in args.items()) + "}"
+
+
+def _hex(v: Any) -> str:
+    """Addresses and gfns as in the scenario files (hex from 0x1000 up)."""
+    if isinstance(v, int) and not isinstance(v, bool) and v >= 0x1000:
+        return hex(v)
+    return _flow(v)
 
 
 def _cut(s: str, n: int) -> str:
