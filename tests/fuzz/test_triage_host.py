@@ -6,10 +6,9 @@ from __future__ import annotations
 import json
 
 import pytest
-from test_triage_support import find
+from test_triage_support import D10, find, seed
 
 from fuzz.cli import main
-from kvmsim import loads_scenario
 
 try:
     from kernel_shim.probe import kvm_unusable
@@ -19,20 +18,14 @@ except Exception as e:                       # the shim itself cannot load here
 
 pytestmark = [pytest.mark.kvm, pytest.mark.skipif(WHY is not None, reason=f"needs a usable /dev/kvm: {WHY}")]
 
-# The model accepts MADV_DONTNEED on a VM_PFNMAP mapping; a real kernel refuses it (-EINVAL).
-PFNMAP_MADVISE = """
-world:
-  vmas:
-    - {name: bar, pages: 1, remap: pfnmap}
-ops:
-  - madvise: {vma: bar}
-  - access: {gpa: 0}
-"""
+# The literal sketch's WARN at mmu_seq == 0 (D10/S2) fails the first guest access with -EFAULT; a real
+# kernel completes it.  A bug row, so never catalogued: this pair always diverges.
+PAIR = ("sim:g2s-literal", "host")
 
 
 def test_host_artifacts_are_rerun_n_times_and_the_reliability_reported(tmp_path, capsys):
-    paths = find(tmp_path / "c", [("sim:g3", "host")], [loads_scenario(PFNMAP_MADVISE)])
-    assert paths, "the host no longer differs from the model here"
+    paths = find(tmp_path / "c", [PAIR], [seed(D10)])
+    assert paths, "the literal sketch no longer differs from this host on the D10 seed"
     rc = main(["triage", str(tmp_path / "c"), "-o", str(tmp_path / "out"), "--runs", "3", "--no-minimize"])
     out = capsys.readouterr().out
     assert rc == 0, out
