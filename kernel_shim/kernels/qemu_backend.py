@@ -12,6 +12,7 @@ messages printed while it ran (``meta.serial``), so a finding's sidecar keeps th
 from __future__ import annotations
 
 import atexit
+import os
 import threading
 from collections.abc import Iterable
 from typing import Any
@@ -24,7 +25,8 @@ from ..host_exec import Options
 from .cache import KernelEntry, cached_kernels, find_kernel
 from .qemu import QemuError, QemuSession, qemu_missing
 
-GUEST_TIMEOUT = 10.0          # per scenario inside the guest (a scenario takes milliseconds there)
+# Per scenario inside the guest (a scenario takes milliseconds there; a hung one costs this much).
+GUEST_TIMEOUT = float(os.environ.get("PFNDIFF_QEMU_TIMEOUT", "10"))
 HOST_MARGIN = 30.0            # on top of it, for the reply to come back before QEMU is killed
 _SESSIONS: dict[str, QemuSession] = {}           # kernel release -> its running guest
 _LOCKS: dict[str, threading.Lock] = {}           # one request at a time per guest
