@@ -68,6 +68,8 @@ class QemuSession:
     served: int = 0
     python_flags: tuple[str, ...] = ("-S",)
     _console_pos: int = 0
+    _console_fd: int = -1
+    _console_left: bytes = b""                      # unread output of a killed guest
 
     @property
     def console_path(self) -> str:
@@ -100,6 +102,9 @@ class QemuSession:
             raise QemuError(why)
         self.tmp = tempfile.mkdtemp(prefix="pfndiff-qemu-")
         self._console_pos = 0
+        with open(self.console_path, "wb"):
+            pass                                    # QEMU truncates and writes this same file
+        self._console_fd = os.open(self.console_path, os.O_RDONLY | os.O_CLOEXEC)
         t0 = time.monotonic()
         with open(os.path.join(self.tmp, "qemu.log"), "wb") as log:
             # PDEATHSIG follows the starting *thread*: only the main thread's children get it (a
@@ -133,6 +138,10 @@ class QemuSession:
             self.kill()
             raise QemuError(f"kernel {self.kernel.release}: KVM is not usable in the guest: {hello.get('kvm')}")
         self.hello = hello
+        # Nothing of the session needs a path any more (QEMU and we hold fds): leave nothing on
+        # disk, even if this process is killed and QEMU dies with it.
+        shutil.rmtree(self.tmp, ignore_errors=True)
+        self.tmp = ""
         return hello
 
     @property
@@ -167,22 +176,24 @@ class QemuSession:
             return EOFError(str(e))
         return EOFError("the guest closed the control port") if msg is None else msg
 
+    def _read_console(self, pos: int) -> bytes:
+        if self._console_fd < 0:
+            return b""
+        out = b""
+        while True:
+            chunk = os.pread(self._console_fd, 1 << 20, pos + len(out))
+            if not chunk:
+                return out
+            out += chunk
+
     def console(self) -> str:
-        try:
-            with open(self.console_path, "rb") as fh:
-                return fh.read().decode(errors="replace")
-        except OSError:
-            return ""
+        return self._read_console(0).decode(errors="replace")
 
     def console_since_last(self) -> str:
         """Console output since the previous call (kernel messages of one scenario)."""
-        try:
-            with open(self.console_path, "rb") as fh:
-                fh.seek(self._console_pos)
-                data = fh.read()
-        except OSError:
-            return ""
-        self._console_pos += len(data)
+        data = self._console_left + self._read_console(self._console_pos)
+        self._console_pos += len(data) - len(self._console_left)
+        self._console_left = b""
         text = data.decode(errors="replace")
         return text if len(text) <= SERIAL_KEEP else "…" + text[-SERIAL_KEEP:]
 
@@ -222,6 +233,11 @@ class QemuSession:
                 self.proc.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 pass
+        if self._console_fd >= 0:
+            self._console_left += self._read_console(self._console_pos)
+            self._console_pos += len(self._console_left)
+            os.close(self._console_fd)
+            self._console_fd = -1
         if self.tmp:
             shutil.rmtree(self.tmp, ignore_errors=True)
             self.tmp = ""

@@ -122,7 +122,7 @@ class QemuBackend(Backend):
             meta["boot_seconds"] = s.boot_seconds
             s.console_since_last()                  # boot messages stay out of the scenario's serial
             reply = s.request((sc, self.opts, self.timeout), self.timeout + HOST_MARGIN)
-            serial = s.console_since_last() if s.tmp else ""
+            serial = s.console_since_last()
         if isinstance(reply, Exception):
             return self._lost(sc, "timeout" if isinstance(reply, TimeoutError) else "crash",
                               f"the guest was lost ({reply}); QEMU killed", {**meta, "serial": serial})
