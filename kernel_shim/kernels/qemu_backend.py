@@ -4,8 +4,9 @@ the host backend's execution code and returns the same VMM-level trace as ``host
 Why one boot per kernel and process: the first ``run`` boots the guest and every later one reuses
 it, from any ``qemu:`` backend object naming that kernel (a ``pfndiff kernels compare`` batch, a
 whole ``pfndiff fuzz`` campaign, the many judges of ``pfndiff triage``); ``run_many`` is the
-explicit batch.  A scenario that times out or kills the guest becomes the observation of the op
-that was running, and the next scenario boots a fresh guest.  Each trace carries the kernel
+explicit batch.  A scenario that hangs in the guest is ended by the guest's own deadline and
+becomes the observation of the op that was running; a guest lost altogether (host deadline,
+crash) gives every op of the scenario that outcome, and the next scenario boots a fresh guest.  Each trace carries the kernel
 messages printed while it ran (``meta.serial``), so a finding's sidecar keeps them.
 """
 
@@ -53,10 +54,13 @@ class QemuBackend(Backend):
         self.timeout = timeout
         self.opts = Options(cpl=3 if path == "native-cpl3" else 0)
         self.boots: list[float] = []
+        self._kernel: KernelEntry | None = None
 
     @property
     def kernel(self) -> KernelEntry | None:
-        return find_kernel(self.kernel_name)
+        if self._kernel is None:
+            self._kernel = find_kernel(self.kernel_name)
+        return self._kernel
 
     # --- Backend ---------------------------------------------------------------------------------
     def description(self) -> str:
