@@ -54,10 +54,10 @@ def cmd_list(args: argparse.Namespace) -> int:
     if not ks:
         print(f"no kernels cached in {kernels_dir()} (pfndiff kernels fetch --suite bookworm --suite sid)")
         return 0
-    print(f"{'backend':<12} {'release':<26} {'suite':<10} {'gen':<4} {'kvm.ko':<22} packages")
+    print(f"{'backend':<12} {'release':<26} {'suite':<16} {'gen':<4} {'kvm.ko':<22} packages")
     for e in ks:
         pk = ", ".join(f"{n} {v}" for n, v in e.packages.items())
-        print(f"qemu:{e.name:<7} {e.release:<26} {e.suite:<10} {e.generation:<4} {e.api:<22} {pk}")
+        print(f"qemu:{e.name:<7} {e.release:<26} {e.suite:<16} {e.generation:<4} {e.api:<22} {pk}")
     print(f"cache: {kernels_dir()}")
     return 0
 

@@ -40,7 +40,8 @@ class SuiteSpec:
 SPECS: dict[str, SuiteSpec] = {
     "bookworm": SuiteSpec("bookworm", r"linux-image-(?P<abi>6\.1\.\d+-\d+-amd64)-unsigned"),
     "trixie": SuiteSpec("trixie", r"linux-image-(?P<abi>6\.12\.\d+\+deb13(?:\.\d+)?-amd64)-unsigned"),
-    "trixie-backports": SuiteSpec("trixie-backports", r"linux-image-(?P<abi>\d+\.\d+\.\d+\+bpo[\w.+]*-amd64)-unsigned"),
+    "trixie-backports": SuiteSpec("trixie-backports", r"linux-binary-(?P<abi>\d+\.\d+\.\d+\+deb13(?:\.\d+)?-amd64)",
+                                  modules="linux-modules-{abi}"),
     "sid": SuiteSpec("sid", r"linux-binary-(?P<abi>\d+\.\d+\.\d+\+deb\d+(?:\.\d+)?-amd64)",
                      modules="linux-modules-{abi}"),
 }
