@@ -20,6 +20,7 @@ from kvmsim import get_backend
 from kvmsim.scenario import Scenario, dump_scenario
 from kvmsim.trace import Trace
 from oracles.catalogue import Catalogue, load_catalogue
+from oracles.context import op_contexts
 from oracles.diff import Divergence, check_invariants, compare
 
 from . import artifacts as art
@@ -90,11 +91,13 @@ class Checker:
             except Exception as e:           # a crash of the model is a finding, not a fuzzer crash
                 divs.append(_exception_divergence(name, e))
         try:
+            ctxs = _LazyContexts(sc)
             for left, right in self.pairs:
                 if left in traces and right in traces and left != right:
-                    divs.extend(compare(sc, traces[left], traces[right], self.catalogue, invariants=False))
+                    divs.extend(compare(sc, traces[left], traces[right], self.catalogue, invariants=False,
+                                        ctxs=ctxs))
             for t in traces.values():
-                divs.extend(check_invariants(sc, t, self.catalogue))
+                divs.extend(check_invariants(sc, t, self.catalogue, ctxs))
         except Exception as e:               # an oracle bug must not stop the campaign either
             divs.append(_exception_divergence("oracles", e))
         if divs:
@@ -162,6 +165,31 @@ class Checker:
     def _maybe_flush(self) -> None:
         if self.artifacts and time.time() - self._last_flush >= STATS_EVERY:
             self.flush()
+
+
+class _LazyContexts(list):
+    """The op contexts of one scenario, computed on first use and shared by every pair."""
+
+    def __init__(self, sc: Scenario) -> None:
+        super().__init__()
+        self.sc, self.done = sc, False
+
+    def _fill(self) -> None:
+        if not self.done:
+            self.done = True
+            self.extend(op_contexts(self.sc))
+
+    def __getitem__(self, i):
+        self._fill()
+        return super().__getitem__(i)
+
+    def __len__(self) -> int:
+        self._fill()
+        return super().__len__()
+
+    def __iter__(self):
+        self._fill()
+        return super().__iter__()
 
 
 def _quirks(backend: str) -> list[str]:

@@ -109,6 +109,10 @@ class Catalogue:
         self.entries = entries
         self.path = path
         self.by_id = {e.id: e for e in entries}
+        self._by_op: dict[tuple[str, str], list[Entry]] = {}      # (oracle, op kind) -> entries, in order
+        for e in entries:
+            for op in e.ops:
+                self._by_op.setdefault((e.oracle, op), []).append(e)
 
     def explain(self, oracle: str, op_kind: str, fams: tuple[str, str], fields: list[str],
                 obs: tuple[dict[str, Any], dict[str, Any]], args: dict[str, Any], ctx: dict[str, Any]) -> dict[str, str]:
@@ -116,9 +120,7 @@ class Catalogue:
         out: dict[str, str] = {}
         if fams[0] == fams[1]:
             return out                    # a family never diverges from itself by intent (literal sketch = bugs)
-        for e in self.entries:
-            if e.oracle != oracle or op_kind not in e.ops:
-                continue
+        for e in self._by_op.get((oracle, op_kind), ()):
             for side in self._orientations(e, fams):
                 oa, ob = obs[side], obs[1 - side]
                 if not self._when(e, oa, ob, args, ctx):
@@ -142,8 +144,8 @@ class Catalogue:
         (e.g. a read vs a write fault-in), so later differences there are its consequences."""
         if fams[0] == fams[1]:
             return None
-        for e in self.entries:
-            if e.oracle != "diff" or op_kind not in e.ops or not e.when or not e.taints:
+        for e in self._by_op.get(("diff", op_kind), ()):
+            if not e.when or not e.taints:
                 continue
             if any(k.startswith(("a.", "b.")) for k, _ in e.when):
                 continue

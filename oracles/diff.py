@@ -101,12 +101,14 @@ def _order(fields: list[str]) -> list[str]:
 
 
 def compare(sc: Scenario, left: Trace, right: Trace, cat: Catalogue, level: str | None = None,
-            invariants: bool = True) -> list[Divergence]:
-    """Every divergence between two traces of ``sc``, first differing op first."""
+            invariants: bool = True, ctxs: list[dict[str, Any]] | None = None) -> list[Divergence]:
+    """Every divergence between two traces of ``sc``, first differing op first.  ``ctxs``: the op
+    contexts if the caller already has them (oracles.context.op_contexts)."""
     level = level or level_for(left, right)
     if not invariants and all(_raw_same(a, b) for a, b in zip(left.records, right.records)):
         return []                         # the common case when fuzzing: nothing to normalise
-    ctxs = op_contexts(sc)
+    if ctxs is None:
+        ctxs = op_contexts(sc)
     fams = (_family(left), _family(right))
     out: list[Divergence] = []
     tainted: dict[int, str] = {}          # gfn -> entry id of a known divergence that changed it
