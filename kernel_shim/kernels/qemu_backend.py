@@ -43,7 +43,7 @@ class QemuBackend(Backend):
     """``kernel``: a cached kernel's short name (``6.1``) or release (``6.1.0-41-amd64``)."""
 
     def __init__(self, name: str = "qemu", kernel: str = "", path: str = "native-cpl3",
-                 timeout: float = GUEST_TIMEOUT) -> None:
+                 timeout: float | None = None) -> None:
         if not kernel:
             raise ValueError("name a kernel: qemu:<version>, e.g. qemu:6.1 (see `pfndiff kernels list`)")
         if path not in ("native-cpl3", "emulated"):
@@ -51,7 +51,7 @@ class QemuBackend(Backend):
         self.name = name
         self.kernel_name = kernel
         self.path = path
-        self.timeout = timeout
+        self.timeout = GUEST_TIMEOUT if timeout is None else timeout
         self.opts = Options(cpl=3 if path == "native-cpl3" else 0)
         self.boots: list[float] = []
         self._kernel: KernelEntry | None = None

@@ -180,3 +180,42 @@ def test_a_missed_host_deadline_kills_qemu_and_the_next_scenario_reboots(monkeyp
 
 def test_skips_say_how_to_get_qemu():
     assert "apt-get install qemu-system-x86" in INSTALL_HINT
+
+
+@pytest.mark.slow
+def test_compare_matrix_and_fuzz_findings_on_a_legacy_and_a_merged_kernel(tmp_path, monkeypatch):
+    """The compare report over three seeds, and the fuzzer's judge on a kernel pair: the finding's
+    sidecar names both kernels and keeps each guest's serial output."""
+    legacy, merged = _kernel("bookworm"), _kernel("sid")
+    from pathlib import Path
+
+    import yaml
+
+    from fuzz.codec import encode
+    from fuzz.engine import Checker
+    from kernel_shim.kernels import qemu_backend
+    from kernel_shim.kernels.compare import SEEDS, build_matrix, format_matrix
+    monkeypatch.setattr(qemu_backend, "GUEST_TIMEOUT", 3.0)           # eq-sigpending hangs on 6.1
+    names = [f"qemu:{legacy.name}", f"qemu:{merged.name}"]
+    seeds = Path(SEEDS)
+    files = [str(seeds / f"{n}.yaml") for n in ("eq-sigpending", "eq-remapped-no-struct-page", "eq-ro-slot-write")]
+    try:
+        m = build_matrix(names, files, jobs=2)
+        text = format_matrix(m)
+        rows = {os.path.basename(r.file): r for r in m.rows}
+        assert rows["eq-remapped-no-struct-page.yaml"].cells == {n: "ok ok=0xabc" for n in names}
+        assert not rows["eq-ro-slot-write.yaml"].differences
+        sig = rows["eq-sigpending.yaml"]
+        assert sig.cells[names[0]] == "timeout" and sig.cells[names[1]] == "ok=0x0"
+        assert [(d.op, d.field, d.known) for d in sig.differences] == [(3, "vmm.outcome", False)]
+        assert "uncatalogued" in text and "≠model" in text
+
+        ch = Checker([(names[0], names[1])], artifacts=str(tmp_path))
+        divs = ch.check(encode(loads_scenario((seeds / "eq-sigpending.yaml").read_text())))
+        assert [d.field for d in divs] == ["vmm.outcome"] and not divs[0].known
+        side = yaml.safe_load(next(tmp_path.glob("crash-*.yaml")).read_text())
+        assert side["pair"] == names
+        assert all("serial" in t["meta"] for t in side["traces"].values())
+        assert side["backend_versions"] == {names[0]: f"linux-{legacy.release}", names[1]: f"linux-{merged.release}"}
+    finally:
+        qemu_backend.shutdown()
