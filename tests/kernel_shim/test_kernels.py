@@ -160,11 +160,17 @@ def test_a_hung_scenario_costs_one_record_not_the_guest():
 @pytest.mark.slow
 def test_a_missed_host_deadline_kills_qemu_and_the_next_scenario_reboots(monkeypatch):
     k = _kernel("bookworm")
-    import glob
+    import tempfile
 
-    from kernel_shim.kernels import qemu_backend
-    tmp = os.path.join(os.environ.get("TMPDIR", "/tmp"), "pfndiff-qemu-*")
-    before = set(glob.glob(tmp))
+    from kernel_shim.kernels import qemu, qemu_backend
+    made: list[str] = []
+    real_mkdtemp = tempfile.mkdtemp
+
+    def mkdtemp(*a, **kw):                              # records the sessions' temp directories
+        made.append(real_mkdtemp(*a, **kw))
+        return made[-1]
+
+    monkeypatch.setattr(qemu.tempfile, "mkdtemp", mkdtemp)
     b = qemu_backend.QemuBackend(name=f"qemu:{k.name}", kernel=k.name, timeout=10.0)
     monkeypatch.setattr(qemu_backend, "HOST_MARGIN", -8.0)       # the host gives up after 2 s
     try:
@@ -175,7 +181,7 @@ def test_a_missed_host_deadline_kills_qemu_and_the_next_scenario_reboots(monkeyp
         b.close()
     assert t1.meta["lost"] == "timeout" and "QEMU killed" in t1.meta["reason"]
     assert t2.records[1].vmm["data"] == 0xFEED and len(b.boots) == 2
-    assert set(glob.glob(tmp)) <= before, "a session left its temp directory behind"
+    assert len(made) == 2 and not [d for d in made if os.path.exists(d)], "a session left its temp directory"
 
 
 def test_skips_say_how_to_get_qemu():
