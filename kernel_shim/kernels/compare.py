@@ -88,9 +88,10 @@ class Difference:
     spec: list[str]
     known: bool
 
-    def text(self, tags: list[str]) -> str:
+    def text(self, tags: list[str], equal: str = "") -> str:
+        seed = f"seed tags: {','.join(tags)}" if tags else (f"the seed expects equal: {equal}" if equal else "no seed tags")
         why = (f"catalogued {','.join(self.entries)} = {','.join(self.spec)}" if self.known
-               else f"uncatalogued (seed tags: {','.join(tags) or '-'})")
+               else f"uncatalogued ({seed})")
         return (f"{self.left} vs {self.right} op {self.op} {self.field}: "
                 f"{_short(self.left_value)} / {_short(self.right_value)} — {why}")
 
@@ -234,7 +235,7 @@ def format_matrix(m: Matrix, width: int = 28) -> str:
             mark = "*" if any(d.left == c or d.right == c for d in r.differences) else " "
             txt = r.cells[c] + (" ≠model" if c in r.model_mismatch else "")
             cells.append(f"{mark}{txt[:width - 1]:<{width - 1}}")
-        note = "; ".join(d.text(r.tags) for d in r.differences) or ""
+        note = "; ".join(d.text(r.tags, str(r.scenario.tags.get("equal") or "")) for d in r.differences) or ""
         ndiff += bool(r.differences)
         nmodel += bool(r.model_mismatch)
         lines.append(f"{os.path.basename(r.file)[:-5]:<{name_w}}  " + "  ".join(cells) + ("  " + note if note else ""))
