@@ -38,7 +38,8 @@ def op_contexts(sc: Scenario) -> list[dict[str, Any]]:
     """One dict per op: ``ctx.signal`` (none|pending|fatal), ``ctx.lock_contended``, ``ctx.slot`` (none|invalid|ro|rw), ``ctx.internal``, ``ctx.log_dirty``,
     ``ctx.vma`` (none|normal|mixedmap|remapped), ``ctx.prot``, ``ctx.state`` (normal page state),
     ``ctx.frame`` (kind of the page behind the gfn, when known), ``ctx.pte_present``,
-    ``ctx.pte_writable``, ``ctx.invalidating`` (an invalidation is open), ``ctx.seq0``
+    ``ctx.pte_writable``, ``ctx.invalidating`` (an invalidation is open), ``ctx.raced_before`` (an earlier fault raced
+    with an invalidation), ``ctx.seq0``
     (the notifier sequence may still be 0)."""
     w = sc.world
     kinds = {p.name: p.kind for p in w.pages}
@@ -51,6 +52,7 @@ def op_contexts(sc: Scenario) -> list[dict[str, Any]]:
     ranges: list[tuple[tuple[int, int], tuple[int, int] | None]] = []   # open (hva range, gfn range)
     seq_moved = w.seq != 0
     signal, contended = w.signal, w.mmap_lock_contended
+    raced = False
     maps: dict[str, tuple[int, bool]] = {}
     nmaps = 0
     out: list[dict[str, Any]] = []
@@ -59,7 +61,9 @@ def op_contexts(sc: Scenario) -> list[dict[str, Any]]:
         k = op.kind
         gfn = a.get("gfn")
         ctx: dict[str, Any] = {"ctx.invalidating": open_inval > 0, "ctx.seq0": not seq_moved,
-                               "ctx.signal": signal, "ctx.lock_contended": contended}
+                               "ctx.signal": signal, "ctx.lock_contended": contended, "ctx.raced_before": raced}
+        if k == "x86_fault" and a["race_invalidate"]:
+            raced = True
         if k == "signal":
             signal = a["kind"]
         elif k == "mmap_lock":
