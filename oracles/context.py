@@ -53,6 +53,7 @@ def op_contexts(sc: Scenario) -> list[dict[str, Any]]:
     seq_moved = w.seq != 0
     signal, contended = w.signal, w.mmap_lock_contended
     raced = False
+    smm = w.smm
     maps: dict[str, tuple[int, bool]] = {}
     nmaps = 0
     out: list[dict[str, Any]] = []
@@ -80,10 +81,15 @@ def op_contexts(sc: Scenario) -> list[dict[str, Any]]:
         elif k == "get_dirty_log":
             s = slots.get((a["as_id"], a["slot"]))
             ctx["ctx.gfns"] = (s.gfn, s.gfn + s.spec.pages) if s is not None else None
+        if k == "vcpu_state" and a["smm"] is not None:
+            smm = a["smm"]
+        # x86 faults and guest accesses use the vCPU's address space (SMM = 1), kvm_vcpu_map and
+        # gfn_to_page address space 0, lookups whichever the request names (spec §1.2)
+        as_id = 1 if smm and (k in ("x86_fault", "access") or (k == "lookup" and a["vcpu"])) else 0
         if gfn is not None:
             ctx["ctx.gfn"] = gfn
-            ctx.update(_backing(gfn, slots, vmas, kinds, named))
-            ctx.update(_in_ranges(sc, gfn, slots, ranges))
+            ctx.update(_backing(gfn, slots, vmas, kinds, named, as_id))
+            ctx.update(_in_ranges(sc, gfn, slots, ranges, as_id))
         out.append(ctx)
         if k == "memslot_create":
             spec = SlotSpec(a["slot"], a["gfn"], a["pages"], a["vma"], a["offset"], a["readonly"], a["log_dirty"],
@@ -149,13 +155,13 @@ def _gfn_range(sc: Scenario, hr: tuple[int, int], slots: dict) -> tuple[int, int
     return None if lo is None else (lo, hi)
 
 
-def _in_ranges(sc: Scenario, gfn: int, slots: dict, ranges: list) -> dict[str, Any]:
+def _in_ranges(sc: Scenario, gfn: int, slots: dict, ranges: list, as_id: int = 0) -> dict[str, Any]:
     """Whether the gfn lies in the union of the open invalidations, counted in hvas (<= 6.7) and
     in gfns (>= 6.8), as ``mmu_invalidate_retry_hva``/``_gfn`` see it."""
     counted = [(h, g) for h, g in ranges if g is not None]
     if not counted:
         return {"ctx.inval_hva": False, "ctx.inval_gfn": False}
-    slot = next((s for (as_id, _), s in slots.items() if as_id == 0 and s.gfn <= gfn < s.gfn + s.spec.pages), None)
+    slot = next((s for (a, _), s in slots.items() if a == as_id and s.gfn <= gfn < s.gfn + s.spec.pages), None)
     hlo, hhi = min(h[0] for h, _ in counted), max(h[1] for h, _ in counted)
     glo, ghi = min(g[0] for _, g in counted), max(g[1] for _, g in counted)
     in_hva = False
@@ -165,8 +171,8 @@ def _in_ranges(sc: Scenario, gfn: int, slots: dict, ranges: list) -> dict[str, A
     return {"ctx.inval_hva": in_hva, "ctx.inval_gfn": glo <= gfn < ghi}
 
 
-def _backing(gfn: int, slots: dict, vmas: dict, kinds: dict, named: dict) -> dict[str, Any]:
-    slot = next((s for (as_id, _), s in slots.items() if as_id == 0 and s.gfn <= gfn < s.gfn + s.spec.pages), None)
+def _backing(gfn: int, slots: dict, vmas: dict, kinds: dict, named: dict, as_id: int = 0) -> dict[str, Any]:
+    slot = next((s for (a, _), s in slots.items() if a == as_id and s.gfn <= gfn < s.gfn + s.spec.pages), None)
     if slot is None:
         return {"ctx.slot": "none"}
     ctx: dict[str, Any] = {"ctx.slot": "invalid" if slot.invalid else ("ro" if slot.spec.readonly else "rw"),
