@@ -154,7 +154,10 @@ class _Reader:
         n = self.varint() % (limit + 1)
         raw = self.data[self.pos:self.pos + n]
         self.pos += n
-        return raw.decode("utf-8", errors="replace")
+        text = raw.decode("utf-8", errors="replace")
+        while len(text.encode("utf-8")) > limit:     # U+FFFD takes 3 bytes: keep it re-encodable
+            text = text[:-1]
+        return text
 
     def optint(self) -> int | None:
         v = self.varint()

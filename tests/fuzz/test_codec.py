@@ -167,3 +167,9 @@ def test_too_large_scenarios_are_refused():
     sc.ops = [make_op("invalidate_end")] * (codec.MAX_OPS + 1)
     with pytest.raises(EncodeError):
         encode(sc)
+
+
+def test_invalid_utf8_names_stay_within_the_bounds_when_re_encoded():
+    data = (b"\x00\x08\x1d" + b"\x00" * 11 + b"\x80" * 18)
+    sc = decode(data)
+    assert decode(encode(sc)) == sc
