@@ -50,7 +50,7 @@ def find_bar() -> tuple[str, int] | None:
     return None
 
 
-_BAR = find_bar() if os.path.isdir(PCI) else None
+_BAR: tuple[str, int] | None = None                 # set by install(), inside the guest only
 
 
 class IvshmemBacking(Backing):
@@ -95,6 +95,8 @@ class IvshmemBacking(Backing):
 
 def install() -> str | None:
     """Make the host backend's executor use BAR backings; returns why pfnmap is unavailable."""
+    global _BAR
     from kernel_shim import host_exec
+    _BAR = find_bar()
     host_exec.Backing = IvshmemBacking
     return None if _BAR is not None else "no ivshmem-plain device"
