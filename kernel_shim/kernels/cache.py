@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import threading
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -66,7 +67,7 @@ class KernelEntry:
         if not path.exists():
             mods = {n: (d / "modules" / f"{n}.ko").read_bytes() for n in self.modules}
             blob = build_initramfs((d / "busybox").read_bytes(), mods, self.modules)
-            tmp = path.with_suffix(".tmp")
+            tmp = path.with_suffix(f".{os.getpid()}.{threading.get_ident()}.tmp")     # builders may race
             tmp.write_bytes(blob)
             os.replace(tmp, path)
             for old in d.glob("initramfs-*.cpio"):
@@ -82,7 +83,7 @@ class KernelEntry:
     def save(self) -> None:
         d = asdict(self)
         d.pop("directory")
-        tmp = Path(self.directory) / "manifest.json.tmp"
+        tmp = Path(self.directory) / f"manifest.json.{os.getpid()}.tmp"
         tmp.write_text(json.dumps(d, indent=2) + "\n")
         os.replace(tmp, Path(self.directory) / "manifest.json")
 
