@@ -69,10 +69,7 @@ class KernelEntry:
             blob = build_initramfs((d / "busybox").read_bytes(), mods, self.modules)
             tmp = path.with_suffix(f".{os.getpid()}.{threading.get_ident()}.tmp")     # builders may race
             tmp.write_bytes(blob)
-            os.replace(tmp, path)
-            for old in d.glob("initramfs-*.cpio"):
-                if old != path:
-                    old.unlink(missing_ok=True)
+            os.replace(tmp, path)       # older ones stay: another checkout may boot with its own /init
         return path
 
     def complete(self) -> bool:
