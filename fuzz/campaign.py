@@ -22,6 +22,8 @@ from typing import Any
 
 import yaml
 
+from oracles.signature import signature_id
+
 from . import artifacts as art
 from .codec import dictionary_entries
 
@@ -137,6 +139,7 @@ class Campaign:
     _started: float = 0.0
 
     def status_line(self, elapsed: float, prog: Progress, before: set[str]) -> str:
+        """``before``: signature ids already claimed in this artifacts directory by earlier campaigns."""
         execs, sigs = self.aggregate()
         new = sum(1 for v in sigs.values() if not v["known"])
         known = sum(1 for v in sigs.values() if v["known"])
@@ -158,7 +161,10 @@ class Campaign:
             w = max(8, *(len(r[2]) for r in rows))
             lines.append(f"{'count':>7}  {'first@s':>7}  {'spec ids':<{w}}  {'first input':<47}  signature")
             for v, first, spec, s in rows:
-                lines.append(f"{v['count']:>7}  {v['first_seen']:>7.1f}  {spec:<{w}}  {first:<47}  {s}")
+                old = "*" if signature_id(s) in before else " "
+                lines.append(f"{v['count']:>7}  {v['first_seen']:>7.1f}  {spec:<{w}}  {first:<47}{old} {s}")
+            if any(signature_id(s) in before for _, _, _, s in rows):
+                lines.append("  * already reported by an earlier campaign in this directory (first input is from then)")
         if known:
             by_entry: dict[str, int] = {}
             for _, v in known:
@@ -224,7 +230,6 @@ def _known_signatures(artifacts: str) -> set[str]:
 
 
 def _first_input(artifacts: str, signature: str) -> str | None:
-    from oracles.signature import signature_id
     try:
         with open(os.path.join(artifacts, art.SIGNATURE_DIR, signature_id(signature)), encoding="utf-8") as fh:
             return fh.read().strip()
