@@ -62,6 +62,7 @@ ops:
   - access: {gpa: 0x200000, write: true, value: 1}
   - access: {gpa: 0x200000}
   - access: {gpa: 0x300000}
+  - access: {gpa: 0x60ec00000000, write: true, value: 2}
 """,
     "dirty-log-and-munmap": """
 name: dirty-log-and-munmap
