@@ -46,8 +46,8 @@ _ALL = [
     Quirk("shadow-gpte-dirty",
           "shadow paging: a read fault gets a writable SPTE only if the guest PTE is already dirty "
           "(KVM keeps the guest D bit exact), so in a dirty-logged slot a read marks the page dirty "
-          "exactly when the guest wrote that gfn earlier (even while it had no memslot); the model never "
-          "marks a read dirty"),
+          "exactly when the guest wrote that gfn earlier (even while it had no memslot); the model is TDP, "
+          "where make_spte marks every writable SPTE it creates dirty, read faults included"),
     Quirk("api-ops-not-executed",
           "API-level ops (lookup, gfn_to_page, vcpu_map, x86_fault…) are not observable from /dev/kvm and are "
           "not executed here, so their side effects in the model (a page faulted in or read back from I/O, an "
@@ -95,11 +95,15 @@ def explain(sc: Scenario, d: Any, left: dict[str, Any], right: dict[str, Any], p
         if v is not None and v.remap in ("pfnmap", "io"):
             return "perf-control-page-mkwrite"      # a later read sees what that write stored
     if d.op == "get_dirty_log" and d.field == "dirty" and _pvm():
-        extra = set(right.get("dirty") or []) - set(left.get("dirty") or [])
-        if extra and not set(left.get("dirty") or []) - set(right.get("dirty") or []):
-            base = _slot_base(sc, d.index)
-            written = {op.args["gpa"] >> 12 for op in sc.ops[:d.index] if op.kind == "access" and op.args["write"]}
-            if base is not None and all(base + p in written for p in extra):
+        model, host = set(left.get("dirty") or []), set(right.get("dirty") or [])
+        base = _slot_base(sc, d.index)
+        written = {op.args["gpa"] >> 12 for op in sc.ops[:d.index] if op.kind == "access" and op.args["write"]}
+        if base is not None:
+            # host-only bits: read faults on gfns the guest had written (guest PTE already dirty);
+            # model-only bits: read faults TDP logs but shadow paging does not (guest PTE clean)
+            host_ok = all(base + p in written for p in host - model)
+            model_ok = all(base + p not in written for p in model - host)
+            if (host ^ model) and host_ok and model_ok:
                 return "shadow-gpte-dirty"
     return None
 
