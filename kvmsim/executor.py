@@ -151,7 +151,8 @@ class Executor:
         r, spte = page_fault(self.gen, w, f)
         w.race_hook = None
         d = _deltas(w)
-        rec.api = {"ret": ret_name(r), "result": pfn_class(f.pfn), "frame": _frame(w, f.pfn),
+        called = bool(f.attempts) or f.noslot      # a retry before any lookup has no pfn to report
+        rec.api = {"ret": ret_name(r), "result": pfn_class(f.pfn) if called else None, "frame": _frame(w, f.pfn),
                    "map_writable": f.map_writable if r >= 0 else None,
                    "spte": None if spte is None else {"writable": spte.writable, "level": spte.level},
                    "calls": list(f.attempts), "async_pf": f.async_pf, "mmio_spte": f.mmio_spte,
@@ -214,6 +215,9 @@ class Executor:
         huge-page aligned and the length is rounded down to whole huge pages."""
         v, s, e = self._span(op)
         count = op.count
+        if count == 0:
+            rec.vmm = {"ret": 0}                   # a zero length succeeds before any VMA check
+            return
         if v.remapped or (v.host_level > 1 and s % (v.host_level << PAGE_SHIFT)):
             rec.vmm = {"ret": "-EINVAL"}
             return

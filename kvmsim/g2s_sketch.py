@@ -93,11 +93,12 @@ class G2sSketch(G2Noref):
             w.db.put(foll.page)                    # ref dropped, pointer kept
         return pfn
 
-    def kvm_follow_pfn(self, w: World, gfn: int, flags: int, foll: Foll | None = None) -> tuple[int, Foll]:
+    def kvm_follow_pfn(self, w: World, gfn: int, flags: int, foll: Foll | None = None,
+                       vcpu: bool = True) -> tuple[int, Foll]:
         """The sketch's public entry: FOLL_GET|FOLL_WRITE hard-coded (S4), slot looked up here,
         hva error constants returned as pfns (S5)."""
         flags = FOLL_GET | FOLL_WRITE if "S4" in self.quirks else flags | FOLL_GET
-        slot = w.slot_for(gfn, vcpu=True)
+        slot = w.slot_for(gfn, vcpu=vcpu)
         if foll is None:
             foll = Foll(slot, gfn, flags)
         foll.slot, foll.flags = slot, flags
@@ -134,7 +135,7 @@ class G2sSketch(G2Noref):
         """Sketch ``kvm_vcpu_map``: kmap only a page the API returned (S13), memremap only with
         ``allow_unsafe_kmap``."""
         m = HostMap(op.gfn)
-        pfn, foll = self.kvm_follow_pfn(w, op.gfn, FOLL_WRITE)
+        pfn, foll = self.kvm_follow_pfn(w, op.gfn, FOLL_WRITE, vcpu=False)   # vcpu->kvm: address space 0
         if is_error_noslot_pfn(pfn):
             return -EINVAL, m
         m.pfn = pfn

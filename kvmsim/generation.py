@@ -96,6 +96,7 @@ class Fault:
     attempts: list[str] = field(default_factory=list)   # api calls made, for the trace
     async_pf: str | None = None               # "queued" | "halt" when async #PF took over
     mmio_spte: bool = False
+    noslot: bool = False                       # the path decided "no slot" without a gfn->pfn call
 
 
 class Generation(ABC):

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 
 from .constants import (
-    EFAULT, EINTR, FOLL_WRITE, HPAGE_PAGES, KVM_PFN_ERR_HWPOISON, KVM_PFN_ERR_RO_FAULT, PAGE_SHIFT,
+    EFAULT, EINTR, FOLL_WRITE, HPAGE_PAGES, KVM_PFN_NOSLOT, KVM_PFN_ERR_HWPOISON, KVM_PFN_ERR_RO_FAULT, PAGE_SHIFT,
     RET_PF_CONTINUE, RET_PF_EMULATE, RET_PF_FIXED, RET_PF_RETRY, is_error_noslot_pfn, is_sigpending_pfn,
 )
 from .generation import Fault, Generation
@@ -30,6 +30,7 @@ def kvm_handle_error_pfn(w: World, f: Fault) -> int:
 
 def kvm_handle_noslot_fault(w: World, f: Fault) -> int:
     """§2.7: cache MMIO info; with MMIO caching the map step installs an MMIO SPTE."""
+    f.pfn, f.map_writable, f.noslot = KVM_PFN_NOSLOT, False, True
     if not w.enable_mmio_caching:
         return RET_PF_EMULATE
     f.mmio_spte = True
