@@ -247,7 +247,7 @@ class Executor:
         v, s, e = self._span(op)
 
         def change() -> None:
-            old = v.ptes.get(op.page)
+            old = v.pte(op.page)
             v.ptes[op.page] = RemapPte(op.present, old.page if old else None,   # writable only with
                                        op.writable and bool(v.flags & VM_WRITE), op.handler)   # VM_WRITE
         self.invalidate(s, e, change)

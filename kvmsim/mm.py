@@ -7,6 +7,7 @@ this module (``gup_fast_only``, ``gup_slow``, ``lookup_pte``, ``fixup_user_fault
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -63,6 +64,16 @@ class Vma:
     host_level: int = 1                   # pages per host mapping (512 for a 2 MiB mapping)
     pages: dict[int, PageEntry] = field(default_factory=dict)
     ptes: dict[int, RemapPte] = field(default_factory=dict)
+    # remapped VMAs: PTEs the scenario does not spell out are made on first use (a 512-page BAR
+    # costs nothing until touched); they are writable iff the VMA was never write-protected
+    frame_factory: Callable[[int], RemapPte] | None = None
+    default_pte_writable: bool = True
+
+    def pte(self, idx: int) -> RemapPte | None:
+        p = self.ptes.get(idx)
+        if p is None and self.frame_factory is not None:
+            p = self.ptes[idx] = self.frame_factory(idx)
+        return p
 
     @property
     def remapped(self) -> bool:
@@ -177,7 +188,7 @@ class Mm:
         remapped PTEs are cleared (the driver's handler repopulates them on the next fault)."""
         for i in range(idx, min(idx + count, vma.npages)):
             if vma.remapped:
-                pte = vma.ptes.get(i)
+                pte = vma.pte(i)
                 if pte is not None and pte.present:
                     pte.present, pte.handler = False, H_POPULATES
                 continue
@@ -198,6 +209,7 @@ class Mm:
                     e.state, e.cow = PRESENT_RO, False
             for pte in vma.ptes.values():
                 pte.writable = False
+            vma.default_pte_writable = False
         vma.flags = (vma.flags & ~(VM_READ | VM_WRITE)) | (VM_READ if read else 0) | (VM_WRITE if write else 0)
 
     def unmap(self, vma: Vma) -> None:
@@ -306,7 +318,7 @@ def gup_slow(w: World, hva: int, flags: int, pin: bool = False) -> tuple[int, Pa
 
 def lookup_pte(vma: Vma, hva: int) -> RemapPte | None:
     """``follow_pte``/``follow_pfnmap_start`` on a remapped VMA: the present PTE, or None."""
-    pte = vma.ptes.get(vma.index(hva))
+    pte = vma.pte(vma.index(hva))
     if pte is None or not pte.present:
         return None
     return pte
@@ -317,7 +329,7 @@ def fixup_user_fault(w: World, vma: Vma, hva: int, write: bool) -> tuple[int, bo
     ignores FOLL_NOWAIT: the remapped path is always synchronous (§1.4, D25)."""
     if not vma_is_valid(vma, write):
         return -EFAULT, False
-    pte = vma.ptes.get(vma.index(hva))
+    pte = vma.pte(vma.index(hva))
     if pte is None or pte.page is None or pte.handler == H_FAILS:
         return -EFAULT, False
     unlocked = pte.handler == H_DROPS_LOCK

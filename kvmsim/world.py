@@ -150,17 +150,12 @@ class World:
                   512 if v.host_level == "2m" else 1)
         db = self.db
         if vma.remapped:
-            for i in range(v.pages):
-                spec = v.ptes.get(i)
-                if spec is not None and spec.page is not None:
-                    pg = db.by_name[spec.page]
-                else:
-                    pg = db.declare(f"{v.name}.frame{i}", v.frames)
-                if spec is None:
-                    vma.ptes[i] = RemapPte(True, pg, bool(flags & VM_WRITE))
-                else:                              # a PTE is writable only in a VM_WRITE vma (§1.3)
-                    vma.ptes[i] = RemapPte(spec.present, pg, spec.writable and bool(flags & VM_WRITE),
-                                           spec.handler)
+            vma.default_pte_writable = bool(flags & VM_WRITE)   # PTEs writable only in VM_WRITE vmas (§1.3)
+            vma.frame_factory = lambda i: RemapPte(True, db.declare(f"{v.name}.frame{i}", v.frames),
+                                                   vma.default_pte_writable)
+            for i, spec in v.ptes.items():
+                pg = db.by_name[spec.page] if spec.page is not None else db.declare(f"{v.name}.frame{i}", v.frames)
+                vma.ptes[i] = RemapPte(spec.present, pg, spec.writable and bool(flags & VM_WRITE), spec.handler)
             return vma
         for i, (state, pname) in v.page_states.items():
             e = vma.pages[i] = PageEntry(state)

@@ -170,10 +170,10 @@ def test_pin_variants_count_pins() -> None:
 
 def test_get_unless_zero() -> None:
     w, _ = world("remap:refcount0")
-    pg = w.db.by_name["ram.frame0"]
+    pg = w.mm.by_name("ram").pte(0).page          # frames are made on first use
     assert not w.db.get_unless_zero(pg) and pg.refcount == 0
     w2, _ = world("remap:normal")
-    pg2 = w2.db.by_name["ram.frame0"]
+    pg2 = w2.mm.by_name("ram").pte(0).page
     assert w2.db.get_unless_zero(pg2) and pg2.kvm_refs == 1
 
 
