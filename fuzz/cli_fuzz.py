@@ -75,4 +75,4 @@ def _setup(p: argparse.ArgumentParser) -> None:
     p.add_argument("libfuzzer_args", nargs=argparse.REMAINDER, help="after --: extra libFuzzer flags")
 
 
-COMMANDS["fuzz"] = ("run a differential fuzzing campaign (libFuzzer via atheris)", cmd_fuzz, _setup)
+COMMANDS["fuzz"] = ("run a differential fuzzing campaign (libFuzzer in Python)", cmd_fuzz, _setup)

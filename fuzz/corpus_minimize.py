@@ -1,6 +1,6 @@
 """``pfndiff corpus minimize IN_DIR... -o OUT_DIR`` and ``pfndiff corpus stats DIR``.
 
-Two passes.  (1) libFuzzer's ``-merge=1`` through the executable atheris target keeps the inputs
+Two passes.  (1) libFuzzer's ``-merge=1`` through the executable fuzz target keeps the inputs
 that add code coverage; the merge is *verified* (exit status, libFuzzer's ``MERGE-OUTER`` success
 line, a non-empty result for a non-empty input) because a target that cannot start leaves an empty
 directory that would otherwise pass for a tiny corpus.  (2) A semantic cover adds back the fewest

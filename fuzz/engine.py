@@ -1,6 +1,6 @@
 """One fuzz input, judged: decode, run every backend of the campaign once, compare each pair,
 check each trace's invariants, count known divergences, write an artifact for each signature
-not seen before.  Independent of atheris, so tests and ``pfndiff corpus`` use it directly.
+not seen before.  Independent of the fuzzer runtime, so tests and ``pfndiff corpus`` use it directly.
 
 Why no crash for a finding: the campaign must keep going and count; libFuzzer's own crash path
 would stop a non-fork run at the first finding and name nothing but the input.  So findings are

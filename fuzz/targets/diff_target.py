@@ -13,7 +13,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
-from fuzz.atheris_compat import fuzz, instrumented  # noqa: E402
+from fuzz.targets.atheris_compat import fuzz, instrumented  # noqa: E402
 
 with instrumented():
     import kvmsim.g1_legacy  # noqa: F401,E402  (every generation, instrumented)

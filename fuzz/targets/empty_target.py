@@ -7,7 +7,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
-from fuzz.atheris_compat import fuzz  # noqa: E402
+from fuzz.targets.atheris_compat import fuzz  # noqa: E402
 
 
 def test_one_input(data: bytes) -> None:
