@@ -15,7 +15,7 @@ import yaml
 from .constants import INTERNAL_SLOT_IDS, KVM_USER_MEM_SLOTS, PAGE_SHIFT
 from .mm import HANDLERS, PAGE_STATES, UNPOPULATED
 from .pfndb import NO_STRUCT_PAGE, PAGE_KINDS, REFCOUNT0, ZERO
-from .yamlsrc import Node, ScenarioError, parse
+from .yamlsrc import Node, ScenarioError, parse, plain
 
 SCENARIO_VERSION = 1
 VMA_BASE = 0x7F00_0000_0000
@@ -278,22 +278,14 @@ def loads_scenario(text: str, file: str = "<scenario>") -> Scenario:
     ops = [_read_op(r, n) for n in ops_node.value]
     tags: dict[str, Any] = {}
     if "tags" in top:
-        tags = _plain(top["tags"])
+        tags = plain(top["tags"])
         if not isinstance(tags, dict):
             raise r.err("'tags' must be a mapping", top["tags"].line)
-    sc = Scenario(world, ops, name=str(_plain(top["name"])) if "name" in top else "",
-                  description=str(_plain(top["description"])) if "description" in top else "",
+    sc = Scenario(world, ops, name=str(plain(top["name"])) if "name" in top else "",
+                  description=str(plain(top["description"])) if "description" in top else "",
                   tags=tags, file=file)
     validate(sc)
     return sc
-
-
-def _plain(n: Node) -> Any:
-    if isinstance(n.value, dict):
-        return {k: _plain(v) for k, v in n.value.items()}
-    if isinstance(n.value, list):
-        return [_plain(v) for v in n.value]
-    return n.value
 
 
 def _read_world(r: _Reader, n: Node | None, line: int) -> WorldSpec:

@@ -29,6 +29,15 @@ class Node:
         return self.value.get(key) if isinstance(self.value, dict) else None
 
 
+def plain(n: Node) -> Any:
+    """A line-annotated node back to plain Python values."""
+    if isinstance(n.value, dict):
+        return {k: plain(v) for k, v in n.value.items()}
+    if isinstance(n.value, list):
+        return [plain(v) for v in n.value]
+    return n.value
+
+
 def _convert(node: yaml.Node) -> Node:
     line = node.start_mark.line + 1
     if isinstance(node, yaml.MappingNode):

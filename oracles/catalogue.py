@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kvmsim.scenario import OP_SCHEMAS
-from kvmsim.yamlsrc import Node, ScenarioError, parse
+from kvmsim.yamlsrc import ScenarioError, parse, plain
 
 from .normalise import NA
 
@@ -181,14 +181,6 @@ class Catalogue:
         return True
 
 
-def _plain(n: Node) -> Any:
-    if isinstance(n.value, dict):
-        return {k: _plain(v) for k, v in n.value.items()}
-    if isinstance(n.value, list):
-        return [_plain(v) for v in n.value]
-    return n.value
-
-
 def load_catalogue(path: str = DEFAULT_PATH) -> Catalogue:
     """Read and check the catalogue; raises CatalogueError naming FILE:LINE."""
     try:
@@ -236,23 +228,23 @@ def load_catalogue(path: str = DEFAULT_PATH) -> Catalogue:
             raise err(f"entry {eid}: oracle must be 'diff' or 'inv:<name>'", m["oracle"].line)
         fams: list[frozenset[str]] = []
         for side in ("a", "b"):
-            vals = _plain(m[side]) if side in m else []
+            vals = plain(m[side]) if side in m else []
             if not isinstance(vals, list) or any(v not in FAMILIES for v in vals):
                 raise err(f"entry {eid}: {side} must be a list of {', '.join(FAMILIES)}", m[side].line)
             fams.append(frozenset(vals))
         if oracle == "diff" and not fams[1]:
             raise err(f"entry {eid}: a diff entry needs both sides 'a' and 'b'", n.line)
-        ops = _plain(m["ops"])
+        ops = plain(m["ops"])
         if ops == "*":
             ops = list(OP_SCHEMAS)
         if not isinstance(ops, list) or any(o not in OP_SCHEMAS for o in ops):
             raise err(f"entry {eid}: ops must be a list of op kinds", m["ops"].line)
-        when = _plain(m["when"]) if "when" in m else {}
+        when = plain(m["when"]) if "when" in m else {}
         if not isinstance(when, dict) or any(not k.startswith(("op.", "ctx.", "a.", "b.")) for k in when):
             raise err(f"entry {eid}: when keys must start with op., ctx., a. or b.", m["when"].line)
         explains: tuple[tuple[str, Any], ...] | None = None
         if "explains" in m:
-            ex = _plain(m["explains"])
+            ex = plain(m["explains"])
             if ex != "*":
                 if not isinstance(ex, dict):
                     raise err(f"entry {eid}: explains must be a mapping of field to condition, or '*'",
