@@ -44,7 +44,16 @@ fi
 $B mount -t proc proc /host/proc
 $B mount -t sysfs sys /host/sys
 $B mount -t devtmpfs dev /host/dev
+# a checkout (or venv) under the host's /tmp must stay visible below the guest's own tmpfs /tmp
+$B mkdir -p /hosttmp
+$B mount -o bind /host/tmp /hosttmp
 $B mount -t tmpfs tmp /host/tmp
+for p in $REPO $PY; do
+  case $p in
+    /tmp/*) top=${p#/tmp/}; top=${top%%/*}
+            $B mkdir -p /host/tmp/$top && $B mount -o bind /hosttmp/$top /host/tmp/$top ;;
+  esac
+done
 $B mount -t tmpfs run /host/run 2>/dev/null
 echo "pfndiff-init: $($B uname -r) up $($B cut -d' ' -f1 /proc/uptime)s, kvm: $($B ls /dev/kvm 2>&1)"
 cd /host$REPO
