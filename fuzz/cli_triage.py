@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from typing import Any
 from dataclasses import dataclass
 
 import yaml
@@ -142,17 +143,21 @@ def _pick(path: str, inp: Input, judge: Judge, wanted: str | None) -> tuple[obje
     return j, d.signature
 
 
+def _judged(args: argparse.Namespace, cmd: str) -> tuple[Any, Judge, Any, str, Any]:
+    """Read one input, judge it, and pick the divergence to work on (minimize and repro)."""
+    try:
+        inp = read_input(args.file, _override(args, cmd))
+        judge = Judge(inp.pairs)
+    except (ArtifactError, ValueError) as e:
+        raise UsageError(str(e)) from None                             # one line, exit 2
+    j, sig = _pick(args.file, inp, judge, args.signature)
+    return inp, judge, j, sig, j.find(sig)                             # type: ignore[attr-defined]
+
+
 # --- minimize ------------------------------------------------------------------------------------------
 
 def cmd_minimize(args: argparse.Namespace) -> int:
-    try:
-        inp = read_input(args.file, _override(args, "minimize"))
-        judge = Judge(inp.pairs)
-    except (ArtifactError, ValueError) as e:
-        print(str(e), file=sys.stderr)
-        return EXIT_USAGE
-    j, sig = _pick(args.file, inp, judge, args.signature)
-    d = j.find(sig)                                                    # type: ignore[attr-defined]
+    inp, judge, j, sig, d = _judged(args, "minimize")
     res = minimize(inp.scenario, judge, sig, known=d.known, data=inp.data)
     base = args.out or (args.file[:-5] if args.file.endswith(".yaml") else args.file) + ".min"
     pair = triage_run._pair_of(sig, inp.pairs)
@@ -183,14 +188,7 @@ def _setup_minimize(p: argparse.ArgumentParser) -> None:
 # --- repro -----------------------------------------------------------------------------------------------
 
 def cmd_repro(args: argparse.Namespace) -> int:
-    try:
-        inp = read_input(args.file, _override(args, "repro"))
-        judge = Judge(inp.pairs)
-    except (ArtifactError, ValueError) as e:
-        print(str(e), file=sys.stderr)
-        return EXIT_USAGE
-    j, sig = _pick(args.file, inp, judge, args.signature)
-    d = j.find(sig)                                                    # type: ignore[attr-defined]
+    inp, judge, j, sig, d = _judged(args, "repro")
     traces = j.traces                                                  # type: ignore[attr-defined]
     left = traces[d.left]
     right = traces.get(d.right) if d.right else triage_run._partner(d.left, judge, j)
