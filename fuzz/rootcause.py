@@ -1,0 +1,354 @@
+"""Root causes: why two implementations diverge, computed from the scenario and the two backends,
+not from where the difference became visible.
+
+Why not the signature: a signature is "oracle + pair + op class + field + values", so one bug
+shows once per op class and field it reaches (the sketch's WARN at ``mmu_seq == 0`` reaches
+``access``, ``lookup[noref]``, ``lookup[pin]`` and ``x86_fault``).  A root cause is the decision
+behind all of them, and it is what triage clusters by, campaigns count as new or known, and
+ClusterFuzzLite uses as crash state.  Signatures stay the fine key inside a cause.
+
+How a cause is found, in order:
+
+``quirk``      a literal-sketch backend (``sim:g2s-literal[:Q]``) took part: its quirks are
+               switched off one at a time and each quirk without which the divergence disappears
+               is needed (ablation); the cause is that set (``S2``, ``S4+S5``).  A divergence that
+               survives with every quirk off is not the sketch's bug and falls through.
+``decision``   two simulated generations: both are re-run with the functions of their generation
+               modules recorded (name and class of the return value) during the divergent op;
+               the cause is the innermost function both sides call whose results differ (the
+               kernel function at which they part ways), e.g. ``hva_to_pfn_remapped: pfn |
+               ERR_FAULT``.  Without such a function: the first unexplained field, without its
+               op class.
+``invariant``  one trace breaks an invariant: the invariant, the generation and the WARN/BUG site
+               (never the op class).
+``missing``    a catalogue entry whose conditions hold did not show on the two sides
+               (``expected D6 missing``); the entry is the cause.
+``exception``  a backend or oracle raised: the exception type and where.
+
+The result is a :class:`RootCause` with a stable short ``id`` (``S2``, ``S4+S5`` or
+``<kind>-<8 hex>``), a one-line ``title`` and ``crash_state`` (three lines, ClusterFuzz style).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from kvmsim import get_backend
+from kvmsim.backend import Backend
+from kvmsim.constants import ERRNO_NAMES, is_error_noslot_pfn, pfn_class
+from kvmsim.scenario import Scenario
+from kvmsim.trace import Trace
+from oracles.catalogue import Catalogue, family, load_catalogue
+from oracles.diff import Divergence, check_invariants, compare
+from oracles.signature import event_class
+
+LITERAL = "sim:g2s-literal"
+QUIRKS = ("S2", "S4", "S5", "S6", "S8")
+# spec §4.3: what each literal-sketch bug is, and its §7 divergence row (S6 has none of its own).
+QUIRK_TITLES = {
+    "S2": "the sketch WARNs and fails a no-reference lookup when mmu_seq == 0 (a new VM's sequence)",
+    "S4": "the sketch's kvm_follow_pfn forces FOLL_GET|FOLL_WRITE (read faults become write faults)",
+    "S5": "the sketch returns KVM_HVA_ERR_BAD/KVM_HVA_ERR_RO_BAD as a pfn (-EFAULT instead of MMIO/RO emulation)",
+    "S6": "the sketch's x86 fault-in sets no memslot, so its first attempt sees 'no slot'",
+    "S8": "the sketch's x86 exit path puts fault->page although the first attempt dropped its reference",
+}
+QUIRK_ROWS = {"S2": "D10", "S4": "D23", "S5": "D22", "S8": "D24"}
+
+
+@dataclass(frozen=True)
+class RootCause:
+    """One cause.  ``id`` is stable across runs and machines (it depends only on ``key``)."""
+    id: str
+    kind: str                       # quirk | decision | invariant | missing | exception
+    title: str
+    key: str                        # the full text the id is derived from
+    spec: tuple[str, ...] = ()      # spec rows the cause is (S2, D10; D6 for a missing D6 entry)
+    pair: str = ""                  # the families compared (g2~g3), or the one backend's family
+
+    @property
+    def crash_state(self) -> str:
+        """Three lines, like a ClusterFuzz crash state: kind, where, what."""
+        lines = [f"pfndiff {self.kind} {self.pair}".strip(), *self.title.split(": ", 1)]
+        return "\n".join(x.strip() for x in lines[:3])
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"id": self.id, "kind": self.kind, "title": self.title, "key": self.key,
+                "spec": list(self.spec), "pair": self.pair}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> RootCause:
+        return cls(str(d["id"]), str(d.get("kind", "")), str(d.get("title", "")), str(d.get("key", d["id"])),
+                   tuple(str(s) for s in d.get("spec") or ()), str(d.get("pair", "")))
+
+
+def _hash_id(kind: str, key: str) -> str:
+    return f"{kind[:3]}-{hashlib.sha1(key.encode()).hexdigest()[:8]}"
+
+
+def make(kind: str, key: str, title: str, spec: tuple[str, ...] = (), pair: str = "") -> RootCause:
+    return RootCause(_hash_id(kind, key), kind, title, key, spec, pair)
+
+
+def quirks_of(backend: str) -> list[str]:
+    """``sim:g2s-literal`` -> all five quirks; ``sim:g2s-literal:S4,S8`` -> S4, S8; others none."""
+    if not backend.startswith(LITERAL):
+        return []
+    rest = backend[len(LITERAL):].lstrip(":")
+    return [q for q in rest.split(",") if q] if rest else list(QUIRKS)
+
+
+def with_quirks(qs: list[str] | set[str] | frozenset[str]) -> str:
+    """The backend name of the sketch with exactly these quirks (none: the intended reading)."""
+    qs = sorted(set(qs), key=QUIRKS.index)
+    if not qs:
+        return "sim:g2s"
+    return LITERAL if len(qs) == len(QUIRKS) else f"{LITERAL}:{','.join(qs)}"
+
+
+def quirk_cause(qs: list[str] | set[str]) -> RootCause:
+    qs = sorted(set(qs), key=QUIRKS.index)
+    rid = "+".join(qs)
+    main = qs[-1]
+    title = f"literal-sketch {'quirks' if len(qs) > 1 else 'quirk'} {rid}: {QUIRK_TITLES[main]}"
+    if len(qs) > 1:
+        title += f" (reached through {', '.join(qs[:-1])})"
+    spec = tuple(x for q in qs for x in (q, QUIRK_ROWS.get(q)) if x)
+    return RootCause(rid, "quirk", title, f"quirk {rid}", spec, "g2s")
+
+
+def _rename(signature: str, old: str, new: str) -> str:
+    words = signature.split(" ")
+    if len(words) > 1:
+        words[1] = "~".join(new if b == old else b for b in words[1].split("~"))
+    return " ".join(words)
+
+
+# --- recording the decisions of one op -------------------------------------------------------------------
+
+def ret_class(v: Any) -> str:
+    """The part of a return value that identifies a decision: error pfns and errnos by name,
+    RET_PF_* codes and small counts as numbers, frames as ``pfn``, objects by type."""
+    if v is None or isinstance(v, bool):
+        return str(v)
+    if isinstance(v, int):
+        if is_error_noslot_pfn(v) or v >= 1 << 52:
+            return pfn_class(v)
+        if v < 0:
+            return "-" + ERRNO_NAMES.get(-v, "errno")
+        return str(v) if v < 16 else "pfn"
+    if isinstance(v, tuple):
+        return "(" + ",".join(ret_class(x) for x in v) + ")"
+    name = type(v).__name__
+    if name == "Page":
+        return "page"
+    pfn = getattr(v, "pfn", None)
+    if isinstance(pfn, int):
+        extra = getattr(v, "error", None)
+        return f"{name}({ret_class(pfn)}{',' + str(extra) if extra else ''})"
+    if name == "PageResult":
+        return f"PageResult({'page' if getattr(v, 'page', None) is not None else getattr(v, 'error', None)})"
+    return name
+
+
+def generation_modules(backend: Backend) -> set[str]:
+    """The modules whose functions are the generation's decisions: those of its class hierarchy,
+    plus the shared x86 skeleton."""
+    gen = getattr(backend, "gen", None)
+    if gen is None:
+        return set()
+    mods = {c.__module__ for c in type(gen).__mro__ if c.__module__ not in ("builtins", "abc")}
+    return mods | {"kvmsim.x86"}
+
+
+Call = tuple[str, str, tuple[str, ...]]     # function, return class, the generation functions it called
+
+
+def record_calls(backend: Backend, sc: Scenario, index: int) -> list[Call]:
+    """Every generation-module function that returned while op ``index`` ran, innermost first
+    (return order), with the class of its return value and the functions it called."""
+    mods = generation_modules(backend)
+    out: list[Call] = []
+    stack: list[list[str]] = []
+    state = {"active": False}
+
+    def prof(frame: Any, event: str, arg: Any) -> None:
+        code = frame.f_code
+        if code.co_name == "step" and frame.f_globals.get("__name__") == "kvmsim.executor":
+            if event == "call":
+                state["active"] = frame.f_locals.get("i") == index
+                stack.clear()
+            elif event == "return":
+                state["active"] = False
+            return
+        if not state["active"] or frame.f_globals.get("__name__") not in mods or code.co_name.startswith("<"):
+            return
+        if event == "call":
+            if stack:
+                stack[-1].append(code.co_name)
+            stack.append([])
+        elif event == "return" and stack:
+            callees = stack.pop()
+            out.append((code.co_name, ret_class(arg), tuple(dict.fromkeys(c for c in callees if c not in _SKIP))))
+
+    old = sys.getprofile()
+    sys.setprofile(prof)
+    try:
+        backend.run(sc)
+    except Exception:
+        pass                                    # the calls so far still say where it went
+    finally:
+        sys.setprofile(old)
+    return out
+
+
+_SKIP = {"__init__", "__post_init__", "release", "nothing"}
+
+
+def parting_decision(left: list[Call], right: list[Call]) -> tuple[str, str, str] | None:
+    """The innermost function both sides called whose n-th results differ; else the innermost one
+    whose n-th call went on to different functions."""
+    rseen: dict[str, list[Call]] = {}
+    for c in right:
+        rseen.setdefault(c[0], []).append(c)
+    pairs: list[tuple[Call, Call]] = []
+    count: dict[str, int] = {}
+    for c in left:
+        k = count.get(c[0], 0)
+        count[c[0]] = k + 1
+        if c[0] in _SKIP or k >= len(rseen.get(c[0], ())):
+            continue
+        pairs.append((c, rseen[c[0]][k]))
+    for lc, rc in pairs:
+        if lc[1] != rc[1]:
+            return lc[0], lc[1], rc[1]
+    for lc, rc in pairs:
+        if lc[2] != rc[2]:
+            return lc[0], "calls " + ("+".join(lc[2]) or "nothing"), "calls " + ("+".join(rc[2]) or "nothing")
+    return None
+
+
+# --- the analysis ---------------------------------------------------------------------------------------
+
+@dataclass
+class RootCauser:
+    """Computes root causes; backends are created once and reused."""
+    catalogue: Catalogue | None = None
+    backends: dict[str, Backend] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.catalogue is None:
+            self.catalogue = load_catalogue()
+
+    def backend(self, name: str) -> Backend:
+        if name not in self.backends:
+            self.backends[name] = get_backend(name)
+        return self.backends[name]
+
+    def _run(self, name: str, sc: Scenario) -> Trace | None:
+        try:
+            return self.backend(name).run(sc)
+        except Exception:
+            return None
+
+    def _shows(self, sc: Scenario, d: Divergence, lit: str, alt: str) -> bool:
+        """Does the divergence's signature still show with ``lit`` replaced by ``alt``?"""
+        assert self.catalogue is not None
+        want = _rename(d.signature, lit, alt)
+        left = alt if d.left == lit else d.left
+        right = alt if d.right == lit else d.right
+        lt = self._run(left, sc)
+        if lt is None:
+            return False
+        if not d.right:
+            divs = check_invariants(sc, lt, self.catalogue)
+        else:
+            rt = self._run(right, sc)
+            if rt is None or left == right:
+                return False
+            divs = compare(sc, lt, rt, self.catalogue, invariants=False)
+        return any(x.signature == want and not x.known for x in divs)
+
+    def quirks_needed(self, sc: Scenario, d: Divergence) -> list[str] | None:
+        """The literal-sketch quirks this divergence needs; None when it is not the sketch's."""
+        lits = [b for b in (d.left, d.right) if b and b.startswith(LITERAL)]
+        if not lits or d.oracle == "exception":
+            return None
+        lit = lits[0]
+        qs = quirks_of(lit)
+        if self._shows(sc, d, lit, "sim:g2s"):
+            return None                          # survives the intended reading: not a quirk
+        needed = [q for q in qs if not self._shows(sc, d, lit, with_quirks(set(qs) - {q}))]
+        if needed and (set(needed) == set(qs) or self._shows(sc, d, lit, with_quirks(needed))):
+            return needed
+        for q in qs:                             # several quirks each suffice: the first that does alone
+            if self._shows(sc, d, lit, with_quirks({q})):
+                return [q]
+        return needed or qs
+
+    def __call__(self, sc: Scenario, d: Divergence) -> RootCause:
+        return self.cause(sc, d)
+
+    def cause(self, sc: Scenario, d: Divergence) -> RootCause:
+        if d.oracle == "exception" or d.oracle.startswith("nondeterministic"):
+            where = d.left_obs.get("at", "?")
+            exc = str(d.left_obs.get("exception", "")).split(":")[0]
+            return make("exception", d.signature, f"{d.left} raised {exc}: at {where}", (), d.left)
+        if d.oracle.startswith("missing:"):
+            eid = d.oracle.split(":", 1)[1]
+            e = self.catalogue.by_id.get(eid) if self.catalogue else None
+            spec = e.spec if e else "?"
+            return make("missing", f"missing {eid}", f"expected {spec} missing: entry {eid} "
+                        f"({e.title if e else 'unknown entry'}) did not show", (spec,),
+                        f"{family(d.left)}~{family(d.right)}")
+        qs = self.quirks_needed(sc, d)
+        if qs:
+            return quirk_cause(qs)
+        if not d.right:
+            return self._invariant(d)
+        return self._decision(sc, d)
+
+    def _invariant(self, d: Divergence) -> RootCause:
+        fam = family(d.left)
+        v = d.left_obs.get(d.field)
+        what = ",".join(sorted({event_class(e) for e in v})) if isinstance(v, list) and v else d.field
+        key = f"{d.oracle} {fam} {what}"
+        return make("invariant", key, f"{d.oracle} on {fam}: {what}", (), fam)
+
+    def _decision(self, sc: Scenario, d: Divergence) -> RootCause:
+        fams = f"{family(d.left)}~{family(d.right)}"
+        found = None
+        if d.left.startswith("sim:") and d.right.startswith("sim:") and d.index < len(sc.ops):
+            lcalls = record_calls(self.backend(d.left), sc, d.index)
+            rcalls = record_calls(self.backend(d.right), sc, d.index)
+            found = parting_decision(lcalls, rcalls)
+        if found is not None:
+            fn, lr, rr = found
+            key = f"decision {fams} {fn} {lr}|{rr}"
+            verb = "" if lr.startswith("calls ") else "returns "
+            title = f"{fams} part ways in {fn}: {family(d.left)} {verb}{lr}, {family(d.right)} {verb}{rr}"
+        else:
+            lv, rv = (d.signature.rsplit(" ", 1)[-1].split(">") + [""])[:2]
+            key = f"decision {fams} {d.field} {lv}>{rv}"
+            title = f"{fams} differ in {d.field}: {lv} on {family(d.left)}, {rv} on {family(d.right)}"
+        spec = tuple(sorted({self.catalogue.by_id[e.split(' (')[0]].spec for e in d.explained.values()
+                             if self.catalogue and e.split(" (")[0] in self.catalogue.by_id}))
+        return make("decision", key, title, spec, fams)
+
+
+_DEFAULT: list[RootCauser] = []
+
+
+def root_cause(sc: Scenario, d: Divergence, catalogue: Catalogue | None = None) -> RootCause:
+    """The root cause of divergence ``d`` of scenario ``sc`` (the public entry point)."""
+    if catalogue is not None:
+        return RootCauser(catalogue)(sc, d)
+    if not _DEFAULT:
+        _DEFAULT.append(RootCauser())
+    return _DEFAULT[0](sc, d)
+
+
+CauseFn = Callable[[Scenario, Divergence], RootCause]
