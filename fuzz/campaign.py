@@ -25,6 +25,7 @@ import yaml
 from oracles.signature import signature_id
 
 from . import artifacts as art
+from . import crash as crash_mode
 from .codec import dictionary_entries
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -57,6 +58,7 @@ class Campaign:
     log: str = ""
     out: Callable[[str], None] = print
     run_id: str = field(default_factory=lambda: uuid.uuid4().hex[:8])
+    crash: bool = False              # crash mode (fuzz.crash): stop at the first finding
 
     def command(self, dict_path: str) -> list[str]:
         cmd = [TARGETS["diff"], f"-max_total_time={self.seconds}", f"-artifact_prefix={self.artifacts}/",
@@ -71,6 +73,7 @@ class Campaign:
         env["PATH"] = bindir + os.pathsep + env.get("PATH", "")      # the shebang's python3 = this venv
         env["PFNDIFF_PAIRS"] = ";".join(f"{a}~{b}" for a, b in self.pairs)
         env["PFNDIFF_ARTIFACTS"] = os.path.abspath(self.stats_root())
+        env[crash_mode.ENV] = "1" if self.crash else "0"      # never inherited: keep-going is the default
         env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
         return env
 

@@ -57,7 +57,7 @@ def cmd_fuzz(args: argparse.Namespace) -> int:
         build_corpus()                    # cheap, and never stale: the seeds may have changed
         seeds.append(os.path.join(BUNDLED_CORPUS, "diff"))
     c = Campaign(pairs, args.time, args.jobs, args.corpus, args.artifacts, seeds, extra,
-                 status_every=args.status_every)
+                 status_every=args.status_every, crash=args.crash)
     return c.run()
 
 
@@ -71,6 +71,9 @@ def _setup(p: argparse.ArgumentParser) -> None:
     p.add_argument("--corpus", default="fuzz-out/corpus", help="working corpus directory (grows)")
     p.add_argument("--artifacts", default="artifacts", help="where findings are written")
     p.add_argument("--no-seeds", action="store_true", help="do not add the bundled seed corpus")
+    p.add_argument("--crash", action="store_true",
+                   help="crash mode: a finding raises an uncaught exception naming it (as under ClusterFuzzLite); "
+                        "libFuzzer stops at the first one unless --jobs > 1")
     p.add_argument("--status-every", type=float, default=5.0, help="seconds between status lines")
     p.add_argument("libfuzzer_args", nargs=argparse.REMAINDER, help="after --: extra libFuzzer flags")
 

@@ -2,9 +2,11 @@
 check each trace's invariants, count known divergences, write an artifact for each signature
 not seen before.  Independent of the fuzzer runtime, so tests and ``pfndiff corpus`` use it directly.
 
-Why no crash for a finding: the campaign must keep going and count; libFuzzer's own crash path
-would stop a non-fork run at the first finding and name nothing but the input.  So findings are
-written here (atomically) and the target returns normally.
+Why no crash for a finding (by default): the campaign must keep going and count; libFuzzer's own
+crash path would stop a non-fork run at the first finding and name nothing but the input.  So
+findings are written here (atomically) and the target returns normally.  Crash mode (``crash``,
+for engines such as ClusterFuzzLite that only see crashes) raises for the input's finding after
+recording it, from frames that name it (fuzz.crash).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from oracles.context import op_contexts
 from oracles.diff import Divergence, check_invariants, compare
 
 from . import artifacts as art
+from . import crash as crash_mode
 from .codec import VERSION as CODEC_VERSION
 from .codec import decode
 
@@ -66,6 +69,7 @@ class Checker:
     t0: float = field(default_factory=time.time)
     execs: int = 0
     stats: dict[str, SigStat] = field(default_factory=dict)
+    crash: bool = False               # raise for an unknown divergence (fuzz.crash) instead of going on
     _last_flush: float = 0.0
 
     def __post_init__(self) -> None:
@@ -103,6 +107,11 @@ class Checker:
         if divs:
             self._record(data, sc, divs, traces)
         self._maybe_flush()
+        if self.crash and divs:
+            finding = crash_mode.primary(divs)
+            if finding is not None:
+                self.flush()
+                crash_mode.raise_finding(finding, self.spec_ids(divs, traces), self.pairs, art.input_name(data))
         return divs
 
     def _record(self, data: bytes, sc: Scenario, divs: list[Divergence], traces: dict[str, Trace]) -> None:
@@ -130,9 +139,6 @@ class Checker:
     def sidecar(self, sc: Scenario, fresh: list[Divergence], divs: list[Divergence], traces: dict[str, Trace],
                 now: float) -> dict[str, Any]:
         first = fresh[0]
-        involved = sorted({self.catalogue.by_id[e.split(" (")[0]].spec for d in divs for e in d.entries
-                           if e.split(" (")[0] in self.catalogue.by_id})
-        quirks = sorted({q for n in traces for q in _quirks(n)})
         backends = [first.left] + ([first.right] if first.right else [])
         return {
             "signature": first.signature, "id": first.sig_id,
@@ -142,7 +148,7 @@ class Checker:
                                    "args": sc.ops[first.index].args if first.index < len(sc.ops) else None},
             "field": first.field, "fields": first.fields,
             "observations": {first.left: first.left_obs, **({first.right: first.right_obs} if first.right else {})},
-            "spec_ids": involved + quirks,
+            "spec_ids": self.spec_ids(divs, traces),
             "divergences": [d.to_dict() for d in divs],
             "backend_versions": {n: self.backends[n].version() for n in backends if n in self.backends},
             "host": art.host_info(), "codec_version": CODEC_VERSION,
@@ -150,6 +156,12 @@ class Checker:
             "scenario": dump_scenario(sc),
             "traces": {n: traces[n].to_dict() for n in backends if n in traces},
         }
+
+    def spec_ids(self, divs: list[Divergence], traces: dict[str, Trace]) -> list[str]:
+        """Catalogue rows of the known divergences, then the literal sketch's quirks in play."""
+        involved = sorted({self.catalogue.by_id[e.split(" (")[0]].spec for d in divs for e in d.entries
+                           if e.split(" (")[0] in self.catalogue.by_id})
+        return involved + sorted({q for n in traces for q in _quirks(n)})
 
     # --- counters ---------------------------------------------------------------------------------
     def snapshot(self) -> dict[str, Any]:

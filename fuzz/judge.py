@@ -15,7 +15,7 @@ from kvmsim.backend import Backend, BackendError
 from kvmsim.scenario import Scenario
 from kvmsim.trace import Trace
 from oracles.catalogue import Catalogue, load_catalogue
-from oracles.diff import Divergence, check_invariants, compare
+from oracles.diff import Divergence, check_invariants, compare, report_order
 
 from .engine import _exception_divergence, _quirks
 
@@ -94,7 +94,7 @@ class Judge:
                 divs.extend(compare(sc, traces[left], traces[right], self.catalogue, invariants=False))
         for t in traces.values():
             divs.extend(check_invariants(sc, t, self.catalogue))
-        divs.sort(key=lambda d: (d.index, not d.oracle.startswith("diff:") and d.oracle != "exception"))
+        divs.sort(key=report_order)
         return Judgement(traces, divs)
 
     def spec_ids(self, j: Judgement) -> list[str]:

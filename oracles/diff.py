@@ -204,5 +204,11 @@ def _cascade(ctx: dict[str, Any], tainted: dict[int, str]) -> str | None:
     return None
 
 
+def report_order(d: Divergence) -> tuple[int, bool]:
+    """Sort key of an input's divergences: op order, pair diffs (and model exceptions) before
+    single-trace invariants.  The first unknown one in this order is the input's finding."""
+    return d.index, not d.oracle.startswith("diff:") and d.oracle != "exception"
+
+
 def first_unknown(divs: list[Divergence]) -> Divergence | None:
     return next((d for d in divs if not d.known), None)

@@ -5,7 +5,12 @@ Pairs come from ``PFNDIFF_PAIRS`` (``sim:g2~sim:g3;sim:g2~sim:g2s-literal``) or 
 argument ``--pairs=...`` (removed before libFuzzer sees argv); findings go to
 ``PFNDIFF_ARTIFACTS`` (default ``./artifacts``).  Executable with a shebang so that libFuzzer's
 ``-fork``, ``-jobs`` and ``-merge`` can re-run it.  Known divergences are counted, unknown ones
-written as ``crash-<sha1>`` + YAML sidecar; the target never crashes on a finding.
+written as ``crash-<sha1>`` + YAML sidecar; by default the target never crashes on a finding.
+
+Crash mode (``--crash`` or ``PFNDIFF_CRASH=1``; on by default in the ClusterFuzzLite build): an
+unknown divergence raises an uncaught exception whose innermost frames name it (fuzz.crash), so
+libFuzzer writes the input and an engine such as ClusterFuzzLite files it.  Sidecars are then
+written only where ``PFNDIFF_ARTIFACTS`` is set.
 """
 
 import os
@@ -24,6 +29,7 @@ with instrumented():
     import kvmsim.sim_backend  # noqa: F401,E402
     from fuzz import codec  # noqa: F401,E402
 
+from fuzz import crash  # noqa: E402
 from fuzz.engine import Checker, parse_pairs  # noqa: E402
 
 
@@ -35,6 +41,9 @@ def main() -> None:
             pairs = a.split("=", 1)[1]
             argv.remove(a)
             os.environ["PFNDIFF_PAIRS"] = pairs          # fork/jobs children re-read it
+        elif a == "--crash":
+            argv.remove(a)
+            os.environ[crash.ENV] = "1"
     try:
         t0 = float(os.environ.get("PFNDIFF_T0", "0")) or None
     except ValueError:
@@ -42,9 +51,11 @@ def main() -> None:
     for a in argv[1:]:                      # libFuzzer refuses a missing artifact directory
         if a.startswith("-artifact_prefix=") and a.endswith("/"):
             os.makedirs(a.split("=", 1)[1], exist_ok=True)
-    artifacts = os.environ.get("PFNDIFF_ARTIFACTS", "artifacts")
-    os.makedirs(artifacts, exist_ok=True)
-    checker = Checker(parse_pairs(pairs), artifacts)
+    crashing = crash.enabled()
+    artifacts = os.environ.get("PFNDIFF_ARTIFACTS", "" if crashing else "artifacts") or None
+    if artifacts:
+        os.makedirs(artifacts, exist_ok=True)
+    checker = Checker(parse_pairs(pairs), artifacts, crash=crashing)
     if t0:
         checker.t0 = t0
 

@@ -1,0 +1,120 @@
+"""Crash mode: a finding becomes an uncaught exception whose stack names its cause.
+
+Why: a fuzzing engine that knows nothing about pfndiff (ClusterFuzzLite, OSS-Fuzz/ClusterFuzz)
+sees a Python finding only as an uncaught exception.  ClusterFuzz's crash type for it is
+"Uncaught exception" and its crash *state* is the names of the three innermost frames (the
+exception text is ignored; names shorter than 3 characters or on its ignore list -- starting with
+``new``/``free``/``main``/``abort``..., containing ``assert``... -- are skipped; lines are cut at 80
+characters).  Equal states are one testcase; states sharing two frames in order are grouped.
+
+So the exception is raised from inside three functions generated for the finding and named after
+its crash-state parts (``crash_parts``, the one place that decides them): the same signature
+gives the same state whatever the input, different signatures give different states, and the
+outer two frames (oracle and op class, pair) group related signatures the way a triage cluster
+holds them.  The exception message carries signature, id, spec ids and the pair on one line.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import types
+from collections.abc import Callable
+
+from oracles.diff import Divergence, report_order
+
+ENV = "PFNDIFF_CRASH"
+FRAMES = 3                     # ClusterFuzz's MAX_CRASH_STATE_FRAMES
+LINE_CAP = 80                  # ClusterFuzz's LINE_LENGTH_CAP for crash-state lines
+
+# Frame names ClusterFuzz would skip (its STACK_FRAME_IGNORE_REGEXES, as far as a name made of
+# [A-Za-z0-9_] can meet them): prefixes, and substrings anywhere in the name.
+_IGNORED_PREFIX = re.compile(
+    r"^(abort|exit$|raise$|new|New|free|main|malloc|calloc|realloc|delete|operator|scanf|asan_|_asan_|"
+    r"kasan_|_start|gsignal|g_log|dump_stack|dump_backtrace|show_stack|print_trailer|object_err|"
+    r"check_memory_region|common_exit|generic_cpp_|mozalloc_|tgkill|pthread_|_+|aeabi_|mem(cmp|cpy|move|set)|"
+    r"str(cmp|cpy|dup|len|ncpy)|rust_|libfuzzer_|LLVMFuzzer|TestOneProtoInput|WTF|X11Error|Abort|CFCrash|"
+    r"ExitCallback|IsSandboxedProcess|MSanAtExitWrapper|RaiseException|SbSystem|Signal|art_|exit_or_)")
+_IGNORED_ANYWHERE = ("assert", "logger", "PartitionAlloc", "allocator_shim", "asan_", "libpthread", "DebugBreak",
+                     "SkDebugf", "DefaultDcheckHandler", "ForceCrashOnSigAbort", "RtlFreeHeap", "RtlUserThreadStart",
+                     "RtlInitializeExceptionChain", "RtlReportCriticalFailure", "RtlpHeapHandleError",
+                     "RtlpLogHeapFailure", "BaseThreadInitThunk", "StackDumpSignalHandler", "tmainCRTStartup",
+                     "ASAN_OnSIGSEGV", "libgcc_s")
+
+
+class PfndiffFinding(Exception):
+    """A divergence no catalogue entry explains (crash mode only)."""
+
+
+def enabled(value: str | None = None) -> bool:
+    """Crash mode from ``PFNDIFF_CRASH`` (``1``/``yes``/``on``/``true``); off when unset."""
+    v = os.environ.get(ENV, "") if value is None else value
+    return v.strip().lower() in ("1", "yes", "on", "true")
+
+
+def primary(divs: list[Divergence]) -> Divergence | None:
+    """The finding an input stands for: its first unknown divergence in report order (op order,
+    pair diffs before single-trace invariants), the key ``pfndiff triage`` clusters by."""
+    return next((d for d in sorted(divs, key=report_order) if not d.known), None)
+
+
+def crash_parts(d: Divergence) -> tuple[str, str, str]:
+    """The crash state of a finding, innermost frame first: what differs (field and value
+    classes, with the signature id so that distinct signatures never share a state), where
+    (oracle and op class), between whom (the pair, or the one backend of an invariant)."""
+    oracle, pair, opc, fld, values = (d.signature.split(" ", 4) + ["", "", "", "", ""])[:5]
+    return (f"{fld} {values} {d.sig_id}", f"{oracle} {opc}", pair.replace("~", " vs "))
+
+
+def frame_name(part: str, keep_tail: int = 0) -> str:
+    """A function name ClusterFuzz keeps verbatim: [A-Za-z0-9_], at least 3 characters, nothing
+    it ignores, at most ``LINE_CAP`` characters (the last ``keep_tail`` are kept when cutting)."""
+    s = part.replace(">", " to ").replace("+", " plus ").replace("!", " not ")
+    s = re.sub(r"[^A-Za-z0-9]+", "_", s).strip("_") or "none"
+    for bad in _IGNORED_ANYWHERE:
+        while bad in s:
+            s = s.replace(bad, bad[0] + "X" + bad[1:])
+    if _IGNORED_PREFIX.match(s) or len(s) < 3 or s[0].isdigit():
+        s = "at_" + s
+    if len(s) > LINE_CAP:
+        s = s[:LINE_CAP - keep_tail - 1] + "_" + s[-keep_tail:] if keep_tail else s[:LINE_CAP]
+    return s
+
+
+def crash_state(d: Divergence) -> list[str]:
+    """The frame names, innermost first: what ClusterFuzz's parser will report as the state."""
+    inner, middle, outer = crash_parts(d)
+    return [frame_name(inner, keep_tail=len(d.sig_id)), frame_name(middle), frame_name(outer)]
+
+
+def message(d: Divergence, spec_ids: list[str], pairs: list[tuple[str, str]], name: str) -> str:
+    """One line: what, its id, the spec rows involved, how to reproduce."""
+    pair_txt = ";".join(f"{a}~{b}" for a, b in pairs)
+    left, right = (d.left, d.right) if d.right else (d.left, d.left)
+    return (f"{d.signature} [id {d.sig_id}; spec {','.join(spec_ids) or '-'}; pairs {pair_txt}] "
+            f"reproduce: pfndiff repro {name} --left {left} --right {right}").replace("\n", " ")
+
+
+def _frame(exc: BaseException, *inner: Callable[..., None]) -> None:
+    """Template of every generated frame: call the next one inward, or raise."""
+    if not inner:
+        raise exc
+    inner[0](exc, *inner[1:])
+
+
+_CHAINS: dict[tuple[str, ...], list[Callable[..., None]]] = {}
+
+
+def _chain(names: list[str]) -> list[Callable[..., None]]:
+    """Outermost first; one function per name, made once per distinct crash state."""
+    key = tuple(names)
+    if key not in _CHAINS:
+        _CHAINS[key] = [types.FunctionType(_frame.__code__.replace(co_name=n, co_qualname=n), _frame.__globals__, n)
+                        for n in reversed(names)]
+    return _CHAINS[key]
+
+
+def raise_finding(d: Divergence, spec_ids: list[str], pairs: list[tuple[str, str]], name: str) -> None:
+    """Raise ``PfndiffFinding`` from inside the frames named by ``crash_state(d)``."""
+    chain = _chain(crash_state(d))
+    chain[0](PfndiffFinding(message(d, spec_ids, pairs, name)), *chain[1:])

@@ -1,0 +1,97 @@
+"""Crash mode (fuzz.crash): which inputs raise, from which frames, with which message."""
+
+from __future__ import annotations
+
+import glob
+import os
+import re
+import traceback
+
+import pytest
+
+from fuzz import crash
+from fuzz.corpus import encode_seed, seed_files
+from fuzz.engine import Checker, parse_pairs
+from oracles.diff import Divergence
+
+REPO = os.path.join(os.path.dirname(__file__), "..", "..")
+SEEDS = os.path.join(REPO, "corpus", "seeds")
+LITERAL = "sim:g2~sim:g2s-literal"
+
+
+def _raised(checker: Checker, data: bytes) -> crash.PfndiffFinding:
+    with pytest.raises(crash.PfndiffFinding) as info:
+        checker.check(data)
+    return info.value
+
+
+def _innermost_names(exc: BaseException, n: int = 3) -> list[str]:
+    return [f.name for f in reversed(traceback.extract_tb(exc.__traceback__))][:n]
+
+
+def test_an_unknown_divergence_raises_from_frames_named_after_it():
+    checker = Checker(parse_pairs(LITERAL), None, crash=True)
+    data = encode_seed(os.path.join(SEEDS, "d10-sketch-warn-seq0.yaml"))
+    exc = _raised(checker, data)
+    finding = crash.primary(Checker(parse_pairs(LITERAL), None).check(data))
+    assert finding is not None and not finding.known
+    assert _innermost_names(exc) == crash.crash_state(finding)
+    text = str(exc)
+    assert "\n" not in text
+    assert finding.signature in text and f"id {finding.sig_id}" in text and "S2" in text
+    assert "pfndiff repro crash-" in text
+
+
+def test_known_divergences_never_raise_and_keep_going_is_the_default():
+    data = encode_seed(os.path.join(SEEDS, "d05-remapped-refcount0.yaml"))
+    divs = Checker(parse_pairs("sim:g1~sim:g3"), None, crash=True).check(data)     # D5: catalogued
+    assert divs and all(d.known for d in divs)
+    literal = encode_seed(os.path.join(SEEDS, "d10-sketch-warn-seq0.yaml"))
+    assert any(not d.known for d in Checker(parse_pairs(LITERAL), None).check(literal))   # no raise
+
+
+def test_the_primary_finding_is_the_first_unknown_in_report_order():
+    def div(index: int, oracle: str, known: bool) -> Divergence:
+        d = Divergence(oracle, "sim:a", "sim:b" if oracle.startswith("diff:") else "", index, "access",
+                       ["f"], "f", {}, {}, {"f": "D1"} if known else {})
+        d.signature = f"{oracle} {index}"
+        return d
+    divs = [div(3, "diff:api", False), div(1, "inv:x", False), div(1, "diff:api", True), div(2, "diff:api", False)]
+    assert crash.primary(divs).signature == "inv:x 1"
+    assert crash.primary([divs[2]]) is None
+
+
+def _all_divergences() -> list[Divergence]:
+    out = []
+    inputs = seed_files() + sorted(glob.glob(os.path.join(REPO, "corpus", "regressions", "*.yaml")))
+    for pairs in ("sim:g1~sim:g3;sim:g2~sim:g3;sim:g2f~sim:g3", "sim:g2~sim:g2s-literal;sim:g1~sim:g2s"):
+        checker = Checker(parse_pairs(pairs), None)
+        for path in inputs:
+            out.extend(checker.check(encode_seed(path)))
+    return out
+
+
+def test_crash_states_are_valid_frame_names_and_tell_signatures_apart():
+    states: dict[tuple[str, ...], str] = {}
+    for d in _all_divergences():
+        state = crash.crash_state(d)
+        for name in state:
+            assert re.fullmatch(r"[A-Za-z][A-Za-z0-9_]{2,79}", name), name
+            assert "assert" not in name and not re.match(r"(new|New|free|main|abort)", name), name
+        assert state[0].endswith(d.sig_id)
+        assert states.setdefault(tuple(state), d.signature) == d.signature
+    assert len(states) > 10
+
+
+def test_frame_names_avoid_what_clusterfuzz_skips():
+    assert crash.frame_name("x") == "at_x"
+    assert crash.frame_name("main loop") == "at_main_loop"
+    assert "assert" not in crash.frame_name("lockdep_assert_held")
+    assert crash.frame_name("events []>[WARN:a]") == "events_to_WARN_a"
+    long = crash.frame_name("a" * 200 + " 0123456789ab", keep_tail=12)
+    assert len(long) == crash.LINE_CAP and long.endswith("_0123456789ab")
+
+
+@pytest.mark.parametrize("value,on", [("1", True), ("yes", True), ("0", False), ("", False), ("off", False)])
+def test_the_environment_variable(value, on):
+    assert crash.enabled(value) is on
