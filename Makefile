@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: test fuzz venv lint bench clean
+.PHONY: test fuzz venv lint bench clean real-parts
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found (pfndiff needs Python 3.11)"; exit 2; }
@@ -18,7 +18,12 @@ venv: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 
-test: $(STAMP)
+# The real parts the tests run against (apt packages such as QEMU, Debian kernels): one list in
+# tools/real_parts.py, installed or fetched when missing; what cannot be set up makes its tests skip.
+real-parts: $(STAMP)
+	$(BIN)/python tools/real_parts.py
+
+test: $(STAMP) real-parts
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest
 

@@ -83,14 +83,11 @@ class QemuBackend(Backend):
         return d
 
     def available(self) -> str | None:
-        why = qemu_missing()
-        if why is not None:
-            return why
-        if self.kernel is None:
+        if self.kernel is None:                     # the more specific reason first
             have = ", ".join(e.name for e in cached_kernels()) or "none"
             return (f"kernel {self.kernel_name} is not cached (cached: {have}); "
                     "fetch it with `pfndiff kernels fetch --suite bookworm|trixie|sid`")
-        return None
+        return qemu_missing()
 
     def run(self, scenario: Scenario) -> Trace:
         return self._run_one(scenario)
