@@ -35,7 +35,8 @@ class _Vma:
 
 
 def op_contexts(sc: Scenario) -> list[dict[str, Any]]:
-    """One dict per op: ``ctx.signal`` (none|pending|fatal), ``ctx.lock_contended``, ``ctx.slot`` (none|invalid|ro|rw), ``ctx.internal``, ``ctx.log_dirty``,
+    """One dict per op: ``ctx.signal`` (none|pending|fatal), ``ctx.lock_contended``, ``ctx.slot`` (none|invalid|ro|rw), ``ctx.internal``,
+    ``ctx.internal_slot`` (tss|apic_access|identity_map or None), ``ctx.guest_mode`` (the vCPU runs L2), ``ctx.log_dirty``,
     ``ctx.vma`` (none|normal|mixedmap|remapped), ``ctx.prot``, ``ctx.state`` (normal page state),
     ``ctx.frame`` (kind of the page behind the gfn, when known), ``ctx.pte_present``,
     ``ctx.pte_writable``, ``ctx.invalidating`` (an invalidation is open), ``ctx.raced_before`` (an earlier fault raced
@@ -53,7 +54,7 @@ def op_contexts(sc: Scenario) -> list[dict[str, Any]]:
     seq_moved = w.seq != 0
     signal, contended = w.signal, w.mmap_lock_contended
     raced = False
-    smm = w.smm
+    smm, guest_mode = w.smm, w.guest_mode
     maps: dict[str, tuple[int, bool]] = {}
     nmaps = 0
     out: list[dict[str, Any]] = []
@@ -62,7 +63,8 @@ def op_contexts(sc: Scenario) -> list[dict[str, Any]]:
         k = op.kind
         gfn = a.get("gfn")
         ctx: dict[str, Any] = {"ctx.invalidating": open_inval > 0, "ctx.seq0": not seq_moved,
-                               "ctx.signal": signal, "ctx.lock_contended": contended, "ctx.raced_before": raced}
+                               "ctx.signal": signal, "ctx.lock_contended": contended, "ctx.raced_before": raced,
+                               "ctx.guest_mode": guest_mode}
         if k == "x86_fault" and a["race_invalidate"]:
             raced = True
         if k == "signal":
@@ -83,6 +85,8 @@ def op_contexts(sc: Scenario) -> list[dict[str, Any]]:
             ctx["ctx.gfns"] = (s.gfn, s.gfn + s.spec.pages) if s is not None else None
         if k == "vcpu_state" and a["smm"] is not None:
             smm = a["smm"]
+        if k == "vcpu_state" and a["guest_mode"] is not None:
+            guest_mode = a["guest_mode"]
         # x86 faults and guest accesses use the vCPU's address space (SMM = 1), kvm_vcpu_map and
         # gfn_to_page address space 0, lookups whichever the request names (spec §1.2)
         as_id = 1 if smm and (k in ("x86_fault", "access") or (k == "lookup" and a["vcpu"])) else 0
@@ -176,7 +180,8 @@ def _backing(gfn: int, slots: dict, vmas: dict, kinds: dict, named: dict, as_id:
     if slot is None:
         return {"ctx.slot": "none"}
     ctx: dict[str, Any] = {"ctx.slot": "invalid" if slot.invalid else ("ro" if slot.spec.readonly else "rw"),
-                           "ctx.internal": slot.spec.internal is not None, "ctx.log_dirty": slot.log_dirty}
+                           "ctx.internal": slot.spec.internal is not None, "ctx.log_dirty": slot.log_dirty,
+                           "ctx.internal_slot": slot.spec.internal}
     v = vmas.get(slot.spec.vma)
     if v is None or not v.live:
         ctx["ctx.vma"] = "none"

@@ -1,6 +1,6 @@
 """Every seed in corpus/seeds states, from the spec, what the two generations it names observe
 (`tags.expect`).  This replays each seed and checks those observations on the raw traces: the
-divergence rows D1–D27 really diverge the stated way, and the expected-equal classes of §9 give
+divergence rows D1–D28 really diverge the stated way, and the expected-equal classes of §9 give
 the stated observation on every generation they list."""
 
 from __future__ import annotations
