@@ -8,20 +8,25 @@ exception text is ignored; names shorter than 3 characters or on its ignore list
 characters).  Equal states are one testcase; states sharing two frames in order are grouped.
 
 So the exception is raised from inside three functions generated for the finding and named after
-its crash-state parts (``crash_parts``, the one place that decides them): the same signature
-gives the same state whatever the input, different signatures give different states, and the
-outer two frames (oracle and op class, pair) group related signatures the way a triage cluster
-holds them.  The exception message carries signature, id, spec ids and the pair on one line.
+the parts of its root cause (fuzz.rootcause; ``crash_parts`` is the one place that decides them):
+the same cause gives the same state whatever the input, op class or field that shows it, and
+different causes give different states -- one ClusterFuzz testcase per cause, as one triage
+cluster per cause.  The exception message carries the cause, the signature and its id, the spec
+ids and the pairs on one line.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import types
 from collections.abc import Callable
 
+from kvmsim.scenario import Scenario
 from oracles.diff import Divergence, report_order
+
+from .rootcause import RootCause, root_cause
 
 ENV = "PFNDIFF_CRASH"
 FRAMES = 3                     # ClusterFuzz's MAX_CRASH_STATE_FRAMES
@@ -58,41 +63,49 @@ def primary(divs: list[Divergence]) -> Divergence | None:
     return next((d for d in sorted(divs, key=report_order) if not d.known), None)
 
 
-def crash_parts(d: Divergence) -> tuple[str, str, str]:
-    """The crash state of a finding, innermost frame first: what differs (field and value
-    classes, with the signature id so that distinct signatures never share a state), where
-    (oracle and op class), between whom (the pair, or the one backend of an invariant)."""
-    oracle, pair, opc, fld, values = (d.signature.split(" ", 4) + ["", "", "", "", ""])[:5]
-    return (f"{fld} {values} {d.sig_id}", f"{oracle} {opc}", pair.replace("~", " vs "))
+def crash_parts(sc: Scenario, d: Divergence) -> tuple[RootCause, tuple[str, str, str]]:
+    """The cause of a finding and its crash state, innermost frame first: what the cause is, with
+    its id; where the two sides part (or which quirk); a digest of the cause's key.  The last word
+    of each part survives cutting; the digests keep distinct causes from sharing or nearly sharing
+    frames (ClusterFuzz groups states with two equal frames or ~80 % similar lines)."""
+    cause = root_cause(sc, d)
+    where, _, what = cause.title.partition(": ")
+    digest = hashlib.sha1(cause.key.encode()).hexdigest()
+    return cause, (f"{what or where} {cause.id}", f"{where[:40]} {digest[:12]}", f"cause {digest[12:28]}")
 
 
-def frame_name(part: str, keep_tail: int = 0) -> str:
+def _slug(text: str) -> str:
+    s = text.replace(">", " to ").replace("+", " plus ").replace("!", " not ").replace("==", " eq ")
+    return re.sub(r"[^A-Za-z0-9]+", "_", s).strip("_") or "none"
+
+
+def frame_name(part: str) -> str:
     """A function name ClusterFuzz keeps verbatim: [A-Za-z0-9_], at least 3 characters, nothing
-    it ignores, at most ``LINE_CAP`` characters (the last ``keep_tail`` are kept when cutting)."""
-    s = part.replace(">", " to ").replace("+", " plus ").replace("!", " not ")
-    s = re.sub(r"[^A-Za-z0-9]+", "_", s).strip("_") or "none"
+    it ignores, at most ``LINE_CAP`` characters (the part's last word is kept when cutting)."""
+    s = _slug(part)
     for bad in _IGNORED_ANYWHERE:
         while bad in s:
             s = s.replace(bad, bad[0] + "X" + bad[1:])
     if _IGNORED_PREFIX.match(s) or len(s) < 3 or s[0].isdigit():
         s = "at_" + s
     if len(s) > LINE_CAP:
-        s = s[:LINE_CAP - keep_tail - 1] + "_" + s[-keep_tail:] if keep_tail else s[:LINE_CAP]
+        tail = _slug(part.split()[-1]) if part.split() else ""
+        s = s[:LINE_CAP - len(tail) - 1] + "_" + tail if 0 < len(tail) < LINE_CAP // 2 else s[:LINE_CAP]
     return s
 
 
-def crash_state(d: Divergence) -> list[str]:
+def crash_state(parts: tuple[str, str, str]) -> list[str]:
     """The frame names, innermost first: what ClusterFuzz's parser will report as the state."""
-    inner, middle, outer = crash_parts(d)
-    return [frame_name(inner, keep_tail=len(d.sig_id)), frame_name(middle), frame_name(outer)]
+    return [frame_name(p) for p in parts]
 
 
-def message(d: Divergence, spec_ids: list[str], pairs: list[tuple[str, str]], name: str) -> str:
-    """One line: what, its id, the spec rows involved, how to reproduce."""
+def message(cause: RootCause, d: Divergence, spec_ids: list[str], pairs: list[tuple[str, str]], name: str) -> str:
+    """One line: the cause, the signature and its id, the spec rows involved, how to reproduce."""
+    spec = list(dict.fromkeys([*cause.spec, *spec_ids]))
     pair_txt = ";".join(f"{a}~{b}" for a, b in pairs)
     left, right = (d.left, d.right) if d.right else (d.left, d.left)
-    return (f"{d.signature} [id {d.sig_id}; spec {','.join(spec_ids) or '-'}; pairs {pair_txt}] "
-            f"reproduce: pfndiff repro {name} --left {left} --right {right}").replace("\n", " ")
+    return (f"cause {cause.id}: {cause.title} | signature {d.signature} [id {d.sig_id}] | spec {','.join(spec) or '-'} "
+            f"| pairs {pair_txt} | reproduce: pfndiff repro {name} --left {left} --right {right}").replace("\n", " ")
 
 
 def _frame(exc: BaseException, *inner: Callable[..., None]) -> None:
@@ -114,7 +127,8 @@ def _chain(names: list[str]) -> list[Callable[..., None]]:
     return _CHAINS[key]
 
 
-def raise_finding(d: Divergence, spec_ids: list[str], pairs: list[tuple[str, str]], name: str) -> None:
-    """Raise ``PfndiffFinding`` from inside the frames named by ``crash_state(d)``."""
-    chain = _chain(crash_state(d))
-    chain[0](PfndiffFinding(message(d, spec_ids, pairs, name)), *chain[1:])
+def raise_finding(sc: Scenario, d: Divergence, spec_ids: list[str], pairs: list[tuple[str, str]], name: str) -> None:
+    """Raise ``PfndiffFinding`` from inside the frames named by the finding's crash state."""
+    cause, parts = crash_parts(sc, d)
+    chain = _chain(crash_state(parts))
+    chain[0](PfndiffFinding(message(cause, d, spec_ids, pairs, name)), *chain[1:])

@@ -111,7 +111,7 @@ class Checker:
             finding = crash_mode.primary(divs)
             if finding is not None:
                 self.flush()
-                crash_mode.raise_finding(finding, self.spec_ids(divs, traces), self.pairs, art.input_name(data))
+                crash_mode.raise_finding(sc, finding, self.catalogue_rows(divs), self.pairs, art.input_name(data))
         return divs
 
     def _record(self, data: bytes, sc: Scenario, divs: list[Divergence], traces: dict[str, Trace]) -> None:
@@ -157,11 +157,14 @@ class Checker:
             "traces": {n: traces[n].to_dict() for n in backends if n in traces},
         }
 
+    def catalogue_rows(self, divs: list[Divergence]) -> list[str]:
+        """Spec rows of the catalogue entries that explain some of these divergences."""
+        return sorted({self.catalogue.by_id[e.split(" (")[0]].spec for d in divs for e in d.entries
+                       if e.split(" (")[0] in self.catalogue.by_id})
+
     def spec_ids(self, divs: list[Divergence], traces: dict[str, Trace]) -> list[str]:
         """Catalogue rows of the known divergences, then the literal sketch's quirks in play."""
-        involved = sorted({self.catalogue.by_id[e.split(" (")[0]].spec for d in divs for e in d.entries
-                           if e.split(" (")[0] in self.catalogue.by_id})
-        return involved + sorted({q for n in traces for q in _quirks(n)})
+        return self.catalogue_rows(divs) + sorted({q for n in traces for q in _quirks(n)})
 
     # --- counters ---------------------------------------------------------------------------------
     def snapshot(self) -> dict[str, Any]:

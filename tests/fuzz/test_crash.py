@@ -10,6 +10,7 @@ import traceback
 import pytest
 
 from fuzz import crash
+from fuzz.codec import decode
 from fuzz.corpus import encode_seed, seed_files
 from fuzz.engine import Checker, parse_pairs
 from oracles.diff import Divergence
@@ -35,10 +36,12 @@ def test_an_unknown_divergence_raises_from_frames_named_after_it():
     exc = _raised(checker, data)
     finding = crash.primary(Checker(parse_pairs(LITERAL), None).check(data))
     assert finding is not None and not finding.known
-    assert _innermost_names(exc) == crash.crash_state(finding)
+    cause, parts = crash.crash_parts(decode(data), finding)
+    assert cause.id == "S2"
+    assert _innermost_names(exc) == crash.crash_state(parts)
     text = str(exc)
     assert "\n" not in text
-    assert finding.signature in text and f"id {finding.sig_id}" in text and "S2" in text
+    assert finding.signature in text and f"id {finding.sig_id}" in text and "cause S2:" in text and "D10" in text
     assert "pfndiff repro crash-" in text
 
 
@@ -61,26 +64,27 @@ def test_the_primary_finding_is_the_first_unknown_in_report_order():
     assert crash.primary([divs[2]]) is None
 
 
-def _all_divergences() -> list[Divergence]:
-    out = []
+def test_one_crash_state_per_root_cause_made_of_valid_frame_names():
     inputs = seed_files() + sorted(glob.glob(os.path.join(REPO, "corpus", "regressions", "*.yaml")))
-    for pairs in ("sim:g1~sim:g3;sim:g2~sim:g3;sim:g2f~sim:g3", "sim:g2~sim:g2s-literal;sim:g1~sim:g2s"):
+    by_state: dict[tuple[str, ...], str] = {}
+    by_cause: dict[str, tuple[str, ...]] = {}
+    for pairs in ("sim:g1~sim:g3;sim:g2~sim:g3;sim:g2f~sim:g3", LITERAL):
         checker = Checker(parse_pairs(pairs), None)
         for path in inputs:
-            out.extend(checker.check(encode_seed(path)))
-    return out
-
-
-def test_crash_states_are_valid_frame_names_and_tell_signatures_apart():
-    states: dict[tuple[str, ...], str] = {}
-    for d in _all_divergences():
-        state = crash.crash_state(d)
-        for name in state:
-            assert re.fullmatch(r"[A-Za-z][A-Za-z0-9_]{2,79}", name), name
-            assert "assert" not in name and not re.match(r"(new|New|free|main|abort)", name), name
-        assert state[0].endswith(d.sig_id)
-        assert states.setdefault(tuple(state), d.signature) == d.signature
-    assert len(states) > 10
+            data = encode_seed(path)
+            for d in checker.check(data):
+                if d.known:
+                    continue
+                cause, parts = crash.crash_parts(decode(data), d)
+                state = tuple(crash.crash_state(parts))
+                for name in state:
+                    assert re.fullmatch(r"[A-Za-z][A-Za-z0-9_]{2,79}", name), name
+                    assert "assert" not in name and not re.match(r"(new|New|free|main|abort)", name), name
+                assert state[0].endswith(cause.id.replace("-", "_").replace("+", "_plus_"))
+                assert by_state.setdefault(state, cause.id) == cause.id           # distinct causes, distinct states
+                assert by_cause.setdefault(cause.id, state) == state              # one cause, one state
+                assert not set(state) & {n for s, c in by_state.items() if c != cause.id for n in s}
+    assert {"S2", "S6"} <= set(by_cause) and len(by_cause) >= 6
 
 
 def test_frame_names_avoid_what_clusterfuzz_skips():
@@ -88,7 +92,7 @@ def test_frame_names_avoid_what_clusterfuzz_skips():
     assert crash.frame_name("main loop") == "at_main_loop"
     assert "assert" not in crash.frame_name("lockdep_assert_held")
     assert crash.frame_name("events []>[WARN:a]") == "events_to_WARN_a"
-    long = crash.frame_name("a" * 200 + " 0123456789ab", keep_tail=12)
+    long = crash.frame_name("a" * 200 + " 0123456789ab")
     assert len(long) == crash.LINE_CAP and long.endswith("_0123456789ab")
 
 
