@@ -32,7 +32,8 @@ test: $(STAMP) real-parts
 FUZZ_TIME ?= 180
 FUZZ_JOBS ?= 1
 fuzz: $(STAMP)
-	$(BIN)/pfndiff fuzz --pair sim:g2~sim:g3 --pair sim:g2~sim:g2s-literal --time $(FUZZ_TIME) \
+	$(BIN)/pfndiff fuzz --pair sim:g2~sim:g3 --pair sim:g2~sim:g2s-literal --pair sim:g2s~sim:g2s-literal:S2,S4,S5,S8 \
+	    --time $(FUZZ_TIME) \
 	    --jobs $(FUZZ_JOBS) --corpus fuzz-out/corpus --artifacts artifacts
 
 bench: $(STAMP)

@@ -59,6 +59,8 @@ class Campaign:
     out: Callable[[str], None] = print
     run_id: str = field(default_factory=lambda: uuid.uuid4().hex[:8])
     crash: bool = False              # crash mode (fuzz.crash): stop at the first finding
+    join: list[str] = field(default_factory=list)      # earlier triages whose causes are known to the user
+    minimize: bool = True                              # minimise the first input of each NEW cause
 
     def command(self, dict_path: str) -> list[str]:
         cmd = [TARGETS["diff"], f"-max_total_time={self.seconds}", f"-artifact_prefix={self.artifacts}/",
@@ -137,6 +139,7 @@ class Campaign:
                     cur["count"] += v["count"]
                     if v["first_seen"] < cur["first_seen"]:
                         cur["first_seen"], cur["first_input"] = v["first_seen"], v["first_input"]
+                        cur["cause"] = v.get("cause") or cur.get("cause")
         return execs, sigs
 
     _started: float = 0.0
@@ -144,38 +147,109 @@ class Campaign:
     def status_line(self, elapsed: float, prog: Progress, before: set[str]) -> str:
         """``before``: signature ids already claimed in this artifacts directory by earlier campaigns."""
         execs, sigs = self.aggregate()
-        new = sum(1 for v in sigs.values() if not v["known"])
+        new = len({(v.get("cause") or {}).get("id", s) for s, v in sigs.items() if not v["known"]})
         known = sum(1 for v in sigs.values() if v["known"])
         rate = prog.execs_per_s or (int(execs / elapsed) if elapsed > 0 else 0)
         return (f"[{elapsed:6.0f}s] execs {execs}  exec/s {rate}  corpus {prog.corp}  cov {prog.cov} ft {prog.ft}  "
-                f"findings: {new} new signature(s), {known} known")
+                f"findings: {new} root cause(s), {known} catalogued signature(s)")
+
+    def causes(self) -> tuple[int, list[dict[str, Any]], dict[str, int]]:
+        """This campaign's unknown findings grouped by root cause (fuzz.rootcause), each with its
+        signatures, count, first time and first input; and the known signatures by entry."""
+        execs, sigs = self.aggregate()
+        by: dict[str, dict[str, Any]] = {}
+        known: dict[str, int] = {}
+        for s, v in sigs.items():
+            if v["known"]:
+                for e in v["entries"]:
+                    known[e] = known.get(e, 0) + v["count"]
+                continue
+            c = v.get("cause") or {"id": "sig-" + signature_id(s), "kind": "signature", "title": s, "spec": []}
+            g = by.setdefault(c["id"], {"cause": c, "signatures": [], "count": 0, "first_seen": v["first_seen"],
+                                        "first_input": v["first_input"], "pair": v["pair"]})
+            g["signatures"].append(s)
+            g["count"] += v["count"]
+            if v["first_seen"] <= g["first_seen"]:
+                g["first_seen"], g["first_input"], g["pair"] = v["first_seen"], v["first_input"], v["pair"]
+                g["first_signature"] = s
+        for g in by.values():
+            g.setdefault("first_signature", g["signatures"][0])
+        return execs, list(by.values()), known
+
+    def known_causes(self) -> dict[str, str]:
+        """cause id -> where the user has seen it already."""
+        from .known import causes_in_campaigns, causes_in_regressions, causes_in_triage
+        out = causes_in_regressions()
+        out.update(causes_in_campaigns(self.artifacts, self._started))
+        for j in self.join:
+            out.update(causes_in_triage(j))
+        return out
 
     def findings_table(self, before: set[str]) -> str:
-        execs, sigs = self.aggregate()
-        unknown = sorted(((s, v) for s, v in sigs.items() if not v["known"]), key=lambda x: x[1]["first_seen"])
-        known = sorted(((s, v) for s, v in sigs.items() if v["known"]), key=lambda x: -x[1]["count"])
-        lines = [f"findings after {execs} executions: {len(unknown)} distinct new signature(s), "
-                 f"{len(known)} known signature(s)"]
-        if unknown:
-            rows = []
-            for s, v in unknown:
-                first = _first_input(self.artifacts, s) or v["first_input"]
-                rows.append((v, first, ",".join(_spec_ids(self.artifacts, first)) or "-", s))
-            w = max(8, *(len(r[2]) for r in rows))
-            lines.append(f"{'count':>7}  {'first@s':>7}  {'spec ids':<{w}}  {'first input':<47}  signature")
-            for v, first, spec, s in rows:
-                old = "*" if signature_id(s) in before else " "
-                lines.append(f"{v['count']:>7}  {v['first_seen']:>7.1f}  {spec:<{w}}  {first:<47}{old} {s}")
-            if any(signature_id(s) in before for _, _, _, s in rows):
-                lines.append("  * already reported by an earlier campaign in this directory (first input is from then)")
+        """NEW causes first (real generation differences before literal-sketch quirks), one line
+        each; then the causes the user already knows, then the catalogued divergences."""
+        execs, groups, known = self.causes()
+        seen = self.known_causes() if groups else {}
+        new = [g for g in groups if g["cause"]["id"] not in seen]
+        old = [g for g in groups if g["cause"]["id"] in seen]
+        new.sort(key=_cause_order)
+        old.sort(key=_cause_order)
+        nsig = sum(len(g["signatures"]) for g in groups)
+        lines = [f"findings after {execs} executions: {len(new)} NEW root cause(s), {len(old)} already known "
+                 f"({nsig} distinct signature(s)); {len(known)} catalogued divergence(s) counted"]
+        if groups:
+            lines.append(f"{'':5} {'cause':<12}  {'count':>6}  {'first@s':>7}  {'pair':<34}  {'spec rows':<12}  "
+                         f"{'first input (bytes, minimised)':<62}  what")
+        for tag, gs in (("NEW", new), ("known", old)):
+            for g in gs:
+                c = g["cause"]
+                spec = ",".join(self._spec_rows(g)) or "-"
+                first = _first_input(self.artifacts, g["first_signature"]) or g["first_input"]
+                size = self._sizes(first, g) if tag == "NEW" else self._size(first)
+                where = f" [seen in {seen[c['id']]}]" if tag == "known" else ""
+                sigs = f" ({len(g['signatures'])} signatures)" if len(g["signatures"]) > 1 else ""
+                lines.append(f"{tag:<5} {c['id']:<12}  {g['count']:>6}  {g['first_seen']:>7.1f}  {g['pair']:<34}  "
+                             f"{spec:<12}  {first + ' ' + size:<62}  {c.get('title', '')}{sigs}{where}")
         if known:
-            by_entry: dict[str, int] = {}
-            for _, v in known:
-                for e in v["entries"]:
-                    by_entry[e] = by_entry.get(e, 0) + v["count"]
             lines.append("known (catalogued) divergences, by entry: " +
-                         ", ".join(f"{e} x{c}" for e, c in sorted(by_entry.items(), key=lambda x: -x[1])))
+                         ", ".join(f"{e} x{c}" for e, c in sorted(known.items(), key=lambda x: -x[1])))
         return "\n".join(lines)
+
+    def _spec_rows(self, g: dict[str, Any]) -> list[str]:
+        first = _first_input(self.artifacts, g["first_signature"]) or g["first_input"]
+        rows = _spec_ids(self.artifacts, first) or list(g["cause"].get("spec") or [])
+        return rows
+
+    def _size(self, name: str) -> str:
+        try:
+            return f"({os.path.getsize(os.path.join(self.artifacts, name))} B)"
+        except OSError:
+            return ""
+
+    def _sizes(self, name: str, g: dict[str, Any]) -> str:
+        """The first input's size and the size of its minimised form (same signature)."""
+        path = os.path.join(self.artifacts, name)
+        try:
+            with open(path, "rb") as fh:
+                data = fh.read()
+        except OSError:
+            return ""
+        if not self.minimize:
+            return f"({len(data)} B)"
+        try:
+            from .codec import decode
+            from .judge import Judge
+            from .minimize import minimize
+            a, _, b = g["pair"].partition("~")
+            res = minimize(decode(data), Judge([(a, b)]), g["first_signature"], data=data, limit=300)
+            return f"({len(data)} B, min {res.bytes_after} B)"
+        except Exception:
+            return f"({len(data)} B)"
+
+
+def _cause_order(g: dict[str, Any]) -> tuple[bool, float]:
+    """Differences between generations before the literal sketch's quirks, then by time found."""
+    return g["cause"].get("kind") == "quirk", g["first_seen"]
 
 
 def _interrupt_on(*sigs: int) -> None:

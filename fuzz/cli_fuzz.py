@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 
 from kvmsim import BackendError, get_backend
 
@@ -56,8 +57,13 @@ def cmd_fuzz(args: argparse.Namespace) -> int:
     if not args.no_seeds:
         build_corpus()                    # cheap, and never stale: the seeds may have changed
         seeds.append(os.path.join(BUNDLED_CORPUS, "diff"))
+    for j in args.join:
+        if not os.path.exists(j):
+            print(f"pfndiff fuzz: --join {j}: no such file or directory", file=sys.stderr)
+            return 2
     c = Campaign(pairs, args.time, args.jobs, args.corpus, args.artifacts, seeds, extra,
-                 status_every=args.status_every, crash=args.crash)
+                 status_every=args.status_every, crash=args.crash, join=list(args.join),
+                 minimize=not args.no_minimize)
     return c.run()
 
 
@@ -75,6 +81,10 @@ def _setup(p: argparse.ArgumentParser) -> None:
                    help="crash mode: a finding raises an uncaught exception naming it (as under ClusterFuzzLite); "
                         "libFuzzer stops at the first one unless --jobs > 1")
     p.add_argument("--status-every", type=float, default=5.0, help="seconds between status lines")
+    p.add_argument("--join", action="append", default=[], metavar="TRIAGE_OUT",
+                   help="an earlier triage (its directory or triage.json): its causes are shown as already known")
+    p.add_argument("--no-minimize", action="store_true",
+                   help="do not minimise the first input of each new cause for the findings table")
     p.add_argument("libfuzzer_args", nargs=argparse.REMAINDER, help="after --: extra libFuzzer flags")
 
 

@@ -29,6 +29,7 @@ from . import artifacts as art
 from . import crash as crash_mode
 from .codec import VERSION as CODEC_VERSION
 from .codec import decode
+from .rootcause import RootCauser
 
 STATS_EVERY = 2.0
 
@@ -59,6 +60,7 @@ class SigStat:
     first_input: str = ""
     first_seen: float = 0.0
     first_exec: int = 0
+    cause: dict[str, Any] | None = None        # RootCause.to_dict() of the first input that showed it
 
 
 @dataclass
@@ -81,6 +83,7 @@ class Checker:
             reason = b.available()
             if reason is not None:
                 raise ValueError(f"backend {n} is not available here: {reason}")
+        self.causer = RootCauser(self.catalogue, dict(self.backends))
 
     # --- one input ------------------------------------------------------------------------------
     def check(self, data: bytes) -> list[Divergence]:
@@ -129,6 +132,7 @@ class Checker:
                                                        d.entries, 0, name, round(now, 3), self.execs)
                 if not d.known:
                     new.append(d)
+                    st.cause = self.cause_of(sc, d).to_dict()
             st.count += 1
         if new and self.artifacts:
             fresh = [d for d in new if art.claim_signature(self.artifacts, d.sig_id, name)]
@@ -136,19 +140,32 @@ class Checker:
                 art.write_finding(self.artifacts, data, self.sidecar(sc, fresh, divs, traces, now))
                 self.flush()
 
+    def cause_of(self, sc: Scenario, d: Divergence):
+        """The root cause (fuzz.rootcause); a failure there must not stop the campaign."""
+        try:
+            return self.causer(sc, d)
+        except Exception as e:
+            from .rootcause import make
+            return make("exception", f"rootcause {type(e).__name__}", f"root-cause analysis failed: {e}")
+
     def sidecar(self, sc: Scenario, fresh: list[Divergence], divs: list[Divergence], traces: dict[str, Trace],
                 now: float) -> dict[str, Any]:
         first = fresh[0]
         backends = [first.left] + ([first.right] if first.right else [])
+        causes = {d.signature: (self.stats[d.signature].cause or self.cause_of(sc, d).to_dict()) for d in fresh}
         return {
             "signature": first.signature, "id": first.sig_id,
-            "signatures": [{"signature": d.signature, "id": d.sig_id} for d in fresh],
+            "root_cause": causes[first.signature],
+            "signatures": [{"signature": d.signature, "id": d.sig_id, "root_cause": causes[d.signature]["id"]}
+                           for d in fresh],
             "oracle": first.oracle, "pair": backends,
             "first_differing_op": {"index": first.index, "op": first.op,
                                    "args": sc.ops[first.index].args if first.index < len(sc.ops) else None},
             "field": first.field, "fields": first.fields,
             "observations": {first.left: first.left_obs, **({first.right: first.right_obs} if first.right else {})},
-            "spec_ids": self.spec_ids(divs, traces),
+            "spec_ids": spec_ids(first, causes[first.signature], self.catalogue),
+            "spec_ids_involved": self.catalogue_rows(divs),
+            "quirks_enabled": sorted({q for n in traces for q in _quirks(n)}),
             "divergences": [d.to_dict() for d in divs],
             "backend_versions": {n: self.backends[n].version() for n in backends if n in self.backends},
             "host": art.host_info(), "codec_version": CODEC_VERSION,
@@ -161,10 +178,6 @@ class Checker:
         """Spec rows of the catalogue entries that explain some of these divergences."""
         return sorted({self.catalogue.by_id[e.split(" (")[0]].spec for d in divs for e in d.entries
                        if e.split(" (")[0] in self.catalogue.by_id})
-
-    def spec_ids(self, divs: list[Divergence], traces: dict[str, Trace]) -> list[str]:
-        """Catalogue rows of the known divergences, then the literal sketch's quirks in play."""
-        return self.catalogue_rows(divs) + sorted({q for n in traces for q in _quirks(n)})
 
     # --- counters ---------------------------------------------------------------------------------
     def snapshot(self) -> dict[str, Any]:
@@ -205,6 +218,14 @@ class _LazyContexts(list):
     def __iter__(self):
         self._fill()
         return super().__iter__()
+
+
+def spec_ids(d: Divergence, cause: dict[str, Any], cat: Catalogue) -> list[str]:
+    """The spec rows that really apply to a divergence: its root cause's rows and those of the
+    catalogue entries that explain some of its fields (their conditions matched)."""
+    ids = set(cause.get("spec") or ())
+    ids |= {cat.by_id[e.split(" (")[0]].spec for e in d.explained.values() if e.split(" (")[0] in cat.by_id}
+    return sorted(ids, key=lambda s: (s[0], int("".join(c for c in s[1:] if c.isdigit()) or 0), s))
 
 
 def _quirks(backend: str) -> list[str]:

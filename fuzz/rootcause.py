@@ -44,7 +44,7 @@ from kvmsim.scenario import Scenario
 from kvmsim.trace import Trace
 from oracles.catalogue import Catalogue, family, load_catalogue
 from oracles.diff import Divergence, check_invariants, compare
-from oracles.signature import event_class
+from oracles.signature import event_class, make_signature
 
 LITERAL = "sim:g2s-literal"
 QUIRKS = ("S2", "S4", "S5", "S6", "S8")
@@ -109,22 +109,28 @@ def with_quirks(qs: list[str] | set[str] | frozenset[str]) -> str:
     return LITERAL if len(qs) == len(QUIRKS) else f"{LITERAL}:{','.join(qs)}"
 
 
+# Causal order of the quirks on the x86 path: S2 and S6 decide the first attempt, S4 the second
+# (its forced FOLL_GET|FOLL_WRITE through kvm_follow_pfn), S5 and S8 act only once S4's entry or the
+# first attempt's page reached them.  A divergence that needs several quirks is the last one's:
+# S4+S5 is S5 (reached through S4's kvm_follow_pfn), S4+S8 is S8 (spec §4.3: ownership differs
+# between the attempts because S4 keeps the reference that S8's exit path puts).
+CAUSAL_ORDER = ("S2", "S6", "S4", "S5", "S8")
+
+
 def quirk_cause(qs: list[str] | set[str]) -> RootCause:
-    qs = sorted(set(qs), key=QUIRKS.index)
-    rid = "+".join(qs)
+    """The cause of a divergence that needs quirks ``qs``: the causally last one."""
+    qs = sorted(set(qs), key=CAUSAL_ORDER.index)
     main = qs[-1]
-    title = f"literal-sketch {'quirks' if len(qs) > 1 else 'quirk'} {rid}: {QUIRK_TITLES[main]}"
+    title = f"literal-sketch quirk {main}: {QUIRK_TITLES[main]}"
     if len(qs) > 1:
         title += f" (reached through {', '.join(qs[:-1])})"
-    spec = tuple(x for q in qs for x in (q, QUIRK_ROWS.get(q)) if x)
-    return RootCause(rid, "quirk", title, f"quirk {rid}", spec, "g2s")
+    spec = (main, QUIRK_ROWS[main]) if main in QUIRK_ROWS else (main,)
+    return RootCause(main, "quirk", title, f"quirk {main}", spec, "g2s")
 
 
-def _rename(signature: str, old: str, new: str) -> str:
-    words = signature.split(" ")
-    if len(words) > 1:
-        words[1] = "~".join(new if b == old else b for b in words[1].split("~"))
-    return " ".join(words)
+def _field_values(d: Divergence, f: str) -> str:
+    """How one field differs, as a signature renders it (value classes)."""
+    return make_signature("", "", "", "", f, d.left_obs.get(f), d.right_obs.get(f))
 
 
 # --- recording the decisions of one op -------------------------------------------------------------------
@@ -255,9 +261,10 @@ class RootCauser:
             return None
 
     def _shows(self, sc: Scenario, d: Divergence, lit: str, alt: str) -> bool:
-        """Does the divergence's signature still show with ``lit`` replaced by ``alt``?"""
+        """Does the divergence still show with ``lit`` replaced by ``alt``: at the same op, the
+        same field differing the same way and unexplained (other fields may come and go: they
+        are other quirks' effects, not this divergence)?"""
         assert self.catalogue is not None
-        want = _rename(d.signature, lit, alt)
         left = alt if d.left == lit else d.left
         right = alt if d.right == lit else d.right
         lt = self._run(left, sc)
@@ -270,7 +277,9 @@ class RootCauser:
             if rt is None or left == right:
                 return False
             divs = compare(sc, lt, rt, self.catalogue, invariants=False)
-        return any(x.signature == want and not x.known for x in divs)
+        want = _field_values(d, d.field)
+        return any(x.index == d.index and x.oracle == d.oracle and d.field in x.fields and d.field not in x.explained
+                   and _field_values(x, d.field) == want for x in divs)
 
     def quirks_needed(self, sc: Scenario, d: Divergence) -> list[str] | None:
         """The literal-sketch quirks this divergence needs; None when it is not the sketch's."""

@@ -31,11 +31,11 @@ from kvmsim.yamlsrc import ScenarioError
 from kvmsim.trace import Trace
 from oracles.catalogue import load_catalogue
 from oracles.diff import Divergence
-from oracles.signature import signature_id
 
 from .artifacts import read_stats
 from .codec import VERSION, EncodeError, decode, encode
 from .judge import Judge, Judgement, Pair, pairs_from_sidecar
+from .rootcause import RootCause, RootCauser, make
 
 HOST_RUNS = 10                     # default re-runs of an artifact on a real-host backend
 SIDECAR_GRACE = 2.0                # seconds: a just-written crash file may still be awaiting its sidecar
@@ -209,6 +209,12 @@ class Verdict:
     scenario: Scenario
     note: str = ""
     also: list[str] = field(default_factory=list)    # other unknown signatures it shows, recorded ones first
+    cause: RootCause | None = None                   # the root cause of the primary divergence
+    causes: dict[str, tuple[RootCause, str]] = field(default_factory=dict)   # cause id -> (cause, its signature)
+
+    def signature_for(self, cause_id: str) -> str:
+        """The signature through which this artifact shows a cause (its primary if not one of its causes)."""
+        return self.causes[cause_id][1] if cause_id in self.causes else self.primary
 
 
 def campaign_pairs(directory: str) -> list[Pair]:
@@ -276,15 +282,19 @@ def judge_artifact(art: Artifact, judges: JudgeCache, override: list[Pair] | Non
     fu = _usual_first(all_runs)
     if nondeterministic := nondet:
         primary = f"nondeterministic {','.join(sorted(nondeterministic))}"
-        return Verdict(art, pairs, "nondeterministic", primary, [primary], runs, hits, first, sc,
-                       "a simulated backend gave different traces for the same input (a model bug)")
+        nd = make("nondeterministic", primary, f"{primary}: a simulated backend is not deterministic")
+        return Verdict(art, pairs, "nondeterministic", primary, [nd.id], runs, hits, first, sc,
+                       "a simulated backend gave different traces for the same input (a model bug)",
+                       cause=nd, causes={nd.id: (nd, primary)})
     if fu is not None:
         primary = fu
         also = [s for s in dict.fromkeys([*recorded, *(d.signature for j in all_runs for d in j.unknown)])
                 if s in hits and s != primary]
         status = "reproduced" if hits[primary] == runs else "flaky"
         shown = next(j for j in all_runs if j.find(primary) is not None)      # a run that shows it
-        return Verdict(art, pairs, status, primary, [primary], runs, hits, shown, sc, note, also)
+        causes = _causes(judges.causer, sc, shown, primary)
+        cause = next(iter(causes.values()))[0]
+        return Verdict(art, pairs, status, primary, list(causes), runs, hits, shown, sc, note, also, cause, causes)
     if recorded:                              # kept in its recorded cluster, labelled
         primary = recorded[0]
         known = first.signatures.get(primary)
@@ -294,9 +304,37 @@ def judge_artifact(art: Artifact, judges: JudgeCache, override: list[Pair] | Non
         else:
             status, why = "unreproduced", f"0/{runs} runs showed the recorded signature"
         note = "; ".join(x for x in (why, note) if x)
-        return Verdict(art, pairs, status, primary, [primary], runs, hits, first, sc, note)
+        rc = _recorded_cause(art, primary)
+        return Verdict(art, pairs, status, primary, [rc.id], runs, hits, first, sc, note, cause=rc,
+                       causes={rc.id: (rc, primary)})
     return Verdict(art, pairs, "no-divergence", "", [], runs, hits, first, sc,
                    "; ".join(x for x in ("no unknown divergence", note) if x))
+
+
+def _causes(causer: RootCauser, sc: Scenario, j: Judgement, primary: str) -> dict[str, tuple[RootCause, str]]:
+    """The root cause of the first unknown divergence of each pair (and of each backend's
+    invariants), the primary's first: one pair's bug does not hide another's."""
+    firsts: dict[str, Divergence] = {}
+    p = j.find(primary)
+    assert p is not None
+    for d in [p, *j.unknown]:
+        firsts.setdefault(f"{d.left}~{d.right}" if d.right else f"{d.oracle} {d.left}", d)
+    out: dict[str, tuple[RootCause, str]] = {}
+    for d in firsts.values():
+        c = causer(sc, d)
+        out.setdefault(c.id, (c, d.signature))
+    return out
+
+
+def _recorded_cause(art: Artifact, signature: str) -> RootCause:
+    """The cause the campaign recorded for a signature that no longer shows (else one named by it)."""
+    rc = (art.sidecar or {}).get("root_cause")
+    if isinstance(rc, dict) and isinstance(rc.get("id"), str) and (art.sidecar or {}).get("signature") == signature:
+        try:
+            return RootCause.from_dict(rc)
+        except (KeyError, TypeError, ValueError):
+            pass
+    return make("signature", signature, signature)
 
 
 def _usual_first(runs: list[Judgement]) -> str | None:
@@ -313,6 +351,7 @@ class JudgeCache:
     def __init__(self) -> None:
         self._j: dict[tuple[Pair, ...], Judge] = {}
         self.catalogue = load_catalogue()
+        self.causer = RootCauser(self.catalogue)
 
     def get(self, pairs: list[Pair]) -> Judge:
         key = tuple(pairs)
@@ -328,12 +367,23 @@ class JudgeCache:
 
 @dataclass
 class Cluster:
-    signature: str
+    """The artifacts of one root cause; their primary signatures are the fine key inside it."""
+    cause: RootCause
     members: list[Verdict] = field(default_factory=list)
 
     @property
     def id(self) -> str:
-        return signature_id(self.signature)
+        return self.cause.id
+
+    @property
+    def signatures(self) -> list[str]:
+        """The members' primary signatures, most frequent first."""
+        prim = [v.signature_for(self.id) for v in self.members]
+        return sorted(dict.fromkeys(prim), key=lambda s: -prim.count(s))
+
+    @property
+    def signature(self) -> str:
+        return self.signatures[0]
 
     @property
     def count(self) -> int:
@@ -357,7 +407,7 @@ class Cluster:
 
     @property
     def hits(self) -> int:
-        return sum(v.hits.get(self.signature, 0) for v in self.members)
+        return sum(v.hits.get(v.signature_for(self.id), 0) for v in self.members)
 
     @property
     def status(self) -> str:
@@ -368,8 +418,10 @@ class Cluster:
         return "unreproduced"
 
     def representative(self) -> Verdict:
-        """The smallest member that shows the signature (fewest ops, then fewest bytes)."""
-        live = [v for v in self.members if v.hits.get(self.signature)] or self.members
+        """The smallest member that shows the cluster's main signature (fewest ops, then bytes)."""
+        sig = self.signature
+        live = [v for v in self.members if v.signature_for(self.id) == sig and v.hits.get(sig)] or \
+            [v for v in self.members if v.signature_for(self.id) == sig] or self.members
         return min(live, key=lambda v: (len(v.scenario.ops), len(v.artifact.data), v.artifact.name))
 
     def divergence(self) -> Divergence | None:
@@ -377,8 +429,10 @@ class Cluster:
 
 
 def cluster(verdicts: list[Verdict]) -> list[Cluster]:
+    """One cluster per root cause; an artifact that shows several (one per pair) is in each."""
     by: dict[str, Cluster] = {}
     for v in verdicts:
-        for s in v.memberships:
-            by.setdefault(s, Cluster(s)).members.append(v)
-    return sorted(by.values(), key=lambda c: (c.known, c.first_seen, c.signature))
+        for cid in v.memberships:
+            cause = v.causes[cid][0] if cid in v.causes else make("signature", v.primary, v.primary)
+            by.setdefault(cause.id, Cluster(cause)).members.append(v)
+    return sorted(by.values(), key=lambda c: (c.known, c.first_seen, c.id))

@@ -143,8 +143,8 @@ def _do_cluster(c: Cluster, judges: JudgeCache, opts: Options) -> tuple[dict[str
                        if isinstance(s, str)})
     pair = _pair_of(c.signature, rep.pairs)
     tagged = Scenario(sc.world, sc.ops, name=f"triage {c.id}",
-                      description=f"Minimised reproducer of: {c.signature}",
-                      tags={"signature": c.signature, "id": c.id, "left": pair[0], "right": pair[1],
+                      description=f"Minimised reproducer of {c.id}: {c.cause.title}",
+                      tags={"signature": c.signature, "id": c.id, "root_cause": c.id, "left": pair[0], "right": pair[1],
                             "pairs": [f"{a}~{b}" if b else a for a, b in rep.pairs], "spec": spec,
                             "status": c.status})
     text = dump_scenario(tagged)
@@ -179,7 +179,8 @@ def _record(c: Cluster, rep: Verdict, judge: Judge, res: MinResult | None, spec:
     backends = {n: judge.backends[n].version() for n in judge.names}
     found_on = sorted({str(((v.artifact.sidecar or {}).get("host") or {}).get("kernel", "?")) for v in c.members})
     return {
-        "id": c.id, "signature": c.signature, "status": c.status,
+        "id": c.id, "root_cause": c.cause.to_dict(), "title": c.cause.title,
+        "signature": c.signature, "signatures": c.signatures, "status": c.status,
         "known": c.known, "delta": "new", "count": c.count,
         "first_seen": c.first_seen, "last_seen": c.last_seen,
         "reproducibility": {"hits": c.hits, "runs": c.runs,
@@ -194,7 +195,7 @@ def _record(c: Cluster, rep: Verdict, judge: Judge, res: MinResult | None, spec:
                        "ops_before": len(rep.scenario.ops), "size_before": len(rep.artifact.data),
                        "checks": res.checks if res else 0, "minimised": res is not None, "note": note},
         "members": [{"path": v.artifact.path, "status": v.status, "seen": v.artifact.seen,
-                     "hits": v.hits.get(c.signature, 0), "runs": v.runs, **({"note": v.note} if v.note else {}),
+                     "signature": v.signature_for(c.id), "hits": v.hits.get(v.signature_for(c.id), 0), "runs": v.runs, **({"note": v.note} if v.note else {}),
                      **({"also": v.also} if v.also else {})}
                     for v in c.members],
         "also": sorted({s for v in c.members for s in v.also}),
@@ -205,7 +206,10 @@ def cluster_md(c: Cluster, rec: dict[str, Any], sc: Scenario, j: Any, judge: Jud
     d = j.find(c.signature)
     r = rec["reproducibility"]
     rep = rec["reproducer"]
-    lines = [f"# Cluster {c.id}", "", f"`{c.signature}`", "",
+    lines = [f"# Cluster {c.id}: {c.cause.title}", "",
+             f"Root cause ({c.cause.kind}): {c.cause.title}", "",
+             "Signatures in this cluster (the reproducer shows the first):", "",
+             *[f"- `{s}`" for s in c.signatures], "",
              "| | |", "|---|---|",
              f"| status | {rec['status']} |",
              f"| catalogue | {'known (' + ', '.join(d.entries) + ')' if d is not None and d.known else 'new: no catalogue entry explains it'} |",
@@ -300,7 +304,7 @@ def promote(out: Outcome, dest: str) -> list[str]:
             continue
         sc = res.scenario if res else c.representative().scenario
         tagged = Scenario(sc.world, sc.ops, name=f"regression {rec['id']}",
-                          description=f"Promoted from triage: {rec['signature']}",
+                          description=f"Promoted from triage: {rec['id']}: {rec.get('title') or rec['signature']}",
                           tags={"signature": rec["signature"], "id": rec["id"],
                                 "left": rec["pair"].partition("~")[0], "right": rec["pair"].partition("~")[2],
                                 "pairs": sorted({f"{a}~{b}" if b else a for a, b in c.representative().pairs}),
