@@ -15,7 +15,7 @@ import yaml
 from .constants import INTERNAL_SLOT_IDS, KVM_USER_MEM_SLOTS, PAGE_SHIFT
 from .mm import HANDLERS, PAGE_STATES, UNPOPULATED
 from .pfndb import NO_STRUCT_PAGE, PAGE_KINDS, REFCOUNT0, ZERO
-from .yamlsrc import Node, ScenarioError, parse, plain
+from .yamlsrc import MAX_YAML_BYTES, Node, ScenarioError, parse, plain, read_text
 
 SCENARIO_VERSION = 1
 VMA_BASE = 0x7F00_0000_0000
@@ -250,18 +250,15 @@ class _Reader:
 
 def load_scenario(path: str) -> Scenario:
     """Read and validate a scenario file; raises ScenarioError naming FILE:LINE."""
-    try:
-        with open(path, encoding="utf-8") as fh:
-            text = fh.read()
-    except OSError as e:
-        raise ScenarioError(f"cannot read: {e.strerror}", 0, path) from None
-    except UnicodeDecodeError:
-        raise ScenarioError("not UTF-8 text", 0, path) from None
-    return loads_scenario(text, path)
+    return loads_scenario(read_text(path, MAX_YAML_BYTES, "scenario"), path)
 
 
 def loads_scenario(text: str, file: str = "<scenario>") -> Scenario:
-    root = parse(text, file)
+    return scenario_from_node(parse(text, file), file)
+
+
+def scenario_from_node(root: Node, file: str = "<scenario>") -> Scenario:
+    """A scenario from an already parsed (bounded, line-annotated) YAML document."""
     r = _Reader(file)
     top = r.mapping(root, "scenario", ("version", "name", "description", "tags", "world", "ops"))
     if "version" in top:

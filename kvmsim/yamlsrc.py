@@ -1,11 +1,39 @@
-"""Safe YAML reading that keeps line numbers, so every scenario error can say ``FILE:LINE``."""
+"""Bounded reading of untrusted files and safe YAML that keeps line numbers.
+
+Every file pfndiff reads (scenarios, the catalogue, sidecars, corpus inputs, earlier triage
+reports) may come from a fuzzing farm, another person or an old run.  So reading is bounded
+*before* memory is spent: a file larger than its stated limit is refused after reading one byte
+past the limit, and YAML is composed here from the parser's event stream, counting as it goes:
+nodes, nesting depth and alias uses are capped, an alias is never copied (the anchored node is
+shared and its size charged against the budget), and only the standard scalar tags are accepted.
+A "billion laughs" document is refused at its first alias over the bound instead of expanding.
+Errors are ``ScenarioError``: one line, ``FILE:LINE: problem``.  The limits are documented in
+docs/scenarios.md ("Limits").
+"""
 
 from __future__ import annotations
 
+import os
+import stat
 from dataclasses import dataclass
 from typing import Any
 
 import yaml
+
+KiB, MiB = 1 << 10, 1 << 20
+MAX_YAML_BYTES = 8 * MiB       # scenarios, catalogues, sidecars
+MAX_INPUT_BYTES = 1 * MiB      # raw fuzzer inputs (libFuzzer's -max_len is far below this)
+MAX_JSON_BYTES = 64 * MiB      # triage.json of an earlier triage (--join)
+MAX_NODES = 1_000_000          # YAML nodes per document, aliases counted as what they stand for
+MAX_DEPTH = 64                 # nesting of YAML collections
+MAX_ALIASES = 100              # alias uses per document ...
+MAX_ALIAS_NODES = 10_000       # ... which together may stand for at most this many nodes
+
+_EVENT_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+_CONSTRUCTOR = yaml.SafeLoader("")          # scalar construction only (no memo of constructed objects)
+_SCALAR_TAGS = frozenset({"tag:yaml.org,2002:null", "tag:yaml.org,2002:bool", "tag:yaml.org,2002:int",
+                          "tag:yaml.org,2002:float", "tag:yaml.org,2002:str"})
+_COLLECTION_TAGS = frozenset({None, "!", "tag:yaml.org,2002:seq", "tag:yaml.org,2002:map"})
 
 
 class ScenarioError(Exception):
@@ -28,6 +56,9 @@ class Node:
     def get(self, key: str) -> Node | None:
         return self.value.get(key) if isinstance(self.value, dict) else None
 
+    def __repr__(self) -> str:                 # error messages show the value, never the wrapper
+        return show(self)
+
 
 def plain(n: Node) -> Any:
     """A line-annotated node back to plain Python values."""
@@ -38,51 +69,217 @@ def plain(n: Node) -> Any:
     return n.value
 
 
-def _convert(node: yaml.Node) -> Node:
-    line = node.start_mark.line + 1
-    if isinstance(node, yaml.MappingNode):
-        out: dict[Any, Node] = {}
-        for knode, vnode in node.value:
-            key = yaml.SafeLoader.construct_scalar(_LOADER, knode) if isinstance(knode, yaml.ScalarNode) else None
-            if key is None:
-                raise ScenarioError("mapping keys must be plain scalars", knode.start_mark.line + 1)
-            key = _scalar(knode)
-            if key in out:
-                raise ScenarioError(f"duplicate key {key!r}", knode.start_mark.line + 1)
-            out[key] = _convert(vnode)
-        return Node(out, line)
-    if isinstance(node, yaml.SequenceNode):
-        return Node([_convert(n) for n in node.value], line)
-    return Node(_scalar(node), line)
+def show(v: Any, limit: int = 60) -> str:
+    """A short rendering of a (possibly node-wrapped, possibly huge) value for one-line errors."""
+    out: list[str] = []
+    budget = [limit]
+
+    def walk(x: Any) -> None:
+        if budget[0] <= 0:
+            return
+        if isinstance(x, Node):
+            x = x.value
+        if isinstance(x, dict):
+            emit("{")
+            for i, (k, val) in enumerate(x.items()):
+                emit((", " if i else "") + f"{k!r}: ")
+                walk(val)
+                if budget[0] <= 0:
+                    return
+            emit("}")
+        elif isinstance(x, list):
+            emit("[")
+            for i, val in enumerate(x):
+                emit(", " if i else "")
+                walk(val)
+                if budget[0] <= 0:
+                    return
+            emit("]")
+        else:
+            emit(repr(x))
+
+    def emit(s: str) -> None:
+        out.append(s[: budget[0]])
+        budget[0] -= len(s)
+
+    walk(v)
+    text = "".join(out)
+    return text + "…" if budget[0] < 0 else text
 
 
-class _Loader(yaml.SafeLoader):
-    pass
+# --- bounded reads ------------------------------------------------------------------------------
+
+def _size(n: int) -> str:
+    return f"{n // MiB} MiB" if n >= MiB and n % MiB == 0 else f"{n // KiB} KiB" if n >= KiB else f"{n} bytes"
 
 
-_LOADER = _Loader("")
+def read_bytes(path: str, limit: int, what: str = "file") -> bytes:
+    """At most ``limit`` bytes of a regular file; ScenarioError (one line) otherwise."""
+    try:
+        with open(path, "rb") as fh:
+            st = os.fstat(fh.fileno())
+            if stat.S_ISDIR(st.st_mode):
+                raise ScenarioError(f"is a directory, not a {what}", 0, path)
+            if stat.S_ISREG(st.st_mode) and st.st_size > limit:
+                raise ScenarioError(f"{what} is {st.st_size} bytes, over the {_size(limit)} limit", 0, path)
+            data = fh.read(limit + 1)
+    except IsADirectoryError:
+        raise ScenarioError(f"is a directory, not a {what}", 0, path) from None
+    except OSError as e:
+        raise ScenarioError(f"cannot read: {e.strerror or e}", 0, path) from None
+    if len(data) > limit:
+        raise ScenarioError(f"{what} is over the {_size(limit)} limit", 0, path)
+    return data
 
 
-def _scalar(node: yaml.ScalarNode) -> Any:
-    return _LOADER.construct_object(node, deep=True)
+def read_text(path: str, limit: int = MAX_YAML_BYTES, what: str = "file") -> str:
+    """A bounded read decoded as UTF-8 (one-line error on anything else)."""
+    data = read_bytes(path, limit, what)
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ScenarioError(f"not UTF-8 text ({e.reason} at byte {e.start})", 0, path) from None
+
+
+# --- YAML ---------------------------------------------------------------------------------------
+
+class _Open:
+    """A collection being composed."""
+    __slots__ = ("node", "anchor", "size", "key", "key_line")
+
+    def __init__(self, node: Node, anchor: str | None) -> None:
+        self.node, self.anchor, self.size = node, anchor, 1
+        self.key: Any = _NO_KEY
+        self.key_line = 0
+
+
+_NO_KEY = object()
+
+
+def _yaml_error(e: yaml.YAMLError, file: str) -> ScenarioError:
+    mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
+    line = mark.line + 1 if mark is not None else 0
+    problem = getattr(e, "problem", None) or getattr(e, "reason", None) or str(e).splitlines()[0]
+    return ScenarioError(f"bad YAML: {problem}", line, file)
+
+
+def _short(tag: str) -> str:
+    return "!!" + tag[len("tag:yaml.org,2002:"):] if tag.startswith("tag:yaml.org,2002:") else tag
+
+
+def _scalar(ev: yaml.ScalarEvent, loader: Any, line: int, file: str) -> Any:
+    tag = ev.tag
+    if tag is None or tag == "!":
+        tag = loader.resolve(yaml.ScalarNode, ev.value, ev.implicit)
+        if tag == "tag:yaml.org,2002:timestamp":     # a date-like plain scalar stays text
+            tag = "tag:yaml.org,2002:str"
+    if tag not in _SCALAR_TAGS:
+        raise ScenarioError(f"unsupported YAML tag {_short(ev.tag or tag)} (only plain scalars, lists and mappings)", line, file)
+    node = yaml.ScalarNode(tag, ev.value, ev.start_mark, ev.end_mark, ev.style)
+    try:
+        return _CONSTRUCTOR.yaml_constructors[tag](_CONSTRUCTOR, node)
+    except (yaml.YAMLError, ValueError) as e:
+        raise ScenarioError(f"bad YAML scalar {show(ev.value)}: {str(e).splitlines()[0]}", line, file) from None
 
 
 def parse(text: str, file: str = "<scenario>") -> Node:
-    """Parse one YAML document safely into line-annotated nodes."""
+    """Parse one YAML document safely and within the limits into line-annotated nodes."""
+    loader = _EVENT_LOADER(text)
     try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        return _compose(loader, file)
     except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
-        line = mark.line + 1 if mark is not None else 0
-        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-        raise ScenarioError(f"bad YAML: {problem}", line, file) from None
+        raise _yaml_error(e, file) from None
+    except RecursionError:
+        raise ScenarioError(f"bad YAML: nested deeper than {MAX_DEPTH}", 0, file) from None
+    finally:
+        loader.dispose()
+
+
+def _compose(loader: Any, file: str) -> Node:
+    def err(problem: str, line: int) -> ScenarioError:
+        return ScenarioError(problem, line, file)
+
+    anchors: dict[str, tuple[Node, int]] = {}
+    open_anchors: set[str] = set()
+    stack: list[_Open] = []
+    nodes = aliases = alias_nodes = 0
+    root: Node | None = None
+    documents = 0
+
+    def attach(n: Node, size: int, line: int, anchor: str | None) -> None:
+        nonlocal root
+        if anchor is not None:
+            if anchor in anchors or anchor in open_anchors:
+                raise err(f"bad YAML: duplicate anchor &{anchor}", line)
+            anchors[anchor] = (n, size)
+        if not stack:
+            root = n
+            return
+        top = stack[-1]
+        top.size += size
+        if isinstance(top.node.value, list):
+            top.node.value.append(n)
+        elif top.key is _NO_KEY:
+            if isinstance(n.value, (dict, list)):
+                raise err("mapping keys must be plain scalars", line)
+            if n.value in top.node.value:
+                raise err(f"duplicate key {n.value!r}", line)
+            top.key, top.key_line = n.value, line
+        else:
+            top.node.value[top.key] = n
+            top.key = _NO_KEY
+
+    while loader.check_event():
+        ev = loader.get_event()
+        line = ev.start_mark.line + 1 if ev.start_mark is not None else 0
+        if isinstance(ev, (yaml.StreamStartEvent, yaml.StreamEndEvent, yaml.DocumentEndEvent)):
+            continue
+        if isinstance(ev, yaml.DocumentStartEvent):
+            documents += 1
+            if documents > 1:
+                raise err("bad YAML: expected a single document, found another", line)
+            continue
+        if isinstance(ev, yaml.AliasEvent):
+            if ev.anchor in open_anchors:
+                raise err(f"bad YAML: alias *{ev.anchor} refers to a collection that contains it", line)
+            if ev.anchor not in anchors:
+                raise err(f"bad YAML: undefined alias *{ev.anchor}", line)
+            n, size = anchors[ev.anchor]
+            aliases += 1
+            alias_nodes += size
+            nodes += size
+            if aliases > MAX_ALIASES or alias_nodes > MAX_ALIAS_NODES:
+                raise err(f"YAML aliases expand beyond the limit ({MAX_ALIASES} aliases standing for at most "
+                          f"{MAX_ALIAS_NODES} nodes)", line)
+            if nodes > MAX_NODES:
+                raise err(f"YAML document has more than {MAX_NODES} nodes", line)
+            attach(n, size, line, None)
+            continue
+        nodes += 1
+        if nodes > MAX_NODES:
+            raise err(f"YAML document has more than {MAX_NODES} nodes", line)
+        if isinstance(ev, yaml.ScalarEvent):
+            attach(Node(_scalar(ev, loader, line, file), line), 1, line, ev.anchor)
+        elif isinstance(ev, (yaml.SequenceStartEvent, yaml.MappingStartEvent)):
+            if ev.tag not in _COLLECTION_TAGS:
+                raise err(f"unsupported YAML tag {_short(ev.tag)} (only plain scalars, lists and mappings)", line)
+            if len(stack) >= MAX_DEPTH:
+                raise err(f"YAML nested deeper than {MAX_DEPTH}", line)
+            if stack and isinstance(stack[-1].node.value, dict) and stack[-1].key is _NO_KEY:
+                raise err("mapping keys must be plain scalars", line)
+            stack.append(_Open(Node([] if isinstance(ev, yaml.SequenceStartEvent) else {}, line), ev.anchor))
+            if ev.anchor is not None:
+                open_anchors.add(ev.anchor)
+        elif isinstance(ev, (yaml.SequenceEndEvent, yaml.MappingEndEvent)):
+            done = stack.pop()
+            if done.anchor is not None:
+                open_anchors.discard(done.anchor)
+            attach(done.node, done.size, done.node.line, done.anchor)
     if root is None:
-        raise ScenarioError("empty document", 1, file)
-    try:
-        return _convert(root)
-    except ScenarioError as e:
-        e.file = file
-        raise
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        raise ScenarioError(f"bad YAML: {getattr(e, 'problem', e)}", mark.line + 1 if mark else 0, file) from None
+        raise err("empty document", 1)
+    return root
+
+
+def load_yaml(path: str, limit: int = MAX_YAML_BYTES, what: str = "YAML file") -> Node:
+    """A bounded read and a bounded parse of one YAML file."""
+    return parse(read_text(path, limit, what), path)

@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kvmsim.scenario import OP_SCHEMAS
-from kvmsim.yamlsrc import ScenarioError, parse, plain
+from kvmsim.yamlsrc import MAX_YAML_BYTES, ScenarioError, parse, plain, read_text
 
 from .normalise import NA
 
@@ -184,12 +184,7 @@ class Catalogue:
 def load_catalogue(path: str = DEFAULT_PATH) -> Catalogue:
     """Read and check the catalogue; raises CatalogueError naming FILE:LINE."""
     try:
-        with open(path, encoding="utf-8") as fh:
-            text = fh.read()
-    except OSError as e:
-        raise CatalogueError(f"cannot read: {e.strerror}", 0, path) from None
-    try:
-        root = parse(text, path)
+        root = parse(read_text(path, MAX_YAML_BYTES, "catalogue"), path)
     except ScenarioError as e:
         raise CatalogueError(e.problem, e.line, path) from None
 
