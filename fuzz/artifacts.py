@@ -15,13 +15,21 @@ from typing import Any
 
 import yaml
 
+from kvmsim.scenario import Scenario, scenario_from_node
+from kvmsim.yamlsrc import MAX_YAML_BYTES, Node, ScenarioError, load_yaml, plain
+
+from . import schema
+
 SIGNATURE_DIR = "by-signature"      # one marker per signature: the first artifact wins
 STATS_DIR = ".stats"                # per-process counters, aggregated by the campaign
 
 
 def atomic_write(path: str, data: bytes) -> None:
     d = os.path.dirname(path) or "."
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=d)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=d)
+    except OSError as e:                    # name the file the caller wanted, not the scratch one
+        raise OSError(e.errno, e.strerror, path) from None
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
@@ -63,6 +71,40 @@ def write_finding(artifacts: str, data: bytes, sidecar: dict[str, Any]) -> str:
     text = yaml.safe_dump(_plain(sidecar), sort_keys=False, default_flow_style=None, width=110, allow_unicode=True)
     atomic_write(path + ".yaml", text.encode("utf-8"))
     return path
+
+
+def read_yaml_doc(path: str, what: str) -> tuple[Any, Node]:
+    """A YAML file pfndiff reads back (sidecar, corpus entry): bounded, safe, plain values plus
+    the line-annotated tree for error lines.  Raises ScenarioError."""
+    root = load_yaml(path, MAX_YAML_BYTES, what)
+    return plain(root), root
+
+
+def is_sidecar(doc: Any) -> bool:
+    """A sidecar names its signature; a scenario YAML (a reproducer) has ``world``/``ops``."""
+    return isinstance(doc, dict) and "signature" in doc and not ("world" in doc or "ops" in doc)
+
+
+def read_sidecar(path: str) -> dict[str, Any]:
+    """A finding's sidecar, checked against the sidecar schema; ScenarioError (one line) if not."""
+    try:
+        doc, root = read_yaml_doc(path, "sidecar")
+    except ScenarioError as e:
+        if e.problem.startswith("bad YAML"):
+            e.problem = "truncated or malformed sidecar: " + e.problem
+        raise
+    if not is_sidecar(doc):
+        raise ScenarioError("not a pfndiff sidecar (no 'signature')", 0, path)
+    schema.check("sidecar", doc, path, root)
+    return doc
+
+
+def load_corpus_entry(path: str) -> Scenario:
+    """A scenario YAML pfndiff acts on by its tags (seed, promoted regression, minimised
+    reproducer): bounded read, corpus-entry schema, then the scenario loader.  ScenarioError."""
+    doc, root = read_yaml_doc(path, "scenario")
+    schema.check("corpus-entry", doc, path, root)
+    return scenario_from_node(root, path)
 
 
 def _plain(v: Any) -> Any:

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import signal
 import sys
+import tempfile
 from collections.abc import Callable
 from typing import Any, NoReturn
 
@@ -23,6 +26,55 @@ class UsageError(Exception):
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         raise UsageError(f"{self.prog}: {message}")
+
+
+def output_dir(path: str, what: str, create: bool = True) -> None:
+    """Check (and, with ``create``, make) an output directory before any work is done, so that a
+    bad path is one line naming it, not a traceback after minutes of work."""
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise UsageError(f"{path}: {what} must be a directory, but it is a file")
+    target = path if create else (os.path.dirname(os.path.abspath(path)) or ".")
+    try:
+        os.makedirs(target, exist_ok=True)
+    except OSError as e:
+        raise UsageError(f"{path}: cannot create the {what} directory: {e.strerror}") from None
+    _can_create_in(path if os.path.isdir(path) else target, path, what)
+
+
+def output_file(path: str, what: str) -> None:
+    """Check an output file path: not a directory, in a directory that exists and is writable."""
+    if os.path.isdir(path):
+        raise UsageError(f"{path}: {what} is a directory; give a file name")
+    parent = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(parent):
+        raise UsageError(f"{path}: {what}: directory {parent} does not exist")
+    _can_create_in(parent, path, what)
+
+
+def _can_create_in(directory: str, path: str, what: str) -> None:
+    """Create (and drop) a scratch file: permission bits alone do not tell a root user about a
+    read-only file system or sysfs."""
+    try:
+        with tempfile.TemporaryFile(dir=directory, prefix=".pfndiff-probe-"):
+            pass
+    except OSError as e:
+        raise UsageError(f"{path}: {what}: cannot write in {directory}: {e.strerror}") from None
+
+
+def os_error_line(e: OSError) -> str:
+    """One line for a file-system error that escaped the commands' own checks."""
+    name = e.filename if e.filename is not None else ""
+    return f"pfndiff: {name}: {e.strerror or e}" if name else f"pfndiff: {e.strerror or e}"
+
+
+def _restore_sigint() -> None:
+    """A script that starts pfndiff in the background may hand it SIGINT ignored (POSIX shells do
+    that for asynchronous commands); Ctrl-C/``kill -INT`` must still stop it cleanly (exit 130)."""
+    try:
+        if signal.getsignal(signal.SIGINT) in (signal.SIG_IGN, signal.SIG_DFL):
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+    except ValueError:                  # not the main thread (an embedding caller): leave it alone
+        pass
 
 
 def _dump(obj: Any) -> str:
@@ -157,6 +209,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    _restore_sigint()
     try:
         args = build_parser().parse_args(argv)
         return args.func(args)
@@ -168,8 +221,11 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     except BrokenPipeError:
         return 0
-    except KeyboardInterrupt:
-        print("pfndiff: interrupted", file=sys.stderr)
+    except OSError as e:
+        print(os_error_line(e), file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt as e:
+        print(str(e) or "pfndiff: interrupted", file=sys.stderr)
         return 130
 
 

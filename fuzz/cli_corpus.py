@@ -10,7 +10,7 @@ from kvmsim import dump_scenario
 from kvmsim.yamlsrc import ScenarioError
 
 from . import corpus_minimize
-from .cli import COMMANDS, UsageError
+from .cli import COMMANDS, UsageError, output_dir
 from .codec import decode
 from .corpus import OUT, SEEDS, build_corpus
 
@@ -19,6 +19,7 @@ def cmd_corpus(args: argparse.Namespace) -> int:
     if args.action in ("minimize", "stats"):
         return corpus_minimize.cmd(args)
     if args.action == "build":
+        output_dir(args.out, "--out")
         counts = build_corpus(args.seeds, args.out)
         for target, n in counts.items():
             print(f"{os.path.join(args.out, target)}: {n} input(s) from {args.seeds}")

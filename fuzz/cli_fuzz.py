@@ -9,7 +9,7 @@ import sys
 from kvmsim import BackendError, get_backend
 
 from .campaign import BUNDLED_CORPUS, Campaign
-from .cli import COMMANDS, UsageError
+from .cli import COMMANDS, UsageError, output_dir
 from .corpus import build_corpus
 
 DEFAULT_PAIRS = [("sim:g2", "sim:g3"), ("sim:g2", "sim:g2s-literal")]
@@ -53,6 +53,8 @@ def cmd_fuzz(args: argparse.Namespace) -> int:
     for a in extra:
         if not a.startswith("-"):
             raise UsageError(f"pfndiff fuzz: extra libFuzzer arguments must be flags, got {a!r}")
+    output_dir(args.artifacts, "--artifacts")
+    output_dir(args.corpus, "--corpus")
     seeds = []
     if not args.no_seeds:
         build_corpus()                    # cheap, and never stale: the seeds may have changed

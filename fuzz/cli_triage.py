@@ -9,15 +9,13 @@ import sys
 from typing import Any
 from dataclasses import dataclass
 
-import yaml
 
-from kvmsim import load_scenario
 from kvmsim.scenario import Scenario, dump_scenario
 from kvmsim.yamlsrc import ScenarioError
 
 from . import triage_run
-from .artifacts import atomic_write
-from .cli import COMMANDS, EXIT_USAGE, UsageError
+from .artifacts import atomic_write, is_sidecar, load_corpus_entry, read_yaml_doc
+from .cli import COMMANDS, EXIT_USAGE, UsageError, output_dir, output_file
 from .codec import EncodeError, encode
 from .judge import Judge, Pair
 from .minimize import minimize
@@ -41,6 +39,7 @@ def cmd_triage(args: argparse.Namespace) -> int:
             raise UsageError(f"pfndiff triage: unknown --format {f!r} (choose from {', '.join(triage_run.FORMATS)})")
     if args.runs < 1:
         raise UsageError("pfndiff triage: --runs must be at least 1")
+    output_dir(args.out, "-o", create=False)
     promote = None
     if args.promote:
         promote = args.promote_dir or triage_run.REGRESSIONS
@@ -92,21 +91,20 @@ class Input:
 
 
 def _is_scenario_yaml(path: str) -> bool:
-    """A scenario has ``ops``/``world``; a sidecar has ``signature`` and ``divergences``."""
+    """A scenario has ``ops``/``world``; a sidecar has ``signature`` and no ``world``/``ops``."""
     if not path.endswith((".yaml", ".yml")):
         return False
     try:
-        with open(path, encoding="utf-8") as fh:
-            doc = yaml.safe_load(fh)
-    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        doc, _ = read_yaml_doc(path, "scenario")
+    except ScenarioError:
         return not os.path.isfile(path[: -len(".yaml")])      # let the loader name the problem
-    return isinstance(doc, dict) and ("ops" in doc or "world" in doc) and "divergences" not in doc
+    return isinstance(doc, dict) and ("ops" in doc or "world" in doc) and not is_sidecar(doc)
 
 
 def read_input(path: str, override: list[Pair] | None) -> Input:
     """A raw input (with or without sidecar) or a scenario YAML whose tags name left/right."""
     if _is_scenario_yaml(path):
-        sc = load_scenario(path)
+        sc = load_corpus_entry(path)
         tags = sc.tags or {}
         pairs = override
         if pairs is None:
@@ -157,16 +155,17 @@ def _judged(args: argparse.Namespace, cmd: str) -> tuple[Any, Judge, Any, str, A
 # --- minimize ------------------------------------------------------------------------------------------
 
 def cmd_minimize(args: argparse.Namespace) -> int:
+    base = args.out or (args.file[:-5] if args.file.endswith(".yaml") else args.file) + ".min"
+    for path in (base, base + ".yaml"):
+        if os.path.abspath(path) == os.path.abspath(args.file):
+            raise UsageError(f"pfndiff minimize: refusing to overwrite the input {path}")
+        output_file(path, "-o")                                       # before the work, not after
     inp, judge, j, sig, d = _judged(args, "minimize")
     res = minimize(inp.scenario, judge, sig, known=d.known, data=inp.data)
-    base = args.out or (args.file[:-5] if args.file.endswith(".yaml") else args.file) + ".min"
     pair = triage_run._pair_of(sig, inp.pairs)
     tagged = Scenario(res.scenario.world, res.scenario.ops, name="minimised", description=f"Minimised: {sig}",
                       tags={"signature": sig, "left": pair[0], "right": pair[1],
                             "pairs": [f"{a}~{b}" if b else a for a, b in inp.pairs]})
-    for path in (base, base + ".yaml"):
-        if os.path.abspath(path) == os.path.abspath(args.file):
-            raise UsageError(f"pfndiff minimize: refusing to overwrite the input {path}")
     if res.data:
         atomic_write(base, res.data)
     atomic_write(base + ".yaml", dump_scenario(tagged).encode())

@@ -212,7 +212,7 @@ def add_arguments(p) -> None:
 
 
 def cmd(args) -> int:
-    from .cli import EXIT_USAGE, UsageError
+    from .cli import EXIT_USAGE, UsageError, output_dir
     from .engine import parse_pairs
     try:
         pairs = parse_pairs(";".join(args.pair)) if args.pair else None
@@ -227,6 +227,7 @@ def cmd(args) -> int:
             return 0
         if not args.output:
             raise UsageError("pfndiff corpus minimize: give the output directory with -o OUT_DIR")
+        output_dir(args.output, "-o")
         r = minimize_corpus(args.files, args.output, pairs, args.target)
     except MergeError as e:
         print(f"pfndiff corpus {args.action}: {e}", file=sys.stderr)

@@ -23,16 +23,14 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-import yaml
-
 from kvmsim.backend import BackendError
-from kvmsim.scenario import Scenario, load_scenario, loads_scenario
-from kvmsim.yamlsrc import ScenarioError
+from kvmsim.scenario import Scenario, loads_scenario
+from kvmsim.yamlsrc import MAX_INPUT_BYTES, ScenarioError, read_bytes
 from kvmsim.trace import Trace
 from oracles.catalogue import load_catalogue
 from oracles.diff import Divergence
 
-from .artifacts import read_stats
+from .artifacts import is_sidecar, load_corpus_entry, read_sidecar, read_stats, read_yaml_doc
 from .codec import VERSION, EncodeError, decode, encode
 from .judge import Judge, Judgement, Pair, pairs_from_sidecar
 from .rootcause import RootCause, RootCauser, make
@@ -42,9 +40,6 @@ SIDECAR_GRACE = 2.0                # seconds: a just-written crash file may stil
 SIM_RUNS = 2                       # sim backends: run twice, the traces must be identical
 _CRASH = re.compile(r"^crash-([0-9a-f]{40})$")
 _SKIP_DIRS = {"by-signature", ".stats", "clusters"}
-_SIDECAR_TYPES: dict[str, type] = {"signatures": list, "divergences": list, "pair": list, "host": dict,
-                                   "spec_ids": list, "scenario": str}
-_SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)     # libyaml's safe loader: sidecars are large
 
 
 class ArtifactError(Exception):
@@ -83,19 +78,25 @@ class Artifact:
 def list_inputs(paths: list[str], errors: list[str] | None = None) -> list[str]:
     """Raw inputs under the given directories (or the given files): every regular file that is
     not a sidecar, a dotfile, a libFuzzer log, or inside the campaign's bookkeeping directories.
-    A missing path is an error (appended to ``errors`` if given, else raised)."""
+    A missing path is always an error (ArtifactError): a typo must not pass for an empty
+    campaign.  A directory named like an artifact is listed in ``errors`` if given, else raised."""
     out: list[str] = []
     for p in paths:
+        if not os.path.exists(p):
+            raise ArtifactError(f"{p}: no such file or directory")
         if os.path.isfile(p):
             out.append(p[:-5] if p.endswith(".yaml") and os.path.isfile(p[:-5]) else p)
             continue
         if not os.path.isdir(p):
-            if errors is None:
-                raise ArtifactError(f"{p}: no such file or directory")
-            errors.append(f"{p}: no such file or directory")
-            continue
+            raise ArtifactError(f"{p}: not a regular file or directory")
         for root, dirs, files in os.walk(p):
-            dirs[:] = sorted(d for d in dirs if d not in _SKIP_DIRS and not d.startswith("."))
+            for d in dirs:
+                if _CRASH.match(d):
+                    msg = f"{os.path.join(root, d)}: a directory named like an artifact (not triaged)"
+                    if errors is None:
+                        raise ArtifactError(msg)
+                    errors.append(msg)
+            dirs[:] = sorted(d for d in dirs if d not in _SKIP_DIRS and not d.startswith(".") and not _CRASH.match(d))
             for f in sorted(files):
                 if f.endswith((".yaml", ".yml")) and not f.startswith(".") and f.rsplit(".", 1)[0] not in files:
                     out.append(os.path.join(root, f))       # no raw twin: a scenario (e.g. a promoted reproducer)
@@ -108,20 +109,16 @@ def list_inputs(paths: list[str], errors: list[str] | None = None) -> list[str]:
 
 
 def load_scenario_input(path: str) -> Artifact:
-    """A scenario YAML as an input (seeds, ``repro.yaml``, promoted regressions): its tags name
-    the pairs; a sidecar whose raw input is missing is an error."""
+    """A scenario YAML as an input (seeds, ``repro.yaml``, promoted regressions, ``pfndiff
+    minimize`` output): its tags name the pairs; a sidecar whose raw input is missing is an error."""
     try:
         mtime = os.stat(path).st_mtime
-        with open(path, encoding="utf-8") as fh:
-            doc = yaml.load(fh, Loader=_SAFE_LOADER)
+        doc, _ = read_yaml_doc(path, "scenario")
+        if is_sidecar(doc):
+            raise ArtifactError(f"{path}: a sidecar without its input {path.rsplit('.', 1)[0]}")
+        sc = load_corpus_entry(path)
     except OSError as e:
         raise ArtifactError(f"{path}: cannot read: {e.strerror}") from None
-    except (UnicodeDecodeError, yaml.YAMLError):
-        doc = None                                  # let the scenario loader name the line
-    if isinstance(doc, dict) and "divergences" in doc:
-        raise ArtifactError(f"{path}: a sidecar without its input {path.rsplit('.', 1)[0]}")
-    try:
-        sc = load_scenario(path)
     except ScenarioError as e:
         raise ArtifactError(str(e)) from None
     try:
@@ -137,39 +134,38 @@ def load_scenario_input(path: str) -> Artifact:
     return Artifact(path, data, None, mtime, None, "", pairs, recorded)
 
 
+def _twin_is_scenario(side_path: str) -> bool:
+    """``pfndiff minimize`` writes ``X.min`` (bytes) and ``X.min.yaml`` (the tagged scenario):
+    that YAML twin is the input, not a sidecar."""
+    try:
+        doc, _ = read_yaml_doc(side_path, "sidecar")
+    except ScenarioError:
+        return False                            # read_sidecar names the problem
+    return isinstance(doc, dict) and not is_sidecar(doc) and ("world" in doc or "ops" in doc)
+
+
 def load_artifact(path: str) -> Artifact:
     """The raw input and its sidecar, checked against each other.  Raises ArtifactError."""
     if path.endswith((".yaml", ".yml")) and not os.path.isfile(path.rsplit(".", 1)[0]):
         return load_scenario_input(path)
+    side_path = path + ".yaml"
+    if os.path.isfile(side_path) and _twin_is_scenario(side_path):
+        return load_scenario_input(side_path)
     try:
-        with open(path, "rb") as fh:
-            data = fh.read()
+        data = read_bytes(path, MAX_INPUT_BYTES, "fuzzer input")
         mtime = os.stat(path).st_mtime
+    except ScenarioError as e:
+        raise ArtifactError(str(e)) from None
     except OSError as e:
         raise ArtifactError(f"{path}: cannot read: {e.strerror}") from None
     sidecar = None
-    side_path = path + ".yaml"
     if _CRASH.match(os.path.basename(path)) and not os.path.exists(side_path) and time.time() - mtime < SIDECAR_GRACE:
         time.sleep(SIDECAR_GRACE / 4)       # a running campaign writes the input first, its sidecar next
     if os.path.exists(side_path):
         try:
-            with open(side_path, encoding="utf-8") as fh:
-                sidecar = yaml.load(fh, Loader=_SAFE_LOADER)
-        except OSError as e:
-            raise ArtifactError(f"{side_path}: cannot read: {e.strerror}") from None
-        except UnicodeDecodeError as e:
-            raise ArtifactError(f"{side_path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
-        except yaml.YAMLError as e:
-            mark = getattr(e, "problem_mark", None)
-            where = f":{mark.line + 1}" if mark is not None else ""
-            problem = getattr(e, "problem", None) or "malformed YAML"
-            raise ArtifactError(f"{side_path}{where}: truncated or malformed sidecar: {problem}") from None
-        if not isinstance(sidecar, dict) or not isinstance(sidecar.get("signature"), str):
-            raise ArtifactError(f"{side_path}: not a pfndiff sidecar (no 'signature')")
-        for key, typ in _SIDECAR_TYPES.items():
-            if key in sidecar and sidecar[key] is not None and not isinstance(sidecar[key], typ):
-                raise ArtifactError(f"{side_path}: sidecar field '{key}' must be a {typ.__name__}, "
-                                    f"got {type(sidecar[key]).__name__}")
+            sidecar = read_sidecar(side_path)
+        except ScenarioError as e:
+            raise ArtifactError(str(e)) from None
     m = _CRASH.match(os.path.basename(path))
     if m and hashlib.sha1(data).hexdigest() != m.group(1):
         raise ArtifactError(f"{path}: content does not match its name (sha1 {hashlib.sha1(data).hexdigest()[:12]}…, "
@@ -189,8 +185,8 @@ def _recorded_scenario(sidecar: dict[str, Any] | None, side_path: str) -> Scenar
         return None
     try:
         return loads_scenario(sidecar["scenario"], side_path)
-    except ScenarioError:
-        return None                         # an older scenario format: nothing to compare with
+    except ScenarioError as e:
+        raise ArtifactError(f"{side_path}: sidecar field 'scenario' is not a scenario: {e.problem}") from None
 
 
 # --- judging one artifact --------------------------------------------------------------------------
@@ -361,6 +357,14 @@ class JudgeCache:
             except (BackendError, ValueError) as e:
                 raise ArtifactError(str(e)) from None
         return self._j[key]
+
+    def close(self) -> None:
+        """Stop the backends' helpers (real-host workers, QEMU guests) now, not at exit."""
+        for j in self._j.values():
+            for b in j.backends.values():
+                close = getattr(b, "close", None)
+                if close is not None:
+                    close()
 
 
 # --- clusters ----------------------------------------------------------------------------------------

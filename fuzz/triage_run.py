@@ -12,7 +12,7 @@ import os
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from kvmsim.scenario import Scenario, dump_scenario
@@ -20,6 +20,7 @@ from kvmsim.scenario import Scenario, dump_scenario
 from . import formats
 from .artifacts import atomic_write, host_info
 from .codec import EncodeError, encode
+from .outdir import OutputDir
 from .judge import Judge, Pair
 from .minimize import MinResult, minimize
 from .attribution import needed_quirks, spec_rows
@@ -66,44 +67,87 @@ def _write(path: str, text: str | bytes) -> None:
     atomic_write(path, text.encode("utf-8") if isinstance(text, str) else text)
 
 
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C during a triage; ``kept`` is where its finished work was written."""
+
+    def __init__(self, kept: str, judged: int, total: int, clusters: int) -> None:
+        super().__init__(kept)
+        self.kept, self.judged, self.total, self.clusters = kept, judged, total, clusters
+
+    def __str__(self) -> str:
+        return (f"pfndiff triage: interrupted after {self.judged}/{self.total} artifact(s) and {self.clusters} "
+                f"cluster(s); finished work kept in {self.kept}")
+
+
+OWNED = ("clusters", "junit.xml", "triage.sarif", "summary.md", "triage.json")   # triage.json last: the marker
+
+
 def run(opts: Options) -> Outcome:
+    """Inputs and ``--join`` are checked before OUT is touched; the new outputs replace the old
+    ones only once complete (fuzz.outdir); Ctrl-C keeps the finished part in OUT/interrupted."""
     t0 = time.time()
     errors: list[str] = []
     verdicts: list[Verdict] = []
-    judges = JudgeCache()
     previous = load_previous(opts.join) if opts.join else None      # a bad --join fails before any work
-    paths = list_inputs(opts.inputs, errors)
+    paths = list_inputs(opts.inputs, errors)                         # a missing input fails here too
+    if not paths and not errors and os.path.isfile(os.path.join(opts.out, "triage.json")):
+        raise ArtifactError(f"{', '.join(opts.inputs)}: no artifacts; {opts.out} keeps its earlier triage")
+    judges = JudgeCache()
+    stage = OutputDir(opts.out, OWNED)
+    work = replace(opts, out=stage.dir)
     for e in errors:
         opts.err(e)
-    for path in paths:
-        try:
-            art = load_artifact(path)
-            verdicts.append(judge_artifact(art, judges, opts.pairs, opts.host_runs))
-        except ArtifactError as e:
-            errors.append(str(e))
-            opts.err(str(e))
-    clusters = cluster(verdicts)
-    unclustered = [(v.artifact.path, v.note) for v in verdicts if not v.memberships]
     records: list[dict[str, Any]] = []
-    minimized: dict[str, MinResult | None] = {}
-    yaml_lines: dict[str, int] = {}
-    for c in clusters:
-        rec, res, line = _do_cluster(c, judges, opts)
-        records.append(rec)
-        minimized[c.id] = res
-        yaml_lines[c.id] = line
-    host = host_info()
-    meta: dict[str, Any] = {"artifacts": len(paths), "inputs": list(opts.inputs), "host": host,
-                            "unclustered": len(unclustered), "unclustered_list": unclustered,
-                            "seconds": 0.0, "joined": opts.join or ""}
+    clusters: list[Cluster] = []
+    try:
+        for path in paths:
+            try:
+                art = load_artifact(path)
+                verdicts.append(judge_artifact(art, judges, opts.pairs, opts.host_runs))
+            except ArtifactError as e:
+                errors.append(str(e))
+                opts.err(str(e))
+        clusters = cluster(verdicts)
+        minimized: dict[str, MinResult | None] = {}
+        yaml_lines: dict[str, int] = {}
+        for c in clusters:
+            rec, res, line = _do_cluster(c, judges, work)
+            records.append(rec)
+            minimized[c.id] = res
+            yaml_lines[c.id] = line
+    except KeyboardInterrupt:
+        meta = _meta(opts, paths, verdicts, t0)
+        meta["interrupted"] = {"judged": len(verdicts), "of": len(paths),
+                               "verdicts": [{"path": v.artifact.path, "status": v.status, "signature": v.primary,
+                                             "hits": v.hits, "runs": v.runs} for v in verdicts]}
+        _write_outputs(Outcome(records, errors, meta), work, {}, final=opts.out)
+        raise Interrupted(stage.keep_partial(), len(verdicts), len(paths), len(records)) from None
+    except BaseException:
+        stage.discard()
+        raise
+    finally:
+        judges.close()
+    meta = _meta(opts, paths, verdicts, t0)
     if previous is not None:
         records = join(records, previous)
     meta["seconds"] = round(time.time() - t0, 3)
     out = Outcome(records, errors, meta, clusters, minimized)
-    if opts.promote:
-        out.promoted = promote(out, opts.promote)
-    _write_outputs(out, opts, yaml_lines)
+    try:
+        if opts.promote:
+            out.promoted = promote(out, opts.promote)
+        _write_outputs(out, work, yaml_lines, final=opts.out)
+    except BaseException:
+        stage.discard()
+        raise
+    stage.commit()
     return out
+
+
+def _meta(opts: Options, paths: list[str], verdicts: list[Verdict], t0: float) -> dict[str, Any]:
+    unclustered = [(v.artifact.path, v.note) for v in verdicts if not v.memberships]
+    return {"artifacts": len(paths), "inputs": list(opts.inputs), "host": host_info(),
+            "unclustered": len(unclustered), "unclustered_list": unclustered,
+            "seconds": round(time.time() - t0, 3), "joined": opts.join or ""}
 
 
 # --- one cluster -------------------------------------------------------------------------------------
@@ -322,14 +366,16 @@ def promote(out: Outcome, dest: str) -> list[str]:
 
 # --- outputs -----------------------------------------------------------------------------------------
 
-def _write_outputs(out: Outcome, opts: Options, yaml_lines: dict[str, int]) -> None:
+def _write_outputs(out: Outcome, opts: Options, yaml_lines: dict[str, int], final: str | None = None) -> None:
+    """Write into ``opts.out``; SARIF locations are computed for ``final`` (where the outputs
+    will live once committed)."""
     r, e, m = out.records, out.errors, out.meta
     _write(os.path.join(opts.out, "triage.json"), formats.triage_json(r, e, m))
     _write(os.path.join(opts.out, "summary.md"), formats.summary_md(r, e, m))
     if "junit" in opts.formats:
         _write(os.path.join(opts.out, "junit.xml"), formats.junit(r, e, m))
     if "sarif" in opts.formats:
-        out_abs, cwd = os.path.abspath(opts.out), os.getcwd()
+        out_abs, cwd = os.path.abspath(final or opts.out), os.getcwd()
         if out_abs.startswith(cwd.rstrip("/") + "/"):
             base, prefix, base_id = "file://" + cwd.rstrip("/") + "/", os.path.relpath(out_abs, cwd) + "/", "%SRCROOT%"
         else:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import copyreg
 import os
 import pickle
+import signal
 import struct
 import sys
 import traceback
@@ -52,6 +53,16 @@ def _read_exact(fd: int, n: int) -> bytes | None:
 
 
 def main() -> int:
+    # Ctrl-C reaches the whole process group: the parent decides when this child stops (it
+    # closes our stdin or kills us), so the child neither dies mid-reply nor prints a traceback.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        return _serve()
+    except (BrokenPipeError, EOFError):             # the parent went away: nothing to report to
+        return 0
+
+
+def _serve() -> int:
     from .host_exec import Machine
     shim_fd = int(sys.argv[1])
     inp, out = 0, os.dup(1)
