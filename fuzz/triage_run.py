@@ -16,8 +16,9 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from kvmsim.scenario import Scenario, dump_scenario
+from kvmsim.yamlsrc import MAX_JSON_BYTES, ScenarioError, read_text
 
-from . import formats
+from . import formats, schema
 from .artifacts import atomic_write, host_info
 from .codec import EncodeError, encode
 from .outdir import OutputDir
@@ -298,16 +299,20 @@ def _partner(backend: str, judge: Judge, j: Any) -> Any:
 # --- join ------------------------------------------------------------------------------------------
 
 def load_previous(path: str) -> list[dict[str, Any]]:
+    """The clusters of an earlier triage (``--join``): a bounded read, then the report schema."""
     f = os.path.join(path, "triage.json") if os.path.isdir(path) else path
     try:
-        with open(f, encoding="utf-8") as fh:
-            doc = json.load(fh)
-    except OSError as e:
-        raise ArtifactError(f"{f}: cannot read an earlier triage: {e.strerror}") from None
-    except ValueError as e:
-        raise ArtifactError(f"{f}: not a triage.json: {e}") from None
-    if not isinstance(doc, dict) or doc.get("format") != "pfndiff-triage/1" or not isinstance(doc.get("clusters"), list):
+        doc = json.loads(read_text(f, MAX_JSON_BYTES, "triage report"))
+    except ScenarioError as e:
+        raise ArtifactError(f"{f}: cannot read an earlier triage: {e.problem}") from None
+    except (ValueError, RecursionError) as e:
+        raise ArtifactError(f"{f}: not a triage.json: {str(e).splitlines()[0][:120]}") from None
+    if not isinstance(doc, dict) or doc.get("format") != "pfndiff-triage/1":
         raise ArtifactError(f"{f}: not a pfndiff triage.json (format pfndiff-triage/1)")
+    try:
+        schema.check("triage-report", doc, f)
+    except ScenarioError as e:
+        raise ArtifactError(str(e)) from None
     return [c for c in doc["clusters"] if c.get("delta") != "vanished"]
 
 
