@@ -26,6 +26,7 @@ from oracles.signature import signature_id
 
 from . import artifacts as art
 from . import crash as crash_mode
+from . import history
 from .codec import dictionary_entries
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -97,6 +98,10 @@ class Campaign:
         self.out(f"pfndiff fuzz: {', '.join(f'{a} vs {b}' for a, b in self.pairs)}; {self.seconds}s, "
                  f"{self.jobs} job(s); corpus {self.corpus}; artifacts {self.artifacts}; log {log_path}")
         _interrupt_on(signal.SIGINT, signal.SIGTERM)
+        self._record({"event": "start", "t0": t0, "pairs": [f"{a}~{b}" for a, b in self.pairs],
+                      "seconds": self.seconds, "jobs": self.jobs,
+                      "corpus": os.path.relpath(os.path.abspath(self.corpus), os.path.abspath(self.artifacts)),
+                      "seeds": [os.path.abspath(s) for s in self.seeds]})
         with open(log_path, "ab") as log:
             proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.PIPE, env=env, start_new_session=True)
             reader = threading.Thread(target=_pump, args=(proc, log, prog), daemon=True)
@@ -108,7 +113,7 @@ class Campaign:
                     time.sleep(0.2)
                     now = time.time()
                     if now >= next_status:
-                        self.out(self.status_line(now - t0, prog, before))
+                        self.out(self.status_line(now - t0, prog, before, "tick"))
                         next_status = now + self.status_every
                     if now - t0 > self.seconds + 30:           # libFuzzer should have stopped itself
                         _stop(proc)
@@ -117,7 +122,7 @@ class Campaign:
                 self.out("pfndiff fuzz: interrupted, stopping libFuzzer (corpus and artifacts are kept)")
                 _stop(proc)
             reader.join(timeout=5)
-        self.out(self.status_line(time.time() - t0, prog, before))
+        self.out(self.status_line(time.time() - t0, prog, before, "end"))
         self.out(self.findings_table(before))
         if interrupted:
             return 130
@@ -144,12 +149,31 @@ class Campaign:
 
     _started: float = 0.0
 
-    def status_line(self, elapsed: float, prog: Progress, before: set[str]) -> str:
-        """``before``: signature ids already claimed in this artifacts directory by earlier campaigns."""
+    def _record(self, rec: dict[str, Any]) -> None:
+        """A history record; a full disk or a read-only directory must not stop the campaign."""
+        try:
+            history.append(self.artifacts, {"run": self.run_id, **rec})
+        except OSError as e:
+            if not self._history_failed:
+                self._history_failed = True
+                self.out(f"pfndiff fuzz: cannot record history in {history.path_in(self.artifacts)}: {e.strerror}")
+
+    _history_failed: bool = False
+
+    def status_line(self, elapsed: float, prog: Progress, before: set[str], event: str = "") -> str:
+        """``before``: signature ids already claimed in this artifacts directory by earlier campaigns.
+        With ``event``, the numbers are also appended to the campaign's history (fuzz.history)."""
         execs, sigs = self.aggregate()
         new = len({(v.get("cause") or {}).get("id", s) for s, v in sigs.items() if not v["known"]})
         known = sum(1 for v in sigs.values() if v["known"])
         rate = prog.execs_per_s or (int(execs / elapsed) if elapsed > 0 else 0)
+        if event:
+            again = len({(v.get("cause") or {}).get("id", s) for s, v in sigs.items()
+                         if not v["known"] and signature_id(s) in before})       # root causes reported earlier
+            self._record({"event": event, "t": round(elapsed, 2), "execs": execs, "exec_s": rate,
+                          "corpus": prog.corp, "cov": prog.cov, "ft": prog.ft,
+                          "new": new - again, "new_seen_before": again, "known": known,
+                          "known_execs": sum(v["count"] for v in sigs.values() if v["known"])})
         return (f"[{elapsed:6.0f}s] execs {execs}  exec/s {rate}  corpus {prog.corp}  cov {prog.cov} ft {prog.ft}  "
                 f"findings: {new} root cause(s), {known} catalogued signature(s)")
 

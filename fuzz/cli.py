@@ -187,7 +187,7 @@ COMMANDS.update({
 def _load_extensions() -> None:
     """Commands that live in their own modules register themselves on import."""
     import importlib
-    for mod in ("fuzz.cli_diff", "fuzz.cli_fuzz", "fuzz.cli_corpus", "fuzz.cli_triage", "kernel_shim.cli",
+    for mod in ("fuzz.cli_diff", "fuzz.cli_fuzz", "fuzz.cli_corpus", "fuzz.cli_triage", "fuzz.cli_report", "kernel_shim.cli",
                 "kernel_shim.kernels.cli"):
         try:
             importlib.import_module(mod)

@@ -10,6 +10,7 @@ from kvmsim import BackendError, get_backend
 
 from .campaign import BUNDLED_CORPUS, Campaign
 from .cli import COMMANDS, UsageError, output_dir
+from .cli_report import report_after
 from .corpus import build_corpus
 
 DEFAULT_PAIRS = [("sim:g2", "sim:g3"), ("sim:g2", "sim:g2s-literal")]
@@ -66,7 +67,10 @@ def cmd_fuzz(args: argparse.Namespace) -> int:
     c = Campaign(pairs, args.time, args.jobs, args.corpus, args.artifacts, seeds, extra,
                  status_every=args.status_every, crash=args.crash, join=list(args.join),
                  minimize=not args.no_minimize)
-    return c.run()
+    rc = c.run()
+    if args.report and rc in (0, 130):
+        return report_after(args.report, [args.artifacts]) or rc
+    return rc
 
 
 def _setup(p: argparse.ArgumentParser) -> None:
@@ -87,6 +91,8 @@ def _setup(p: argparse.ArgumentParser) -> None:
                    help="an earlier triage (its directory or triage.json): its causes are shown as already known")
     p.add_argument("--no-minimize", action="store_true",
                    help="do not minimise the first input of each new cause for the findings table")
+    p.add_argument("--report", metavar="PATH", help="at the end, write the HTML report (pfndiff report) of the "
+                                                    "artifacts directory to PATH")
     p.add_argument("libfuzzer_args", nargs=argparse.REMAINDER, help="after --: extra libFuzzer flags")
 
 

@@ -16,11 +16,12 @@ from kvmsim.yamlsrc import ScenarioError
 from . import triage_run
 from .artifacts import atomic_write, is_sidecar, load_corpus_entry, read_yaml_doc
 from .cli import COMMANDS, EXIT_USAGE, UsageError, output_dir, output_file
+from .cli_report import report_after
 from .codec import EncodeError, encode
 from .judge import Judge, Pair
 from .minimize import minimize
 from .attribution import needed_quirks
-from .report import explain, side_by_side
+from .report import explain, partner, side_by_side
 from .triage import HOST_RUNS, ArtifactError, JudgeCache, judge_artifact, load_artifact
 
 
@@ -57,6 +58,8 @@ def cmd_triage(args: argparse.Namespace) -> int:
           + f" and clusters/ ({len(out.clusters)})")
     for p in out.promoted:
         print(f"promoted: {p}")
+    if args.report and report_after(args.report, [*args.dirs, args.out]) != 0:
+        return EXIT_USAGE
     if out.errors:
         return EXIT_USAGE
     return 1 if args.fail_on_new and out.new else 0
@@ -78,6 +81,8 @@ def _setup_triage(p: argparse.ArgumentParser) -> None:
                    help="copy reproducible sim clusters' reproducers into corpus/regressions as YAML")
     p.add_argument("--promote-dir", help=argparse.SUPPRESS)
     p.add_argument("--fail-on-new", action="store_true", help="exit 1 if there is a new cluster (for CI)")
+    p.add_argument("--report", metavar="PATH", help="also write the HTML report (pfndiff report) of the campaign "
+                                                    "directories and this triage to PATH")
 
 
 # --- shared: one reproducer from a raw input or a scenario YAML ---------------------------------------
@@ -190,7 +195,7 @@ def cmd_repro(args: argparse.Namespace) -> int:
     inp, judge, j, sig, d = _judged(args, "repro")
     traces = j.traces                                                  # type: ignore[attr-defined]
     left = traces[d.left]
-    right = traces.get(d.right) if d.right else triage_run._partner(d.left, judge, j)
+    right = traces.get(d.right) if d.right else partner(d.left, judge.pairs, traces)
     color = sys.stdout.isatty() and not args.no_color
     print(f"# {args.file}")
     print(dump_scenario(inp.scenario).rstrip())

@@ -142,3 +142,27 @@ def explain(d: Divergence, cat: Catalogue, needed: list[str] | None = None) -> l
 
 def bug_rows(spec_ids: list[str]) -> list[str]:
     return [s for s in spec_ids if s in BUG_IDS]
+
+
+def partner(backend: str, pairs: list[tuple[str, str]], traces: dict[str, Trace]) -> Trace | None:
+    """The trace a single-trace divergence (an invariant) is shown next to: its pair's other side."""
+    for a, b in pairs:
+        if backend == a and b:
+            return traces.get(b)
+        if backend == b:
+            return traces.get(a)
+    return None
+
+
+def view(d: Divergence, traces: dict[str, Trace], pairs: list[tuple[str, str]], cat: Catalogue,
+         needed: list[str] | None) -> dict[str, Any]:
+    """What a reader needs to see one divergence again without re-running it (a real kernel
+    cannot be re-run for a report): both traces, the first differing op, the fields, the spec
+    rows.  Plain JSON; ``pfndiff triage`` stores it per cluster, ``pfndiff report`` draws it."""
+    left = traces.get(d.left)
+    right = traces.get(d.right) if d.right else partner(d.left, pairs, traces)
+    return {"format": "pfndiff-view/1", "signature": d.signature, "known": d.known,
+            "left": d.left, "right": right.backend if right is not None else "",
+            "mark": d.index, "op": d.op, "fields": list(d.fields),
+            "traces": [t.to_dict() for t in (left, right) if t is not None],
+            "spec_rows": [[r.id, r.text] for r in explain(d, cat, needed)]}

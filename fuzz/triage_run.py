@@ -18,14 +18,14 @@ from typing import Any
 from kvmsim.scenario import Scenario, dump_scenario
 from kvmsim.yamlsrc import MAX_JSON_BYTES, ScenarioError, read_text
 
-from . import formats, schema
+from . import formats, progress, schema
 from .artifacts import atomic_write, host_info
 from .codec import EncodeError, encode
 from .outdir import OutputDir
 from .judge import Judge, Pair
 from .minimize import MinResult, minimize
 from .attribution import needed_quirks, spec_rows
-from .report import explain, side_by_side
+from .report import explain, partner, side_by_side, view
 from .triage import (
     HOST_RUNS, ArtifactError, Cluster, JudgeCache, Verdict, cluster, judge_artifact, list_inputs, load_artifact,
 )
@@ -47,6 +47,7 @@ class Options:
     minimize: bool = True
     promote: str | None = None            # directory to promote reproducers into
     err: Callable[[str], None] = lambda s: print(s, file=sys.stderr)
+    stage: Callable[..., progress.Stage] = progress.stage      # progress on stderr (fuzz.progress)
 
 
 @dataclass
@@ -101,21 +102,26 @@ def run(opts: Options) -> Outcome:
     records: list[dict[str, Any]] = []
     clusters: list[Cluster] = []
     try:
-        for path in paths:
-            try:
-                art = load_artifact(path)
-                verdicts.append(judge_artifact(art, judges, opts.pairs, opts.host_runs))
-            except ArtifactError as e:
-                errors.append(str(e))
-                opts.err(str(e))
+        with opts.stage("triage: re-running artifacts", len(paths)) as st:
+            for path in paths:
+                try:
+                    art = load_artifact(path)
+                    verdicts.append(judge_artifact(art, judges, opts.pairs, opts.host_runs))
+                except ArtifactError as e:
+                    errors.append(str(e))
+                    opts.err(str(e))
+                st.advance(note=os.path.basename(path))
         clusters = cluster(verdicts)
         minimized: dict[str, MinResult | None] = {}
         yaml_lines: dict[str, int] = {}
-        for c in clusters:
-            rec, res, line = _do_cluster(c, judges, work)
-            records.append(rec)
-            minimized[c.id] = res
-            yaml_lines[c.id] = line
+        what = "minimising and reporting clusters" if opts.minimize else "reporting clusters"
+        with opts.stage(f"triage: {what}", len(clusters)) as st:
+            for c in clusters:
+                rec, res, line = _do_cluster(c, judges, work)
+                records.append(rec)
+                minimized[c.id] = res
+                yaml_lines[c.id] = line
+                st.advance(note=c.id)
     except KeyboardInterrupt:
         meta = _meta(opts, paths, verdicts, t0)
         meta["interrupted"] = {"judged": len(verdicts), "of": len(paths),
@@ -202,6 +208,9 @@ def _do_cluster(c: Cluster, judges: JudgeCache, opts: Options) -> tuple[dict[str
     rec["needed_quirks"] = needed
     _write(os.path.join(cdir, "report.md"), cluster_md(c, rec, sc, j, judge, text))
     _write(os.path.join(cdir, "report.json"), json.dumps(rec, indent=2))
+    if d is not None:                   # what `pfndiff report` draws without re-running a real kernel
+        assert judge.catalogue is not None
+        _write(os.path.join(cdir, "view.json"), json.dumps(view(d, j.traces, rep.pairs, judge.catalogue, needed)))
     return rec, res, line
 
 
@@ -280,20 +289,11 @@ def cluster_md(c: Cluster, rec: dict[str, Any], sc: Scenario, j: Any, judge: Jud
         lines += ["## Spec rows", ""] + [f"- **{row.id}** {row.text}" for row in
                                              explain(d, judge.catalogue, rec.get("needed_quirks"))] + [""]
         left = j.traces.get(d.left)
-        right = j.traces.get(d.right) if d.right else _partner(d.left, judge, j)
+        right = j.traces.get(d.right) if d.right else partner(d.left, judge.pairs, j.traces)
         if left is not None:
             lines += ["## Traces (first differing op marked `>>`, differing lines `*`)", "", "```",
                       side_by_side(sc, left, right, d.index, d.fields), "```", ""]
     return "\n".join(lines)
-
-
-def _partner(backend: str, judge: Judge, j: Any) -> Any:
-    for a, b in judge.pairs:
-        if backend == a and b:
-            return j.traces.get(b)
-        if backend == b:
-            return j.traces.get(a)
-    return None
 
 
 # --- join ------------------------------------------------------------------------------------------

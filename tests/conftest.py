@@ -73,3 +73,10 @@ def hugetlb_pool(pages: int) -> Iterator[None]:
 def _hugetlb_pool():
     with hugetlb_pool(POOL_PAGES):
         yield
+
+
+@pytest.fixture(autouse=True)
+def _no_progress(monkeypatch):
+    """Progress lines (fuzz.progress) stay out of the stderr that tests read; the tests of the
+    progress display set PFNDIFF_PROGRESS themselves."""
+    monkeypatch.setenv("PFNDIFF_PROGRESS", "0")

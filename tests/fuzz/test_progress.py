@@ -1,0 +1,45 @@
+"""fuzz.progress: a bar with counts and ETA on a terminal, one line per stage otherwise."""
+
+import io
+
+from fuzz.progress import Stage
+
+
+class _Tty(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_terminal_shows_a_bar_with_counts_and_eta(monkeypatch):
+    monkeypatch.delenv("PFNDIFF_PROGRESS")
+    out = _Tty()
+    with Stage("triage: re-running artifacts", 4, stream=out) as st:
+        st.advance(note="crash-1")
+        st._drawn = 0.0                      # redraws are rate-limited; force this one
+        st.advance()
+    text = out.getvalue()
+    frames = [f for f in text.split("\r") if f]
+    assert any("2/4" in f and "50%" in f and "ETA" in f for f in frames), frames
+    assert text.endswith("\n") and "4/4" not in text and "[" in text and "#" in text
+
+
+def test_not_a_terminal_one_line_per_stage(monkeypatch):
+    monkeypatch.delenv("PFNDIFF_PROGRESS")
+    out = io.StringIO()
+    with Stage("minimise", None, "checks", stream=out) as st:
+        for _ in range(7):
+            st.advance()
+    with Stage("report", 2, stream=out) as st:
+        st.advance()
+        st.advance()
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 2 and "\r" not in out.getvalue()
+    assert lines[0].startswith("minimise: 7 checks in ") and lines[1].startswith("report: 2/2 in ")
+
+
+def test_silenced(monkeypatch):
+    monkeypatch.setenv("PFNDIFF_PROGRESS", "0")
+    out = _Tty()
+    with Stage("x", 3, stream=out) as st:
+        st.advance()
+    assert out.getvalue() == ""
