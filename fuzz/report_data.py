@@ -18,7 +18,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import yaml
 
 from kvmsim.scenario import Scenario, loads_scenario
 from kvmsim.trace import Trace
@@ -29,10 +28,10 @@ from . import history
 from .artifacts import read_stats
 from .corpus_minimize import MergeError, corpus_stats
 from .features import Feature
-from .triage import ArtifactError, list_inputs
+from .triage import ArtifactError, list_inputs, load_artifact
 
 MAX_JSON = 64 << 20            # bytes read from one triage.json / kernels JSON / view.json
-MAX_SIDECAR = 4 << 20
+MAX_TEXT = 4 << 20              # bytes read from one repro.yaml
 SPEC_ORDER = [f"D{i}" for i in range(1, 29)] + ["D12b", "S2", "S4", "S5", "S6", "S8"]
 
 
@@ -79,22 +78,20 @@ class CampaignDir:
         return out
 
 
-def _read_sidecar(path: str) -> Finding | None:
+def _finding(inp: str) -> Finding | None:
+    """An artifact's sidecar through triage's loader (bounded, schema-checked); None if it has no
+    readable sidecar (triage names those; the report counts the rest)."""
     try:
-        if os.path.getsize(path) > MAX_SIDECAR:
-            return None
-        with open(path, encoding="utf-8") as fh:
-            doc = yaml.load(fh, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError):
-        return None                      # triage names unreadable sidecars; the report just counts the rest
-    if not isinstance(doc, dict) or not isinstance(doc.get("signature"), str):
+        doc = load_artifact(inp).sidecar
+    except ArtifactError:
         return None
-    pair = doc.get("pair") if isinstance(doc.get("pair"), list) else []
+    if not doc:
+        return None
     after = doc.get("found_after_s")
-    return Finding(os.path.basename(path)[:-5], doc["signature"], "~".join(str(p) for p in pair if p),
+    return Finding(os.path.basename(inp), doc["signature"], "~".join(str(p) for p in doc.get("pair") or [] if p),
                    [str(s) for s in doc.get("spec_ids") or [] if isinstance(s, str)],
                    float(after) if isinstance(after, (int, float)) else 0.0,
-                   str((doc.get("host") or {}).get("time", "")) if isinstance(doc.get("host"), dict) else "")
+                   str((doc.get("host") or {}).get("time", "")))
 
 
 def read_campaign(path: str) -> CampaignDir:
@@ -102,7 +99,7 @@ def read_campaign(path: str) -> CampaignDir:
     findings = []
     for inp in list_inputs([path], []):
         if os.path.isfile(inp + ".yaml"):
-            f = _read_sidecar(inp + ".yaml")
+            f = _finding(inp)
             if f is not None:
                 findings.append(f)
     corpus = None
@@ -157,19 +154,13 @@ def _load_json(path: str) -> Any:
 
 
 def read_triage(path: str, cat: Catalogue, made_here: bool = False) -> TriageDir:
-    f = os.path.join(path, "triage.json")
-    doc = _load_json(f)
-    if not isinstance(doc, dict) or doc.get("format") != "pfndiff-triage/1" or not isinstance(doc.get("clusters"), list):
-        raise ReportInputError(f"{f}: not a pfndiff triage.json (format pfndiff-triage/1)")
-    clusters = []
-    for rec in doc["clusters"]:
-        if not isinstance(rec, dict) or not isinstance(rec.get("id"), str) or not isinstance(rec.get("signature"), str):
-            raise ReportInputError(f"{f}: a cluster without id or signature")
-        if rec.get("delta") == "vanished":
-            continue
-        clusters.append(_cluster_view(path, rec, cat))
-    meta = doc.get("meta") if isinstance(doc.get("meta"), dict) else {}
-    return TriageDir(path, meta, clusters, made_here)
+    """Through triage's own loader (what ``--join`` reads: bounded, checked against the schema)."""
+    from .triage_run import load_previous
+    try:
+        records = load_previous(path)
+    except ArtifactError as e:
+        raise ReportInputError(str(e)) from None
+    return TriageDir(path, {}, [_cluster_view(path, rec, cat) for rec in records], made_here)
 
 
 def _cluster_view(path: str, rec: dict[str, Any], cat: Catalogue) -> ClusterView:
@@ -178,7 +169,7 @@ def _cluster_view(path: str, rec: dict[str, Any], cat: Catalogue) -> ClusterView
     text, sc, note = "", None, ""
     try:
         with open(repro, encoding="utf-8") as fh:
-            text = fh.read(MAX_SIDECAR)
+            text = fh.read(MAX_TEXT)
         sc = loads_scenario(text, repro)
     except OSError as e:
         note = f"{repro}: cannot read: {e.strerror}"

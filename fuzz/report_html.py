@@ -292,7 +292,8 @@ def cluster_section(cv: ClusterView, n: int) -> str:
     status = f'<span class="tag {"known" if known else "new"}">{"known" if known else "new"}</span> ' \
              f'<span class="tag other">{esc(rec.get("status", "?"))}</span>'
     out = [f'<div class="cluster{" known" if known else ""}" id="cluster-{esc(rec["id"])}">',
-           f'<h3>{n}. Cluster {esc(rec["id"])} {status}</h3><p class=mono>{esc(rec["signature"])}</p>',
+           f'<h3>{n}. {esc(rec.get("title") or "Cluster")} <span class=mono>[{esc(rec["id"])}]</span> {status}</h3>'
+           f'<p class=mono>{esc(rec["signature"])}</p>',
            "<table>",
            f"<tr><th>pair</th><td class=mono>{esc(rec.get('pair', ''))}</td><th>artifacts</th><td>{esc(rec.get('count', ''))}</td>"
            f"<th>reproducible</th><td>{esc(r.get('hits', '?'))}/{esc(r.get('runs', '?'))} runs</td></tr>",
@@ -318,7 +319,7 @@ def cluster_section(cv: ClusterView, n: int) -> str:
 
 
 def clusters_part(data: ReportData) -> str:
-    out = ['<section id="clusters"><h2>4. Clusters</h2>']
+    out = ['<section id="clusters"><h2>4. Root-cause clusters</h2>']
     views = [cv for t in data.triages for cv in t.clusters]
     if not views:
         out.append('<p class="note">No findings to cluster among the inputs.</p></section>')
@@ -326,12 +327,12 @@ def clusters_part(data: ReportData) -> str:
     srcs = ", ".join(esc(t.path) for t in data.triages if not t.made_here)
     out.append(f'<p class="lead">{len(views)} cluster(s)' + (f" from {srcs}" if srcs else "")
                + ": the minimised reproducer, both traces side by side, the spec rows it depends on.</p>")
-    out.append("<table id=\"cluster-index\"><tr><th>#</th><th>cluster</th><th>status</th><th>count</th>"
-               "<th>spec rows</th><th>signature</th></tr>")
+    out.append("<table id=\"cluster-index\"><tr><th>#</th><th>cluster</th><th>root cause</th><th>status</th>"
+               "<th>count</th><th>spec rows</th><th>signature</th></tr>")
     for i, cv in enumerate(views, 1):
         rec = cv.record
         out.append(f"<tr><td>{i}</td><td><a href=\"#cluster-{esc(rec['id'])}\">{esc(rec['id'])}</a></td>"
-                   f"<td>{esc(rec.get('status', ''))}</td><td class=n>{esc(rec.get('count', ''))}</td>"
+                   f"<td>{esc(rec.get('title') or '')}</td><td>{esc(rec.get('status', ''))}</td><td class=n>{esc(rec.get('count', ''))}</td>"
                    f"<td>{esc(', '.join(rec.get('spec_ids') or []))}</td><td class=mono>{esc(rec['signature'])}</td></tr>")
     out.append("</table>")
     out += [cluster_section(cv, i) for i, cv in enumerate(views, 1)]
