@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from kvmsim.scenario import Scenario, dump_scenario
 from kvmsim.yamlsrc import ScenarioError
 
-from . import triage_run
+from . import progress, triage_run
 from .artifacts import atomic_write, is_sidecar, load_corpus_entry, read_yaml_doc
 from .cli import COMMANDS, EXIT_USAGE, UsageError, output_dir, output_file
 from .cli_report import report_after
@@ -166,7 +166,8 @@ def cmd_minimize(args: argparse.Namespace) -> int:
             raise UsageError(f"pfndiff minimize: refusing to overwrite the input {path}")
         output_file(path, "-o")                                       # before the work, not after
     inp, judge, j, sig, d = _judged(args, "minimize")
-    res = minimize(inp.scenario, judge, sig, known=d.known, data=inp.data)
+    with progress.stage("minimize: checking candidates", None, "checks") as st:
+        res = minimize(inp.scenario, judge, sig, known=d.known, data=inp.data, on_check=st.set)
     pair = triage_run._pair_of(sig, inp.pairs)
     tagged = Scenario(res.scenario.world, res.scenario.ops, name="minimised", description=f"Minimised: {sig}",
                       tags={"signature": sig, "left": pair[0], "right": pair[1],

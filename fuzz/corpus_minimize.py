@@ -23,6 +23,7 @@ import tempfile
 from collections import Counter
 from dataclasses import dataclass, field
 
+from . import progress
 from .artifacts import atomic_write
 from .campaign import REPO, TARGETS
 from .features import DEFAULT_PAIRS, Feature, FeatureExtractor
@@ -153,7 +154,9 @@ def minimize_corpus(in_dirs: list[str], out_dir: str, pairs: list[Pair] | None =
     tmp = tempfile.mkdtemp(prefix=".merge-", dir=out_dir)
     log_path = os.path.join(out_dir, ".merge.log")
     try:
-        log = libfuzzer_merge(in_dirs, tmp, pairs, target, log_path, expect_inputs=len(inputs))
+        with progress.stage("corpus minimize: libFuzzer -merge=1", len(inputs), "input(s)") as st:
+            log = libfuzzer_merge(in_dirs, tmp, pairs, target, log_path, expect_inputs=len(inputs))
+            st.set(len(inputs))
         m = _MERGE_LINE.search(log)
         coverage = f"{m.group(2)} coverage features, {m.group(3)} edges" if m else ""
         merged = []
@@ -165,7 +168,7 @@ def minimize_corpus(in_dirs: list[str], out_dir: str, pairs: list[Pair] | None =
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     ext = FeatureExtractor(pairs)
-    feats = {i.sha1: ext.of_bytes(i.data) for i in inputs}
+    feats = _features(inputs, ext, "corpus minimize: decision-table cells and oracle outcomes")
     kept = semantic_cover(inputs, feats, merged)
     for s in kept:
         atomic_write(os.path.join(out_dir, s), by_sha[s].data)
@@ -182,9 +185,19 @@ def corpus_stats(dirs: list[str], pairs: list[Pair] | None = None) -> tuple[int,
     inputs = read_corpus(dirs)
     ext = FeatureExtractor(pairs or list(DEFAULT_PAIRS))
     counts: Counter[Feature] = Counter()
-    for i in inputs:
-        counts.update(ext.of_bytes(i.data))
+    for f in _features(inputs, ext, "corpus stats: running every generation").values():
+        counts.update(f)
     return len(inputs), counts
+
+
+def _features(inputs: list[CorpusInput], ext: FeatureExtractor, label: str) -> dict[str, set[Feature]]:
+    """Each input's features (every generation runs it), with progress: large corpora take a while."""
+    out: dict[str, set[Feature]] = {}
+    with progress.stage(label, len(inputs), "input(s)") as st:
+        for i in inputs:
+            out[i.sha1] = ext.of_bytes(i.data)
+            st.advance()
+    return out
 
 
 def format_stats(n: int, counts: Counter[Feature]) -> str:

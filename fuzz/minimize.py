@@ -50,21 +50,23 @@ def shows_signature(judge: Judge, signature: str, known: bool = False) -> Predic
 
 
 class _Budget:
-    def __init__(self, pred: Predicate, limit: int) -> None:
-        self.pred, self.limit, self.used = pred, limit, 0
+    def __init__(self, pred: Predicate, limit: int, on_check: Callable[[int], None] | None = None) -> None:
+        self.pred, self.limit, self.used, self.on_check = pred, limit, 0, on_check
 
     def __call__(self, sc: Scenario) -> bool:
         if self.used >= self.limit:
             return False
         self.used += 1
+        if self.on_check is not None:
+            self.on_check(self.used)
         return self.pred(sc)
 
 
 def minimize(sc: Scenario, judge: Judge, signature: str, known: bool = False, data: bytes | None = None,
-             limit: int = MAX_CHECKS) -> MinResult:
+             limit: int = MAX_CHECKS, on_check: Callable[[int], None] | None = None) -> MinResult:
     """The smallest scenario (then byte string) found that still shows ``signature``.
     Raises ValueError if the input itself does not show it."""
-    pred = _Budget(shows_signature(judge, signature, known), limit)
+    pred = _Budget(shows_signature(judge, signature, known), limit, on_check)     # on_check: progress
     sc = _clean(sc)
     if not pred(sc):
         raise ValueError(f"the input does not show {signature!r}")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import TextIO
@@ -50,13 +51,25 @@ class Stage:
 
     def __post_init__(self) -> None:
         self.mode = _mode(self.stream)
+        self._lock = threading.Lock()           # workers of one stage may report from threads
         self._draw(force=True)
 
     def advance(self, n: int = 1, note: str = "") -> None:
-        self.done += n
-        if note:
-            self.note = note
-        self._draw()
+        with self._lock:
+            self.done += n
+            if note:
+                self.note = note
+            self._draw()
+
+    def log(self, message: str, stream: TextIO | None = None) -> None:
+        """A step worth a line of its own (e.g. each download): on a terminal it becomes the bar's
+        note; otherwise (and when progress is off) it is printed to ``stream`` as before."""
+        if self.mode == "tty":
+            self.advance(0, message)
+        else:
+            out = stream or self.stream
+            out.write(message + "\n")
+            out.flush()
 
     def set(self, done: int, note: str = "") -> None:
         self.done = done

@@ -117,7 +117,8 @@ def run(opts: Options) -> Outcome:
         what = "minimising and reporting clusters" if opts.minimize else "reporting clusters"
         with opts.stage(f"triage: {what}", len(clusters)) as st:
             for c in clusters:
-                rec, res, line = _do_cluster(c, judges, work)
+                rec, res, line = _do_cluster(c, judges, work,
+                                             lambda n, c=c: st.advance(0, f"{c.id}: {n} checks"))
                 records.append(rec)
                 minimized[c.id] = res
                 yaml_lines[c.id] = line
@@ -159,7 +160,8 @@ def _meta(opts: Options, paths: list[str], verdicts: list[Verdict], t0: float) -
 
 # --- one cluster -------------------------------------------------------------------------------------
 
-def _do_cluster(c: Cluster, judges: JudgeCache, opts: Options) -> tuple[dict[str, Any], MinResult | None, int]:
+def _do_cluster(c: Cluster, judges: JudgeCache, opts: Options,
+                on_check: Callable[[int], None] | None = None) -> tuple[dict[str, Any], MinResult | None, int]:
     rep = c.representative()
     judge = judges.get(rep.pairs)
     d0 = rep.judgement.find(c.signature)
@@ -175,7 +177,7 @@ def _do_cluster(c: Cluster, judges: JudgeCache, opts: Options) -> tuple[dict[str
     if opts.minimize and d0 is not None and c.status != "nondeterministic":
         limit = HOST_MIN_CHECKS if any(not n.startswith("sim:") for p in rep.pairs for n in p if n) else 4000
         try:
-            res = minimize(sc, judge, c.signature, known=d0.known, data=data, limit=limit)
+            res = minimize(sc, judge, c.signature, known=d0.known, data=data, limit=limit, on_check=on_check)
             sc, data = res.scenario, res.data or data
         except ValueError as e:
             note = f"not minimised: {e}"

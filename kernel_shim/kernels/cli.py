@@ -11,6 +11,7 @@ import argparse
 import json
 import sys
 
+from fuzz import progress
 from fuzz.cli import COMMANDS, UsageError
 from kvmsim.backend import REGISTRY
 
@@ -33,12 +34,14 @@ def cmd_fetch(args: argparse.Namespace) -> int:
         if s not in SPECS or s not in SUITES:
             raise UsageError(f"pfndiff kernels fetch: unknown suite {s!r} (known: {', '.join(SPECS)})")
     bad = 0
-    for s in suites:
-        try:
-            fetch_suite(s, log=lambda m: print(m, flush=True))
-        except FetchError as e:
-            print(f"pfndiff kernels fetch: {s}: {e}", file=sys.stderr)
-            bad += 1
+    with progress.stage("kernels fetch", len(suites), "suite(s)") as st:
+        for s in suites:
+            try:
+                fetch_suite(s, log=lambda m: st.log(m, sys.stdout))
+            except FetchError as e:
+                print(f"pfndiff kernels fetch: {s}: {e}", file=sys.stderr)
+                bad += 1
+            st.advance(note=s)
     if qemu_missing():
         print(f"note: kernels are booted with qemu-system-x86_64, which is not installed; {INSTALL_HINT}")
     return 1 if bad else 0
@@ -69,7 +72,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
         raise UsageError("pfndiff kernels compare: no kernel cached (run `pfndiff kernels fetch` first)")
     if args.jobs <= 0:
         raise UsageError("pfndiff kernels compare: --jobs must be positive")
-    m = build_matrix(backends, args.scenarios or None, jobs=args.jobs)
+    with progress.stage("kernels compare: running the seeds", len(backends), "backend(s)") as st:
+        m = build_matrix(backends, args.scenarios or None, jobs=args.jobs, on_done=lambda n: st.advance(note=n))
     if args.json:
         print(json.dumps(m.to_dict(), indent=2, default=str))
     else:

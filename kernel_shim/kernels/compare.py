@@ -15,6 +15,7 @@ import glob
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -164,8 +165,9 @@ def _run_all(b: Backend, scs: list[Scenario]) -> list[Trace]:
 
 
 def build_matrix(backends: list[str], files: list[str] | None = None, jobs: int = 2,
-                 catalogue: Catalogue | None = None) -> Matrix:
-    """Run every seed on every backend (each QEMU kernel in one boot, ``jobs`` at a time)."""
+                 catalogue: Catalogue | None = None, on_done: Callable[[str], None] | None = None) -> Matrix:
+    """Run every seed on every backend (each QEMU kernel in one boot, ``jobs`` at a time);
+    ``on_done(backend)`` is called as each backend finishes (progress; from worker threads)."""
     t0 = time.monotonic()
     files = files or seed_files()
     scs = [load_scenario(f) for f in files]
@@ -192,6 +194,8 @@ def build_matrix(backends: list[str], files: list[str] | None = None, jobs: int 
             close = getattr(live[name], "close", None)
             if close is not None:
                 close()
+            if on_done is not None:
+                on_done(name)
 
     with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
         for f in [pool.submit(job, n) for n in live]:

@@ -43,3 +43,22 @@ def test_silenced(monkeypatch):
     with Stage("x", 3, stream=out) as st:
         st.advance()
     assert out.getvalue() == ""
+
+
+def test_long_commands_report_their_stages_on_stderr(monkeypatch, capsys, tmp_path):
+    import os
+
+    from fuzz.cli import main
+    from fuzz.corpus import OUT, SEEDS
+    monkeypatch.delenv("PFNDIFF_PROGRESS")
+    corpus = os.path.join(OUT, "diff")
+    assert main(["corpus", "stats", corpus]) == 0
+    cap = capsys.readouterr()
+    n = len(os.listdir(corpus))
+    assert cap.err.splitlines() == [ln for ln in cap.err.splitlines() if ln.startswith("corpus stats: ")]
+    assert cap.err.startswith(f"corpus stats: running every generation: {n}/{n} input(s) in ")
+    assert "corpus stats" not in cap.out                      # stdout stays the result
+    seed = os.path.join(SEEDS, "d05-remapped-refcount0.yaml")
+    assert main(["minimize", seed, "-o", str(tmp_path / "m")]) == 0
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and err[0].startswith("minimize: checking candidates: ") and " checks in " in err[0]
