@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: test fuzz venv lint bench clean real-parts
+.PHONY: test fuzz venv lint bench clean real-parts cflite-tools cflite-check
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found (pfndiff needs Python 3.11)"; exit 2; }
@@ -23,7 +23,24 @@ lint: $(STAMP)
 real-parts: $(STAMP)
 	$(BIN)/python tools/real_parts.py
 
-test: $(STAMP) real-parts
+# The ClusterFuzzLite tools, in their own venv (pyinstaller/coverage/setuptools pinned as the
+# OSS-Fuzz Python image pins them, ClusterFuzz's stack parser, actionlint, shellcheck).
+CFLITE_VENV  := .venv-cflite
+CFLITE_STAMP := $(CFLITE_VENV)/.installed
+$(CFLITE_STAMP): tools/cflite-requirements.txt
+	$(PYTHON) -m venv $(CFLITE_VENV)
+	$(CFLITE_VENV)/bin/pip install --quiet --upgrade pip
+	$(CFLITE_VENV)/bin/pip install --quiet -r tools/cflite-requirements.txt
+	@touch $(CFLITE_STAMP)
+
+cflite-tools: $(CFLITE_STAMP)
+
+# Builds the targets with .clusterfuzzlite/build.sh into a temporary $OUT and checks them as the
+# engine would (tools/cflite_check.py): no Docker, no network after the tools are installed.
+cflite-check: $(STAMP) $(CFLITE_STAMP)
+	$(BIN)/python tools/cflite_check.py
+
+test: $(STAMP) real-parts $(CFLITE_STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest
 
@@ -40,4 +57,4 @@ bench: $(STAMP)
 	$(BIN)/python bench/sim_speed.py
 
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) $(CFLITE_VENV) build *.egg-info

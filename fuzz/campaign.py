@@ -27,7 +27,7 @@ from oracles.signature import signature_id
 from . import artifacts as art
 from . import crash as crash_mode
 from . import history
-from .codec import dictionary_entries
+from .codec import libfuzzer_dictionary
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TARGETS = {"diff": os.path.join(REPO, "fuzz", "targets", "diff_target.py"),
@@ -87,7 +87,7 @@ class Campaign:
         os.makedirs(self.corpus, exist_ok=True)
         os.makedirs(self.artifacts, exist_ok=True)
         dict_path = os.path.join(self.artifacts, ".pfndiff.dict")
-        art.atomic_write(dict_path, "".join(f'"{_escape(t)}"\n' for t in dictionary_entries()).encode())
+        art.atomic_write(dict_path, libfuzzer_dictionary().encode())
         log_path = self.log or os.path.join(self.artifacts, "libfuzzer.log")
         t0 = self._started = time.time()
         before = _known_signatures(self.artifacts)
@@ -283,10 +283,6 @@ def _interrupt_on(*sigs: int) -> None:
         raise KeyboardInterrupt
     for s in sigs:
         signal.signal(s, handler)
-
-
-def _escape(b: bytes) -> str:
-    return "".join(f"\\x{c:02x}" for c in b)
 
 
 def _pump(proc: subprocess.Popen, log, prog: Progress) -> None:

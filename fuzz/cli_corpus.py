@@ -1,5 +1,6 @@
-"""``pfndiff corpus build`` (seeds -> libFuzzer corpora) and ``pfndiff corpus decode`` (an input
-file, e.g. a ``crash-<sha1>``, back to a readable scenario)."""
+"""``pfndiff corpus build`` (seeds -> libFuzzer corpora), ``pfndiff corpus decode`` (an input
+file, e.g. a ``crash-<sha1>``, back to a readable scenario) and ``pfndiff corpus dict`` (the
+libFuzzer dictionary, for engines that run the target themselves)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from kvmsim.yamlsrc import ScenarioError
 
 from . import corpus_minimize
 from .cli import COMMANDS, UsageError, output_dir
-from .codec import decode
+from .codec import decode, libfuzzer_dictionary
 from .corpus import OUT, SEEDS, build_corpus
 
 
@@ -23,6 +24,9 @@ def cmd_corpus(args: argparse.Namespace) -> int:
         counts = build_corpus(args.seeds, args.out)
         for target, n in counts.items():
             print(f"{os.path.join(args.out, target)}: {n} input(s) from {args.seeds}")
+        return 0
+    if args.action == "dict":
+        print(libfuzzer_dictionary(), end="")
         return 0
     if not args.files:
         raise UsageError("pfndiff corpus decode: give one or more input files")
@@ -39,8 +43,9 @@ def cmd_corpus(args: argparse.Namespace) -> int:
 
 
 def _setup(p: argparse.ArgumentParser) -> None:
-    p.add_argument("action", choices=("build", "decode", "minimize", "stats"),
-                   help="build: encode the seeds; decode: show inputs; minimize/stats: see fuzz.corpus_minimize")
+    p.add_argument("action", choices=("build", "decode", "dict", "minimize", "stats"),
+                   help="build: encode the seeds; decode: show inputs; dict: print the libFuzzer dictionary; "
+                        "minimize/stats: see fuzz.corpus_minimize")
     p.add_argument("files", nargs="*", help="decode: input files; minimize/stats: corpus directories")
     p.add_argument("--seeds", default=SEEDS, help="seed directory (build)")
     p.add_argument("--out", default=OUT, help="output directory, one subdirectory per target (build)")

@@ -570,3 +570,8 @@ def dictionary_entries() -> list[bytes]:
     tokens += [bytes([OP_VMA, 0, 4, 0, 0, 2, 0, 0, 0, 0]), bytes([OP_VMA, 0, 2, 0, 0, 2, 1, 0, 0, 0]),
                bytes([OP_SLOT, 0, 0, 0, 4, 0, 0, 0]), bytes([OP_PAGE, 0, 0, 0, 1])]
     return tokens
+
+
+def libfuzzer_dictionary() -> str:
+    """The dictionary in libFuzzer's format (one quoted, hex-escaped token per line)."""
+    return "".join('"' + "".join(f"\\x{c:02x}" for c in t) + '"\n' for t in dictionary_entries())

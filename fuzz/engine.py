@@ -114,7 +114,8 @@ class Checker:
             finding = crash_mode.primary(divs)
             if finding is not None:
                 self.flush()
-                crash_mode.raise_finding(sc, finding, self.catalogue_rows(divs), self.pairs, art.input_name(data))
+                crash_mode.raise_finding(sc, finding, self.catalogue_rows(divs), self.pairs, art.input_name(data),
+                                         self.cause_of)
         return divs
 
     def _record(self, data: bytes, sc: Scenario, divs: list[Divergence], traces: dict[str, Trace]) -> None:

@@ -99,3 +99,10 @@ def test_frame_names_avoid_what_clusterfuzz_skips():
 @pytest.mark.parametrize("value,on", [("1", True), ("yes", True), ("0", False), ("", False), ("off", False)])
 def test_the_environment_variable(value, on):
     assert crash.enabled(value) is on
+
+
+def test_a_campaign_keeps_going_unless_asked(monkeypatch):
+    from fuzz.campaign import Campaign
+    monkeypatch.setenv(crash.ENV, "1")                       # an inherited setting never switches it on
+    assert Campaign([("sim:g2", "sim:g3")]).env()[crash.ENV] == "0"
+    assert Campaign([("sim:g2", "sim:g3")], crash=True).env()[crash.ENV] == "1"
