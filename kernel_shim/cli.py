@@ -10,6 +10,7 @@ import argparse
 import json
 import sys
 
+from fuzz import progress
 from fuzz.cli import COMMANDS, UsageError
 from kvmsim.backend import REGISTRY, BackendError, get_backend
 from kvmsim.scenario import load_scenario
@@ -35,7 +36,9 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     why = host.available()
     if why is not None:
         raise BackendError(f"host backend is not available here: {why}")
-    r = sweep(args.runs, args.seed, model=args.model, host=host, all_diffs=True, madvise_all=not args.no_madvise_remapped)
+    with progress.stage("host sweep: random scenarios on the model and this kernel", args.runs) as st:
+        r = sweep(args.runs, args.seed, model=args.model, host=host, all_diffs=True,
+                  madvise_all=not args.no_madvise_remapped, on_run=st.advance)
     print(f"{r.runs} random scenarios, {r.compared} ops compared, {len(r.groups)} unexplained difference kinds")
     for sig, n in r.groups.most_common():
         print(f"  {n:6d}  {sig}")

@@ -109,8 +109,9 @@ class SweepResult:
 
 
 def sweep(n: int, seed: int, model: str = "sim:g3", host: Any = None, all_diffs: bool = False,
-          madvise_all: bool = True) -> SweepResult:
-    """``madvise_all=False`` keeps madvise to the normal VMA (hides the known pfnmap/hugetlb case)."""
+          madvise_all: bool = True, on_run: Any = None) -> SweepResult:
+    """``madvise_all=False`` keeps madvise to the normal VMA (hides the known pfnmap/hugetlb case);
+    ``on_run()`` is called after each scenario (progress)."""
     from kvmsim.backend import get_backend
     rng = random.Random(seed)
     m = get_backend(model)
@@ -129,4 +130,6 @@ def sweep(n: int, seed: int, model: str = "sim:g3", host: Any = None, all_diffs:
             out.examples.setdefault(sig, sc)
             if not all_diffs:
                 break                          # the first difference of a run; later ones may follow from it
+        if on_run is not None:
+            on_run()
     return out
