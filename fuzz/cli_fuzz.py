@@ -9,7 +9,7 @@ import sys
 from kvmsim import BackendError, get_backend
 
 from .campaign import BUNDLED_CORPUS, Campaign
-from .cli import COMMANDS, UsageError, output_dir
+from .cli import COMMANDS, UsageError, output_dir, output_file
 from .cli_report import report_after
 from .corpus import build_corpus
 
@@ -64,6 +64,8 @@ def cmd_fuzz(args: argparse.Namespace) -> int:
         if not os.path.exists(j):
             print(f"pfndiff fuzz: --join {j}: no such file or directory", file=sys.stderr)
             return 2
+    if args.report:
+        output_file(args.report, "--report")                  # before the campaign, not after it
     c = Campaign(pairs, args.time, args.jobs, args.corpus, args.artifacts, seeds, extra,
                  status_every=args.status_every, crash=args.crash, join=list(args.join),
                  minimize=not args.no_minimize)

@@ -5,12 +5,11 @@ outputs and kernel comparisons (fuzz.report_data reads them, fuzz.report_html dr
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
 from . import progress
 from .artifacts import atomic_write
-from .cli import COMMANDS, EXIT_USAGE
+from .cli import COMMANDS, EXIT_USAGE, output_file
 
 
 def write_report(inputs: list[str], out: str, corpus: list[str] | None = None, triage: bool = True) -> str:
@@ -21,7 +20,6 @@ def write_report(inputs: list[str], out: str, corpus: list[str] | None = None, t
     with progress.stage("report: drawing the page", 1) as st:
         text = page(data, inputs)
         st.advance()
-    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     atomic_write(out, text.encode("utf-8"))
     clusters = sum(len(t.clusters) for t in data.triages)
     runs = sum(len(c.runs) for c in data.campaigns)
@@ -43,6 +41,7 @@ def report_after(out: str, inputs: list[str]) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     from .report_data import ReportInputError
+    output_file(args.output, "the report")
     try:
         print(write_report(args.inputs, args.output, args.corpus or None, not args.no_triage))
     except ReportInputError as e:

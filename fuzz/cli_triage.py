@@ -41,6 +41,8 @@ def cmd_triage(args: argparse.Namespace) -> int:
     if args.runs < 1:
         raise UsageError("pfndiff triage: --runs must be at least 1")
     output_dir(args.out, "-o", create=False)
+    if args.report and not os.path.abspath(args.report).startswith(os.path.abspath(args.out) + os.sep):
+        output_file(args.report, "--report")                  # (inside -o it is made with the output)
     promote = None
     if args.promote:
         promote = args.promote_dir or triage_run.REGRESSIONS

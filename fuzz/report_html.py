@@ -106,8 +106,9 @@ def campaign_part(data: ReportData) -> str:
             ("plot-coverage", plots.campaign_series(runs, "cov", "coverage", "edges", extra="ft"),
              "code coverage edges (solid) and libFuzzer features (dashed)"),
             ("plot-findings", plots.findings_over_time(runs),
-             "distinct divergence signatures: new (written as findings), already reported by an earlier "
-             "campaign in the same directory, and known (catalogued, counted only)")):
+             "root causes of unknown divergences first found by this run (solid) or already reported by an "
+             "earlier campaign in the same directory (dash-dot), and distinct catalogued signatures (dashed; "
+             "known divergences are counted, never reported)")):
         out.append(f'<figure id="{fid}">{body}<figcaption>{esc(cap)}</figcaption></figure>')
     out.append("</div>")
     out.append("<table id=\"runs\"><tr><th>run</th><th>directory</th><th>started (UTC)</th><th>pairs</th>"

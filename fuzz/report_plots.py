@@ -60,12 +60,12 @@ def campaign_series(runs: list[history.Run], key: str, title: str, ylabel: str, 
 
 
 def findings_over_time(runs: list[history.Run]) -> str:
-    """Distinct signatures over time: new, new but already reported by an earlier campaign in the
-    same directory, and known (catalogued) ones."""
+    """Findings over time: root causes new in this run, root causes an earlier campaign in the same
+    directory already reported, and distinct known (catalogued) signatures."""
     fig = Figure(figsize=(5.2, 2.8))
     ax = fig.subplots()
-    styles = (("new", "new findings", "#d62728", "-"), ("new_seen_before", "already reported earlier", "#ff7f0e", "-."),
-              ("known", "known (catalogued)", "#1f77b4", "--"))
+    styles = (("new", "new root causes", "#d62728", "-"), ("new_seen_before", "reported by an earlier run", "#ff7f0e", "-."),
+              ("known", "catalogued signatures", "#1f77b4", "--"))
     for i, r in enumerate(runs):
         for key, what, color, ls in styles:
             x, y = r.series(key)
@@ -73,9 +73,9 @@ def findings_over_time(runs: list[history.Run]) -> str:
                 ax.step(x, y, where="post", color=color, ls=ls, lw=1.6 if i == len(runs) - 1 else 0.9,
                         alpha=1.0 if i == len(runs) - 1 else 0.5,
                         label=what if i == len(runs) - 1 else None)
-    ax.set_title("findings over time (distinct signatures)")
+    ax.set_title("findings over time")
     ax.set_xlabel("seconds since the run started")
-    ax.set_ylabel("signatures")
+    ax.set_ylabel("distinct")
     ax.set_ylim(bottom=0)
     ax.legend(loc="best")
     return svg(fig)

@@ -157,3 +157,12 @@ def test_a_real_browser_shows_the_plots_and_tables(campaign):
     assert r > 200 and r - g > 25 and r - b > 25, (r, g, b)
     tops = [b["y"] for b in page.boxes["section"]]
     assert len(tops) == 4 and tops == sorted(tops)          # the four parts, in order, one below the other
+
+
+def test_a_bad_report_path_fails_before_any_work(tmp_path, capsys):
+    bad = str(tmp_path / "no" / "such" / "r.html")
+    assert main(["fuzz", "--time", "600", "--artifacts", str(tmp_path / "a"), "--report", bad]) == 2
+    assert not (tmp_path / "a" / ".pfndiff-history.jsonl").exists()       # the campaign never started
+    assert main(["report", str(tmp_path), "-o", bad]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and all(bad in ln and "does not exist" in ln for ln in err)
