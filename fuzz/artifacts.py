@@ -9,6 +9,7 @@ import hashlib
 import json
 import os
 import platform
+import re
 import tempfile
 import time
 from typing import Any
@@ -42,6 +43,21 @@ def atomic_write(path: str, data: bytes) -> None:
         except OSError:
             pass
         raise
+
+
+# libFuzzer names inputs by content: crash-/timeout-/oom-/leak-/slow-unit-<sha1>, corpus files <sha1>.
+_NAMED_BY_CONTENT = re.compile(r"^(?:(?:crash|timeout|oom|leak|slow-unit)-)?([0-9a-f]{40})$")
+
+
+def content_mismatch(path: str, data: bytes) -> str | None:
+    """For a file named by its content's sha1: the one-line problem if the content no longer
+    matches (a truncated copy, an interrupted transfer), else None."""
+    m = _NAMED_BY_CONTENT.match(os.path.basename(path))
+    digest = hashlib.sha1(data).hexdigest()
+    if m and digest != m.group(1):
+        return (f"{path}: content does not match its name (sha1 {digest[:12]}…, {len(data)} bytes): "
+                f"truncated or modified")
+    return None
 
 
 def input_name(data: bytes) -> str:

@@ -8,9 +8,10 @@ import argparse
 import os
 
 from kvmsim import dump_scenario
-from kvmsim.yamlsrc import ScenarioError
+from kvmsim.yamlsrc import MAX_INPUT_BYTES, read_bytes
 
 from . import corpus_minimize
+from .artifacts import content_mismatch
 from .cli import COMMANDS, UsageError, output_dir
 from .codec import decode, libfuzzer_dictionary
 from .corpus import OUT, SEEDS, build_corpus
@@ -31,11 +32,9 @@ def cmd_corpus(args: argparse.Namespace) -> int:
     if not args.files:
         raise UsageError("pfndiff corpus decode: give one or more input files")
     for path in args.files:
-        try:
-            with open(path, "rb") as fh:
-                data = fh.read()
-        except OSError as e:
-            raise ScenarioError(f"cannot read: {e.strerror}", 0, path) from None
+        data = read_bytes(path, MAX_INPUT_BYTES, "fuzzer input")
+        if (problem := content_mismatch(path, data)) is not None:
+            raise UsageError(problem)
         if len(args.files) > 1:
             print(f"# {path}")
         print(dump_scenario(decode(data)), end="")

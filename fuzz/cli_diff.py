@@ -53,15 +53,26 @@ def cmd_diff(args: argparse.Namespace) -> int:
         traces.append(b.run(sc))
     level = {"auto": None, "api": API_LEVEL, "vmm": VMM_LEVEL}[args.level]
     divs = compare(sc, traces[0], traces[1], cat, level=level)
+    new = sum(1 for d in divs if not d.known)
     if args.json:
         print(json.dumps({"scenario": args.scenario, "left": args.left, "right": args.right,
                           "divergences": [d.to_dict() for d in divs]}, indent=2, default=str))
-        return 0
-    new = sum(1 for d in divs if not d.known)
-    print(f"{args.scenario}: {args.left} vs {args.right}: {len(divs)} divergence(s), {new} not catalogued")
-    for d in divs:
-        print(format_divergence(d))
-    return 0
+    else:
+        print(f"{args.scenario}: {args.left} vs {args.right}: {len(divs)} divergence(s), {new} not catalogued")
+        for d in divs:
+            print(format_divergence(d))
+    return exit_status(new > 0, args)
+
+
+def exit_status(new_shown: bool, args: argparse.Namespace) -> int:
+    """1 when a NEW (uncatalogued) divergence was shown, so a CI step can run the command as it
+    is; ``--exit-zero`` reports without failing."""
+    return 1 if new_shown and not args.exit_zero else 0
+
+
+def add_exit_zero(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--exit-zero", action="store_true",
+                   help="exit 0 even when a NEW divergence is shown (default: exit 1)")
 
 
 def _setup(p: argparse.ArgumentParser) -> None:
@@ -72,6 +83,7 @@ def _setup(p: argparse.ArgumentParser) -> None:
                    help="comparison level (auto: api for two simulated backends, else vmm)")
     p.add_argument("--catalogue", default=DEFAULT_PATH, help="known-divergence catalogue (YAML)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
+    add_exit_zero(p)
 
 
 COMMANDS["diff"] = ("compare one scenario on two backends and list every divergence", cmd_diff, _setup)

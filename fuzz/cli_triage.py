@@ -15,6 +15,7 @@ from kvmsim.yamlsrc import ScenarioError
 
 from . import progress, triage_run
 from .artifacts import atomic_write, is_sidecar, load_corpus_entry, read_yaml_doc
+from .cli_diff import add_exit_zero, exit_status
 from .cli import COMMANDS, EXIT_USAGE, UsageError, output_dir, output_file
 from .cli_report import report_after
 from .codec import EncodeError, encode
@@ -214,7 +215,7 @@ def cmd_repro(args: argparse.Namespace) -> int:
     print("spec rows:" if rows else "spec rows: none apply")
     for r in rows:
         print(f"  {r.id:<5} {r.text}")
-    return 0
+    return exit_status(not d.known, args)
 
 
 def _setup_repro(p: argparse.ArgumentParser) -> None:
@@ -223,6 +224,7 @@ def _setup_repro(p: argparse.ArgumentParser) -> None:
     p.add_argument("--right", help="right backend")
     p.add_argument("--signature", help="which divergence to show (default: the recorded one, else the first unknown)")
     p.add_argument("--no-color", action="store_true", help="no ANSI highlighting")
+    add_exit_zero(p)
 
 
 def _guard(fn):

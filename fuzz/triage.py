@@ -16,7 +16,6 @@ today); an unreadable one is reported as one line and listed in the summary.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import time
@@ -30,7 +29,7 @@ from kvmsim.trace import Trace
 from oracles.catalogue import load_catalogue
 from oracles.diff import Divergence
 
-from .artifacts import is_sidecar, load_corpus_entry, read_sidecar, read_stats, read_yaml_doc
+from .artifacts import content_mismatch, is_sidecar, load_corpus_entry, read_sidecar, read_stats, read_yaml_doc
 from .codec import VERSION, EncodeError, decode, encode
 from .judge import Judge, Judgement, Pair, pairs_from_sidecar
 from .rootcause import RootCause, RootCauser, make
@@ -103,7 +102,14 @@ def list_inputs(paths: list[str], errors: list[str] | None = None) -> list[str]:
                     continue
                 if f.startswith(".") or f.endswith((".yaml", ".yml", ".json", ".log", ".md", ".xml", ".sarif", ".dict")):
                     continue
-                out.append(os.path.join(root, f))
+                full = os.path.join(root, f)
+                if not os.path.isfile(full):             # a FIFO or device would block or never end
+                    msg = f"{full}: not a regular file (not triaged)"
+                    if errors is None:
+                        raise ArtifactError(msg)
+                    errors.append(msg)
+                    continue
+                out.append(full)
     seen: set[str] = set()
     return [x for x in out if not (x in seen or seen.add(x))]
 
@@ -166,10 +172,8 @@ def load_artifact(path: str) -> Artifact:
             sidecar = read_sidecar(side_path)
         except ScenarioError as e:
             raise ArtifactError(str(e)) from None
-    m = _CRASH.match(os.path.basename(path))
-    if m and hashlib.sha1(data).hexdigest() != m.group(1):
-        raise ArtifactError(f"{path}: content does not match its name (sha1 {hashlib.sha1(data).hexdigest()[:12]}…, "
-                            f"{len(data)} bytes): truncated or modified")
+    if (problem := content_mismatch(path, data)) is not None:
+        raise ArtifactError(problem)
     recorded = _recorded_scenario(sidecar, side_path)
     if recorded is not None and recorded != decode(data):
         # The bytes are intact (name check above) but this codec decodes them differently, e.g. a

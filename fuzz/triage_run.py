@@ -123,32 +123,36 @@ def run(opts: Options) -> Outcome:
                 minimized[c.id] = res
                 yaml_lines[c.id] = line
                 st.advance(note=c.id)
-    except KeyboardInterrupt:
-        meta = _meta(opts, paths, verdicts, t0)
-        meta["interrupted"] = {"judged": len(verdicts), "of": len(paths),
-                               "verdicts": [{"path": v.artifact.path, "status": v.status, "signature": v.primary,
-                                             "hits": v.hits, "runs": v.runs} for v in verdicts]}
-        _write_outputs(Outcome(records, errors, meta), work, {}, final=opts.out)
-        raise Interrupted(stage.keep_partial(), len(verdicts), len(paths), len(records)) from None
-    except BaseException:
-        stage.discard()
-        raise
-    finally:
         judges.close()
-    meta = _meta(opts, paths, verdicts, t0)
-    if previous is not None:
-        records = join(records, previous)
-    meta["seconds"] = round(time.time() - t0, 3)
-    out = Outcome(records, errors, meta, clusters, minimized)
-    try:
+        meta = _meta(opts, paths, verdicts, t0)
+        if previous is not None:
+            records = join(records, previous)
+        out = Outcome(records, errors, meta, clusters, minimized)
         if opts.promote:
             out.promoted = promote(out, opts.promote)
         _write_outputs(out, work, yaml_lines, final=opts.out)
+    except KeyboardInterrupt:
+        judges.close()
+        _keep_interrupted(opts, work, stage, paths, verdicts, records, errors, t0)
     except BaseException:
+        judges.close()
         stage.discard()
         raise
     stage.commit()
     return out
+
+
+def _keep_interrupted(opts: Options, work: Options, stage: OutputDir, paths: list[str], verdicts: list[Verdict],
+                      records: list[dict[str, Any]], errors: list[str], t0: float) -> None:
+    """Ctrl-C: the clusters finished so far and every verdict reached go to OUT/interrupted (a
+    host re-run is expensive); OUT keeps the previous complete triage.  Raises Interrupted."""
+    meta = _meta(opts, paths, verdicts, t0)
+    meta["interrupted"] = {"judged": len(verdicts), "of": len(paths),
+                           "verdicts": [{"path": v.artifact.path, "status": v.status, "signature": v.primary,
+                                         "hits": v.hits, "runs": v.runs} for v in verdicts]}
+    done = [r for r in records if os.path.isdir(os.path.join(work.out, "clusters", r["id"]))]
+    _write_outputs(Outcome(done, errors, meta), work, {}, final=opts.out)
+    raise Interrupted(stage.keep_partial(), len(verdicts), len(paths), len(done)) from None
 
 
 def _meta(opts: Options, paths: list[str], verdicts: list[Verdict], t0: float) -> dict[str, Any]:

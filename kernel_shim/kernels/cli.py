@@ -13,7 +13,7 @@ import sys
 
 from fuzz import progress
 from fuzz.cli import COMMANDS, UsageError
-from kvmsim.backend import REGISTRY
+from kvmsim.backend import REGISTRY, get_backend
 
 from .cache import cached_kernels, kernels_dir
 
@@ -67,6 +67,13 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 def cmd_compare(args: argparse.Namespace) -> int:
     from .compare import build_matrix, format_matrix, kernel_backends
+    if args.backend:                    # named explicitly: each must exist and run here, or one line
+        for name in args.backend:
+            why = get_backend(name).available()             # BackendError: unknown name (one line)
+            if why is not None:
+                raise UsageError(f"pfndiff kernels compare: backend {name} is not available here: {why}")
+        if not any(b.startswith("qemu:") for b in args.backend):
+            raise UsageError("pfndiff kernels compare: --backend names no qemu:<kernel> backend")
     backends = args.backend or kernel_backends(include_host=not args.no_host)
     if not any(b.startswith("qemu:") for b in backends):
         raise UsageError("pfndiff kernels compare: no kernel cached (run `pfndiff kernels fetch` first)")

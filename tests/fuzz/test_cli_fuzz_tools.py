@@ -21,9 +21,12 @@ def seed(name: str) -> str:
 
 
 def test_diff_lists_known_and_new_divergences_side_by_side(capsys):
-    assert main(["diff", seed("d24-sketch-ownership.yaml"), "--left", "sim:g2", "--right", "sim:g2s-literal:S8"]) == 0
+    assert main(["diff", seed("d24-sketch-ownership.yaml"), "--left", "sim:g2", "--right", "sim:g2s-literal:S8"]) == 1
     out = capsys.readouterr().out
     assert "not catalogued" in out and "NEW" in out and "BUG:refcount_underflow" in out
+    assert main(["diff", seed("d24-sketch-ownership.yaml"), "-l", "sim:g2", "-r", "sim:g2s-literal:S8",
+                 "--exit-zero"]) == 0
+    assert capsys.readouterr().out == out                             # same report, exit status only
     assert out.index("[op 0]") < out.rindex("[op 0]") or "[op 0]" in out
     assert main(["diff", seed("d04-remapped-refcounted.yaml"), "-l", "sim:g1", "-r", "sim:g3"]) == 0
     out = capsys.readouterr().out

@@ -13,8 +13,10 @@ from fuzz.cli import main
 
 def test_repro_of_an_artifact_marks_the_first_differing_op(tmp_path, capsys):
     path = find(tmp_path / "c", [D10_PAIR], [d10_other()])[0]
-    assert main(["repro", path]) == 0
+    assert main(["repro", path]) == 1                                   # a NEW divergence fails a CI step
     out = capsys.readouterr().out
+    assert main(["repro", path, "--exit-zero"]) == 0
+    assert capsys.readouterr().out == out
     assert "ops:" in out and "sim:g2 " in out and "| sim:g2s-literal" in out
     marked = [ln for ln in out.splitlines() if ln.startswith(">>")]
     assert len(marked) == 1 and "[1] access" in marked[0]           # op 0 is a dirty-log read, equal on both
