@@ -103,8 +103,8 @@ def campaign_part(data: ReportData) -> str:
             ("plot-execs", plots.campaign_series(runs, "exec_s", "executions per second", "exec/s"),
              "libFuzzer's exec/s (every backend of every pair runs once per execution)"),
             ("plot-corpus", plots.campaign_series(runs, "corpus", "corpus size", "inputs"), "inputs in the working corpus"),
-            ("plot-coverage", plots.campaign_series(runs, "cov", "coverage", "edges", extra="ft"),
-             "code coverage edges (solid) and libFuzzer features (dashed)"),
+            ("plot-coverage", plots.campaign_series(runs, "cov", "coverage", "edges", extra="ft", extra_label="features"),
+             "code coverage edges (solid, left axis) and libFuzzer features (dashed, right axis)"),
             ("plot-findings", plots.findings_over_time(runs),
              "root causes of unknown divergences first found by this run (solid) or already reported by an "
              "earlier campaign in the same directory (dash-dot), and distinct catalogued signatures (dashed; "
@@ -202,9 +202,17 @@ def tables_part(data: ReportData) -> str:
 # --- part 3: D-row matrix ----------------------------------------------------------------------------------
 
 def _row_titles(data: ReportData) -> dict[str, str]:
+    """A row's behaviour: its first catalogue entry's title; for the sketch's bugs (never
+    catalogued) the quirk's title."""
+    from .attribution import QUIRK_ROWS
+    from .rootcause import QUIRK_TITLES
     titles: dict[str, str] = {}
     for e in (data.catalogue.entries if data.catalogue else []):
         titles.setdefault(e.spec, e.title)
+    for q, text in QUIRK_TITLES.items():
+        titles.setdefault(q, f"literal-sketch bug: {text}")
+    for q, row in QUIRK_ROWS.items():
+        titles.setdefault(row, f"literal-sketch bug {q}: {QUIRK_TITLES.get(q, '')}")
     return titles
 
 

@@ -39,23 +39,35 @@ def _label(i: int, r: history.Run) -> str:
     return f"run {i + 1}" + (f" ({pairs})" if pairs else "")
 
 
-def campaign_series(runs: list[history.Run], key: str, title: str, ylabel: str, extra: str = "") -> str:
-    """One metric of every recorded run over elapsed time (``extra``: a second key, dashed)."""
+def campaign_series(runs: list[history.Run], key: str, title: str, ylabel: str, extra: str = "",
+                    extra_label: str = "") -> str:
+    """One metric of every recorded run over elapsed time (``extra``: a second metric, dashed, on
+    its own axis at the right)."""
     fig = Figure(figsize=(5.2, 2.8))
     ax = fig.subplots()
+    ax2 = ax.twinx() if extra else None
     for i, r in enumerate(runs):
         c = COLORS[i % len(COLORS)]
         x, y = r.series(key)
-        ax.plot(x, y, color=c, marker="o" if len(x) < 30 else None, ms=3, lw=1.5, label=_label(i, r))
-        if extra:
+        name = _label(i, r) + ": " if len(runs) > 1 else ""      # one run: its pairs are in the table below
+        ax.plot(x, y, color=c, marker="o" if len(x) < 30 else None, ms=3, lw=1.5, label=name + ylabel)
+        if ax2 is not None:
             x2, y2 = r.series(extra)
-            ax.plot(x2, y2, color=c, ls="--", lw=1.2, label=f"{_label(i, r)}: {extra}")
+            ax2.plot(x2, y2, color=c, ls="--", lw=1.2, label=name + (extra_label or extra))
     ax.set_title(title)
     ax.set_xlabel("seconds since the run started")
     ax.set_ylabel(ylabel)
     ax.set_ylim(bottom=0)
-    if runs:
-        ax.legend(loc="best")
+    handles, labels = ax.get_legend_handles_labels()
+    if ax2 is not None:
+        ax2.set_ylabel(extra_label or extra)
+        ax2.set_ylim(bottom=0)
+        ax2.grid(False)
+        ax2.spines["right"].set_visible(True)
+        h2, l2 = ax2.get_legend_handles_labels()
+        handles, labels = handles + h2, labels + l2
+    if len(runs) > 1 or ax2 is not None:
+        ax.legend(handles, labels, loc="lower right")
     return svg(fig)
 
 

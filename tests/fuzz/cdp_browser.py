@@ -3,12 +3,13 @@ NUL-separated JSON on file descriptors 3 and 4), with the standard library only.
 
 Why the pipe: no port, no websocket client, nothing to clean up but the child process, which
 runs in its own session with a hard timeout.  Used by the report's browser test, and to make the
-screenshot in docs/:  ``python tests/fuzz/cdp_browser.py report.html docs/report.png``.
+screenshot in docs/:  ``python tests/fuzz/cdp_browser.py report.html docs/report.png 1280 1500``.
 """
 
 from __future__ import annotations
 
 import base64
+import io
 import json
 import os
 import shutil
@@ -125,8 +126,10 @@ _BOXES_JS = """JSON.stringify(Object.fromEntries(%s.map(sel => [sel, Array.from(
 })])))"""
 
 
-def render(html_path: str, selectors: list[str], width: int = 1400, exe: str | None = None) -> Page:
-    """Open the file, let it lay out, and return its full-page screenshot and element boxes."""
+def render(html_path: str, selectors: list[str], width: int = 1400, exe: str | None = None,
+           clip: int | None = None) -> Page:
+    """Open the file, let it lay out, and return its full-page screenshot (or its top ``clip``
+    pixels) and element boxes."""
     exe = exe or find_chromium()
     if exe is None:
         raise BrowserError(f"chromium is not installed ({INSTALL})")
@@ -148,7 +151,10 @@ def render(html_path: str, selectors: list[str], width: int = 1400, exe: str | N
                      {"width": width, "height": int(size[1]), "deviceScaleFactor": 1, "mobile": False}, session=s)
             boxes = json.loads(cdp.call("Runtime.evaluate", {"expression": _BOXES_JS % json.dumps(selectors),
                                                               "returnByValue": True}, session=s)["result"]["value"])
-            shot = cdp.call("Page.captureScreenshot", {"format": "png", "captureBeyondViewport": True}, session=s)
+            params: dict[str, Any] = {"format": "png", "captureBeyondViewport": True}
+            if clip:
+                params["clip"] = {"x": 0, "y": 0, "width": width, "height": min(clip, int(size[1])), "scale": 1}
+            shot = cdp.call("Page.captureScreenshot", params, session=s)
             errors = []
             for e in cdp.events:
                 p = e.get("params", {})
@@ -164,13 +170,18 @@ def render(html_path: str, selectors: list[str], width: int = 1400, exe: str | N
 
 
 def main(argv: list[str]) -> int:
-    if len(argv) != 3:
-        print("usage: cdp_browser.py PAGE.html OUT.png", file=sys.stderr)
+    """``cdp_browser.py PAGE.html OUT.png [WIDTH [HEIGHT]]``: a screenshot (the top HEIGHT pixels if
+    given), stored with a 256-colour palette to keep it small."""
+    if len(argv) not in (3, 4, 5):
+        print("usage: cdp_browser.py PAGE.html OUT.png [WIDTH [HEIGHT]]", file=sys.stderr)
         return 2
-    page = render(argv[1], [])
-    with open(argv[2], "wb") as fh:
-        fh.write(page.png)
-    print(f"{argv[2]}: {page.size[0]}x{page.size[1]} px, {len(page.png) // 1024} KiB; errors: {page.errors or 'none'}")
+    from PIL import Image
+    width = int(argv[3]) if len(argv) > 3 else 1400
+    page = render(argv[1], [], width=width, clip=int(argv[4]) if len(argv) > 4 else None)
+    img = Image.open(io.BytesIO(page.png)).convert("RGB").quantize(256, dither=Image.Dither.NONE)
+    img.save(argv[2], optimize=True)
+    print(f"{argv[2]}: {img.size[0]}x{img.size[1]} px of a {page.size[0]}x{page.size[1]} page, "
+          f"{os.path.getsize(argv[2]) // 1024} KiB; errors: {page.errors or 'none'}")
     return 0
 
 
