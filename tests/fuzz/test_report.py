@@ -166,3 +166,19 @@ def test_a_bad_report_path_fails_before_any_work(tmp_path, capsys):
     assert main(["report", str(tmp_path), "-o", bad]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 2 and all(bad in ln and "does not exist" in ln for ln in err)
+
+
+def test_kernel_comparisons_fill_the_d_row_matrix(tmp_path):
+    """A `kernels compare --json` file: here of the two model generations a legacy and a merged
+    kernel are compared against (the same matrix code; no QEMU needed)."""
+    from kernel_shim.kernels.compare import build_matrix
+
+    from fuzz.report_data import gather
+    m = build_matrix(["sim:g1", "sim:g3"], jobs=1)
+    f = tmp_path / "kernels.json"
+    f.write_text(json.dumps(m.to_dict(), default=str))
+    rows = gather([str(f)]).d_rows()
+    expected = {(s, f"{d.left}~{d.right}") for r in m.rows for d in r.differences for s in d.spec}
+    assert expected and {k for k, v in rows.items() if v["kernel"]} == expected
+    assert main(["report", str(f), "-o", str(tmp_path / "r.html")]) == 0
+    assert "kernels ×" in (tmp_path / "r.html").read_text()
