@@ -278,7 +278,7 @@ class ReportData:
                     if not isinstance(d, dict):
                         continue
                     col = f"{d.get('left')}~{d.get('right')}"
-                    for row in d.get("spec") or []:
+                    for row in d.get("spec") if isinstance(d.get("spec"), list) else []:
                         if (str(row), col) not in seen:
                             seen.add((str(row), col))
                             add(str(row), col, "kernel")
