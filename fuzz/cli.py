@@ -17,6 +17,7 @@ from kvmsim import BackendError, ScenarioError, backend_names, get_backend, load
 from kvmsim.trace import Trace
 
 EXIT_USAGE = 2
+_DUMPER = getattr(yaml, "CSafeDumper", yaml.SafeDumper)      # libyaml's emitter: traces have an entry per op
 
 
 class UsageError(Exception):
@@ -89,7 +90,7 @@ def format_trace(trace: Trace) -> str:
         for level in ("api", "vmm"):
             val = getattr(r, level)
             if val:
-                flow = yaml.safe_dump(val, default_flow_style=True, sort_keys=False, width=10**6).strip()
+                flow = yaml.dump(val, Dumper=_DUMPER, default_flow_style=True, sort_keys=False, width=10**6).strip()
                 lines.append(f"    {level}: {flow}")
         if r.events:
             lines.append(f"    events: {', '.join(r.events)}")

@@ -307,7 +307,7 @@ class Executor:
     def op_memslot_move(self, op: Op, rec: OpRecord) -> None:
         s = self._slot(op)
         self._flush_slot(s)
-        s.base_gfn = op.gfn
+        self.w.slots.move(s, op.gfn)
         s.flags &= ~KVM_MEMSLOT_INVALID
         rec.vmm = {"ret": 0}
 

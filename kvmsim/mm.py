@@ -7,6 +7,7 @@ this module (``gup_fast_only``, ``gup_slow``, ``lookup_pte``, ``fixup_user_fault
 
 from __future__ import annotations
 
+from bisect import bisect_left, bisect_right
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -93,28 +94,63 @@ class Vma:
 
 
 class Mm:
-    """The VMAs of the VMM process."""
+    """The VMAs of the VMM process, indexed by address (the kernel's maple tree) and by name, so
+    a lookup is O(log n).  VMAs never overlap (the scenario validator checks it); should a caller
+    add overlapping ones, ``find`` falls back to the first match in insertion order."""
 
     def __init__(self, db: PfnDB) -> None:
         self.db = db
         self.vmas: list[Vma] = []
+        self._starts: list[int] = []
+        self._sorted: list[Vma] = []
+        self._names: dict[str, list[Vma]] = {}
+        self._overlaps = False
+
+    def _sync(self) -> None:
+        """``vmas`` edited directly (tests remove every VMA): index it again."""
+        if len(self.vmas) != len(self._sorted):
+            vmas, self.vmas = self.vmas, []
+            self._starts, self._sorted, self._names, self._overlaps = [], [], {}, False
+            for v in vmas:
+                self.add(v)
 
     def add(self, vma: Vma) -> Vma:
+        self._sync()
+        i = bisect_right(self._starts, vma.start)
+        if (i > 0 and self._sorted[i - 1].end > vma.start) or (i < len(self._sorted) and self._sorted[i].start < vma.end):
+            self._overlaps = True
+        self._starts.insert(i, vma.start)
+        self._sorted.insert(i, vma)
         self.vmas.append(vma)
+        self._names.setdefault(vma.name, []).append(vma)
         return vma
 
     def find(self, hva: int) -> Vma | None:
         """``vma_lookup``: the VMA containing hva, or None."""
-        for v in self.vmas:
-            if v.start <= hva < v.end:
-                return v
+        self._sync()
+        if self._overlaps:
+            return next((v for v in self.vmas if v.start <= hva < v.end), None)
+        i = bisect_right(self._starts, hva) - 1
+        if i >= 0 and hva < self._sorted[i].end:
+            return self._sorted[i]
         return None
 
     def by_name(self, name: str) -> Vma | None:
-        for v in self.vmas:
-            if v.name == name:
-                return v
-        return None
+        self._sync()
+        same = self._names.get(name)
+        return same[0] if same else None
+
+    def _forget(self, vma: Vma) -> None:
+        self._sync()
+        self.vmas = [v for v in self.vmas if v is not vma]
+        i = bisect_left(self._starts, vma.start)
+        while self._sorted[i] is not vma:
+            i += 1
+        del self._starts[i], self._sorted[i]
+        same = self._names[vma.name]
+        same[:] = [v for v in same if v is not vma]
+        if not same:
+            del self._names[vma.name]
 
     def entry(self, vma: Vma, idx: int) -> PageEntry:
         """The page-table state of one page, created from the VMA's default state on first use."""
@@ -216,7 +252,7 @@ class Mm:
         for e in vma.pages.values():
             if e.page is not None and e.page is not self.db.zero and e.state in (PRESENT_RW, PRESENT_RO, RESIDENT):
                 self.db.mm_put(e.page)
-        self.vmas.remove(vma)
+        self._forget(vma)
 
     def set_state(self, vma: Vma, idx: int, state: str) -> None:
         """Host-side page events: swapped out (needs I/O), poisoned, dropped from the page tables."""

@@ -7,6 +7,8 @@ YAML dumping and the byte codec all walk the same field lists.
 
 from __future__ import annotations
 
+from bisect import bisect_left, bisect_right
+from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -177,7 +179,32 @@ class Scenario:
     def vma_start(self, v: VmaSpec) -> int:
         if v.start is not None:
             return v.start
-        return VMA_BASE + self.world.vmas.index(v) * VMA_STRIDE
+        i = self._position(v)
+        return VMA_BASE + (i if i is not None else self.world.vmas.index(v)) * VMA_STRIDE
+
+    def vma_named(self, name: str) -> VmaSpec:
+        """The world's VMA of that name (the first, should names repeat); KeyError if none."""
+        cache = self.__dict__.get("_vma_names")
+        v = cache.get(name) if cache is not None else None
+        if v is None or v.name != name or self._position(v) is None:
+            cache = {}
+            for x in self.world.vmas:
+                cache.setdefault(x.name, x)
+            self.__dict__["_vma_names"] = cache
+            v = cache[name]
+        return v
+
+    def _position(self, v: VmaSpec) -> int | None:
+        """``world.vmas.index(v)`` by identity, from a cache checked on every use (the list may
+        be edited, e.g. by the minimiser), so that placing every VMA is linear, not quadratic."""
+        vmas = self.world.vmas
+        cache = self.__dict__.get("_vma_pos")
+        i = cache.get(id(v)) if cache is not None else None
+        if i is not None and i < len(vmas) and vmas[i] is v:
+            return i
+        cache = {id(x): n for n, x in reversed(list(enumerate(vmas)))}
+        self.__dict__["_vma_pos"] = cache
+        return cache.get(id(v))
 
 
 def make_op(kind: str, **args: Any) -> Op:
@@ -434,6 +461,32 @@ def _read_op(r: _Reader, n: Node) -> Op:
 
 # --- structural validation (a dry run of the ops that change structure) -----------------------
 
+class _Intervals:
+    """Disjoint half-open ranges kept sorted by start: adding one checks only its neighbours, so
+    validating n VMAs or memslots costs O(n log n) instead of O(n^2)."""
+
+    def __init__(self) -> None:
+        self.starts: list[int] = []
+        self.items: list[tuple[int, int, Any]] = []          # (start, end, name)
+
+    def add(self, start: int, end: int, name: Any) -> Any:
+        """Insert [start, end); returns the name of a range it overlaps (and inserts nothing)."""
+        i = bisect_right(self.starts, start)
+        if i > 0 and self.items[i - 1][1] > start:
+            return self.items[i - 1][2]
+        if i < len(self.items) and self.items[i][0] < end:
+            return self.items[i][2]
+        self.starts.insert(i, start)
+        self.items.insert(i, (start, end, name))
+        return None
+
+    def remove(self, start: int, name: Any) -> None:
+        i = bisect_left(self.starts, start)
+        while self.items[i][2] != name:
+            i += 1
+        del self.starts[i], self.items[i]
+
+
 def validate(sc: Scenario) -> None:
     """Reject inconsistent scenarios: unknown names, memslots outside their VMA or overlapping,
     ops on missing memslots/VMAs/maps, unbalanced notifier ends, frames in the wrong VMA kind."""
@@ -454,17 +507,15 @@ def validate(sc: Scenario) -> None:
             pfns.add(p.pfn)
     kinds = {p.name: p.kind for p in w.pages}
     vmas: dict[str, VmaSpec] = {}
-    spans = []
+    spans = _Intervals()
     for v in w.vmas:
         if v.name in vmas:
             raise err(f"duplicate vma name {v.name!r}", v.line)
         vmas[v.name] = v
         start = sc.vma_start(v)
-        end = start + (v.pages << PAGE_SHIFT)
-        for (s, e, other) in spans:
-            if start < e and s < end:
-                raise err(f"vma {v.name!r} overlaps vma {other!r}", v.line)
-        spans.append((start, end, v.name))
+        other = spans.add(start, start + (v.pages << PAGE_SHIFT), v.name)
+        if other is not None:
+            raise err(f"vma {v.name!r} overlaps vma {other!r}", v.line)
         if v.host_level == "2m" and start & ((1 << 21) - 1):
             raise err(f"vma {v.name!r} has host_level 2m but is not 2 MiB aligned", v.line)
         remapped = v.remap in ("pfnmap", "io")
@@ -483,6 +534,7 @@ def validate(sc: Scenario) -> None:
             if pte.page is not None and pte.page not in kinds:
                 raise err(f"vma {v.name!r} names unknown page {pte.page!r}", v.entry_lines.get(i, v.line))
     slots: dict[tuple[int, int], tuple[int, int]] = {}
+    gfns: defaultdict[int, _Intervals] = defaultdict(_Intervals)          # per address space
     live_vmas = set(vmas)
 
     def add_slot(as_id: int, sid: int, gfn: int, pages: int, vma: str, offset: int, line: int) -> None:
@@ -493,9 +545,9 @@ def validate(sc: Scenario) -> None:
                       f"({vmas[vma].pages} pages)", line)
         if (as_id, sid) in slots:
             raise err(f"memslot {sid} already exists in address space {as_id}", line)
-        for (a, other), (g, n) in slots.items():
-            if a == as_id and gfn < g + n and g < gfn + pages:
-                raise err(f"memslot {sid} (gfns {gfn:#x}+{pages}) overlaps memslot {other}", line)
+        other = gfns[as_id].add(gfn, gfn + pages, sid)
+        if other is not None:
+            raise err(f"memslot {sid} (gfns {gfn:#x}+{pages}) overlaps memslot {other}", line)
         slots[(as_id, sid)] = (gfn, pages)
 
     for s in w.memslots:
@@ -528,14 +580,15 @@ def validate(sc: Scenario) -> None:
             if key not in slots:
                 raise err(f"op {op.kind}: no memslot {a['slot']} in address space {a['as_id']}", line)
             if op.kind == "memslot_delete":
-                del slots[key]
+                gfns[key[0]].remove(slots.pop(key)[0], a["slot"])
             elif op.kind == "memslot_move":
                 g, n = slots.pop(key)
+                gfns[key[0]].remove(g, a["slot"])
                 if a["gfn"] > MAX_GFN:
                     raise err("memslot_move: gfn out of range", line)
-                for (asid, other), (g2, n2) in slots.items():
-                    if asid == key[0] and a["gfn"] < g2 + n2 and g2 < a["gfn"] + n:
-                        raise err(f"memslot_move: memslot {a['slot']} would overlap memslot {other}", line)
+                other = gfns[key[0]].add(a["gfn"], a["gfn"] + n, a["slot"])
+                if other is not None:
+                    raise err(f"memslot_move: memslot {a['slot']} would overlap memslot {other}", line)
                 slots[key] = (a["gfn"], n)
         elif op.kind == "invalidate_begin":
             open_ranges += 1

@@ -14,6 +14,7 @@ docs/scenarios.md ("Limits").
 from __future__ import annotations
 
 import os
+import re
 import stat
 from dataclasses import dataclass
 from typing import Any
@@ -167,14 +168,30 @@ def _short(tag: str) -> str:
     return "!!" + tag[len("tag:yaml.org,2002:"):] if tag.startswith("tag:yaml.org,2002:") else tag
 
 
+# Plain scalars whose first character starts no YAML 1.1 implicit type (bool, null, int, float,
+# timestamp, merge, value) are strings; plain decimal and 0x integers need no regex resolver.
+_NOT_STR_FIRST = frozenset("yYnNtTfFoO-+0123456789.<~=")
+_PLAIN_INT = re.compile(r"(?:[1-9][0-9]*|0|0x[0-9a-fA-F]+)")
+
+
 def _scalar(ev: yaml.ScalarEvent, loader: Any, line: int, file: str) -> Any:
     tag = ev.tag
+    if tag is None and ev.implicit[0]:                   # fast paths, same results as the resolver
+        v = ev.value
+        if v and v[0] not in _NOT_STR_FIRST:
+            return v
+        if _PLAIN_INT.fullmatch(v):
+            return int(v, 0)
     if tag is None or tag == "!":
         tag = loader.resolve(yaml.ScalarNode, ev.value, ev.implicit)
         if tag == "tag:yaml.org,2002:timestamp":     # a date-like plain scalar stays text
             tag = "tag:yaml.org,2002:str"
     if tag not in _SCALAR_TAGS:
         raise ScenarioError(f"unsupported YAML tag {_short(ev.tag or tag)} (only plain scalars, lists and mappings)", line, file)
+    if tag == "tag:yaml.org,2002:str":                # the common cases without building a node
+        return ev.value
+    if tag == "tag:yaml.org,2002:null":
+        return None
     node = yaml.ScalarNode(tag, ev.value, ev.start_mark, ev.end_mark, ev.style)
     try:
         return _CONSTRUCTOR.yaml_constructors[tag](_CONSTRUCTOR, node)

@@ -10,6 +10,7 @@ hide a generation's bug.
 
 from __future__ import annotations
 
+from bisect import bisect_left, bisect_right
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -23,6 +24,71 @@ class _Slot:
     gfn: int
     invalid: bool = False
     log_dirty: bool = False
+
+
+class _Slots(dict):
+    """``(as_id, id) -> _Slot`` plus a gfn-ordered index per address space and a count of slots
+    per VMA, kept up to date on every change, so finding the slot behind an op's gfn is
+    O(log n) and a scenario's contexts cost linear time in its memslots and ops.  Slots of one
+    address space do not overlap in a valid scenario; if they do, lookups scan in order."""
+
+    def __init__(self, items: dict) -> None:
+        super().__init__()
+        self._starts: dict[int, list[int]] = {}
+        self._sorted: dict[int, list[_Slot]] = {}
+        self.per_vma: dict[str, int] = {}
+        self._overlaps = False
+        for k, v in items.items():
+            self[k] = v
+
+    def __setitem__(self, key: tuple[int, int], s: _Slot) -> None:
+        if key in self:
+            self.pop(key)
+        super().__setitem__(key, s)
+        self._index(key[0], s)
+        self.per_vma[s.spec.vma] = self.per_vma.get(s.spec.vma, 0) + 1
+
+    def pop(self, key: tuple[int, int], default: Any = None) -> Any:
+        s = super().pop(key, None)
+        if s is None:
+            return default
+        self._unindex(key[0], s)
+        self.per_vma[s.spec.vma] -= 1
+        return s
+
+    def move(self, key: tuple[int, int], gfn: int) -> None:
+        s = self[key]
+        self._unindex(key[0], s)
+        s.gfn, s.invalid, s.spec = gfn, False, replace(s.spec, gfn=gfn)
+        self._index(key[0], s)
+
+    def _index(self, as_id: int, s: _Slot) -> None:
+        starts, slots = self._starts.setdefault(as_id, []), self._sorted.setdefault(as_id, [])
+        i = bisect_right(starts, s.gfn)
+        if (i > 0 and slots[i - 1].gfn + slots[i - 1].spec.pages > s.gfn) or \
+                (i < len(slots) and slots[i].gfn < s.gfn + s.spec.pages):
+            self._overlaps = True
+        starts.insert(i, s.gfn)
+        slots.insert(i, s)
+
+    def _unindex(self, as_id: int, s: _Slot) -> None:
+        starts, slots = self._starts[as_id], self._sorted[as_id]
+        i = bisect_left(starts, s.gfn)
+        while slots[i] is not s:
+            i += 1
+        del starts[i], slots[i]
+
+    def at(self, as_id: int, gfn: int) -> _Slot | None:
+        """The slot of ``as_id`` containing gfn (the first created, should slots overlap)."""
+        if self._overlaps:
+            return next((s for (a, _), s in self.items() if a == as_id and s.gfn <= gfn < s.gfn + s.spec.pages), None)
+        starts = self._starts.get(as_id)
+        i = bisect_right(starts, gfn) - 1 if starts else -1
+        if i >= 0:
+            s = self._sorted[as_id][i]
+            if gfn < s.gfn + s.spec.pages:
+                return s
+        return None
 
 
 @dataclass
@@ -44,7 +110,7 @@ def op_contexts(sc: Scenario) -> list[dict[str, Any]]:
     (the notifier sequence may still be 0)."""
     w = sc.world
     kinds = {p.name: p.kind for p in w.pages}
-    slots = {(s.as_id, s.id): _Slot(s, s.gfn, False, s.log_dirty) for s in w.memslots}
+    slots = _Slots({(s.as_id, s.id): _Slot(s, s.gfn, False, s.log_dirty) for s in w.memslots})
     vmas = {v.name: _Vma(v, v.prot, True, {i: st for i, (st, _) in v.page_states.items()},
                          {i: {"page": p.page, "present": p.present, "writable": p.writable}
                           for i, p in v.ptes.items()}) for v in w.vmas}
@@ -102,9 +168,8 @@ def op_contexts(sc: Scenario) -> list[dict[str, Any]]:
         elif k == "memslot_delete":
             slots.pop((a["as_id"], a["slot"]), None)
         elif k == "memslot_move":
-            s = slots.get((a["as_id"], a["slot"]))
-            if s is not None:
-                s.gfn, s.invalid, s.spec = a["gfn"], False, replace(s.spec, gfn=a["gfn"])
+            if (a["as_id"], a["slot"]) in slots:
+                slots.move((a["as_id"], a["slot"]), a["gfn"])
         elif k == "memslot_flags":
             s = slots.get((a["as_id"], a["slot"]))
             if s is not None:
@@ -117,7 +182,7 @@ def op_contexts(sc: Scenario) -> list[dict[str, Any]]:
             v = vmas.get(a["vma"])
             if v is None:
                 continue
-            if any(s.spec.vma == v.spec.name for s in slots.values()):
+            if slots.per_vma.get(v.spec.name):
                 seq_moved = seq_moved or k != "invalidate_begin"
             if k == "munmap":
                 v.live = False
@@ -142,8 +207,7 @@ def op_contexts(sc: Scenario) -> list[dict[str, Any]]:
 
 
 def _slot_hva(sc: Scenario, s: _Slot) -> int:
-    v = next(v for v in sc.world.vmas if v.name == s.spec.vma)
-    return sc.vma_start(v) + (s.spec.offset << PAGE_SHIFT)
+    return sc.vma_start(sc.vma_named(s.spec.vma)) + (s.spec.offset << PAGE_SHIFT)
 
 
 def _gfn_range(sc: Scenario, hr: tuple[int, int], slots: dict) -> tuple[int, int] | None:
@@ -159,13 +223,13 @@ def _gfn_range(sc: Scenario, hr: tuple[int, int], slots: dict) -> tuple[int, int
     return None if lo is None else (lo, hi)
 
 
-def _in_ranges(sc: Scenario, gfn: int, slots: dict, ranges: list, as_id: int = 0) -> dict[str, Any]:
+def _in_ranges(sc: Scenario, gfn: int, slots: _Slots, ranges: list, as_id: int = 0) -> dict[str, Any]:
     """Whether the gfn lies in the union of the open invalidations, counted in hvas (<= 6.7) and
     in gfns (>= 6.8), as ``mmu_invalidate_retry_hva``/``_gfn`` see it."""
     counted = [(h, g) for h, g in ranges if g is not None]
     if not counted:
         return {"ctx.inval_hva": False, "ctx.inval_gfn": False}
-    slot = next((s for (a, _), s in slots.items() if a == as_id and s.gfn <= gfn < s.gfn + s.spec.pages), None)
+    slot = slots.at(as_id, gfn)
     hlo, hhi = min(h[0] for h, _ in counted), max(h[1] for h, _ in counted)
     glo, ghi = min(g[0] for _, g in counted), max(g[1] for _, g in counted)
     in_hva = False
@@ -175,8 +239,8 @@ def _in_ranges(sc: Scenario, gfn: int, slots: dict, ranges: list, as_id: int = 0
     return {"ctx.inval_hva": in_hva, "ctx.inval_gfn": glo <= gfn < ghi}
 
 
-def _backing(gfn: int, slots: dict, vmas: dict, kinds: dict, named: dict, as_id: int = 0) -> dict[str, Any]:
-    slot = next((s for (a, _), s in slots.items() if a == as_id and s.gfn <= gfn < s.gfn + s.spec.pages), None)
+def _backing(gfn: int, slots: _Slots, vmas: dict, kinds: dict, named: dict, as_id: int = 0) -> dict[str, Any]:
+    slot = slots.at(as_id, gfn)
     if slot is None:
         return {"ctx.slot": "none"}
     ctx: dict[str, Any] = {"ctx.slot": "invalid" if slot.invalid else ("ro" if slot.spec.readonly else "rw"),
