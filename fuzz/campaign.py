@@ -20,8 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import yaml
-
+from kvmsim.yamlsrc import ScenarioError
 from oracles.signature import signature_id
 
 from . import artifacts as art
@@ -336,7 +335,6 @@ def _first_input(artifacts: str, signature: str) -> str | None:
 
 def _spec_ids(artifacts: str, name: str) -> list[str]:
     try:
-        with open(os.path.join(artifacts, name + ".yaml"), encoding="utf-8") as fh:
-            return list(yaml.safe_load(fh).get("spec_ids", []))
-    except (OSError, yaml.YAMLError, AttributeError):
+        return list(art.read_sidecar(os.path.join(artifacts, name + ".yaml")).get("spec_ids", []))
+    except ScenarioError:                 # bounded, schema-checked; a bad sidecar shows no spec ids
         return []

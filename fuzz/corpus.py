@@ -13,9 +13,9 @@ import os
 import shutil
 import tempfile
 
-from kvmsim import load_scenario
 from kvmsim.yamlsrc import ScenarioError
 
+from .artifacts import load_corpus_entry
 from .codec import EncodeError, decode, encode
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -26,7 +26,7 @@ CORPUS_TARGETS = ("diff",)          # every seed suits the differential target (
 
 def encode_seed(path: str) -> bytes:
     """A seed file -> bytes; ScenarioError (FILE:LINE) if it cannot be read, encoded or round-tripped."""
-    sc = load_scenario(path)
+    sc = load_corpus_entry(path)
     try:
         data = encode(sc)
     except EncodeError as e:

@@ -12,6 +12,8 @@ import json
 import os
 from typing import Any
 
+from kvmsim.yamlsrc import MAX_JSON_BYTES, ScenarioError, read_text
+
 from .artifacts import read_stats
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -72,9 +74,8 @@ def causes_in_triage(path: str) -> dict[str, str]:
     """cause id -> triage file, from a ``triage.json`` (or the directory holding it)."""
     f = os.path.join(path, "triage.json") if os.path.isdir(path) else path
     try:
-        with open(f, encoding="utf-8") as fh:
-            doc: Any = json.load(fh)
-    except (OSError, ValueError):
+        doc: Any = json.loads(read_text(f, MAX_JSON_BYTES, "triage report"))
+    except (ScenarioError, ValueError, RecursionError):      # bounded read; a bad file adds nothing
         return {}
     out: dict[str, str] = {}
     for c in doc.get("clusters") or [] if isinstance(doc, dict) else []:

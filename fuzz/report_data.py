@@ -151,6 +151,8 @@ def _load_json(path: str) -> Any:
         raise ReportInputError(f"{path}: cannot read: {e.strerror}") from None
     except (ValueError, UnicodeDecodeError) as e:
         raise ReportInputError(f"{path}: not JSON: {e}") from None
+    except RecursionError:
+        raise ReportInputError(f"{path}: not JSON: nested too deeply") from None
 
 
 def read_triage(path: str, cat: Catalogue, made_here: bool = False) -> TriageDir:
