@@ -14,13 +14,15 @@ from . import corpus_minimize
 from .artifacts import content_mismatch
 from .cli import COMMANDS, UsageError, output_dir
 from .codec import decode, libfuzzer_dictionary
-from .corpus import OUT, SEEDS, build_corpus
+from .corpus import OUT, SEEDS, build_corpus, seed_files
 
 
 def cmd_corpus(args: argparse.Namespace) -> int:
     if args.action in ("minimize", "stats"):
         return corpus_minimize.cmd(args)
     if args.action == "build":
+        if not seed_files(args.seeds):      # an empty build would replace the corpus with nothing
+            raise UsageError(f"{args.seeds}: no seed scenarios (*.yaml) to build a corpus from")
         output_dir(args.out, "--out")
         counts = build_corpus(args.seeds, args.out)
         for target, n in counts.items():

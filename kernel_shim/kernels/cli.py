@@ -13,6 +13,7 @@ import sys
 
 from fuzz import progress
 from fuzz.cli import COMMANDS, UsageError
+from kvmsim import load_scenario
 from kvmsim.backend import REGISTRY, get_backend
 
 from .cache import cached_kernels, kernels_dir
@@ -79,6 +80,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
         raise UsageError("pfndiff kernels compare: no kernel cached (run `pfndiff kernels fetch` first)")
     if args.jobs <= 0:
         raise UsageError("pfndiff kernels compare: --jobs must be positive")
+    for f in args.scenarios or []:
+        load_scenario(f)                # a bad scenario is one line before any guest boots
     with progress.stage("kernels compare: running the seeds", len(backends), "backend(s)") as st:
         m = build_matrix(backends, args.scenarios or None, jobs=args.jobs, on_done=lambda n: st.advance(note=n))
     if args.json:

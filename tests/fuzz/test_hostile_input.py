@@ -117,6 +117,10 @@ def test_alias_bomb_in_a_sidecar(arts, tmp_path, capsys):
     (["check", "{pyobj}"], ["{pyobj}:3", "!!python/object/apply"]),
     (["kernels", "compare", "--backend", "qemu:9.9"], ["qemu:9.9", "not available"]),
     (["kernels", "compare", "--backend", "bogus"], ["bogus", "unknown backend"]),
+    (["corpus", "build", "--seeds", "{tmp}/no-seeds", "--out", "{tmp}/cb"], ["{tmp}/no-seeds", "no seed"]),
+    (["check", "/dev/zero"], ["/dev/zero", "limit"]),
+    (["run", "{tmp}", "-b", "sim:g3"], ["{tmp}", "directory"]),
+    (["triage", "{arts_dir}", "-o", "{tmp}/out", "--join", "/dev/zero"], ["/dev/zero", "limit"]),
 ])
 def test_bad_paths_and_options_are_one_line(argv, names, arts, tmp_path, capsys):
     garbage = tmp_path / "garbage.yaml"
