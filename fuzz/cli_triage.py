@@ -20,6 +20,7 @@ from .cli import COMMANDS, EXIT_USAGE, UsageError, output_dir, output_file
 from .cli_report import report_after
 from .codec import EncodeError, encode
 from .judge import Judge, Pair
+from .minimize import Interrupted as MinimizeInterrupted
 from .minimize import minimize
 from .attribution import needed_quirks
 from .report import explain, partner, side_by_side
@@ -169,8 +170,12 @@ def cmd_minimize(args: argparse.Namespace) -> int:
             raise UsageError(f"pfndiff minimize: refusing to overwrite the input {path}")
         output_file(path, "-o")                                       # before the work, not after
     inp, judge, j, sig, d = _judged(args, "minimize")
-    with progress.stage("minimize: checking candidates", None, "checks") as st:
-        res = minimize(inp.scenario, judge, sig, known=d.known, data=inp.data, on_check=st.set)
+    interrupted = False
+    try:
+        with progress.stage("minimize: checking candidates", None, "checks") as st:
+            res = minimize(inp.scenario, judge, sig, known=d.known, data=inp.data, on_check=st.set)
+    except MinimizeInterrupted as e:                # keep the smallest input found so far
+        res, interrupted = e.result, True
     pair = triage_run._pair_of(sig, inp.pairs)
     tagged = Scenario(res.scenario.world, res.scenario.ops, name="minimised", description=f"Minimised: {sig}",
                       tags={"signature": sig, "left": pair[0], "right": pair[1],
@@ -182,6 +187,9 @@ def cmd_minimize(args: argparse.Namespace) -> int:
     size = f"{res.bytes_before} -> {res.bytes_after} bytes" if res.data else "too large for the byte codec"
     wrote = f"{base} and {base}.yaml" if res.data else f"{base}.yaml"
     print(f"  {res.ops_before} -> {res.ops_after} ops, {size}, {res.checks} checks; wrote {wrote}")
+    if interrupted:
+        raise KeyboardInterrupt(f"pfndiff minimize: interrupted after {res.checks} checks; the smallest input "
+                                f"found so far is in {wrote}")
     return 0
 
 

@@ -49,17 +49,33 @@ def shows_signature(judge: Judge, signature: str, known: bool = False) -> Predic
     return pred
 
 
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C during minimisation; ``result`` is the smallest input found until then."""
+
+    def __init__(self, result: MinResult) -> None:
+        super().__init__()
+        self.result = result
+
+
 class _Budget:
+    """Counts checks; after ``limit`` checks, or a Ctrl-C, every candidate is refused, so the
+    passes end at once with the smallest input found so far."""
+
     def __init__(self, pred: Predicate, limit: int, on_check: Callable[[int], None] | None = None) -> None:
         self.pred, self.limit, self.used, self.on_check = pred, limit, 0, on_check
+        self.interrupted = False
 
     def __call__(self, sc: Scenario) -> bool:
-        if self.used >= self.limit:
+        if self.used >= self.limit or self.interrupted:
             return False
         self.used += 1
         if self.on_check is not None:
             self.on_check(self.used)
-        return self.pred(sc)
+        try:
+            return self.pred(sc)
+        except KeyboardInterrupt:
+            self.interrupted = True
+            return False
 
 
 def minimize(sc: Scenario, judge: Judge, signature: str, known: bool = False, data: bytes | None = None,
@@ -88,11 +104,18 @@ def minimize(sc: Scenario, judge: Judge, signature: str, known: bool = False, da
     try:
         best = encode(cur)
     except EncodeError:                 # larger than the codec's bounds even now: no byte form
-        return MinResult(cur, b"", signature, ops_before, len(cur.ops), before, 0, pred.used, steps)
+        return _done(pred, MinResult(cur, b"", signature, ops_before, len(cur.ops), before, 0, pred.used, steps))
     limit_size = _size(cur)
     best = shrink_bytes(best, lambda b: _not_larger(_size(decode(b)), limit_size) and pred(decode(b)))
     final = decode(best)
-    return MinResult(final, best, signature, ops_before, len(final.ops), before, len(best), pred.used, steps)
+    return _done(pred, MinResult(final, best, signature, ops_before, len(final.ops), before, len(best), pred.used,
+                                 steps))
+
+
+def _done(pred: _Budget, res: MinResult) -> MinResult:
+    if pred.interrupted:
+        raise Interrupted(res)
+    return res
 
 
 def _size(sc: Scenario) -> tuple[int, int]:

@@ -288,3 +288,23 @@ def test_ctrl_c_during_a_host_pair_triage(tmp_path):
     with pytest.raises(ProcessLookupError):
         os.killpg(p.pid, 0)                                            # no child left in the group
     assert (out / "interrupted" / "triage.json").is_file()
+
+
+def test_ctrl_c_during_minimize_keeps_the_smallest_input_so_far(arts, tmp_path, capsys, monkeypatch):
+    """The interrupt arrives inside a check (as a real SIGINT would, in the backends' code)."""
+    from fuzz.judge import Judge
+    calls = {"n": 0}
+    real = Judge.judge
+
+    def judge(self, sc, traces=None):
+        calls["n"] += 1
+        if calls["n"] == 12:
+            raise KeyboardInterrupt
+        return real(self, sc, traces)
+
+    monkeypatch.setattr(Judge, "judge", judge)
+    out = tmp_path / "m"
+    rc = main(["minimize", arts, "-o", str(out)])
+    line = one_line(capsys, rc, "interrupted", str(out), expect=130)
+    assert "smallest input found so far" in line
+    assert (tmp_path / "m.yaml").is_file() and calls["n"] == 12       # no check ran after the interrupt
