@@ -145,6 +145,10 @@ def test_triage_of_a_missing_input_leaves_the_earlier_triage_whole(arts, tmp_pat
     rc = main(["triage", str(tmp_path / "typo-dir"), "-o", str(out)])
     one_line(capsys, rc, "typo-dir", "no such file")
     assert tree(out) == before
+    os.makedirs(tmp_path / "empty")
+    rc = main(["triage", str(tmp_path / "empty"), "-o", str(out)])             # an empty run, likewise
+    one_line(capsys, rc, "empty", "keeps its earlier triage")
+    assert tree(out) == before
 
 
 def test_a_new_triage_replaces_the_old_one_whole(arts, tmp_path, capsys):
