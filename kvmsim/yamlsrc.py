@@ -13,6 +13,7 @@ docs/scenarios.md ("Limits").
 
 from __future__ import annotations
 
+import gc
 import os
 import re
 import stat
@@ -22,10 +23,10 @@ from typing import Any
 import yaml
 
 KiB, MiB = 1 << 10, 1 << 20
-MAX_YAML_BYTES = 8 * MiB       # scenarios, catalogues, sidecars
+MAX_YAML_BYTES = 16 * MiB      # scenarios, catalogues, sidecars
 MAX_INPUT_BYTES = 1 * MiB      # raw fuzzer inputs (libFuzzer's -max_len is far below this)
 MAX_JSON_BYTES = 64 * MiB      # triage.json of an earlier triage (--join)
-MAX_NODES = 1_000_000          # YAML nodes per document, aliases counted as what they stand for
+MAX_NODES = 2_000_000          # YAML nodes per document, aliases counted as what they stand for
 MAX_DEPTH = 64                 # nesting of YAML collections
 MAX_ALIASES = 100              # alias uses per document ...
 MAX_ALIAS_NODES = 10_000       # ... which together may stand for at most this many nodes
@@ -202,6 +203,8 @@ def _scalar(ev: yaml.ScalarEvent, loader: Any, line: int, file: str) -> Any:
 def parse(text: str, file: str = "<scenario>") -> Node:
     """Parse one YAML document safely and within the limits into line-annotated nodes."""
     loader = _EVENT_LOADER(text)
+    collecting = gc.isenabled()
+    gc.disable()                    # millions of acyclic nodes: the cycle collector would rescan them
     try:
         return _compose(loader, file)
     except yaml.YAMLError as e:
@@ -210,6 +213,8 @@ def parse(text: str, file: str = "<scenario>") -> Node:
         raise ScenarioError(f"bad YAML: nested deeper than {MAX_DEPTH}", 0, file) from None
     finally:
         loader.dispose()
+        if collecting:
+            gc.enable()
 
 
 def _compose(loader: Any, file: str) -> Node:
