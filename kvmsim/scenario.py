@@ -17,7 +17,7 @@ import yaml
 from .constants import INTERNAL_SLOT_IDS, KVM_USER_MEM_SLOTS, PAGE_SHIFT
 from .mm import HANDLERS, PAGE_STATES, UNPOPULATED
 from .pfndb import NO_STRUCT_PAGE, PAGE_KINDS, REFCOUNT0, ZERO
-from .yamlsrc import MAX_YAML_BYTES, Node, ScenarioError, parse, plain, read_text
+from .yamlsrc import MAX_YAML_BYTES, Node, ScenarioError, parse, plain, read_text, show
 
 SCENARIO_VERSION = 1
 VMA_BASE = 0x7F00_0000_0000
@@ -230,25 +230,25 @@ class _Reader:
             raise self.err(f"{what} must be a mapping", n.line)
         for k, v in n.value.items():
             if k not in allowed:
-                raise self.err(f"unknown field {k!r} in {what} (expected one of: {', '.join(allowed)})", v.line)
+                raise self.err(f"unknown field {show(k)} in {what} (expected one of: {', '.join(allowed)})", v.line)
         return n.value
 
     def int_(self, n: Node, what: str, lo: int = 0, hi: int = (1 << 64) - 1) -> int:
         v = n.value
         if isinstance(v, bool) or not isinstance(v, int):
-            raise self.err(f"{what} must be an integer, got {v!r}", n.line)
+            raise self.err(f"{what} must be an integer, got {show(v)}", n.line)
         if not lo <= v <= hi:
             raise self.err(f"{what} = {v:#x} is out of range [{lo:#x}, {hi:#x}]", n.line)
         return v
 
     def bool_(self, n: Node, what: str) -> bool:
         if not isinstance(n.value, bool):
-            raise self.err(f"{what} must be true or false, got {n.value!r}", n.line)
+            raise self.err(f"{what} must be true or false, got {show(n.value)}", n.line)
         return n.value
 
     def str_(self, n: Node, what: str) -> str:
         if not isinstance(n.value, str) or not n.value:
-            raise self.err(f"{what} must be a non-empty string, got {n.value!r}", n.line)
+            raise self.err(f"{what} must be a non-empty string, got {show(n.value)}", n.line)
         return n.value
 
     def enum(self, n: Node, what: str, choices: tuple) -> str:
@@ -256,7 +256,7 @@ class _Reader:
         if v is False and "none" in choices:     # YAML 1.1 reads a bare `none`-like `no` as false
             v = "none"
         if v not in choices:
-            raise self.err(f"{what} must be one of {', '.join(map(str, choices))}, got {v!r}", n.line)
+            raise self.err(f"{what} must be one of {', '.join(map(str, choices))}, got {show(v)}", n.line)
         return v
 
     def field(self, m: dict[str, Node], key: str, kind: str, default: Any, what: str, **kw: Any) -> Any:
@@ -402,7 +402,7 @@ def _read_vma(r: _Reader, n: Node) -> VmaSpec:
 
 def _index(r: _Reader, k: Any, v: VmaSpec, line: int) -> int:
     if isinstance(k, bool) or not isinstance(k, int) or not 0 <= k < v.pages:
-        raise r.err(f"page index {k!r} is not within vma {v.name!r} (0..{v.pages - 1})", line)
+        raise r.err(f"page index {show(k)} is not within vma {v.name!r} (0..{v.pages - 1})", line)
     return k
 
 
@@ -430,7 +430,7 @@ def _read_op(r: _Reader, n: Node) -> Op:
         raise r.err("each op must be a mapping with exactly one key, the op name", n.line)
     (kind, body), = n.value.items()
     if kind not in OP_SCHEMAS:
-        raise r.err(f"unknown op {kind!r}", n.line)
+        raise r.err(f"unknown op {show(kind)}", n.line)
     schema = OP_SCHEMAS[kind]
     if body.value is None:
         body = Node({}, body.line)

@@ -30,6 +30,7 @@ MAX_NODES = 2_000_000          # YAML nodes per document, aliases counted as wha
 MAX_DEPTH = 64                 # nesting of YAML collections
 MAX_ALIASES = 100              # alias uses per document ...
 MAX_ALIAS_NODES = 10_000       # ... which together may stand for at most this many nodes
+MAX_PROBLEM = 300              # characters of an error message after FILE:LINE
 
 _EVENT_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 _CONSTRUCTOR = yaml.SafeLoader("")          # scalar construction only (no memo of constructed objects)
@@ -46,7 +47,10 @@ class ScenarioError(Exception):
         self.problem, self.line, self.file = problem, line, file
 
     def __str__(self) -> str:
-        return f"{self.file}:{self.line}: {self.problem}" if self.line else f"{self.file}: {self.problem}"
+        problem = " ".join(self.problem.split("\n"))
+        if len(problem) > MAX_PROBLEM:               # a value quoted from a huge file stays one short line
+            problem = problem[:MAX_PROBLEM] + "…"
+        return f"{self.file}:{self.line}: {problem}" if self.line else f"{self.file}: {problem}"
 
 
 @dataclass(slots=True)

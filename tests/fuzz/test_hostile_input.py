@@ -312,3 +312,10 @@ def test_ctrl_c_during_minimize_keeps_the_smallest_input_so_far(arts, tmp_path, 
     line = one_line(capsys, rc, "interrupted", str(out), expect=130)
     assert "smallest input found so far" in line
     assert (tmp_path / "m.yaml").is_file() and calls["n"] == 12       # no check ran after the interrupt
+
+
+def test_a_huge_value_makes_a_short_line(tmp_path, capsys):
+    p = tmp_path / "long.yaml"
+    p.write_text("world: {}\nops:\n  - lookup: {gfn: [" + ",".join(["12345"] * 20000) + "]}\n  - " + "x" * 100000 + ": {}\n")
+    line = one_line(capsys, main(["check", str(p)]), str(p) + ":3", "lookup.gfn must be an integer")
+    assert len(line) < 500
