@@ -101,17 +101,29 @@ def is_sidecar(doc: Any) -> bool:
     return isinstance(doc, dict) and "signature" in doc and not ("world" in doc or "ops" in doc)
 
 
-def read_sidecar(path: str) -> dict[str, Any]:
-    """A finding's sidecar, checked against the sidecar schema; ScenarioError (one line) if not."""
+def read_twin(path: str) -> dict[str, Any] | None:
+    """The YAML beside a raw input: its sidecar, checked against the sidecar schema, or None when
+    it is a scenario (``pfndiff minimize`` writes ``X.min`` and the tagged ``X.min.yaml``, which
+    is the input).  ScenarioError (one line) for anything else."""
     try:
         doc, root = read_yaml_doc(path, "sidecar")
     except ScenarioError as e:
         if e.problem.startswith("bad YAML"):
             e.problem = "truncated or malformed sidecar: " + e.problem
         raise
+    if isinstance(doc, dict) and not is_sidecar(doc) and ("world" in doc or "ops" in doc):
+        return None
     if not is_sidecar(doc):
         raise ScenarioError("not a pfndiff sidecar (no 'signature')", 0, path)
     schema.check("sidecar", doc, path, root)
+    return doc
+
+
+def read_sidecar(path: str) -> dict[str, Any]:
+    """A finding's sidecar, checked against the sidecar schema; ScenarioError (one line) if not."""
+    doc = read_twin(path)
+    if doc is None:
+        raise ScenarioError("not a pfndiff sidecar (a scenario)", 0, path)
     return doc
 
 

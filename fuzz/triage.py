@@ -29,7 +29,7 @@ from kvmsim.trace import Trace
 from oracles.catalogue import load_catalogue
 from oracles.diff import Divergence
 
-from .artifacts import content_mismatch, is_sidecar, load_corpus_entry, read_sidecar, read_stats, read_yaml_doc
+from .artifacts import content_mismatch, is_sidecar, load_corpus_entry, read_stats, read_twin, read_yaml_doc
 from .codec import VERSION, EncodeError, decode, encode
 from .judge import Judge, Judgement, Pair, pairs_from_sidecar
 from .rootcause import RootCause, RootCauser, make
@@ -140,23 +140,11 @@ def load_scenario_input(path: str) -> Artifact:
     return Artifact(path, data, None, mtime, None, "", pairs, recorded)
 
 
-def _twin_is_scenario(side_path: str) -> bool:
-    """``pfndiff minimize`` writes ``X.min`` (bytes) and ``X.min.yaml`` (the tagged scenario):
-    that YAML twin is the input, not a sidecar."""
-    try:
-        doc, _ = read_yaml_doc(side_path, "sidecar")
-    except ScenarioError:
-        return False                            # read_sidecar names the problem
-    return isinstance(doc, dict) and not is_sidecar(doc) and ("world" in doc or "ops" in doc)
-
-
 def load_artifact(path: str) -> Artifact:
     """The raw input and its sidecar, checked against each other.  Raises ArtifactError."""
     if path.endswith((".yaml", ".yml")) and not os.path.isfile(path.rsplit(".", 1)[0]):
         return load_scenario_input(path)
     side_path = path + ".yaml"
-    if os.path.isfile(side_path) and _twin_is_scenario(side_path):
-        return load_scenario_input(side_path)
     try:
         data = read_bytes(path, MAX_INPUT_BYTES, "fuzzer input")
         mtime = os.stat(path).st_mtime
@@ -169,9 +157,11 @@ def load_artifact(path: str) -> Artifact:
         time.sleep(SIDECAR_GRACE / 4)       # a running campaign writes the input first, its sidecar next
     if os.path.exists(side_path):
         try:
-            sidecar = read_sidecar(side_path)
+            sidecar = read_twin(side_path)
         except ScenarioError as e:
             raise ArtifactError(str(e)) from None
+        if sidecar is None:                 # X.min + X.min.yaml from pfndiff minimize: the YAML is the input
+            return load_scenario_input(side_path)
     if (problem := content_mismatch(path, data)) is not None:
         raise ArtifactError(problem)
     recorded = _recorded_scenario(sidecar, side_path)
