@@ -26,9 +26,10 @@ max_len=2048
 
 targets=$(python3 -m fuzz.targets)
 while read -r target seeds; do
-  # Package data (the known-divergence catalogue) must be inside the bundle.
+  # Package data (the known-divergence catalogue, the JSON schemas) must be inside the bundle.
   compile_python_fuzzer "fuzz/targets/$target.py" \
     --collect-data oracles \
+    --collect-data fuzz \
     --copy-metadata atheris \
     --runtime-hook .clusterfuzzlite/crash_mode_on.py
 

@@ -5,13 +5,14 @@ sees a Python finding only as an uncaught exception.  ClusterFuzz's crash type f
 "Uncaught exception" and its crash *state* is the names of the three innermost frames (the
 exception text is ignored; names shorter than 3 characters or on its ignore list -- starting with
 ``new``/``free``/``main``/``abort``..., containing ``assert``... -- are skipped; lines are cut at 80
-characters).  Equal states are one testcase; states sharing two frames in order are grouped.
+characters).  Equal states are one testcase; states sharing two frames in order, or with lines
+about 80 % alike, are grouped.
 
 So the exception is raised from inside three functions generated for the finding and named after
 the parts of its root cause (fuzz.rootcause; ``crash_parts`` is the one place that decides them):
 the same cause gives the same state whatever the input, op class or field that shows it, and
-different causes give different states -- one ClusterFuzz testcase per cause, as one triage
-cluster per cause.  The exception message carries the cause, the signature and its id, the spec
+different causes give different states that share no frame (a digest of the cause is one of
+them) -- one ClusterFuzz testcase per cause, as one triage cluster per cause.  The exception message carries the cause, the signature and its id, the spec
 ids and the pairs on one line.
 """
 
@@ -29,7 +30,6 @@ from oracles.diff import Divergence, report_order
 from .rootcause import RootCause, root_cause
 
 ENV = "PFNDIFF_CRASH"
-FRAMES = 3                     # ClusterFuzz's MAX_CRASH_STATE_FRAMES
 LINE_CAP = 80                  # ClusterFuzz's LINE_LENGTH_CAP for crash-state lines
 
 # Frame names ClusterFuzz would skip (its STACK_FRAME_IGNORE_REGEXES, as far as a name made of

@@ -7,10 +7,11 @@ network.
    venv's pip/pyinstaller (pinned as the image pins them) and tools/cflite/compile_python_fuzzer;
 3. discovery: the executables in $OUT that OSS-Fuzz would take for targets (executable, ELF or
    shell script, mentioning LLVMFuzzerTestOneInput, not ``.so``) are exactly the continuous
-   targets of fuzz/targets, each with its ``.pkg`` (not executable), seed corpus zip, dictionary
-   and ``[libfuzzer]`` options;
+   targets of fuzz/targets, each with its ``.pkg`` (not executable, holding every package data
+   file of pyproject.toml), seed corpus zip, dictionary and ``[libfuzzer]`` options;
 4. every target: ``-runs=4`` from an empty corpus ("Done 4 runs", the image's bad-build check),
-   its seed corpus replayed without a crash (ClusterFuzzLite starts from it), ``-merge=1``;
+   its seed corpus replayed without a crash (ClusterFuzzLite starts from it) and with the same
+   coverage as the un-bundled target (atheris instruments the bundle), ``-merge=1``;
 5. planted findings: the literal sketch pair (PFNDIFF_PAIRS, its bugs are findings by design) on
    two seeds of one root cause and one seed of another; each run must exit non-zero with a
    ``crash-<sha1>`` of its input, and ClusterFuzz's own parser (clusterfuzz 2.6.0) must read type
@@ -24,13 +25,16 @@ from __future__ import annotations
 
 import argparse
 import configparser
+import glob
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
 import tempfile
+import tomllib
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -167,6 +171,25 @@ def check_layout(out: Path) -> dict[str, tuple[int, int]]:
     return sizes
 
 
+def package_data() -> list[str]:
+    """The package data files pyproject ships (``[tool.setuptools.package-data]``), repo-relative."""
+    with open(REPO / "pyproject.toml", "rb") as fh:
+        globs = tomllib.load(fh)["tool"]["setuptools"]["package-data"]
+    return sorted(os.path.relpath(f, REPO) for pkg, pats in globs.items() for pat in pats
+                  for f in glob.glob(str(REPO / pkg / pat)))
+
+
+def check_bundle(out: Path, target: str) -> int:
+    """Every package data file is inside the target's bundle; returns how many."""
+    p = subprocess.run([str(TOOLS_BIN / "pyi-archive_viewer"), "-l", "-b", str(out / f"{target}.pkg")], env=tools_env(),
+                       capture_output=True, text=True, timeout=RUN_TIMEOUT)
+    listed = {line.strip() for line in p.stdout.splitlines()}
+    missing = [f for f in package_data() if f not in listed]
+    if p.returncode != 0 or missing:
+        raise CheckError(f"{target}.pkg lacks package data: {missing or p.stderr[-500:]}")
+    return len(package_data())
+
+
 def check_runs(out: Path, target: str, work: Path) -> None:
     """The image's bad-build check, the seed corpus replayed, and a merge."""
     env = tools_env()
@@ -184,6 +207,12 @@ def check_runs(out: Path, target: str, work: Path) -> None:
     rc, text = run([str(out / target), "-runs=0", str(seeds)], env, d, d / "seeds.log")
     if rc != 0 or "Uncaught Python exception" in text:
         raise CheckError(f"{target}: its seed corpus crashes it in crash mode (see {d / 'seeds.log'})")
+    cmd, plain_env = unbundled(target)
+    plain_env.pop("PFNDIFF_PAIRS", None)
+    rc, plain = run([*cmd, "-runs=0", str(seeds)], plain_env, d, d / "seeds-unbundled.log")
+    if rc != 0 or _coverage(text) != _coverage(plain) or not _coverage(text):
+        raise CheckError(f"{target}: the bundle reaches coverage {_coverage(text)} on the seeds, the checkout "
+                         f"{_coverage(plain)} (instrumentation lost in the bundle?)")
     rc, text = run([str(out / target), "-merge=1", str(merged), str(seeds)], env, d, d / "merge.log")
     if rc != 0 or "MERGE-OUTER: successful" not in text or not any(merged.iterdir()):
         raise CheckError(f"{target} -merge=1: exit {rc}, no successful merge or an empty result (see {d / 'merge.log'})")
@@ -219,6 +248,7 @@ def check_planted(cmd: list[str], target: str, env: dict[str, str], planted: lis
     env = dict(env)
     env["PFNDIFF_PAIRS"] = PLANT_PAIRS
     env.pop("PFNDIFF_ARTIFACTS", None)
+    env.pop("PFNDIFF_CRASH", None)             # the build's default (on) or --crash decides
     logs = []
     for i, p in enumerate(planted):
         d = work / f"planted-{target}-{i}"
@@ -253,12 +283,19 @@ def parse_crashes(target: str, logs: list[Path]) -> dict:
     return json.loads(p.stdout)
 
 
-def unbundled() -> tuple[list[str], dict[str, str]]:
-    """The diff target run from the checkout (the project's venv python), crash mode on."""
+def unbundled(target: str = "diff_target") -> tuple[list[str], dict[str, str]]:
+    """A target run from the checkout (the project's venv python), crash mode on."""
     env = dict(os.environ)
     env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")
     env["PYTHONPATH"] = str(REPO)
-    return [str(REPO / "fuzz" / "targets" / "diff_target.py"), "--crash"], env
+    env.pop("PFNDIFF_ARTIFACTS", None)
+    return [str(REPO / "fuzz" / "targets" / f"{target}.py"), "--crash"], env
+
+
+def _coverage(log: str) -> str:
+    """libFuzzer's last ``cov: N ft: M`` figures."""
+    found = re.findall(r"cov: (\d+) ft: (\d+)", log)
+    return "cov {} ft {}".format(*found[-1]) if found else ""
 
 
 # --- the whole check -----------------------------------------------------------------------------
@@ -286,8 +323,10 @@ def main(argv: list[str] | None = None) -> int:
         out = build(work)
         sizes = check_layout(out)
         for t, (n, size) in sizes.items():
+            data = check_bundle(out, t)
             check_runs(out, t, work)
-            print(f"target {t}: built; seed corpus {n} inputs, {size} bytes; -runs=4, seed replay, -merge=1 ok")
+            print(f"target {t}: built ({data} package data files inside); seed corpus {n} inputs, {size} bytes; "
+                  "-runs=4, seed replay, -merge=1 ok")
         for t in sizes:
             crashes = check_planted([str(out / t)], t, tools_env(), planted, work)
             print(f"target {t}: planted findings on {PLANT_PAIRS}, crash states as ClusterFuzz reads them:")
