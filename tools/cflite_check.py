@@ -190,7 +190,7 @@ def check_bundle(out: Path, target: str) -> int:
     return len(package_data())
 
 
-def check_runs(out: Path, target: str, work: Path) -> None:
+def check_runs(out: Path, target: str, work: Path) -> str:
     """The image's bad-build check, the seed corpus replayed, and a merge."""
     env = tools_env()
     env.pop("PFNDIFF_PAIRS", None)
@@ -216,6 +216,7 @@ def check_runs(out: Path, target: str, work: Path) -> None:
     rc, text = run([str(out / target), "-merge=1", str(merged), str(seeds)], env, d, d / "merge.log")
     if rc != 0 or "MERGE-OUTER: successful" not in text or not any(merged.iterdir()):
         raise CheckError(f"{target} -merge=1: exit {rc}, no successful merge or an empty result (see {d / 'merge.log'})")
+    return f"{_coverage(plain)} on the seeds, as un-bundled; -merge=1 kept {len(list(merged.iterdir()))}"
 
 
 # --- 5. planted findings -------------------------------------------------------------------------
@@ -324,9 +325,9 @@ def main(argv: list[str] | None = None) -> int:
         sizes = check_layout(out)
         for t, (n, size) in sizes.items():
             data = check_bundle(out, t)
-            check_runs(out, t, work)
+            runs = check_runs(out, t, work)
             print(f"target {t}: built ({data} package data files inside); seed corpus {n} inputs, {size} bytes; "
-                  "-runs=4, seed replay, -merge=1 ok")
+                  f"-runs=4 ok; {runs}")
         for t in sizes:
             crashes = check_planted([str(out / t)], t, tools_env(), planted, work)
             print(f"target {t}: planted findings on {PLANT_PAIRS}, crash states as ClusterFuzz reads them:")
