@@ -24,7 +24,7 @@ from kvmsim.trace import Trace
 from kvmsim.yamlsrc import ScenarioError
 from oracles.catalogue import Catalogue, load_catalogue
 
-from . import history
+from . import history, schema
 from .artifacts import read_stats
 from .corpus_minimize import MergeError, corpus_stats
 from .features import Feature
@@ -180,11 +180,11 @@ def _cluster_view(path: str, rec: dict[str, Any], cat: Catalogue) -> ClusterView
     view = None
     vpath = os.path.join(cdir, "view.json")
     if os.path.exists(vpath):
-        v = _load_json(vpath)
-        if isinstance(v, dict) and v.get("format") == "pfndiff-view/1" and isinstance(v.get("traces"), list):
-            view = v
-        else:
-            note = f"{vpath}: not a pfndiff view (format pfndiff-view/1)"
+        view = _load_json(vpath)
+        try:
+            schema.check("cluster-view", view, vpath)
+        except ScenarioError as e:
+            raise ReportInputError(str(e)) from None
     elif sc is not None:
         view, why = _rerun_view(sc, rec, cat)
         note = note or why

@@ -261,26 +261,32 @@ def drows_part(data: ReportData) -> str:
 
 # --- part 4: clusters ---------------------------------------------------------------------------------------
 
-def trace_table(sc_ops: Any, left: Trace, right: Trace | None, mark: int, fields: list[str]) -> str:
-    """Both traces side by side, op by op; a value that differs between the sides is highlighted."""
+def trace_table(sc: Any, left: Trace, right: Trace | None, mark: int, fields: list[str]) -> str:
+    """Both traces side by side, op by op; a value that differs between the sides is highlighted
+    (the rows are ``fuzz.report.flatten``'s, as in ``pfndiff repro``)."""
     lrecs = {r.index: r for r in left.records}
     rrecs = {r.index: r for r in right.records} if right else {}
     out = ['<table class="trace"><tr><th></th><th>field</th>'
            f'<th>{esc(left.backend)}</th><th>{esc(right.backend if right else "(no second trace)")}</th></tr>']
-    n = max([len(sc_ops.ops) if sc_ops is not None else 0, *lrecs, *rrecs, -1] or [0])
-    for i in range(n + 1 if sc_ops is None else max(n, len(sc_ops.ops))):
-        if i not in lrecs and i not in rrecs:
-            continue
-        opl = op_line(sc_ops, i) if sc_ops is not None else (lrecs.get(i) or rrecs[i]).op
-        cls = "op mark" if i == mark else "op"
-        out.append(f'<tr class="{cls}"><td>{"▶" if i == mark else ""}[{i}]</td><td colspan=3>{esc(opl)}</td></tr>')
-        lf, rf = flatten(lrecs.get(i)), flatten(rrecs.get(i))
+
+    def values(i: int, lf: dict[str, str], rf: dict[str, str]) -> None:
         for k in dict.fromkeys([*lf, *rf]):
             lv, rv = lf.get(k, "-"), rf.get(k, "-")
-            differs = right is not None and lv != rv
-            hot = differs or (i == mark and k in fields)
+            hot = (right is not None and lv != rv) or (i == mark and k in fields)
             c = ' class="diff"' if hot else ""
-            out.append(f'<tr><td></td><td class="field">{esc(k)}</td><td{c}>{esc(lv)}</td><td{c}>{esc(rv if right else "")}</td></tr>')
+            out.append(f'<tr><td></td><td class="field">{esc(k)}</td><td{c}>{esc(lv)}</td>'
+                       f'<td{c}>{esc(rv if right else "")}</td></tr>')
+
+    for i in sorted(set(lrecs) | set(rrecs)):
+        rec = lrecs.get(i) or rrecs[i]
+        text = op_line(sc, i) if sc is not None and i < len(sc.ops) else rec.op
+        out.append(f'<tr class="{"op mark" if i == mark else "op"}"><td>{"▶" if i == mark else ""}[{i}]</td>'
+                   f'<td colspan=3>{esc(text)}</td></tr>')
+        values(i, flatten(lrecs.get(i)), flatten(rrecs.get(i)))
+    if mark not in lrecs and mark not in rrecs:          # a difference in what is left at the end
+        out.append('<tr class="op mark"><td>▶</td><td colspan=3>end of scenario</td></tr>')
+        keys = ("refs_held_at_end", "pins_held_at_end")
+        values(mark, {k: str(left.meta.get(k)) for k in keys}, {k: str(right.meta.get(k)) for k in keys} if right else {})
     out.append("</table>")
     return "".join(out)
 

@@ -1,5 +1,6 @@
 """JSON schemas for what pfndiff reads back from disk (shipped in ``fuzz/schemas/``): finding
-sidecars, triage reports (``--join``) and corpus entries (scenario YAML with tags).
+sidecars, triage reports (``--join``), corpus entries (scenario YAML with tags) and the cluster
+views ``pfndiff report`` draws.
 
 Why schemas on top of the loaders: these files come from other machines and older runs, and the
 code that consumes them indexes into them (``sidecar["pair"][1]``, ``tags["pairs"]``); one
@@ -19,8 +20,9 @@ from jsonschema import Draft202012Validator
 
 from kvmsim.yamlsrc import Node, ScenarioError, show
 
-SCHEMAS = ("sidecar", "triage-report", "corpus-entry")
-_WHAT = {"sidecar": "sidecar", "triage-report": "triage report", "corpus-entry": "corpus entry"}
+SCHEMAS = ("sidecar", "triage-report", "corpus-entry", "cluster-view")
+_WHAT = {"sidecar": "sidecar", "triage-report": "triage report", "corpus-entry": "corpus entry",
+         "cluster-view": "cluster view"}
 
 
 @functools.cache

@@ -105,13 +105,23 @@ def test_the_page_is_self_contained_and_has_the_four_parts(campaign):
     assert re.search(r">\s*\d+", row.split("</td>", 2)[2])
 
 
-def test_triage_output_is_read_with_the_stored_traces(campaign, tmp_path):
+def test_triage_output_is_read_with_the_stored_traces(campaign, tmp_path, capsys):
     out = tmp_path / "t"
     assert main(["triage", str(campaign / "artifacts"), "-o", str(out), "--report", str(tmp_path / "r.html")]) == 0
-    views = [json.loads(p.read_text()) for p in out.glob("clusters/*/view.json")]
-    assert views and all(v["format"] == "pfndiff-view/1" and len(v["traces"]) == 2 for v in views)
+    from fuzz import schema
+    paths = sorted(out.glob("clusters/*/view.json"))
+    views = [json.loads(p.read_text()) for p in paths]
+    for p, v in zip(paths, views):
+        schema.check("cluster-view", v, str(p))
+    assert views and all(len(v["traces"]) == 2 for v in views)
     page = (tmp_path / "r.html").read_text()
     assert page.count('class="cluster') == len(views) and f"pfndiff repro {out}/clusters/" in page
+    # a damaged view is one line naming it, not a traceback or a page drawn from garbage
+    views[0]["mark"] = "first"
+    paths[0].write_text(json.dumps(views[0]))
+    assert main(["report", str(out), "-o", str(tmp_path / "r2.html")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(paths[0]) in err[0] and "mark" in err[0]
 
 
 def test_a_bad_input_is_one_line(tmp_path, capsys):
