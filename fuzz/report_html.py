@@ -112,7 +112,7 @@ def campaign_part(data: ReportData) -> str:
         out.append(f'<figure id="{fid}">{body}<figcaption>{esc(cap)}</figcaption></figure>')
     out.append("</div>")
     out.append("<table id=\"runs\"><tr><th>run</th><th>directory</th><th>started (UTC)</th><th>pairs</th>"
-               "<th>seconds</th><th>executions</th><th>corpus</th><th>coverage</th><th>new</th><th>known</th></tr>")
+               "<th>seconds</th><th>executions</th><th>corpus</th><th>coverage</th><th>new causes</th><th>catalogued</th></tr>")
     i = 0
     for c in data.campaigns:
         for r in c.runs:
