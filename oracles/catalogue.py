@@ -181,6 +181,19 @@ class Catalogue:
         return True
 
 
+_COND_TYPES = {"in": list, "empty": bool, "has": str, "prefix": str}
+
+
+def _bad_cond(c: Any) -> str | None:
+    """What is wrong with a condition's shape (``cond`` would fail on it at comparison time)."""
+    if isinstance(c, dict) and len(c) == 1:
+        (k, x), = c.items()
+        want = _COND_TYPES.get(k)
+        if want is not None and not isinstance(x, want):
+            return f"{{{k}: …}} needs a {want.__name__}, got {type(x).__name__}"
+    return None
+
+
 def load_catalogue(path: str = DEFAULT_PATH) -> Catalogue:
     """Read and check the catalogue; raises CatalogueError naming FILE:LINE."""
     try:
@@ -232,11 +245,14 @@ def load_catalogue(path: str = DEFAULT_PATH) -> Catalogue:
         ops = plain(m["ops"])
         if ops == "*":
             ops = list(OP_SCHEMAS)
-        if not isinstance(ops, list) or any(o not in OP_SCHEMAS for o in ops):
+        if not isinstance(ops, list) or any(not isinstance(o, str) or o not in OP_SCHEMAS for o in ops):
             raise err(f"entry {eid}: ops must be a list of op kinds", m["ops"].line)
         when = plain(m["when"]) if "when" in m else {}
-        if not isinstance(when, dict) or any(not k.startswith(("op.", "ctx.", "a.", "b.")) for k in when):
+        if not isinstance(when, dict) or any(not str(k).startswith(("op.", "ctx.", "a.", "b.")) for k in when):
             raise err(f"entry {eid}: when keys must start with op., ctx., a. or b.", m["when"].line)
+        for k, c in when.items():
+            if (bad := _bad_cond(c)) is not None:
+                raise err(f"entry {eid}: when.{k}: {bad}", m["when"].line)
         explains: tuple[tuple[str, Any], ...] | None = None
         if "explains" in m:
             ex = plain(m["explains"])
@@ -245,10 +261,13 @@ def load_catalogue(path: str = DEFAULT_PATH) -> Catalogue:
                     raise err(f"entry {eid}: explains must be a mapping of field to condition, or '*'",
                               m["explains"].line)
                 for f, c in ex.items():
-                    if not (f == "events" or f.startswith(("api.", "vmm."))):
+                    if not (f == "events" or str(f).startswith(("api.", "vmm."))):
                         raise err(f"entry {eid}: unknown field {f!r} in explains", m["explains"].line)
                     if c != "*" and not (isinstance(c, dict) and set(c) <= {"a", "b"}):
                         raise err(f"entry {eid}: explains.{f} must be '*' or {{a: cond, b: cond}}", m["explains"].line)
+                    for side, sc in (c.items() if isinstance(c, dict) else ()):
+                        if (bad := _bad_cond(sc)) is not None:
+                            raise err(f"entry {eid}: explains.{f}.{side}: {bad}", m["explains"].line)
                 explains = tuple(ex.items())
         else:
             raise err(f"entry {eid}: needs 'explains' (a mapping, or '*')", n.line)

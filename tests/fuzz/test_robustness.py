@@ -5,7 +5,7 @@ line on stderr; and each run stays within a memory budget (tracemalloc peak) and
 
 Inputs: random byte strings, mutated seed scenarios (random values of random types in every
 field, deleted and duplicated entries), random YAML-ish text, alias bombs of random shape, and
-mutated sidecars of a real finding.  Examples are derandomised so that ``make test`` is
+mutated sidecars of a real finding and mutated catalogues.  Examples are derandomised so that ``make test`` is
 repeatable; set ``PFNDIFF_ROBUSTNESS_EXAMPLES`` for a longer exploration.
 """
 
@@ -32,7 +32,7 @@ from fuzz.cli import main
 
 MEMORY_BUDGET = 200 << 20            # bytes, tracemalloc peak per command
 CPU_BUDGET = 30.0                    # seconds of this process's CPU per command
-EXAMPLES = int(os.environ.get("PFNDIFF_ROBUSTNESS_EXAMPLES", "5"))
+EXAMPLES = int(os.environ.get("PFNDIFF_ROBUSTNESS_EXAMPLES", "4"))
 PAIR = ["--left", "sim:g2", "--right", "sim:g2s-literal"]
 SETTINGS = settings(max_examples=EXAMPLES, deadline=None, derandomize=True, database=None,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
@@ -199,3 +199,33 @@ def test_mutated_sidecars(data):
         call(["repro", path, "--exit-zero", "--no-color"])
         call(["corpus", "decode", path])
         shutil.rmtree(d)
+
+
+CATALOGUE = yaml.safe_load(open(os.path.join(os.path.dirname(SEEDS), "..", "oracles", "catalogue.yaml"),
+                                encoding="utf-8"))
+
+
+@SETTINGS
+@given(mutated([CATALOGUE]))
+def test_mutated_catalogues(doc):
+    with tempfile.TemporaryDirectory(prefix="pfndiff-robust-") as work:
+        path = os.path.join(work, "catalogue.yaml")
+        with open(path, "wb") as fh:
+            fh.write(_dump(doc))
+        call(["diff", os.path.join(SEEDS, "d10-sketch-warn-seq0.yaml"), "-l", "sim:g2", "-r", "sim:g2s-literal",
+              "--exit-zero", "--catalogue", path])
+
+
+@st.composite
+def mutated_entries(draw) -> Any:
+    """A catalogue with one entry given random values in random fields (the other entries kept)."""
+    doc = copy.deepcopy(CATALOGUE)
+    i = draw(st.integers(0, len(doc["entries"]) - 1))
+    doc["entries"][i] = draw(mutated([doc["entries"][i]]))
+    return doc
+
+
+@SETTINGS
+@given(mutated_entries())
+def test_mutated_catalogue_entries(doc):
+    test_mutated_catalogues.hypothesis.inner_test(doc)
