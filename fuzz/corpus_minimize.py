@@ -24,6 +24,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from . import progress
+from kvmsim.yamlsrc import MAX_INPUT_BYTES, ScenarioError, read_bytes
+
 from .artifacts import atomic_write
 from .campaign import REPO, TARGETS
 from .features import DEFAULT_PAIRS, Feature, FeatureExtractor
@@ -77,10 +79,9 @@ def read_corpus(dirs: list[str]) -> list[CorpusInput]:
             if name.startswith(".") or not os.path.isfile(p):
                 continue
             try:
-                with open(p, "rb") as fh:
-                    data = fh.read()
-            except OSError as e:
-                raise MergeError(f"{p}: cannot read: {e.strerror}") from None
+                data = read_bytes(p, MAX_INPUT_BYTES, "corpus input")
+            except ScenarioError as e:
+                raise MergeError(str(e)) from None
             ci = CorpusInput(p, data)
             out.setdefault(ci.sha1, ci)
     return list(out.values())

@@ -5,7 +5,7 @@ line on stderr; and each run stays within a memory budget (tracemalloc peak) and
 
 Inputs: random byte strings, mutated seed scenarios (random values of random types in every
 field, deleted and duplicated entries), random YAML-ish text, alias bombs of random shape, and
-mutated sidecars of a real finding and mutated catalogues.  Examples are derandomised so that ``make test`` is
+mutated sidecars, triage reports (--join) and catalogues.  Examples are derandomised so that ``make test`` is
 repeatable; set ``PFNDIFF_ROBUSTNESS_EXAMPLES`` for a longer exploration.
 """
 
@@ -15,6 +15,7 @@ import contextlib
 import copy
 import glob
 import io
+import json
 import os
 import shutil
 import signal
@@ -229,3 +230,38 @@ def mutated_entries(draw) -> Any:
 @given(mutated_entries())
 def test_mutated_catalogue_entries(doc):
     test_mutated_catalogues.hypothesis.inner_test(doc)
+
+
+def _report() -> dict[str, Any]:
+    """A real triage.json (of the real finding), made once."""
+    if "report" not in _FINDING:
+        raw, name, sidecar = _finding()
+        with tempfile.TemporaryDirectory(prefix="pfndiff-robust-") as work:
+            d = os.path.join(work, "in")
+            os.makedirs(d)
+            with open(os.path.join(d, name), "wb") as fh:
+                fh.write(raw)
+            with open(os.path.join(d, name + ".yaml"), "wb") as fh:
+                fh.write(_dump(sidecar))
+            call(["triage", d, "-o", os.path.join(work, "out"), "--no-minimize"])
+            with open(os.path.join(work, "out", "triage.json"), encoding="utf-8") as fh:
+                _FINDING["report"] = yaml.safe_load(fh)          # JSON is YAML
+    return _FINDING["report"]
+
+
+@SETTINGS
+@given(st.data())
+def test_mutated_join_reports(data):
+    raw, name, sidecar = _finding()
+    doc = data.draw(mutated([_report()]))
+    with tempfile.TemporaryDirectory(prefix="pfndiff-robust-") as work:
+        d = os.path.join(work, "in")
+        os.makedirs(d)
+        with open(os.path.join(d, name), "wb") as fh:
+            fh.write(raw)
+        with open(os.path.join(d, name + ".yaml"), "wb") as fh:
+            fh.write(_dump(sidecar))
+        prev = os.path.join(work, "prev.json")
+        with open(prev, "w", encoding="utf-8") as fh:
+            json.dump(doc, fh, default=str)
+        call(["triage", d, "-o", os.path.join(work, "out"), "--no-minimize", "--join", prev])
