@@ -16,8 +16,9 @@ import yaml
 from kvmsim import BackendError, ScenarioError, backend_names, get_backend, load_scenario
 from kvmsim.trace import Trace
 
+from .report import flow_text, kvm_view
+
 EXIT_USAGE = 2
-_DUMPER = getattr(yaml, "CSafeDumper", yaml.SafeDumper)      # libyaml's emitter: traces have an entry per op
 
 
 class UsageError(Exception):
@@ -90,7 +91,7 @@ def format_trace(trace: Trace) -> str:
         for level in ("api", "vmm"):
             val = getattr(r, level)
             if val:
-                flow = yaml.dump(val, Dumper=_DUMPER, default_flow_style=True, sort_keys=False, width=10**6).strip()
+                flow = flow_text(kvm_view(val))
                 lines.append(f"    {level}: {flow}")
         if r.events:
             lines.append(f"    events: {', '.join(r.events)}")

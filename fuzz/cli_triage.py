@@ -24,6 +24,7 @@ from .minimize import Interrupted as MinimizeInterrupted
 from .minimize import minimize
 from .attribution import needed_quirks
 from .report import explain, partner, side_by_side
+from .rootcause import RootCauser
 from .triage import HOST_RUNS, ArtifactError, JudgeCache, judge_artifact, load_artifact
 
 
@@ -133,21 +134,33 @@ def read_input(path: str, override: list[Pair] | None) -> Input:
         path = path[: -len(".yaml")]
     art = load_artifact(path)
     v = judge_artifact(art, JudgeCache(), override, host_runs=1)
-    return Input(v.scenario, art.data, v.pairs, v.primary or None)
+    recorded = (art.sidecar or {}).get("signature")            # the divergence the campaign wrote it for
+    shown = isinstance(recorded, str) and v.judgement.find(recorded) is not None
+    return Input(v.scenario, art.data, v.pairs, recorded if shown else (v.primary or None))
 
 
 def _pick(path: str, inp: Input, judge: Judge, wanted: str | None) -> tuple[object, str]:
     j = judge.judge(inp.scenario)
     if wanted:
-        if j.find(wanted) is None:
-            raise UsageError(f"{path}: does not show signature {wanted!r}")
-        return j, wanted
+        d = j.find(wanted) or _by_id(j.divs, wanted)
+        if d is None:
+            raise UsageError(f"{path}: does not show signature {wanted!r} "
+                             f"(it shows: {', '.join(f'{x.sig_id} {x.signature}' for x in j.divs[:6]) or 'nothing'})")
+        return j, d.signature
     if inp.signature and j.find(inp.signature) is not None:
         return j, inp.signature
     d = j.first_unknown() or (j.divs[0] if j.divs else None)
     if d is None:
         raise UsageError(f"{path}: shows no divergence on " + ", ".join(f"{a}~{b}" if b else a for a, b in inp.pairs))
     return j, d.signature
+
+
+def _by_id(divs: list, wanted: str) -> object | None:
+    """A divergence named by its printed id (12 hex digits, or a prefix of 6 or more)."""
+    w = wanted.strip().lower()
+    if len(w) < 6 or any(c not in "0123456789abcdef" for c in w):
+        return None
+    return next((d for d in divs if d.sig_id.startswith(w)), None)
 
 
 def _judged(args: argparse.Namespace, cmd: str) -> tuple[Any, Judge, Any, str, Any]:
@@ -197,7 +210,8 @@ def _setup_minimize(p: argparse.ArgumentParser) -> None:
     p.add_argument("file", help="a raw input (crash-<sha1>, with or without sidecar) or a scenario YAML")
     p.add_argument("--left", help="left backend (default: the sidecar's or the scenario tags')")
     p.add_argument("--right", help="right backend")
-    p.add_argument("--signature", help="the signature to keep (default: the recorded one, else the first unknown)")
+    p.add_argument("--signature", help="the signature to keep, or its printed 12-digit id (default: the recorded "
+                   "one, else the first unknown)")
     p.add_argument("--out", "-o", help="output path for the bytes (YAML goes to OUT.yaml; default FILE.min)")
 
 
@@ -213,6 +227,8 @@ def cmd_repro(args: argparse.Namespace) -> int:
     print(dump_scenario(inp.scenario).rstrip())
     print()
     status = f"known ({', '.join(d.entries)})" if d.known else "NEW (no catalogue entry explains it)"
+    cause = RootCauser(judge.catalogue)(inp.scenario, d)
+    print(f"root cause: {cause.id}  {cause.title}")
     print(f"signature: {sig}  [{d.sig_id}]  {status}")
     print(f"first differing op: [{d.index}] {d.op}, field {d.field} (all differing: {', '.join(d.fields)})")
     print()
@@ -230,7 +246,8 @@ def _setup_repro(p: argparse.ArgumentParser) -> None:
     p.add_argument("file", help="a raw input (crash-<sha1>, with or without sidecar) or a scenario YAML")
     p.add_argument("--left", help="left backend (default: the sidecar's or the scenario tags')")
     p.add_argument("--right", help="right backend")
-    p.add_argument("--signature", help="which divergence to show (default: the recorded one, else the first unknown)")
+    p.add_argument("--signature", help="which divergence to show: a signature or its printed 12-digit id "
+                   "(default: the recorded one, else the first unknown)")
     p.add_argument("--no-color", action="store_true", help="no ANSI highlighting")
     add_exit_zero(p)
 

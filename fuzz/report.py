@@ -14,7 +14,7 @@ import yaml
 
 from kvmsim.scenario import OP_SCHEMAS, Scenario
 from kvmsim.trace import OpRecord, Trace
-from oracles.catalogue import BUG_IDS, Catalogue, family
+from oracles.catalogue import BUG_IDS, Catalogue
 from oracles.diff import Divergence
 
 from .attribution import QUIRK_ROWS
@@ -24,12 +24,42 @@ COL = 54
 MARK = ">>"
 
 
+HEX_KEYS = frozenset({"gfn", "gpa", "hva", "pfn", "data", "start", "addr", "si_addr"})
+
+
+def kvm_view(v: Any, key: str = "") -> Any:
+    """A trace value as a KVM developer reads it: gfns, gpas, hvas, pfns and data in hex."""
+    if isinstance(v, dict):
+        return {k: kvm_view(x, str(k)) for k, x in v.items()}
+    if isinstance(v, list):
+        return [kvm_view(x, key) for x in v]
+    if key in HEX_KEYS and isinstance(v, int) and not isinstance(v, bool):
+        return _Hex(v)
+    return v
+
+
+class _Hex(int):
+    """Rendered as 0x… by ``_flow``."""
+
+
+class _FlowDumper(yaml.SafeDumper):
+    pass
+
+
+_FlowDumper.add_representer(_Hex, lambda d, v: d.represent_scalar("tag:yaml.org,2002:int", hex(v)))
+
+
 def _flow(v: Any) -> str:
+    if isinstance(v, _Hex):
+        return hex(v)
     if isinstance(v, (dict, list)):
-        return yaml.safe_dump(v, default_flow_style=True, width=10**6, sort_keys=False).strip()
+        return yaml.dump(v, Dumper=_FlowDumper, default_flow_style=True, width=10**6, sort_keys=False).strip()
     if isinstance(v, bool):
         return "true" if v else "false"
     return "null" if v is None else str(v)
+
+
+flow_text = _flow
 
 
 def flatten(rec: OpRecord | None) -> dict[str, str]:
@@ -39,7 +69,7 @@ def flatten(rec: OpRecord | None) -> dict[str, str]:
     out: dict[str, str] = {}
     for level in ("api", "vmm"):
         for k, v in (getattr(rec, level) or {}).items():
-            out[f"{level}.{k}"] = _flow(v)
+            out[f"{level}.{k}"] = _flow(kvm_view(v, k))
     if rec.events:
         out["events"] = _flow(rec.events)
     return out
@@ -53,12 +83,12 @@ def op_line(sc: Scenario, i: int) -> str:
     args = {k: v for k, v in op.args.items() if k not in schema or schema[k].required or v != schema[k].default}
     if not args:
         return op.kind
-    return f"{op.kind}: {{" + ", ".join(f"{k}: {_hex(v)}" for k, v in args.items()) + "}"
+    return f"{op.kind}: {{" + ", ".join(f"{k}: {_hex(v, k)}" for k, v in args.items()) + "}"
 
 
-def _hex(v: Any) -> str:
-    """Addresses and gfns as in the scenario files (hex from 0x1000 up)."""
-    if isinstance(v, int) and not isinstance(v, bool) and v >= 0x1000:
+def _hex(v: Any, key: str = "") -> str:
+    """Addresses and gfns as in the scenario files (always hex for gfns, gpas, hvas and data)."""
+    if isinstance(v, int) and not isinstance(v, bool) and (v >= 0x1000 or key in HEX_KEYS):
         return hex(v)
     return _flow(v)
 
@@ -99,10 +129,9 @@ class SpecRow:
 
 
 def explain(d: Divergence, cat: Catalogue, needed: list[str] | None = None) -> list[SpecRow]:
-    """The spec rows behind a divergence: catalogue entries that explain some of its fields, the
-    literal sketch's quirks when that backend took part, and (for an unexplained field) the
-    catalogue entries of the same op and generation pair that did *not* match: the rows a
-    reviewer compares the finding against."""
+    """The spec rows that really apply to a divergence: catalogue entries whose conditions matched
+    and that explain some of its fields, and the literal sketch's quirks it needs (``needed``; all
+    enabled ones when not computed).  Entries whose conditions do not match are not listed."""
     rows: list[SpecRow] = []
     seen: set[str] = set()
     for f, eid in d.explained.items():
@@ -121,19 +150,6 @@ def explain(d: Divergence, cat: Catalogue, needed: list[str] | None = None) -> l
                                           f"(spec §4.3{', row ' + row if row else ''}; a bug, never catalogued)"))
             elif needed is None:
                 rows.append(SpecRow(q, f"literal-sketch quirk {q} is enabled on {b} (spec §4.3; a bug, never catalogued)"))
-    if not d.known:
-        fams = {family(d.left), family(d.right)} if d.right else {family(d.left)}
-        for e in cat.entries:
-            if e.id in seen or d.op not in e.ops:
-                continue
-            if e.explains is not None and d.field not in {name for name, _ in e.explains}:
-                continue
-            if d.right and not ((fams <= (e.a | e.b)) and fams & e.a and fams & e.b):
-                continue
-            if not d.right and (e.oracle != d.oracle or family(d.left) not in e.a):
-                continue
-            seen.add(e.id)
-            rows.append(SpecRow(e.spec, f"{e.id}: {e.title} (same op and generations; its conditions do not match)"))
     if d.field == "events" and any(str(v).startswith(("[WARN", "[BUG", "[CORRUPT")) for v in
                                    (*d.left_obs.values(), *d.right_obs.values())):
         rows.append(SpecRow("-", "a WARN/BUG/CORRUPT event is never a known divergence (DESIGN: bugs are findings)"))

@@ -632,7 +632,7 @@ def scenario_to_dict(sc: Scenario) -> dict[str, Any]:
     if w.seq or w.seq_bits != 64:
         world["notifier"] = {"seq": w.seq, "seq_bits": w.seq_bits}
     if w.pages:
-        world["pages"] = [_compact({"name": p.name, "kind": p.kind, "pfn": p.pfn,
+        world["pages"] = [_compact({"name": p.name, "kind": p.kind, "pfn": None if p.pfn is None else HexInt(p.pfn),
                                     "memremap_ok": p.memremap_ok}, {"pfn": None, "memremap_ok": True})
                           for p in w.pages]
     if w.vmas:
@@ -672,19 +672,27 @@ def _vma_dict(v: VmaSpec) -> dict[str, Any]:
 
 def _slot_dict(s: SlotSpec) -> dict[str, Any]:
     d: dict[str, Any] = {"internal": s.internal} if s.internal else {"id": s.id}
-    d.update(_compact({"gfn": s.gfn, "pages": s.pages, "vma": s.vma, "offset": s.offset, "readonly": s.readonly,
+    d.update(_compact({"gfn": HexInt(s.gfn), "pages": s.pages, "vma": s.vma, "offset": s.offset, "readonly": s.readonly,
                        "log_dirty": s.log_dirty, "as_id": s.as_id},
                       {"offset": 0, "readonly": False, "log_dirty": False, "as_id": 0}))
     return d
 
 
-def _op_dict(op: Op) -> dict[str, Any] | None:
+def _op_dict(op: Op) -> dict[str, Any]:
     out = {}
     for f in OP_SCHEMAS[op.kind]:
         v = op.args[f.name]
         if f.required or v != f.default:
-            out[f.name] = v
-    return out or None
+            out[f.name] = HexInt(v) if f.name in HEX_FIELDS and isinstance(v, int) and not isinstance(v, bool) else v
+    return out                       # {} for an op without arguments, as the seeds write it
+
+
+# Addresses and frame numbers are written in hex, as KVM developers read them.
+HEX_FIELDS = frozenset({"gfn", "gpa", "hva", "pfn", "start", "data"})
+
+
+class HexInt(int):
+    """An int that ``dump_scenario`` writes in hex whatever its size."""
 
 
 class _Dumper(yaml.SafeDumper):
@@ -697,6 +705,7 @@ def _hex_int(dumper: yaml.SafeDumper, value: int) -> yaml.ScalarNode:
 
 
 _Dumper.add_representer(int, _hex_int)
+_Dumper.add_representer(HexInt, lambda d, v: d.represent_scalar("tag:yaml.org,2002:int", hex(v)))
 _Dumper.add_representer(type(None), lambda d, _: d.represent_scalar("tag:yaml.org,2002:null", ""))
 
 

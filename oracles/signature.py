@@ -1,9 +1,11 @@
 """Stable divergence signatures, for deduplication (DESIGN "divergence").
 
 A signature is ``oracle`` + backend pair + op class + first differing field + the *class* of
-both values.  Value classes keep what identifies a behaviour (``ERR_FAULT``, ``efault``, a WARN
-site, "a reference was held") and drop what does not (page names, hvas, data values, counts),
-so the same bug found through different inputs gets the same signature, run after run.
+both values (of the one value, for a single-trace invariant).  Value classes keep what identifies
+a behaviour in the words of the trace (``ERR_FAULT``, ``efault``, a WARN site, a page's name such
+as ``rsv`` or ``ram+0#0``, "a reference was held": ``{+1}``) and drop what varies from input to
+input without changing the behaviour (hvas, data values, counts, the pages a delta is about).
+Signatures are the fine key; clusters are root causes (``fuzz.rootcause``).
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ from typing import Any
 _TOKEN = re.compile(r"^-?[A-Z][A-Z0-9_]*$")
 _WORDS = {"pfn", "ok", "mmio", "efault", "sigbus", "killed", "lapic", "stall", "errno", "kmap", "memremap",
           "queued", "halt", "NULL", "n/a"}
+_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,31}(\+\d+(#\d+)?)?$")
+_SKIPPED = re.compile(r"^(?:the )?execution ended at op \d+ \((\w+)\)$|^kernel (BUG) earlier")
 _STRUCT_KEYS = {"writable", "level", "gpa", "len", "is_write", "data"}
 
 
@@ -31,7 +35,12 @@ def value_class(v: Any) -> str:
             return v
         if v.startswith(("WARN:", "BUG:", "CORRUPT:")):
             return event_class(v)
-        return "page"
+        m = _SKIPPED.match(v)
+        if m:                             # "the execution ended at op 3 (killed)" -> after-killed
+            return "after-" + (m.group(1) or m.group(2) or "end").split("(")[0].split(":")[0].strip()
+        if v.startswith("<") and v.endswith(">"):
+            return v[1:-1]                # <uninitialised>: an out-parameter never written (D26)
+        return v if _NAME.match(v) else "page"      # a page as the trace names it
     if isinstance(v, dict):
         if v and all(k in _STRUCT_KEYS for k in v):
             return "{" + ",".join(f"{k}={value_class(x)}" for k, x in sorted(v.items())) + "}"
@@ -74,12 +83,18 @@ def op_class(kind: str, args: dict[str, Any]) -> str:
 
 
 def make_signature(oracle: str, left: str, right: str, opc: str, field: str, lval: Any, rval: Any) -> str:
+    """``ORACLE LEFT~RIGHT OPCLASS FIELD LEFTVALUE>RIGHTVALUE``; a single-trace invariant
+    (``right`` empty) has one value: ``ORACLE BACKEND OPCLASS FIELD VALUE``."""
+    if not right:
+        v = lval
+        if field == "events" and isinstance(v, list):
+            return f"{oracle} {left} {opc} {field} [{','.join(sorted({event_class(e) for e in v}))}]"
+        return f"{oracle} {left} {opc} {field} {value_class(v)}"
     if field == "events":
         lc, rc = events_delta(lval if isinstance(lval, list) else [], rval if isinstance(rval, list) else [])
     else:
         lc, rc = value_class(lval), value_class(rval)
-    pair = f"{left}~{right}" if right else left
-    return f"{oracle} {pair} {opc} {field} {lc}>{rc}"
+    return f"{oracle} {left}~{right} {opc} {field} {lc}>{rc}"
 
 
 def signature_id(sig: str) -> str:

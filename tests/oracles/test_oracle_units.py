@@ -101,12 +101,23 @@ def test_families():
 
 # --- signatures -------------------------------------------------------------------------------
 
-def test_signature_ignores_page_names_and_values_but_keeps_classes():
+def test_signature_ignores_delta_pages_and_values_but_keeps_classes():
     a = make_signature("diff:api", "sim:g1", "sim:g3", "lookup[ref]", "api.held", {"ram+0#0": 1}, {})
     b = make_signature("diff:api", "sim:g1", "sim:g3", "lookup[ref]", "api.held", {"dev.frame3": 1}, {})
     c = make_signature("diff:api", "sim:g1", "sim:g3", "lookup[ref]", "api.held", {"dev.frame3": -1}, {})
     assert a == b != c and signature_id(a) == signature_id(b)
-    assert value_class("ERR_FAULT") == "ERR_FAULT" and value_class("ram+0#1") == "page"
+    assert value_class("ERR_FAULT") == "ERR_FAULT"
+
+
+def test_signature_speaks_the_trace():
+    # a page as the trace names it, words for placeholders, one value for a single-trace invariant
+    assert value_class("ram+0#1") == "ram+0#1" and value_class("rsv") == "rsv"
+    assert value_class("8)\ufffd\x03red") == "page"
+    assert value_class("the execution ended at op 0 (killed)") == "after-killed"
+    assert value_class("kernel BUG earlier: BUG_ON(atomic && async)") == "after-BUG"
+    assert value_class("<uninitialised>") == "uninitialised"
+    inv = make_signature("inv:no-warn-bug", "sim:g2f", "", "lookup[noref]", "events", ["WARN:x:y"], None)
+    assert inv == "inv:no-warn-bug sim:g2f lookup[noref] events [WARN:x:y]"
     assert value_class(0x1234) == value_class(7) == "int"
 
 
