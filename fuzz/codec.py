@@ -26,6 +26,8 @@ reaches the interesting states at once.
 
 from __future__ import annotations
 
+import hashlib
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -38,7 +40,7 @@ from kvmsim.scenario import (
 )
 from kvmsim.yamlsrc import ScenarioError
 
-VERSION = 1
+VERSION = 2             # 2: names kept out of the mutated bytes (a checksummed names record); 1 still decodes
 MAX_PAGES = 6
 MAX_VMAS = 4
 MAX_SLOTS = 4
@@ -52,6 +54,7 @@ INTERNAL_NAMES = tuple(INTERNAL_SLOT_IDS)
 WORLD_BOOLS = ("allow_unsafe_mappings", "async_pf", "guest_mode", "smm", "apicv", "mmap_lock_contended")
 
 # World records.
+OP_NAMES = 0x01         # v2: the names of a scenario a person wrote, checksummed (first record only)
 OP_META = 0x02
 OP_EMPTY_WORLD = 0x03
 OP_WORLD = 0x04
@@ -178,14 +181,19 @@ class _State:
     empty_marker: bool = False
     entries: int = 0
     handles: list[str] | None = None
+    version: int = VERSION
+    names: list[str] | None = None   # v2: the checked names record (name, description, pages, vmas, handles)
+    maps: int = 0                    # vcpu_map ops seen (v2: which handle name applies)
 
 
 def decode(data: bytes) -> Scenario:
     """Any byte string -> a valid, bounded scenario.  Never raises."""
     r = _Reader(data)
-    if r.n:
-        r.byte()                         # the version byte; unknown versions read as the current one
-    st = _State(WorldSpec(), [], handles=[])
+    version = r.byte() if r.n else VERSION
+    st = _State(WorldSpec(), [], handles=[], version=1 if version == 1 else VERSION)   # unknown: the current one
+    if st.version >= 2 and r.pos < r.n and data[r.pos] == OP_NAMES:
+        r.byte()
+        st.names = _names_record(r, data)
     while r.pos < r.n:
         code = r.byte()
         handler = _RECORDS.get(code)
@@ -200,8 +208,68 @@ def decode(data: bytes) -> Scenario:
     if not st.structural and not st.empty_marker:
         dw = default_world()
         world.pages, world.vmas, world.memslots = dw.pages, dw.vmas, dw.memslots
+    if st.names is not None:
+        st.name, st.description = st.names[0], st.names[1]
     sc = Scenario(world, st.ops, name=st.name, description=st.description, file="<bytes>")
     return _repair(sc)
+
+
+# --- names: never from mutated bytes ------------------------------------------------------------
+#
+# Names and descriptions are for people, and a fuzzer that mutates them only produces unreadable
+# reports ("8)\uFFFD\x03red...").  From version 2 the records carry no names: pages, VMAs and
+# handles get names derived from the record (``page0``, ``vma1``, ``map0``), and the names of a
+# scenario a person wrote travel in one OP_NAMES record right after the version byte, followed by
+# a checksum of the whole byte string.  Any mutation anywhere breaks the checksum, so a mutated
+# input decodes with derived names only, while a seed's bytes decode back to the seed exactly.
+# Version-1 bytes (old corpora) decode as before, except that a name that is not a plain
+# identifier (or a description with control characters) is replaced by the derived one.
+
+_IDENT = re.compile(r"^[^\s\ufffd]{1,64}$")          # what a person writes: printable, no blanks
+CHECKSUM_LEN = 4
+
+
+def strip_names(data: bytes) -> bytes:
+    """The bytes without their names record (what a mutated copy decodes like)."""
+    if len(data) < 2 or data[0] == 1 or data[1] != OP_NAMES:
+        return data
+    r = _Reader(data)
+    r.pos = 2
+    count = min(r.varint(), 2 + MAX_PAGES + MAX_VMAS + MAX_OPS)
+    for i in range(count):
+        r.string(MAX_TEXT if i < 2 else MAX_STR)
+    return data[:1] + data[r.pos + CHECKSUM_LEN:]
+
+
+def _checksum(data: bytes) -> bytes:
+    return hashlib.sha1(data).digest()[:CHECKSUM_LEN]
+
+
+def _names_record(r: _Reader, data: bytes) -> list[str] | None:
+    """The names record (its opcode already read), if its checksum matches the rest of the input."""
+    count = min(r.varint(), 2 + MAX_PAGES + MAX_VMAS + MAX_OPS)
+    names = [r.string(MAX_TEXT if i < 2 else MAX_STR) for i in range(count)]
+    start = r.pos
+    r.pos = min(r.pos + CHECKSUM_LEN, r.n)
+    got = data[start:r.pos]
+    if got != _checksum(data[1:start] + data[r.pos:]) or count < 2:     # the version byte may vary
+        return None
+    if any(not _IDENT.match(n) or not n.isprintable() for n in names[2:] if n):
+        return None
+    return names
+
+
+def _given_name(st: _State, index: int, body: str, derived: str) -> str:
+    """The name of the index-th named thing (0-based over pages, then VMAs, then handles)."""
+    if st.version >= 2:
+        if st.names is not None and 2 + index < len(st.names) and st.names[2 + index]:
+            return st.names[2 + index]
+        return derived
+    return body if body and _IDENT.match(body) and body.isprintable() else derived
+
+
+def _printable(s: str) -> str:
+    return s if all(c.isprintable() or c in "\n\t" for c in s) and "\ufffd" not in s else ""
 
 
 def _repair(sc: Scenario) -> Scenario:
@@ -227,7 +295,9 @@ def _repair(sc: Scenario) -> Scenario:
 
 
 def _meta(r: _Reader, st: _State) -> None:
-    st.name, st.description = r.string(MAX_TEXT), r.string(MAX_TEXT)
+    name, description = r.string(MAX_TEXT), r.string(MAX_TEXT)
+    if st.version == 1:                  # v2 takes them from the names record only
+        st.name, st.description = _printable(name), _printable(description)
 
 
 def _empty(r: _Reader, st: _State) -> None:
@@ -248,7 +318,7 @@ def _page(r: _Reader, st: _State) -> None:
     w = st.world
     name, kind, pfn, memremap_ok = r.string(), r.enum(DECLARED_KINDS), r.optint(), bool(r.varint() & 1)
     st.structural = True
-    name = name or f"page{len(w.pages)}"
+    name = _given_name(st, len(w.pages), name, f"page{len(w.pages)}")
     if len(w.pages) >= MAX_PAGES or name == "zero" or any(p.name == name for p in w.pages):
         raise _Drop
     if pfn is not None and (not 0x100 <= pfn < 1 << 40 or any(p.pfn == pfn for p in w.pages)):
@@ -264,7 +334,7 @@ def _vma(r: _Reader, st: _State) -> None:
     prot, remap, level, state, frames = (r.enum(PROTS), r.enum(REMAPS), r.enum(HOST_LEVELS), r.enum(MAP_STATES),
                                          r.enum(DECLARED_KINDS))
     st.structural = True
-    name = name or f"vma{len(w.vmas)}"
+    name = _given_name(st, MAX_PAGES + len(w.vmas), name, f"vma{len(w.vmas)}")
     if len(w.vmas) >= MAX_VMAS or any(v.name == name for v in w.vmas) or not 1 <= pages <= MAX_VMA_PAGES:
         raise _Drop
     start = None if start_pg is None else start_pg << 12
@@ -361,7 +431,10 @@ def _op_record(r: _Reader, st: _State, code: int) -> None:
     if len(st.ops) >= MAX_OPS:
         raise _Drop
     if kind == "vcpu_map":
-        st.handles.append(args["handle"] or f"map{sum(1 for o in st.ops if o.kind == 'vcpu_map')}")
+        n = sum(1 for o in st.ops if o.kind == "vcpu_map")
+        given = _given_name(st, MAX_PAGES + MAX_VMAS + n, args["handle"], "")
+        args["handle"] = given if given != f"map{n}" else ""
+        st.handles.append(args["handle"] or f"map{n}")
     st.ops.append(Op(kind, args))
 
 
@@ -445,10 +518,6 @@ def encode(sc: Scenario) -> bytes:
         raise EncodeError(f"more than {MAX_ENTRIES} page_states/ptes entries")
     out = _Writer()
     out.byte(VERSION)
-    if sc.name or sc.description:
-        out.byte(OP_META)
-        out.string(sc.name, MAX_TEXT)
-        out.string(sc.description, MAX_TEXT)
     d = WorldSpec()
     if any(getattr(w, k) != getattr(d, k) for k in (*WORLD_BOOLS, "signal", "seq", "seq_bits")):
         out.byte(OP_WORLD)
@@ -461,16 +530,16 @@ def encode(sc: Scenario) -> bytes:
     if _world_is_empty(w):
         out.byte(OP_EMPTY_WORLD)
     pages = [p.name for p in w.pages]
-    for i, p in enumerate(w.pages):
+    for p in w.pages:
         out.byte(OP_PAGE)
-        out.string("" if p.name == f"page{i}" else p.name)
+        out.string("")                                  # names travel in the names record
         out.enum(p.kind, DECLARED_KINDS)
         out.optint(p.pfn)
         out.varint(int(p.memremap_ok))
     vmas = [v.name for v in w.vmas]
-    for i, v in enumerate(w.vmas):
+    for v in w.vmas:
         out.byte(OP_VMA)
-        out.string("" if v.name == f"vma{i}" else v.name)
+        out.string("")
         out.varint(v.pages)
         if v.start is not None and v.start & 0xFFF:
             raise EncodeError("vma.start must be page aligned")
@@ -529,7 +598,33 @@ def encode(sc: Scenario) -> bytes:
         if op.kind == "vcpu_map":
             handles.append(op.args["handle"] or f"map{nmaps}")
             nmaps += 1
-    return bytes(out.out)
+    return _with_names(bytes(out.out), sc)
+
+
+def _with_names(body: bytes, sc: Scenario) -> bytes:
+    """Insert the checksummed names record when the scenario has names the decoder would not derive."""
+    w = sc.world
+    names = [sc.name, sc.description] + [""] * (MAX_PAGES + MAX_VMAS)
+    for i, p in enumerate(w.pages):
+        names[2 + i] = "" if p.name == f"page{i}" else p.name
+    for i, v in enumerate(w.vmas):
+        names[2 + MAX_PAGES + i] = "" if v.name == f"vma{i}" else v.name
+    for n, op in enumerate(o for o in sc.ops if o.kind == "vcpu_map"):
+        h = op.args["handle"]
+        names.append("" if h in ("", f"map{n}") else h)
+    for x in names[2:]:
+        if x and not _IDENT.match(x):
+            raise EncodeError(f"name {x!r} is not printable without blanks")
+    while len(names) > 2 and not names[-1]:
+        names.pop()
+    if not any(names):
+        return body
+    rec = _Writer()
+    rec.byte(OP_NAMES)
+    rec.varint(len(names))
+    for i, x in enumerate(names):
+        rec.string(x, MAX_TEXT if i < 2 else MAX_STR)
+    return body[:1] + bytes(rec.out) + _checksum(bytes(rec.out) + body[1:]) + body[1:]
 
 
 def _index(names: list[str], name: str, what: str) -> int:
@@ -559,6 +654,8 @@ def _write_field(out: _Writer, op: Op, f: F, vmas: list[str], handles: list[str]
         if v not in handles:
             raise EncodeError(f"vcpu_unmap of unknown handle {v!r}")
         out.varint(len(handles) - 1 - handles[::-1].index(v))
+    elif op.kind == "vcpu_map" and f.name == "handle":
+        out.string("")                                  # in the names record
     else:
         out.string(v)
 

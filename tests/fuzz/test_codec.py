@@ -140,9 +140,38 @@ def test_unknown_opcodes_are_skipped_and_versions_tolerated():
     data = encode(sc)
     assert 0x41 not in codec.OP_LAYOUTS and 0x05 not in codec._RECORDS
     # an opcode from a future version in the middle of the stream is skipped (one byte)
-    world_end = data.index(bytes([0x40]))
-    assert decode(data[:world_end] + bytes([0x41]) + data[world_end:]) == sc
+    body = codec.strip_names(data)
+    world_end = body.index(bytes([0x40]))
+    assert decode(body[:world_end] + bytes([0x41]) + body[world_end:]) == decode(body)
     assert decode(bytes([99]) + data[1:]) == sc           # an unknown version reads as the current one
+
+
+def test_names_never_come_from_mutated_bytes():
+    sc = load_scenario(os.path.join(os.path.dirname(SEEDS[0]), "d19-reserved-page-leak.yaml"))
+    data = encode(sc)
+    assert decode(data) == sc and decode(data).name == sc.name and decode(data).description == sc.description
+    dw = codec.default_world()
+    derived = {p.name for p in dw.pages} | {v.name for v in dw.vmas}       # the built-in world's names
+    for i in range(1, len(data)):                         # any one changed byte: derived names only
+        m = bytearray(data)
+        m[i] ^= 0x5A
+        d = decode(bytes(m))
+        assert not d.name and not d.description
+        assert all(p.name.startswith("page") or p.name in derived for p in d.world.pages)
+        assert all(v.name.startswith("vma") or v.name in derived for v in d.world.vmas)
+    # a name spliced into a record's body is ignored too
+    body = codec.strip_names(data)
+    page = body.index(bytes([codec.OP_PAGE, 0]))
+    spliced = body[:page + 1] + bytes([5]) + b"8)\x03r" + body[page + 2:]
+    assert all(p.name.startswith("page") for p in decode(spliced).world.pages)
+
+
+def test_version_1_bytes_still_decode_with_their_names():
+    # an old corpus entry: names inside the records, scenario name in OP_META
+    old = bytes([1, codec.OP_META, 4]) + b"seed" + bytes([0, codec.OP_VMA, 3]) + b"ram" + bytes([2, 0, 0, 0, 0, 0, 0, 0]) \
+        + bytes([codec.OP_VMA, 3]) + b"\x03\xff\xfe" + bytes([1, 0, 0, 0, 0, 0, 0, 0])
+    sc = decode(old)
+    assert sc.name == "seed" and [v.name for v in sc.world.vmas] == ["ram", "vma1"]   # garbage name: derived
 
 
 def test_every_op_kind_has_an_opcode_whose_layout_covers_its_schema():
