@@ -19,6 +19,14 @@ Entry fields::
                                  # (A/D bookkeeping, pins) rather than one scenario
     taints: false                # optional: the change leaves no state behind (a return value
                                  # only), so later differences at the gfn are not its consequences
+    expect: false                # optional: the entry only excuses (see below); say why in a comment
+
+The catalogue cuts both ways: an entry is also an assertion.  When its conditions (``ops``,
+``when``) hold for a pair of its generations, every ``explains`` field that states a value for
+both sides (``{a: ERR_FAULT, b: pfn}``, not ``"*"``) must show those values; if the two sides
+show the same value instead, the expected divergence is missing, and ``oracles.diff`` reports a
+divergence of its own kind, ``missing:<entry id>`` ("expected D6 missing").  Wildcards assert
+nothing: keep them for fields that genuinely vary, with a comment saying why.
 
 Conditions: a scalar/list/dict is compared for equality; ``"*"`` matches anything;
 ``{in: [...]}``, ``{not: x}``, ``{empty: bool}``, ``{has: prefix}`` (a list with an element
@@ -63,6 +71,7 @@ class Entry:
     ambient: bool = False                             # accompanies whole op classes (A/D bookkeeping, pins)
     taints: bool = True                               # the generations' states differ afterwards
     line: int = 0
+    expects: tuple[tuple[str, Any, Any], ...] = ()     # (field, a-side value, b-side value) the entry asserts
 
 
 def family(backend: str) -> str:
@@ -138,6 +147,36 @@ class Catalogue:
                             out[f] = e.id
         return out
 
+    def expecting(self, op_kind: str, fams: tuple[str, str]) -> bool:
+        """Could some entry assert a divergence for this op and pair (cheap pre-check)?"""
+        if fams[0] == fams[1]:
+            return False
+        return any(e.expects and self._orientations(e, fams) for e in self._by_op.get(("diff", op_kind), ()))
+
+    def missing(self, op_kind: str, fams: tuple[str, str], obs: tuple[dict[str, Any], dict[str, Any]],
+                args: dict[str, Any], ctx: dict[str, Any]) -> list[tuple[Entry, str]]:
+        """The catalogue cuts both ways: (entry, field) for every entry whose conditions hold here
+        and that states different values for a field on the two sides, where the two sides show
+        the same value instead (the expected divergence did not appear)."""
+        out: list[tuple[Entry, str]] = []
+        if fams[0] == fams[1]:
+            return out
+        for e in self._by_op.get(("diff", op_kind), ()):
+            if not e.expects:
+                continue
+            for side in self._orientations(e, fams):
+                oa, ob = obs[side], obs[1 - side]
+                if not self._when(e, oa, ob, args, ctx):
+                    continue
+                for f, ca, cb in e.expects:
+                    va, vb = oa.get(f, NA), ob.get(f, NA)
+                    if va is NA or vb is NA or va != vb:
+                        continue                  # not observed at this level, or it did differ
+                    if not (cond(ca, va) and cond(cb, vb)):
+                        out.append((e, f))
+                break
+        return out
+
     def applies(self, op_kind: str, fams: tuple[str, str], args: dict[str, Any], ctx: dict[str, Any]) -> str | None:
         """An entry whose conditions on the op and its context (not on observations) hold here:
         the two generations behave differently at this gfn even when this op's observations agree
@@ -211,7 +250,8 @@ def load_catalogue(path: str = DEFAULT_PATH) -> Catalogue:
         raise err("'entries' must be a list", items.line)
     entries: list[Entry] = []
     seen: set[str] = set()
-    allowed = {"id", "spec", "title", "oracle", "a", "b", "ops", "when", "explains", "note", "ambient", "taints"}
+    allowed = {"id", "spec", "title", "oracle", "a", "b", "ops", "when", "explains", "note", "ambient", "taints",
+               "expect"}
     for n in items.value:
         if not isinstance(n.value, dict):
             raise err("each entry must be a mapping", n.line)
@@ -271,7 +311,10 @@ def load_catalogue(path: str = DEFAULT_PATH) -> Catalogue:
                 explains = tuple(ex.items())
         else:
             raise err(f"entry {eid}: needs 'explains' (a mapping, or '*')", n.line)
+        expect = bool(m["expect"].value) if "expect" in m else True
+        expects = tuple((f, c["a"], c["b"]) for f, c in (explains or ()) if expect and oracle == "diff"
+                        and isinstance(c, dict) and "a" in c and "b" in c and "*" not in (c["a"], c["b"]))
         entries.append(Entry(eid, spec, str(m["title"].value), oracle, fams[0], fams[1], frozenset(ops),
                              tuple(when.items()), explains, bool(m["ambient"].value) if "ambient" in m else False,
-                             bool(m["taints"].value) if "taints" in m else True, n.line))
+                             bool(m["taints"].value) if "taints" in m else True, n.line, expects))
     return Catalogue(entries, path)

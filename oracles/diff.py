@@ -105,18 +105,22 @@ def compare(sc: Scenario, left: Trace, right: Trace, cat: Catalogue, level: str 
     """Every divergence between two traces of ``sc``, first differing op first.  ``ctxs``: the op
     contexts if the caller already has them (oracles.context.op_contexts)."""
     level = level or level_for(left, right)
-    if not invariants and all(_raw_same(a, b) for a, b in zip(left.records, right.records)):
+    fams = (_family(left), _family(right))
+    expecting = [cat.expecting(op.kind, fams) for op in sc.ops]
+    if not invariants and not any(expecting) and all(_raw_same(a, b) for a, b in zip(left.records, right.records)):
         return []                         # the common case when fuzzing: nothing to normalise
     if ctxs is None:
         ctxs = op_contexts(sc)
-    fams = (_family(left), _family(right))
     out: list[Divergence] = []
     tainted: dict[int, str] = {}          # gfn -> entry id of a known divergence that changed it
     for lrec, rrec in zip(left.records, right.records):
         if _raw_same(lrec, rrec):
-            gfn = ctxs[lrec.index].get("ctx.gfn")
+            i = lrec.index
+            gfn = ctxs[i].get("ctx.gfn")
+            op = sc.ops[i]
+            if expecting[i] and _cascade(ctxs[i], tainted) is None:
+                out.extend(_missing(sc, i, left, right, lrec, rrec, level, fams, cat, ctxs[i]))
             if gfn is not None and gfn not in tainted:
-                op = sc.ops[lrec.index]
                 cause = cat.applies(op.kind, fams, op.args, ctxs[lrec.index])
                 if cause is not None:
                     tainted[gfn] = cause
@@ -138,6 +142,8 @@ def compare(sc: Scenario, left: Trace, right: Trace, cat: Catalogue, level: str 
                 diff.append(pseudo)
                 ln[pseudo] = (lrec.api or {}).get("result")
                 rn[pseudo] = (rrec.api or {}).get("result")
+        if expecting[i] and _cascade(ctx, tainted) is None:
+            out.extend(_missing(sc, i, left, right, lrec, rrec, level, fams, cat, ctx, (ln, rn)))
         if not diff:
             continue
         diff = _order(diff)
@@ -185,6 +191,22 @@ def check_invariants(sc: Scenario, trace: Trace, cat: Catalogue, ctxs: list[dict
                                 ctxs[v.index] if v.index < len(ctxs) else {}) if v.op != "end" else {}
         d = Divergence(v.oracle, trace.backend, "", v.index, v.op, [v.field], v.field, obs, {}, explained)
         d.signature = make_signature(v.oracle, trace.backend, "", op_class(v.op, args), v.field, v.value, None)
+        out.append(d)
+    return out
+
+
+def _missing(sc: Scenario, i: int, left: Trace, right: Trace, lrec: Any, rrec: Any, level: str,
+             fams: tuple[str, str], cat: Catalogue, ctx: dict[str, Any],
+             norm: tuple[dict[str, Any], dict[str, Any]] | None = None) -> list[Divergence]:
+    """Expected divergences that did not appear at op ``i`` (``missing:<entry>``)."""
+    ln, rn = norm if norm is not None else (normalise(lrec, level)[0], normalise(rrec, level)[0])
+    op = sc.ops[i]
+    out = []
+    for e, f in cat.missing(op.kind, fams, (ln, rn), op.args, ctx):
+        d = Divergence(f"missing:{e.id}", left.backend, right.backend, i, op.kind, [f], f,
+                       {f: ln.get(f)}, {f: rn.get(f)})
+        d.signature = make_signature(f"missing:{e.spec}", left.backend, right.backend, op_class(op.kind, op.args),
+                                     f, ln.get(f), rn.get(f))
         out.append(d)
     return out
 
