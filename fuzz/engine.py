@@ -133,7 +133,7 @@ class Checker:
                                                        d.entries, 0, name, round(now, 3), self.execs)
                 if not d.known:
                     new.append(d)
-                    st.cause = self.cause_of(sc, d).to_dict()
+                    st.cause = self.cause_of(sc, d, divs).to_dict()
             st.count += 1
         if new and self.artifacts:
             fresh = [d for d in new if art.claim_signature(self.artifacts, d.sig_id, name)]
@@ -141,10 +141,10 @@ class Checker:
                 art.write_finding(self.artifacts, data, self.sidecar(sc, fresh, divs, traces, now))
                 self.flush()
 
-    def cause_of(self, sc: Scenario, d: Divergence):
+    def cause_of(self, sc: Scenario, d: Divergence, divs: list[Divergence] | None = None):
         """The root cause (fuzz.rootcause); a failure there must not stop the campaign."""
         try:
-            return self.causer(sc, d)
+            return self.causer(sc, d, divs)
         except Exception as e:
             from .rootcause import make
             return make("exception", f"rootcause {type(e).__name__}", f"root-cause analysis failed: {e}")
@@ -153,7 +153,7 @@ class Checker:
                 now: float) -> dict[str, Any]:
         first = fresh[0]
         backends = [first.left] + ([first.right] if first.right else [])
-        causes = {d.signature: (self.stats[d.signature].cause or self.cause_of(sc, d).to_dict()) for d in fresh}
+        causes = {d.signature: (self.stats[d.signature].cause or self.cause_of(sc, d, divs).to_dict()) for d in fresh}
         return {
             "signature": first.signature, "id": first.sig_id,
             "root_cause": causes[first.signature],

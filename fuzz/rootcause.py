@@ -298,10 +298,18 @@ class RootCauser:
                 return [q]
         return needed or qs
 
-    def __call__(self, sc: Scenario, d: Divergence) -> RootCause:
-        return self.cause(sc, d)
+    def __call__(self, sc: Scenario, d: Divergence, others: list[Divergence] | None = None) -> RootCause:
+        return self.cause(sc, d, others)
 
-    def cause(self, sc: Scenario, d: Divergence) -> RootCause:
+    def cause(self, sc: Scenario, d: Divergence, others: list[Divergence] | None = None) -> RootCause:
+        """``others``: the other divergences of the same run.  A pair difference at an op where one
+        of its backends breaks an invariant is that violation's consequence (a leak, a WARN): it
+        gets the violation's cause, so one bug is one cause whichever oracle saw it."""
+        if d.right and others:
+            inv = next((x for x in others if not x.right and x.oracle.startswith("inv:") and not x.known
+                        and x.index == d.index and x.left in (d.left, d.right)), None)
+            if inv is not None:
+                return self.cause(sc, inv)
         if d.oracle == "exception" or d.oracle.startswith("nondeterministic"):
             where = d.left_obs.get("at", "?")
             exc = str(d.left_obs.get("exception", "")).split(":")[0]
@@ -327,8 +335,20 @@ class RootCauser:
         key = f"{d.oracle} {fam} {what}"
         return make("invariant", key, f"{d.oracle} on {fam}: {what}", (), fam)
 
+    @staticmethod
+    def _event_site(d: Divergence) -> str | None:
+        """A WARN/BUG/CORRUPT site on one side only: the most specific name a decision has."""
+        if d.field != "events":
+            return None
+        lv, rv = d.left_obs.get("events") or [], d.right_obs.get("events") or []
+        only = sorted({event_class(e) for e in lv} ^ {event_class(e) for e in rv})
+        return only[0] if only else None
+
     def _decision(self, sc: Scenario, d: Divergence) -> RootCause:
         fams = f"{family(d.left)}~{family(d.right)}"
+        site = self._event_site(d)
+        if site is not None:
+            return make("decision", f"decision {fams} event {site}", f"{fams}: {site} on one side only", (), fams)
         found = None
         if d.left.startswith("sim:") and d.right.startswith("sim:") and d.index < len(sc.ops):
             lcalls = record_calls(self.backend(d.left), sc, d.index)
@@ -336,7 +356,7 @@ class RootCauser:
             found = parting_decision(lcalls, rcalls)
         if found is not None:
             fn, lr, rr = found
-            key = f"decision {fams} {fn} {lr}|{rr}"
+            key = f"decision {fams} {fn}"         # the values vary with the input; the function does not
             verb = "" if lr.startswith("calls ") else "returns "
             title = f"{fams} part ways in {fn}: {family(d.left)} {verb}{lr}, {family(d.right)} {verb}{rr}"
         else:
@@ -351,13 +371,16 @@ class RootCauser:
 _DEFAULT: list[RootCauser] = []
 
 
-def root_cause(sc: Scenario, d: Divergence, catalogue: Catalogue | None = None) -> RootCause:
-    """The root cause of divergence ``d`` of scenario ``sc`` (the public entry point)."""
+def root_cause(sc: Scenario, d: Divergence, catalogue: Catalogue | None = None,
+               others: list[Divergence] | None = None) -> RootCause:
+    """The root cause of divergence ``d`` of scenario ``sc`` (the public entry point); ``others``:
+    the other divergences of the same run, if known (a pair difference caused by an invariant
+    violation at the same op then gets the violation's cause)."""
     if catalogue is not None:
-        return RootCauser(catalogue)(sc, d)
+        return RootCauser(catalogue)(sc, d, others)
     if not _DEFAULT:
         _DEFAULT.append(RootCauser())
-    return _DEFAULT[0](sc, d)
+    return _DEFAULT[0](sc, d, others)
 
 
 CauseFn = Callable[[Scenario, Divergence], RootCause]

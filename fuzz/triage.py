@@ -302,16 +302,21 @@ def judge_artifact(art: Artifact, judges: JudgeCache, override: list[Pair] | Non
 
 
 def _causes(causer: RootCauser, sc: Scenario, j: Judgement, primary: str) -> dict[str, tuple[RootCause, str]]:
-    """The root cause of the first unknown divergence of each pair (and of each backend's
-    invariants), the primary's first: one pair's bug does not hide another's."""
-    firsts: dict[str, Divergence] = {}
+    """The root cause of each pair's first unknown divergence (its diffs and the invariants of its
+    two backends, in op order), the primary's first: one pair's bug does not hide another's, and
+    what follows a pair's first divergence (a leak counted again at the end) is its consequence."""
     p = j.find(primary)
     assert p is not None
-    for d in [p, *j.unknown]:
-        firsts.setdefault(f"{d.left}~{d.right}" if d.right else f"{d.oracle} {d.left}", d)
+    groups: dict[str, Divergence] = {}
+    pairs = {f"{d.left}~{d.right}": (d.left, d.right) for d in j.divs if d.right}
+    for d in j.unknown:                                  # op order, pair diffs before invariants
+        keys = [f"{d.left}~{d.right}"] if d.right else \
+            [k for k, (a, b) in pairs.items() if d.left in (a, b)] or [f"{d.oracle} {d.left}"]
+        for k in keys:
+            groups.setdefault(k, d)
     out: dict[str, tuple[RootCause, str]] = {}
-    for d in firsts.values():
-        c = causer(sc, d)
+    for d in [p, *groups.values()]:
+        c = causer(sc, d, j.unknown)
         out.setdefault(c.id, (c, d.signature))
     return out
 
