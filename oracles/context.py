@@ -106,7 +106,7 @@ def op_contexts(sc: Scenario) -> list[dict[str, Any]]:
     ``ctx.vma`` (none|normal|mixedmap|remapped), ``ctx.prot``, ``ctx.state`` (normal page state),
     ``ctx.frame`` (kind of the page behind the gfn, when known), ``ctx.pte_present``,
     ``ctx.pte_writable``, ``ctx.invalidating`` (an invalidation is open), ``ctx.raced_before`` (an earlier fault raced
-    with an invalidation), ``ctx.seq0``
+    with an invalidation), ``ctx.allow_unsafe_mappings`` (the module parameter), ``ctx.seq0``
     (the notifier sequence may still be 0)."""
     w = sc.world
     kinds = {p.name: p.kind for p in w.pages}
@@ -130,7 +130,8 @@ def op_contexts(sc: Scenario) -> list[dict[str, Any]]:
         gfn = a.get("gfn")
         ctx: dict[str, Any] = {"ctx.invalidating": open_inval > 0, "ctx.seq0": not seq_moved,
                                "ctx.signal": signal, "ctx.lock_contended": contended, "ctx.raced_before": raced,
-                               "ctx.guest_mode": guest_mode}
+                               "ctx.guest_mode": guest_mode,
+                               "ctx.allow_unsafe_mappings": sc.world.allow_unsafe_mappings}
         if k == "x86_fault" and a["race_invalidate"]:
             raced = True
         if k == "signal":

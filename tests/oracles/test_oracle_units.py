@@ -237,3 +237,49 @@ def test_a_host_counts_as_its_kernel_generation_for_the_catalogue():
                  {"generation": "g3"})
     divs = compare(sc, sim, host, CAT)
     assert divs and all(d.known and d.oracle == "diff:vmm" for d in divs)
+
+
+# --- the catalogue cuts both ways -------------------------------------------------------------------
+
+def test_an_expected_divergence_that_does_not_appear_is_a_finding(tmp_path):
+    from oracles.catalogue import load_catalogue
+    from oracles.diff import compare
+    from kvmsim import get_backend, loads_scenario
+    # an entry that claims G3 fails every lookup of normal memory: G1 and G3 agree instead
+    p = tmp_path / "cat.yaml"
+    p.write_text("""
+version: 1
+entries:
+  - id: D3-test
+    spec: D3
+    title: "a claim the generations do not bear out"
+    a: [g1]
+    b: [g3]
+    ops: [lookup]
+    when: {ctx.vma: normal}
+    explains:
+      api.result: {a: pfn, b: ERR_FAULT}
+  - id: D3-loose
+    spec: D3
+    title: "an excuse only"
+    expect: false
+    a: [g1]
+    b: [g3]
+    ops: [lookup]
+    explains:
+      api.result: {a: pfn, b: ERR_FAULT}
+""")
+    cat = load_catalogue(str(p))
+    assert cat.by_id["D3-test"].expects and not cat.by_id["D3-loose"].expects
+    sc = loads_scenario("""
+version: 1
+world:
+  vmas: [{name: ram, pages: 1, page_states: {0: present_rw}}]
+  memslots: [{id: 0, gfn: 0x100, pages: 1, vma: ram}]
+ops:
+  - lookup: {gfn: 0x100, write: true}
+""", "t.yaml")
+    divs = compare(sc, get_backend("sim:g1").run(sc), get_backend("sim:g3").run(sc), cat, invariants=False)
+    missing = [d for d in divs if d.oracle.startswith("missing:")]
+    assert [d.oracle for d in missing] == ["missing:D3-test"] and not missing[0].known
+    assert missing[0].signature == "missing:D3 sim:g1~sim:g3 lookup[ref] api.result pfn>pfn"
