@@ -5,6 +5,7 @@ imported only when that backend is used."""
 from __future__ import annotations
 
 import importlib
+import os
 from abc import ABC, abstractmethod
 from typing import Any
 
@@ -66,11 +67,48 @@ def register(name: str, path: str, **kwargs: Any) -> None:
     REGISTRY[name] = (path, kwargs)
 
 
+# Out-of-tree generation modules (e.g. the triage-quality bench's planted bugs): a JSON file named by
+# this variable lists {"backend": "sim:g3-b16", "module": "kvmsim._planted_b16", "file": PATH,
+# "class": "G3Merged"}; each file is loaded under its module name and registered as a sim backend,
+# so campaigns, their libFuzzer workers and triage (separate processes) all see the same backends.
+PLUGINS_ENV = "PFNDIFF_BACKEND_PLUGINS"
+
+
+def load_plugins(path: str) -> list[str]:
+    """Register the backends a plugin file lists; returns their names."""
+    import importlib.util
+    import json
+    import sys
+    with open(path, encoding="utf-8") as fh:
+        specs = json.load(fh)
+    names = []
+    for sp in specs:
+        mod = sp["module"]
+        if mod not in sys.modules:
+            spec = importlib.util.spec_from_file_location(mod, sp["file"])
+            if spec is None or spec.loader is None:
+                raise BackendError(f"{path}: cannot load {sp['file']}")
+            m = importlib.util.module_from_spec(spec)
+            sys.modules[mod] = m
+            spec.loader.exec_module(m)
+        register(sp["backend"], "kvmsim.sim_backend:SimBackend", generation=f"{mod}:{sp['class']}")
+        names.append(sp["backend"])
+    return names
+
+
+def _plugins_from_env() -> None:
+    path = os.environ.get(PLUGINS_ENV)
+    if path:
+        load_plugins(path)
+
+
 def backend_names() -> list[str]:
     return list(REGISTRY)
 
 
 def get_backend(name: str) -> Backend:
+    if name not in REGISTRY and os.environ.get(PLUGINS_ENV):
+        _plugins_from_env()
     entry = REGISTRY.get(name)
     kwargs: dict[str, Any] = {}
     if entry is None:
