@@ -22,6 +22,13 @@ def failing(c: dict[str, Any]) -> bool:
     return c["delta"] == "new" and not c.get("known")
 
 
+def _what(c: dict[str, Any]) -> str:
+    """A cluster in words: its root cause's title, and how many signatures it groups."""
+    n = len(c.get("signatures") or [])
+    title = c.get("title") or c["signature"]
+    return title + (f" ({n} signatures)" if n > 1 else "")
+
+
 def _repro_pct(c: dict[str, Any]) -> str:
     r = c["reproducibility"]
     return f"{r['hits']}/{r['runs']}"
@@ -35,13 +42,13 @@ def table(records: list[dict[str, Any]], errors: list[str], meta: dict[str, Any]
     if meta.get("joined"):
         counts = {k: sum(1 for c in records if c["delta"] == k) for k in ("new", "grew", "same", "vanished")}
         lines.append("joined with " + meta["joined"] + ": " + ", ".join(f"{v} {k}" for k, v in counts.items()))
-    hdr = f"{'id':<12}  {'delta':<8}  {'status':<16}  {'count':>5}  {'repro':>7}  {'ops':>3}  {'spec ids':<14}  signature"
+    hdr = f"{'id':<12}  {'delta':<8}  {'status':<16}  {'count':>5}  {'repro':>7}  {'ops':>3}  {'spec ids':<14}  root cause"
     lines.append(hdr)
     for c in records:
         rep = c.get("reproducer") or {}
         spec = ",".join(c.get("spec_ids") or []) or "-"
         lines.append(f"{c['id']:<12}  {c['delta']:<8}  {c['status']:<16}  {c['count']:>5}  {_repro_pct(c):>7}  "
-                     f"{rep.get('ops', '-')!s:>3}  {spec[:14]:<14}  {c['signature']}")
+                     f"{rep.get('ops', '-')!s:>3}  {spec[:14]:<14}  {_what(c)}")
     for e in errors:
         lines.append(f"unreadable: {e}")
     return "\n".join(lines)
@@ -51,14 +58,14 @@ def summary_md(records: list[dict[str, Any]], errors: list[str], meta: dict[str,
     out = ["# pfndiff triage", "",
            f"{meta['artifacts']} artifact(s) from {', '.join(meta['inputs'])}; triaged on {meta['host']['kernel']} "
            f"({meta['host']['time']}).", ""]
-    out += ["| cluster | delta | status | count | reproducible | ops | spec ids | first seen | last seen | signature |",
+    out += ["| cluster | delta | status | count | reproducible | ops | spec ids | first seen | last seen | root cause: signature |",
             "|---|---|---|---|---|---|---|---|---|---|"]
     for c in records:
         rep = c.get("reproducer") or {}
         link = f"[{c['id']}](clusters/{c['id']}/report.md)" if c["delta"] != "vanished" else c["id"]
         out.append(f"| {link} | {c['delta']} | {c['status']} | {c['count']} | {_repro_pct(c)} | {rep.get('ops', '-')} | "
                    f"{', '.join(c.get('spec_ids') or []) or '-'} | {c['first_seen']} | {c['last_seen']} | "
-                   f"`{c['signature']}` |")
+                   f"{_what(c)}: `{c['signature']}` |")
     if errors:
         out += ["", "## Unreadable artifacts (kept, not triaged)", ""] + [f"- `{e}`" for e in errors]
     if meta.get("unclustered_list"):
@@ -87,12 +94,12 @@ def junit(records: list[dict[str, Any]], errors: list[str], meta: dict[str, Any]
         ET.SubElement(props, "property", name=f"host.{k}", value=str(meta["host"].get(k, "")))
     for c in records:
         case = ET.SubElement(suite, "testcase", classname="pfndiff.triage." + (c.get("pair") or "?").replace(".", "_"),
-                             name=f"{c['id']} {c['signature']}", time="0")
-        text = (f"{c['signature']}\nstatus: {c['status']}, {c['count']} artifact(s), reproducible "
+                             name=f"{c['id']} {_what(c)}", time="0")
+        text = (f"{_what(c)}\n{c['signature']}\nstatus: {c['status']}, {c['count']} artifact(s), reproducible "
                 f"{_repro_pct(c)}\nspec ids: {', '.join(c.get('spec_ids') or []) or '-'}\n"
                 f"reproducer: {(c.get('reproducer') or {}).get('yaml', '-')}")
         if failing(c):
-            f = ET.SubElement(case, "failure", message=f"new divergence cluster {c['id']}: {c['signature']}",
+            f = ET.SubElement(case, "failure", message=f"new divergence cluster {c['id']} (root cause): {_what(c)}",
                               type=c["status"])
             f.text = text
         elif c["delta"] == "vanished":
@@ -117,14 +124,14 @@ def sarif(records: list[dict[str, Any]], errors: list[str], meta: dict[str, Any]
     joined = bool(meta.get("joined"))
     for i, c in enumerate(records):
         rules.append({"id": c["id"], "name": "Divergence",
-                      "shortDescription": {"text": c["signature"]},
+                      "shortDescription": {"text": _what(c)},
                       "fullDescription": {"text": f"{c['signature']} (spec ids: {', '.join(c.get('spec_ids') or []) or '-'})"},
                       "defaultConfiguration": {"level": "error"},
                       "properties": {"spec_ids": c.get("spec_ids") or [], "pair": c.get("pair") or ""}})
         level = "error" if failing(c) else "warning" if c["delta"] == "grew" and not c.get("known") else "note"
         res: dict[str, Any] = {
             "ruleId": c["id"], "ruleIndex": i, "level": level,
-            "message": {"text": f"{c['delta']} cluster, {c['status']}: {c['signature']} "
+            "message": {"text": f"{c['delta']} cluster, {c['status']}: {_what(c)}: {c['signature']} "
                                 f"({c['count']} artifact(s), reproducible {_repro_pct(c)})"},
             "partialFingerprints": {"pfndiffSignature/v1": c["id"]},
             "properties": {"count": c["count"], "status": c["status"], "first_seen": c["first_seen"],
