@@ -1,5 +1,7 @@
-"""The bundled corpus: readable YAML seeds (``corpus/seeds``) encoded into one libFuzzer corpus
-directory per target (``corpus/libfuzzer/<target>/<sha1>``).
+"""The bundled corpus: readable YAML seeds (``corpus/seeds``) and the promoted reproducers of
+known findings (``corpus/regressions``, so a campaign re-finds every known root cause at once and
+shows it as known) encoded into one libFuzzer corpus directory per target
+(``corpus/libfuzzer/<target>/<sha1>``).
 
 Why rebuild atomically: a campaign may be reading the directory; the new one is assembled next
 to it and swapped in with renames, so a reader sees either the old or the new corpus.
@@ -20,6 +22,7 @@ from .codec import EncodeError, decode, encode
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SEEDS = os.path.join(REPO, "corpus", "seeds")
+REGRESSIONS = os.path.join(REPO, "corpus", "regressions")
 OUT = os.path.join(REPO, "corpus", "libfuzzer")
 CORPUS_TARGETS = ("diff",)          # every seed suits the differential target (any pair)
 
@@ -40,9 +43,13 @@ def seed_files(seeds: str = SEEDS) -> list[str]:
     return sorted(glob.glob(os.path.join(seeds, "*.yaml")))
 
 
-def build_corpus(seeds: str = SEEDS, out: str = OUT, targets: tuple[str, ...] = CORPUS_TARGETS) -> dict[str, int]:
-    """Encode every seed into each target's directory; returns {target: files}."""
-    encoded = {path: encode_seed(path) for path in seed_files(seeds)}
+def build_corpus(seeds: str = SEEDS, out: str = OUT, targets: tuple[str, ...] = CORPUS_TARGETS,
+                 extra: tuple[str, ...] | None = None) -> dict[str, int]:
+    """Encode every seed (and, for the bundled seeds, every promoted reproducer) into each
+    target's directory; returns {target: files}."""
+    if extra is None:
+        extra = (REGRESSIONS,) if seeds == SEEDS else ()
+    encoded = {path: encode_seed(path) for d in (seeds, *extra) for path in seed_files(d)}
     os.makedirs(out, exist_ok=True)
     counts = {}
     for target in targets:

@@ -314,6 +314,15 @@ class RootCauser:
             where = d.left_obs.get("at", "?")
             exc = str(d.left_obs.get("exception", "")).split(":")[0]
             return make("exception", d.signature, f"{d.left} raised {exc}: at {where}", (), d.left)
+        if d.known:                          # catalogued: the entries are the cause
+            ids = ",".join(e.split(" (")[0] for e in d.entries)
+            spec = tuple(sorted({self.catalogue.by_id[e.split(" (")[0]].spec for e in d.entries
+                                 if self.catalogue and e.split(" (")[0] in self.catalogue.by_id}))
+            return make("known", f"known {ids}", f"catalogued ({ids}): an intended behaviour change", spec,
+                        f"{family(d.left)}~{family(d.right)}" if d.right else family(d.left))
+        qs = self.quirks_needed(sc, d)
+        if qs:
+            return quirk_cause(qs)           # the literal sketch's bugs also hide expected divergences
         if d.oracle.startswith("missing:"):
             eid = d.oracle.split(":", 1)[1]
             e = self.catalogue.by_id.get(eid) if self.catalogue else None
@@ -321,9 +330,6 @@ class RootCauser:
             return make("missing", f"missing {eid}", f"expected {spec} missing: entry {eid} "
                         f"({e.title if e else 'unknown entry'}) did not show", (spec,),
                         f"{family(d.left)}~{family(d.right)}")
-        qs = self.quirks_needed(sc, d)
-        if qs:
-            return quirk_cause(qs)
         if not d.right:
             return self._invariant(d)
         return self._decision(sc, d)

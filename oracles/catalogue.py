@@ -20,6 +20,8 @@ Entry fields::
     taints: false                # optional: the change leaves no state behind (a return value
                                  # only), so later differences at the gfn are not its consequences
     expect: false                # optional: the entry only excuses (see below); say why in a comment
+    expect: {ctx.vma: normal}    # ... or asserts only under these further conditions (where the spec
+                                 # fixes the values; the entry still excuses wherever `when` holds)
 
 The catalogue cuts both ways: an entry is also an assertion.  When its conditions (``ops``,
 ``when``) hold for a pair of its generations, every ``explains`` field that states a value for
@@ -72,6 +74,7 @@ class Entry:
     taints: bool = True                               # the generations' states differ afterwards
     line: int = 0
     expects: tuple[tuple[str, Any, Any], ...] = ()     # (field, a-side value, b-side value) the entry asserts
+    expect_when: tuple[tuple[str, Any], ...] = ()      # further conditions under which it asserts them
 
 
 def family(backend: str) -> str:
@@ -166,7 +169,7 @@ class Catalogue:
                 continue
             for side in self._orientations(e, fams):
                 oa, ob = obs[side], obs[1 - side]
-                if not self._when(e, oa, ob, args, ctx):
+                if not self._when(e, oa, ob, args, ctx) or not self._conds(e.expect_when, oa, ob, args, ctx):
                     continue
                 for f, ca, cb in e.expects:
                     va, vb = oa.get(f, NA), ob.get(f, NA)
@@ -204,7 +207,12 @@ class Catalogue:
 
     @staticmethod
     def _when(e: Entry, oa: dict[str, Any], ob: dict[str, Any], args: dict[str, Any], ctx: dict[str, Any]) -> bool:
-        for key, c in e.when:
+        return Catalogue._conds(e.when, oa, ob, args, ctx)
+
+    @staticmethod
+    def _conds(when: tuple[tuple[str, Any], ...], oa: dict[str, Any], ob: dict[str, Any], args: dict[str, Any],
+               ctx: dict[str, Any]) -> bool:
+        for key, c in when:
             if key.startswith("op."):
                 v = args.get(key[3:])
             elif key.startswith("ctx."):
@@ -311,10 +319,15 @@ def load_catalogue(path: str = DEFAULT_PATH) -> Catalogue:
                 explains = tuple(ex.items())
         else:
             raise err(f"entry {eid}: needs 'explains' (a mapping, or '*')", n.line)
-        expect = bool(m["expect"].value) if "expect" in m else True
-        expects = tuple((f, c["a"], c["b"]) for f, c in (explains or ()) if expect and oracle == "diff"
+        expect = plain(m["expect"]) if "expect" in m else True
+        if not isinstance(expect, (bool, dict)) or (isinstance(expect, dict) and any(
+                not k.startswith(("op.", "ctx.", "a.", "b.")) for k in expect)):
+            raise err(f"entry {eid}: expect must be true, false, or a mapping of further conditions "
+                      "(op., ctx., a., b.)", m["expect"].line)
+        expects = tuple((f, c["a"], c["b"]) for f, c in (explains or ()) if expect is not False and oracle == "diff"
                         and isinstance(c, dict) and "a" in c and "b" in c and "*" not in (c["a"], c["b"]))
+        expect_when = tuple(expect.items()) if isinstance(expect, dict) else ()
         entries.append(Entry(eid, spec, str(m["title"].value), oracle, fams[0], fams[1], frozenset(ops),
                              tuple(when.items()), explains, bool(m["ambient"].value) if "ambient" in m else False,
-                             bool(m["taints"].value) if "taints" in m else True, n.line, expects))
+                             bool(m["taints"].value) if "taints" in m else True, n.line, expects, expect_when))
     return Catalogue(entries, path)
