@@ -22,7 +22,6 @@ from .codec import EncodeError, encode
 from .judge import Judge, Pair
 from .minimize import Interrupted as MinimizeInterrupted
 from .minimize import minimize
-from .attribution import needed_quirks
 from .report import explain, partner, side_by_side
 from .rootcause import RootCauser
 from .triage import HOST_RUNS, ArtifactError, JudgeCache, judge_artifact, load_artifact
@@ -235,7 +234,7 @@ def cmd_repro(args: argparse.Namespace) -> int:
     print(side_by_side(inp.scenario, left, right, d.index, d.fields, color=color))
     print()
     assert judge.catalogue is not None
-    rows = explain(d, judge.catalogue, needed_quirks(inp.scenario, inp.pairs, sig, judge.catalogue))
+    rows = explain(d, judge.catalogue, [q for q in cause.spec if q.startswith("S")])
     print("spec rows:" if rows else "spec rows: none apply")
     for r in rows:
         print(f"  {r.id:<5} {r.text}")

@@ -24,7 +24,8 @@ from .codec import EncodeError, encode
 from .outdir import OutputDir
 from .judge import Judge, Pair
 from .minimize import MinResult, minimize
-from .attribution import needed_quirks, spec_rows
+from .engine import spec_ids
+from .rootcause import QUIRKS
 from .report import explain, partner, side_by_side, view
 from .triage import (
     HOST_RUNS, ArtifactError, Cluster, JudgeCache, Verdict, cluster, judge_artifact, list_inputs, load_artifact,
@@ -192,8 +193,8 @@ def _do_cluster(c: Cluster, judges: JudgeCache, opts: Options,
     involved = judge.spec_ids(j)
     if d is not None:
         assert judge.catalogue is not None
-        needed = needed_quirks(sc, rep.pairs, c.signature, judge.catalogue)
-        spec = spec_rows(d, needed, {e.id: e.spec for e in judge.catalogue.entries})
+        needed = [q for q in c.cause.spec if q in QUIRKS]          # the cause's quirks (fuzz.rootcause)
+        spec = spec_ids(d, c.cause.to_dict(), judge.catalogue)
     else:                               # nothing to recompute from: keep what the sidecars said
         needed = []
         spec = sorted({s for v in c.members for s in (v.artifact.sidecar or {}).get("spec_ids") or []
