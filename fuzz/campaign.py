@@ -239,9 +239,13 @@ class Campaign:
         return "\n".join(lines)
 
     def _spec_rows(self, g: dict[str, Any]) -> list[str]:
+        """The rows that apply to the cause: its sidecar's, when the sidecar was written for this
+        cause, else the cause's own."""
         first = _first_input(self.artifacts, g["first_signature"]) or g["first_input"]
-        rows = _spec_ids(self.artifacts, first) or list(g["cause"].get("spec") or [])
-        return rows
+        side = _sidecar(self.artifacts, first)
+        if ((side.get("root_cause") or {}).get("id")) == g["cause"].get("id"):
+            return list(side.get("spec_ids") or [])
+        return list(g["cause"].get("spec") or [])
 
     def _size(self, name: str) -> str:
         try:
@@ -333,8 +337,9 @@ def _first_input(artifacts: str, signature: str) -> str | None:
         return None
 
 
-def _spec_ids(artifacts: str, name: str) -> list[str]:
+def _sidecar(artifacts: str, name: str) -> dict[str, Any]:
     try:
-        return list(art.read_sidecar(os.path.join(artifacts, name + ".yaml")).get("spec_ids", []))
+        doc = art.read_sidecar(os.path.join(artifacts, name + ".yaml"))
+        return doc if isinstance(doc, dict) else {}
     except ScenarioError:                 # bounded, schema-checked; a bad sidecar shows no spec ids
-        return []
+        return {}

@@ -141,10 +141,10 @@ def ret_class(v: Any) -> str:
     if v is None or isinstance(v, bool):
         return str(v)
     if isinstance(v, int):
-        if is_error_noslot_pfn(v) or v >= 1 << 52:
-            return pfn_class(v)
         if v < 0:
             return "-" + ERRNO_NAMES.get(-v, "errno")
+        if is_error_noslot_pfn(v) or v >= 1 << 52:
+            return pfn_class(v)
         return str(v) if v < 16 else "pfn"
     if isinstance(v, tuple):
         return "(" + ",".join(ret_class(x) for x in v) + ")"
