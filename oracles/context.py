@@ -106,7 +106,8 @@ def op_contexts(sc: Scenario) -> list[dict[str, Any]]:
     ``ctx.vma`` (none|normal|mixedmap|remapped), ``ctx.prot``, ``ctx.state`` (normal page state),
     ``ctx.frame`` (kind of the page behind the gfn, when known), ``ctx.pte_present``,
     ``ctx.pte_writable``, ``ctx.invalidating`` (an invalidation is open), ``ctx.raced_before`` (an earlier fault raced
-    with an invalidation), ``ctx.allow_unsafe_mappings`` (the module parameter), ``ctx.seq0``
+    with an invalidation), ``ctx.allow_unsafe_mappings`` (the module parameter), ``ctx.host_page``
+    (VMA and page index behind the gfn, ``vma+idx``), ``ctx.seq0``
     (the notifier sequence may still be 0)."""
     w = sc.world
     kinds = {p.name: p.kind for p in w.pages}
@@ -253,6 +254,7 @@ def _backing(gfn: int, slots: _Slots, vmas: dict, kinds: dict, named: dict, as_i
         return ctx
     idx = slot.spec.offset + gfn - slot.gfn
     spec = v.spec
+    ctx["ctx.host_page"] = f"{spec.name}+{idx}"      # the host page, shared by gfns that alias it
     ctx["ctx.prot"] = v.prot
     if spec.remap in ("pfnmap", "io"):
         ctx["ctx.vma"] = "remapped"

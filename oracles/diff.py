@@ -112,7 +112,7 @@ def compare(sc: Scenario, left: Trace, right: Trace, cat: Catalogue, level: str 
     if ctxs is None:
         ctxs = op_contexts(sc)
     out: list[Divergence] = []
-    tainted: dict[int, str] = {}          # gfn -> entry id of a known divergence that changed it
+    tainted: dict[Any, str] = {}          # gfn or host page -> entry id of a known divergence that changed it
     for lrec, rrec in zip(left.records, right.records):
         if _raw_same(lrec, rrec):
             i = lrec.index
@@ -123,7 +123,7 @@ def compare(sc: Scenario, left: Trace, right: Trace, cat: Catalogue, level: str 
             if gfn is not None and gfn not in tainted:
                 cause = cat.applies(op.kind, fams, op.args, ctxs[lrec.index])
                 if cause is not None:
-                    tainted[gfn] = cause
+                    _taint(tainted, ctxs[i], cause)
             continue
         ln, lfired = normalise(lrec, level)
         rn, rfired = normalise(rrec, level)
@@ -159,7 +159,7 @@ def compare(sc: Scenario, left: Trace, right: Trace, cat: Catalogue, level: str 
         d.signature = make_signature(d.oracle, left.backend, right.backend, op_class(op.kind, op.args), first,
                                      ln.get(first), rn.get(first))
         if d.known and "ctx.gfn" in ctx:
-            tainted.setdefault(ctx["ctx.gfn"], d.entries[0].replace(" (cascade)", ""))
+            _taint(tainted, ctx, d.entries[0].replace(" (cascade)", ""))
         out.append(d)
     if invariants and level == API_LEVEL:
         seen: set[str] = set()
@@ -211,19 +211,29 @@ def _missing(sc: Scenario, i: int, left: Trace, right: Trace, lrec: Any, rrec: A
     return out
 
 
-def _cascade(ctx: dict[str, Any], tainted: dict[int, str]) -> str | None:
+def _cascade(ctx: dict[str, Any], tainted: dict[Any, str]) -> str | None:
     """A known divergence at a gfn leaves the two worlds different there (a COW break on one side
     only, an SPTE on one side only...): later differences at the same gfn (or in the dirty log of
     its memslot) are its consequences.  WARN/BUG events are never explained this way."""
     gfn = ctx.get("ctx.gfn")
     if gfn is not None and gfn in tainted:
         return tainted[gfn]
+    page = ctx.get("ctx.host_page")
+    if page is not None and page in tainted:           # another gfn aliasing the same host page
+        return tainted[page]
     span = ctx.get("ctx.gfns")
     if span:
         for g, cause in tainted.items():
-            if span[0] <= g < span[1]:
+            if isinstance(g, int) and span[0] <= g < span[1]:
                 return cause
     return None
+
+
+def _taint(tainted: dict[Any, str], ctx: dict[str, Any], cause: str) -> None:
+    """Mark the gfn and the host page behind it as changed by a known divergence."""
+    tainted.setdefault(ctx["ctx.gfn"], cause)
+    if ctx.get("ctx.host_page") is not None:
+        tainted.setdefault(ctx["ctx.host_page"], cause)
 
 
 def report_order(d: Divergence) -> tuple[int, bool]:
