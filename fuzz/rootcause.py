@@ -85,6 +85,16 @@ class RootCause:
                    tuple(str(s) for s in d.get("spec") or ()), str(d.get("pair", "")))
 
 
+_SEVERITY = ("BUG:refcount_underflow", "CORRUPT:", "BUG:", "WARN:")
+
+
+def _most_severe(events: list[str]) -> str:
+    """The one event that names an op's violation: a reference underflow before corruption
+    before other BUGs before WARNs (a WARN the catalogue excuses often comes along)."""
+    return min(sorted(set(events)), key=lambda e: next((i for i, p in enumerate(_SEVERITY) if e.startswith(p)),
+                                                       len(_SEVERITY)))
+
+
 def _hash_id(kind: str, key: str) -> str:
     return f"{kind[:3]}-{hashlib.sha1(key.encode()).hexdigest()[:8]}"
 
@@ -337,7 +347,7 @@ class RootCauser:
     def _invariant(self, d: Divergence) -> RootCause:
         fam = family(d.left)
         v = d.left_obs.get(d.field)
-        what = ",".join(sorted({event_class(e) for e in v})) if isinstance(v, list) and v else d.field
+        what = _most_severe([event_class(e) for e in v]) if isinstance(v, list) and v else d.field
         key = f"{d.oracle} {fam} {what}"
         return make("invariant", key, f"{d.oracle} on {fam}: {what}", (), fam)
 
@@ -348,7 +358,7 @@ class RootCauser:
             return None
         lv, rv = d.left_obs.get("events") or [], d.right_obs.get("events") or []
         only = sorted({event_class(e) for e in lv} ^ {event_class(e) for e in rv})
-        return only[0] if only else None
+        return _most_severe(only) if only else None
 
     def _decision(self, sc: Scenario, d: Divergence) -> RootCause:
         fams = f"{family(d.left)}~{family(d.right)}"
