@@ -95,6 +95,10 @@ def _most_severe(events: list[str]) -> str:
                                                        len(_SEVERITY)))
 
 
+def _short(backend: str) -> str:
+    return backend.removeprefix("sim:")
+
+
 def _hash_id(kind: str, key: str) -> str:
     return f"{kind[:3]}-{hashlib.sha1(key.encode()).hexdigest()[:8]}"
 
@@ -208,7 +212,8 @@ def record_calls(backend: Backend, sc: Scenario, index: int) -> list[Call]:
             stack.append([])
         elif event == "return" and stack:
             callees = stack.pop()
-            out.append((code.co_name, ret_class(arg), tuple(dict.fromkeys(c for c in callees if c not in _SKIP))))
+            out.append((code.co_name, ret_class(arg) + _out_params(frame),
+                        tuple(dict.fromkeys(c for c in callees if c not in _SKIP))))
 
     old = sys.getprofile()
     sys.setprofile(prof)
@@ -222,6 +227,18 @@ def record_calls(backend: Backend, sc: Scenario, index: int) -> list[Call]:
 
 
 _SKIP = {"__init__", "__post_init__", "release", "nothing"}
+
+
+def _out_params(frame: Any) -> str:
+    """What a function wrote through its C out-parameters (``Out``: ``*async``, ``*writable``,
+    ``*page``): part of its decision, e.g. "FAULT with *async = true" is D1's needs-I/O."""
+    code = frame.f_code
+    parts = []
+    for name in code.co_varnames[:code.co_argcount]:
+        v = frame.f_locals.get(name)
+        if type(v).__name__ == "Out":
+            parts.append(f"{name}={ret_class(v.value)}")
+    return f"[{','.join(parts)}]" if parts else ""
 
 
 def parting_decision(left: list[Call], right: list[Call]) -> tuple[str, str, str] | None:
@@ -361,7 +378,9 @@ class RootCauser:
         return _most_severe(only) if only else None
 
     def _decision(self, sc: Scenario, d: Divergence) -> RootCause:
-        fams = f"{family(d.left)}~{family(d.right)}"
+        # the backends themselves, not their families: two different implementations of one
+        # generation (a patched copy, a real kernel) part ways in their own places
+        fams = f"{_short(d.left)}~{_short(d.right)}"
         site = self._event_site(d)
         if site is not None:
             return make("decision", f"decision {fams} event {site}", f"{fams}: {site} on one side only", (), fams)
