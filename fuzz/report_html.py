@@ -156,7 +156,8 @@ def tables_part(data: ReportData) -> str:
         out.append('<p class="note">No corpus among the inputs (give one with <code>--corpus DIR</code>).</p></section>')
         return "".join(out)
     cells = {(gen, text): n for (kind, gen, text), n in data.cells.items() if kind == "cell"}
-    gens = [g for g in GENERATIONS if any(k[0] == g for k in cells)]
+    seen = {k[0] for k in cells}                # campaign pairs may add variants (g2s-literal:S2,S4)
+    gens = [g for g in GENERATIONS if g in seen] + sorted(seen - set(GENERATIONS))
     out.append(f'<p class="lead">{data.corpus_inputs} input(s) of {esc(", ".join(data.corpus_dirs))}, run on every '
                "simulated generation: a row is one outcome of the spec's tables (op, result, writable, references "
                "held/leaked, the guest's fault results, WARN/BUG events); the number is how many inputs reach it "

@@ -98,9 +98,10 @@ def cells_per_generation(groups: list[str], gens: list[str], counts: dict[tuple[
     fig = Figure(figsize=(7.0, 2.6))
     ax = fig.subplots()
     bottom = [0] * len(gens)
+    names = [gen.replace(":", "\n:", 1) for gen in gens]     # g2s-literal\n:S2,S4 (quirk variants)
     for i, g in enumerate(groups):
         vals = [counts.get((g, gen), 0) for gen in gens]
-        ax.bar(gens, vals, bottom=bottom, color=COLORS[i % len(COLORS)], label=g, width=0.6)
+        ax.bar(names, vals, bottom=bottom, color=COLORS[i % len(COLORS)], label=g, width=0.6)
         bottom = [b + v for b, v in zip(bottom, vals)]
     ax.set_title("decision-table cells reached by the corpus, per generation")
     ax.set_ylabel("distinct cells")

@@ -94,6 +94,8 @@ def test_the_page_is_self_contained_and_has_the_four_parts(campaign):
     for fig in ("plot-execs", "plot-corpus", "plot-coverage", "plot-findings", "plot-cells"):
         assert "svg" in dom.inside[fig], fig
     assert {"map-lookup", "map-x86", "map-page", "dmatrix", "cluster-index"} <= set(dom.ids)
+    for table in re.findall(r'<table class="map".*?</table>', text, re.S):   # every row of the map was reached
+        assert all("class=n" in row for row in re.findall(r"<tr>(.*?)</tr>", table, re.S)[1:])
     assert "script" not in dom.tags and "img" not in dom.tags
     assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//|url\(\s*["']?(?!#)|@import""", text)
     # every cluster of the campaign has its section, with both traces and a highlighted difference
