@@ -20,6 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from kvmsim.realised import Coverage
 from kvmsim.yamlsrc import ScenarioError
 from oracles.signature import signature_id
 
@@ -61,6 +62,7 @@ class Campaign:
     crash: bool = False              # crash mode (fuzz.crash): stop at the first finding
     join: list[str] = field(default_factory=list)      # earlier triages whose causes are known to the user
     minimize: bool = True                              # minimise the first input of each NEW cause
+    compared: dict[str, Coverage] = field(default_factory=dict)      # pair -> ops observed and compared
 
     def command(self, dict_path: str) -> list[str]:
         cmd = [TARGETS["diff"], f"-max_total_time={self.seconds}", f"-artifact_prefix={self.artifacts}/",
@@ -131,10 +133,13 @@ class Campaign:
     def aggregate(self) -> tuple[int, dict[str, dict[str, Any]]]:
         execs = 0
         sigs: dict[str, dict[str, Any]] = {}
+        self.compared = {}
         for st in art.read_stats(self.artifacts):
             if abs(st.get("t0", 0) - self._started) > 1e-3:
                 continue                                  # an earlier campaign in the same directory
             execs += st.get("execs", 0)
+            for pair, c in (st.get("compared") or {}).items():
+                self.compared.setdefault(pair, Coverage()).add(Coverage(**c))
             for s, v in st.get("signatures", {}).items():
                 cur = sigs.get(s)
                 if cur is None:
@@ -233,6 +238,9 @@ class Campaign:
                 sigs = f" ({len(g['signatures'])} signatures)" if len(g["signatures"]) > 1 else ""
                 lines.append(f"{tag:<5} {c['id']:<12}  {g['count']:>6}  {g['first_seen']:>7.1f}  {g['pair']:<34}  "
                              f"{spec:<12}  {first + ' ' + size:<62}  {c.get('title', '')}{sigs}{where}")
+        for a, b in self.pairs:
+            c = self.compared.get(f"{a}~{b}", Coverage())
+            lines.append(f"{a} vs {b}: {c.summary(a, b)}")
         if known:
             lines.append("known (catalogued) divergences, by entry: " +
                          ", ".join(f"{e} x{c}" for e, c in sorted(known.items(), key=lambda x: -x[1])))

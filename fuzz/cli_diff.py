@@ -14,8 +14,9 @@ from typing import Any
 import yaml
 
 from kvmsim import BackendError, get_backend, load_scenario
+from kvmsim.realised import coverage, realise_pair
 from oracles.catalogue import DEFAULT_PATH, load_catalogue
-from oracles.diff import Divergence, compare
+from oracles.diff import Divergence, compare, level_for
 from oracles.normalise import API_LEVEL, VMM_LEVEL
 
 from .cli import COMMANDS
@@ -44,21 +45,27 @@ def format_divergence(d: Divergence) -> str:
 def cmd_diff(args: argparse.Namespace) -> int:
     sc = load_scenario(args.scenario)
     cat = load_catalogue(args.catalogue)
-    traces = []
+    backends = {}
     for name in (args.left, args.right):
-        b = get_backend(name)
+        b = backends[name] = get_backend(name)
         reason = b.available()
         if reason is not None:
             raise BackendError(f"backend {name} is not available here: {reason}")
-        traces.append(b.run(sc))
+    left, right = realise_pair(sc, backends[args.left].run(sc), backends[args.right].run(sc),
+                               lambda n, s: backends[n].run(s))
     level = {"auto": None, "api": API_LEVEL, "vmm": VMM_LEVEL}[args.level]
-    divs = compare(sc, traces[0], traces[1], cat, level=level)
+    divs = compare(sc, left, right, cat, level=level)
+    cov = coverage(left, right, (level or level_for(left, right)) == API_LEVEL)
     new = sum(1 for d in divs if not d.known)
     if args.json:
         print(json.dumps({"scenario": args.scenario, "left": args.left, "right": args.right,
-                          "divergences": [d.to_dict() for d in divs]}, indent=2, default=str))
+                          "compared": cov.to_dict(), "divergences": [d.to_dict() for d in divs]},
+                         indent=2, default=str))
+    elif cov.compared == 0:
+        print(f"{args.scenario}: {args.left} vs {args.right}: {cov.summary(args.left, args.right)}")
     else:
-        print(f"{args.scenario}: {args.left} vs {args.right}: {len(divs)} divergence(s), {new} not catalogued")
+        print(f"{args.scenario}: {args.left} vs {args.right}: {len(divs)} divergence(s), {new} not catalogued; "
+              f"{cov.summary(args.left, args.right)}")
         for d in divs:
             print(format_divergence(d))
     return exit_status(new > 0, args)

@@ -21,9 +21,11 @@ from typing import Any
 from kvmsim import get_backend
 from kvmsim.scenario import Scenario, dump_scenario
 from kvmsim.trace import Trace
+from kvmsim.realised import Coverage, coverage, realise_pair
 from oracles.catalogue import Catalogue, load_catalogue
 from oracles.context import op_contexts
-from oracles.diff import Divergence, check_invariants, compare
+from oracles.diff import Divergence, check_invariants, compare, level_for
+from oracles.normalise import API_LEVEL
 
 from . import artifacts as art
 from . import crash as crash_mode
@@ -72,6 +74,7 @@ class Checker:
     execs: int = 0
     stats: dict[str, SigStat] = field(default_factory=dict)
     crash: bool = False               # raise for an unknown divergence (fuzz.crash) instead of going on
+    compared: dict[str, Coverage] = field(default_factory=dict)     # pair -> ops observed and compared
     _last_flush: float = 0.0
 
     def __post_init__(self) -> None:
@@ -97,18 +100,21 @@ class Checker:
                 traces[name] = b.run(sc)
             except Exception as e:           # a crash of the model is a finding, not a fuzzer crash
                 divs.append(_exception_divergence(name, e))
+        compared: dict[tuple[str, str], tuple[Trace, Trace]] = {}
         try:
             ctxs = _LazyContexts(sc)
             for left, right in self.pairs:
                 if left in traces and right in traces and left != right:
-                    divs.extend(compare(sc, traces[left], traces[right], self.catalogue, invariants=False,
-                                        ctxs=ctxs))
+                    lt, rt = compared[(left, right)] = realise_pair(sc, traces[left], traces[right], self._run)
+                    self.compared.setdefault(f"{left}~{right}", Coverage()).add(
+                        coverage(lt, rt, level_for(lt, rt) == API_LEVEL))
+                    divs.extend(compare(sc, lt, rt, self.catalogue, invariants=False, ctxs=ctxs))
             for t in traces.values():
                 divs.extend(check_invariants(sc, t, self.catalogue, ctxs))
         except Exception as e:               # an oracle bug must not stop the campaign either
             divs.append(_exception_divergence("oracles", e))
         if divs:
-            self._record(data, sc, divs, traces)
+            self._record(data, sc, divs, traces, compared)
         self._maybe_flush()
         if self.crash and divs:
             finding = crash_mode.primary(divs)
@@ -118,7 +124,11 @@ class Checker:
                                          self.cause_of)
         return divs
 
-    def _record(self, data: bytes, sc: Scenario, divs: list[Divergence], traces: dict[str, Trace]) -> None:
+    def _run(self, name: str, sc: Scenario) -> Trace:
+        return self.backends[name].run(sc)
+
+    def _record(self, data: bytes, sc: Scenario, divs: list[Divergence], traces: dict[str, Trace],
+                compared: dict[tuple[str, str], tuple[Trace, Trace]] | None = None) -> None:
         now = time.time() - self.t0
         name = art.input_name(data)
         new: list[Divergence] = []
@@ -138,7 +148,11 @@ class Checker:
         if new and self.artifacts:
             fresh = [d for d in new if art.claim_signature(self.artifacts, d.sig_id, name)]
             if fresh:
-                art.write_finding(self.artifacts, data, self.sidecar(sc, fresh, divs, traces, now))
+                shown = dict(traces)
+                pair = (fresh[0].left, fresh[0].right)
+                if compared and pair in compared:             # the traces the pair compared (realised)
+                    shown[pair[0]], shown[pair[1]] = compared[pair]
+                art.write_finding(self.artifacts, data, self.sidecar(sc, fresh, divs, shown, now))
                 self.flush()
 
     def cause_of(self, sc: Scenario, d: Divergence, divs: list[Divergence] | None = None):
@@ -184,6 +198,7 @@ class Checker:
     def snapshot(self) -> dict[str, Any]:
         return {"pid": os.getpid(), "execs": self.execs, "t0": self.t0, "updated": time.time(),
                 "pairs": [f"{a}~{b}" for a, b in self.pairs],
+                "compared": {p: c.to_dict() for p, c in self.compared.items()},
                 "signatures": {s: vars(st) for s, st in self.stats.items()}}
 
     def flush(self) -> None:

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 from kvmsim import get_backend
 from kvmsim.backend import Backend, BackendError
+from kvmsim.realised import realise_pair
 from kvmsim.scenario import Scenario
 from kvmsim.trace import Trace
 from oracles.catalogue import Catalogue, load_catalogue
@@ -91,7 +92,8 @@ class Judge:
         divs = list(crashed)
         for left, right in self.pairs:
             if right and left in traces and right in traces and left != right:
-                divs.extend(compare(sc, traces[left], traces[right], self.catalogue, invariants=False))
+                lt, rt = realise_pair(sc, traces[left], traces[right], lambda n, s: self.backends[n].run(s))
+                divs.extend(compare(sc, lt, rt, self.catalogue, invariants=False))
         for t in traces.values():
             divs.extend(check_invariants(sc, t, self.catalogue))
         divs.sort(key=report_order)

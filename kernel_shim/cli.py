@@ -80,7 +80,7 @@ def cmd_probe(args: argparse.Namespace) -> int:
 
 
 def cmd_conform(args: argparse.Namespace) -> int:
-    from .conformance import compare, unstable_ops
+    from .conformance import check, unstable_ops
     if not args.scenarios:
         raise UsageError("pfndiff host conform: give at least one scenario file")
     model = get_backend(args.model)
@@ -92,15 +92,17 @@ def cmd_conform(args: argparse.Namespace) -> int:
     bad = 0
     out = []
     for path, sc in zip(args.scenarios, scs):
-        rep = compare(model.run(sc), host.run(sc), sc)
+        rep = check(sc, model, host)[0]
+        cov = rep.coverage
         unstable = unstable_ops(sc, host, args.repeat) if args.repeat > 1 else []
         bad += not rep.ok or bool(unstable)
         out.append({"scenario": path, "compared": rep.compared, "not_realisable": rep.unrealisable,
+                    "observed": {args.model: cov.left, "host": cov.right} if cov else None,
                     "differences": [d.to_dict() for d in rep.differences], "unstable_ops": unstable})
         if not args.json:
-            status = "ok" if rep.ok else f"{len(rep.unexplained)} unexplained"
-            print(f"{path}: {rep.compared} ops compared, {rep.unrealisable} not realisable, "
-                  f"{len(rep.differences)} differences ({status})")
+            seen = f" ({args.model} observed {cov.left}, host {cov.right} of {cov.ops} ops)" if cov else ""
+            print(f"{path}: {rep.compared} ops compared{seen}, {rep.unrealisable} not realisable, "
+                  f"{len(rep.differences)} differences ({rep.status()})")
             for d in rep.differences:
                 print(f"    {d}")
             if unstable:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from kvmsim.realised import Coverage, as_realised, coverage
 from kvmsim.scenario import Scenario
 from kvmsim.trace import Trace
 
@@ -42,6 +43,7 @@ class Report:
     compared: int
     unrealisable: int
     differences: list[Difference]
+    coverage: Coverage | None = None             # ops each side observed, and compared
 
     @property
     def unexplained(self) -> list[Difference]:
@@ -50,6 +52,11 @@ class Report:
     @property
     def ok(self) -> bool:
         return not self.unexplained
+
+    def status(self) -> str:
+        if self.compared == 0:
+            return "nothing compared"
+        return "ok" if self.ok else f"{len(self.unexplained)} unexplained"
 
 
 def _skip(vmm: dict[str, Any] | None) -> bool:
@@ -85,7 +92,15 @@ def compare(left: Trace, right: Trace, sc: Scenario | None = None) -> Report:
                 if sc is not None:
                     d.quirk = quirks.explain(sc, d, lv, rv, right.meta.get("path", "native-cpl3"))
                 diffs.append(d)
-    return Report(compared, unreal, diffs)
+    return Report(compared, unreal, diffs, coverage(left, right, api=False))
+
+
+def check(sc: Scenario, model: Any, host: Any) -> tuple[Report, Trace, Trace]:
+    """``sc`` on the model and on the host (Backends), the model run over the ops the host
+    realised (``kvmsim.realised``), and compared."""
+    ht = host.run(sc)
+    sim = as_realised(model.run(sc), ht, sc, model.run)
+    return compare(sim, ht, sc), sim, ht
 
 
 def unstable_ops(sc: Scenario, host: Any, runs: int = 3) -> list[int]:
@@ -99,7 +114,4 @@ def unstable_ops(sc: Scenario, host: Any, runs: int = 3) -> list[int]:
 def conform(sc: Scenario, model: str = "sim:g3", host: Any = None) -> tuple[Report, Trace, Trace]:
     """Run ``sc`` on the model and on this host and compare (``host``: a Backend, default ``host``)."""
     from kvmsim.backend import get_backend
-    sim = get_backend(model).run(sc)
-    hb = host if host is not None else get_backend("host")
-    ht = hb.run(sc)
-    return compare(sim, ht, sc), sim, ht
+    return check(sc, get_backend(model), host if host is not None else get_backend("host"))

@@ -16,7 +16,7 @@ import yaml
 
 from kvmsim.scenario import Scenario, ScenarioError, loads_scenario
 
-from .conformance import Difference, compare
+from .conformance import Difference, check
 from .probe import probe
 
 A, B, C, NOSLOT = 0x100, 0x200, 0x300, 0x500
@@ -122,7 +122,7 @@ def sweep(n: int, seed: int, model: str = "sim:g3", host: Any = None, all_diffs:
         if sc is None:
             continue
         out.runs += 1
-        rep = compare(m.run(sc), h.run(sc), sc)
+        rep = check(sc, m, h)[0]
         out.compared += rep.compared
         for d in rep.unexplained:
             sig = signature(sc, d)

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kvmsim.backend import Backend, BackendError, get_backend
+from kvmsim.realised import Coverage, as_realised, coverage
 from kvmsim.scenario import Scenario, load_scenario
 from kvmsim.trace import OpRecord, Trace
 from oracles.catalogue import Catalogue, family, load_catalogue
@@ -135,13 +136,6 @@ def model_family(backend: str) -> str:
     return family(backend)
 
 
-def _after_api_only(t: Trace, index: int) -> str:
-    """A note when API-only ops (vcpu_map, lookup…) ran on the model before ``index`` but cannot
-    run on a real kernel: their effects (a dirty bit, a held page) are missing there."""
-    api = [r.index for r in t.records[:index] if isinstance(r.api, dict) and "not_observable" in r.api]
-    return f" (after API-only op{','.join(map(str, api))}, not run on a real kernel)" if api else ""
-
-
 @dataclass
 class Matrix:
     columns: list[str]
@@ -150,10 +144,12 @@ class Matrix:
     boots: dict[str, list[float]]
     total_seconds: float = 0.0
     unavailable: dict[str, str] = field(default_factory=dict)
+    compared: dict[tuple[str, str], Coverage] = field(default_factory=dict)    # (left, right) -> ops compared
 
     def to_dict(self) -> dict[str, Any]:
         return {"columns": self.columns, "seconds": self.seconds, "boots": self.boots,
                 "total_seconds": self.total_seconds, "unavailable": self.unavailable,
+                "compared": [{"left": a, "right": b, **c.to_dict()} for (a, b), c in self.compared.items()],
                 "rows": [{"scenario": os.path.basename(r.file), "spec": r.tags, "cells": r.cells,
                           "model_mismatch": r.model_mismatch,
                           "differences": [vars(d) for d in r.differences]} for r in self.rows]}
@@ -203,29 +199,32 @@ def build_matrix(backends: list[str], files: list[str] | None = None, jobs: int 
     model_traces = {f: [m.run(sc) for sc in scs] for f, m in models.items()}
     cols = [n for n in backends if n in traces]
     rows = []
+    compared: dict[tuple[str, str], Coverage] = {}
     for i, (f, sc) in enumerate(zip(files, scs)):
         row = Row(f, sc)
         for n in cols:
             t = traces[n][i]
             row.cells[n] = cell(t)
             fam = model_family(n)
-            if fam in model_traces:
-                a, b = realisable_only(model_traces[fam][i], t)
-                diffs = diff_traces(sc, a, b, cat, level=VMM_LEVEL, invariants=False)
+            if fam in model_traces:                   # the model runs the ops this kernel ran
+                a = as_realised(model_traces[fam][i], t, sc, models[fam].run)
+                compared.setdefault((f"sim:{fam}", n), Coverage()).add(coverage(a, t, api=False))
+                diffs = diff_traces(sc, a, t, cat, level=VMM_LEVEL, invariants=False)
                 if diffs:
-                    row.model_mismatch[n] = [f"op{d.index}:{d.field}{_after_api_only(t, d.index)}" for d in diffs]
+                    row.model_mismatch[n] = [f"op{d.index}:{d.field}" for d in diffs]
         legacy = [n for n in cols if family(n) == "g1"]
         merged = [n for n in cols if family(n) == "g3"]
         seen: set[tuple[int, str]] = set()
         for a in legacy:
             for b in merged:
+                compared.setdefault((a, b), Coverage()).add(coverage(traces[a][i], traces[b][i], api=False))
                 for d in divergences(sc, traces[a][i], traces[b][i], cat):
                     if (d.op, d.field) not in seen:       # one line per difference, first pair naming it
                         seen.add((d.op, d.field))
                         row.differences.append(d)
         rows.append(row)
     boots = {n: list(getattr(live[n], "boots", [])) for n in cols}
-    return Matrix(cols, rows, seconds, boots, round(time.monotonic() - t0, 2), unavailable)
+    return Matrix(cols, rows, seconds, boots, round(time.monotonic() - t0, 2), unavailable, compared)
 
 
 def format_matrix(m: Matrix, width: int = 28) -> str:
@@ -252,6 +251,10 @@ def format_matrix(m: Matrix, width: int = 28) -> str:
             lines.append(f"  ≠model {os.path.basename(r.file)[:-5]} on {c}: {', '.join(fields)}")
     lines.append(f"{len(m.rows)} scenarios; {ndiff} with legacy/merged differences; {nmodel} with a kernel that "
                  f"differs from its model")
+    blank = sum(1 for r in m.rows if all(v == "·" for v in r.cells.values()))
+    lines.append(f"{blank} of {len(m.rows)} scenarios have API-level ops only (·): nothing compared there")
+    for (a, b), c in m.compared.items():
+        lines.append(f"  {a} vs {b}: {c.summary(a, b)}")
     for c in m.columns:
         boots = ", ".join(f"{b:.1f}s" for b in m.boots.get(c, [])) or "-"
         lines.append(f"  {c}: {m.seconds.get(c, 0):.1f}s (boots: {boots})")

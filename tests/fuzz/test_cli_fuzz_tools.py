@@ -31,6 +31,7 @@ def test_diff_lists_known_and_new_divergences_side_by_side(capsys):
     assert main(["diff", seed("d04-remapped-refcounted.yaml"), "-l", "sim:g1", "-r", "sim:g3"]) == 0
     out = capsys.readouterr().out
     assert "known (D4-ref" in out and "0 not catalogued" in out
+    assert "1 of 1 ops compared (sim:g1 observed 1, sim:g3 observed 1)" in out
 
 
 def test_diff_json(capsys):

@@ -50,6 +50,8 @@ def test_known_divergences_are_counted_not_reported(tmp_path):
     assert divs and all(d.known for d in divs)
     assert artifacts(tmp_path) == []
     assert all(st.known for st in c.stats.values())
+    cov = c.snapshot()["compared"]["sim:g1~sim:g3"]
+    assert cov["compared"] == cov["ops"] == cov["left"] == cov["right"] > 0
 
 
 def test_a_model_exception_is_a_finding(tmp_path, monkeypatch):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 
@@ -71,4 +72,5 @@ def test_campaign_ends_with_a_findings_table(tmp_path, capsys):
     # one line for the cause; S8 has a promoted reproducer, so the user knows it already
     rows = [ln for ln in out.splitlines() if " S8 " in ln]
     assert len(rows) == 1 and rows[0].startswith("known") and "corpus/regressions" in rows[0], out
+    assert re.search(r"sim:g2 vs sim:g2s-literal:S8: [1-9]\d* of \d+ ops compared", out), out
     assert os.listdir(tmp_path / "c")                  # the working corpus grew
