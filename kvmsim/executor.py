@@ -61,6 +61,11 @@ def _deltas(w: World) -> dict[str, Any]:
     return {"refs": refs, "pins": pins, "accessed": sorted(accessed), "dirty": sorted(dirty)}
 
 
+def _net(taken: dict[str, int], given_back: dict[str, int]) -> dict[str, int]:
+    net = {n: taken.get(n, 0) + given_back.get(n, 0) for n in set(taken) | set(given_back)}
+    return {n: v for n, v in sorted(net.items()) if v > 0}
+
+
 class Executor:
     """One scenario execution: a fresh world, the generation, and the open kvm_vcpu_map handles."""
 
@@ -69,6 +74,7 @@ class Executor:
         self.w = World.from_scenario(sc)
         self.w.on_zap = gen.spte_zapped
         self.maps: dict[str, HostMap] = {}
+        self.map_held: dict[str, tuple[dict[str, int], dict[str, int]]] = {}    # handle -> (refs, pins) taken
         self.nmaps = 0
         self.dead: str | None = None
 
@@ -130,6 +136,7 @@ class Executor:
         r, m = self.gen.vcpu_map(w, op)
         self.maps[handle] = m
         d = _deltas(w)
+        self.map_held[handle] = (d["refs"], d["pins"])
         rec.api = {"ret": ret_name(r) if r else 0, "handle": handle, "method": m.hva if r == 0 else None,
                    "frame": _frame(w, m.pfn) if r == 0 else None, "held": d["refs"], "pinned": d["pins"]}
 
@@ -140,7 +147,10 @@ class Executor:
         self.gen.vcpu_unmap(w, m, op.dirty)
         d = _deltas(w)
         logged = any(w.dirty.get(k, set()) != before.get(k, set()) for k in w.dirty)
-        rec.api = {"released": d["refs"], "unpinned": d["pins"], "accessed": d["accessed"], "dirty": d["dirty"],
+        refs, pins = self.map_held.pop(op.handle, ({}, {}))
+        # what the map took and the unmap did not give back (G1's reserved pages, D19)
+        rec.api = {"released": d["refs"], "unpinned": d["pins"], "leaked": _net(refs, d["refs"]),
+                   "pins_leaked": _net(pins, d["pins"]), "accessed": d["accessed"], "dirty": d["dirty"],
                    "dirty_logged": logged}
 
     def op_x86_fault(self, op: Op, rec: OpRecord) -> None:
