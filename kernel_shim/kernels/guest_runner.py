@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -21,13 +22,13 @@ from kernel_shim import guest_code as g
 from kernel_shim import kvm_ioctl as k
 from kernel_shim import quirks
 from kernel_shim.probe import generation_of, kvm_unusable
+from kernel_shim import worker
 from kernel_shim.runner import Runner, Worker, WorkerError
 from kernel_shim.worker import read_msg, write_msg
 
 from . import guest_pfnmap
 
 PORT_NAME = "pfndiff.ctl"
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def find_port() -> str | None:
@@ -46,21 +47,66 @@ def find_port() -> str | None:
     return None
 
 
+class ForkedChild:
+    """What ``Runner`` uses of a ``subprocess.Popen``, for a worker forked from this process."""
+
+    def __init__(self, pid: int, stdin: int, stdout: int) -> None:
+        self.pid = pid
+        self.stdin = os.fdopen(stdin, "wb", buffering=0)
+        self.stdout = os.fdopen(stdout, "rb", buffering=0)
+        self.returncode: int | None = None
+
+    def poll(self) -> int | None:
+        if self.returncode is None:
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+            if pid:
+                self.returncode = os.waitstatus_to_exitcode(status)      # -signal when killed, as Popen
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self.poll() is None:
+            if deadline is not None and time.monotonic() >= deadline:
+                raise subprocess.TimeoutExpired("pfndiff worker", timeout or 0)
+            time.sleep(0.002)
+        assert self.returncode is not None
+        return self.returncode
+
+    def kill(self) -> None:
+        try:
+            os.kill(self.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
 class GuestRunner(Runner):
-    """kernel_shim's Runner, whose worker child installs BAR-backed VM_PFNMAP VMAs first
-    (``Runner.start`` with the guest's worker module; everything else is inherited)."""
+    """kernel_shim's Runner whose worker child is forked from this process, which has BAR-backed
+    VM_PFNMAP VMAs installed and every module imported: a fresh Python costs seconds under TCG,
+    and every scenario whose fatal signal kills its VMM (the worker) needs a new one."""
 
     def start(self) -> Worker:
         size = g.SHIM_PAGES * k.PAGE
         fd = k.memfd_create("pfndiff-shim")
         os.ftruncate(fd, size)
-        flags = ["-S"] if sys.flags.no_site else []          # as this process: no site over 9p
-        proc = subprocess.Popen([sys.executable, *flags, "-m", "kernel_shim.kernels.guest_worker", str(fd)],
-                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, pass_fds=(fd,), close_fds=True,
-                                cwd=REPO)
+        req_r, req_w = os.pipe()
+        rep_r, rep_w = os.pipe()
+        pid = os.fork()
+        if pid == 0:                                        # the worker: stdin, stdout, the shim at fd 3
+            code = 1
+            try:
+                os.dup2(req_r, 0)
+                os.dup2(rep_w, 1)
+                os.dup2(fd, 3)
+                os.closerange(4, os.sysconf("SC_OPEN_MAX"))
+                sys.argv = [sys.argv[0], "3"]
+                code = worker.main()
+            finally:
+                os._exit(code)
+        for f in (req_r, rep_w):
+            os.close(f)
         hva = k.mmap(0, size, k.PROT_READ, k.MAP_SHARED, fd, 0)
         view = memoryview((ctypes.c_char * size).from_address(hva)).cast("B")
-        w = Worker(proc, fd, view, hva)
+        w = Worker(ForkedChild(pid, req_w, rep_r), fd, view, hva)       # type: ignore[arg-type]
         hello = self._recv(w, 60.0)
         if not isinstance(hello, dict) or "ready" not in hello:
             w.close(kill=True)

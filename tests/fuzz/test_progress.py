@@ -49,9 +49,11 @@ def test_long_commands_report_their_stages_on_stderr(monkeypatch, capsys, tmp_pa
     import os
 
     from fuzz.cli import main
-    from fuzz.corpus import OUT, SEEDS
+    from fuzz.corpus import SEEDS
     monkeypatch.delenv("PFNDIFF_PROGRESS")
-    corpus = os.path.join(OUT, "diff")
+    assert main(["corpus", "build", "--out", str(tmp_path / "built")]) == 0     # a fresh clone has none
+    capsys.readouterr()
+    corpus = str(tmp_path / "built" / "diff")
     assert main(["corpus", "stats", corpus]) == 0
     cap = capsys.readouterr()
     n = len(os.listdir(corpus))

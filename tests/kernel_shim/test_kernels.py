@@ -12,6 +12,7 @@ import os
 
 import pytest
 
+from kernel_shim.host_exec import NOT_OBSERVABLE
 from kernel_shim.kernels.cache import KernelEntry, cached_kernels
 from kernel_shim.kernels.compare import realisable_only
 from kernel_shim.kernels.qemu import INSTALL_HINT, qemu_missing
@@ -89,6 +90,19 @@ ops:
   - signal: {kind: pending}
   - access: {gpa: 0x100000}
 """
+# A fatal signal kills the VMM (the guest's worker); the next scenario gets a new one in the same boot.
+KILLED = """
+name: killed-vmm
+world:
+  vmas: [{name: ram, pages: 1, page_states: {0: present_rw}}]
+  memslots: [{id: 0, gfn: 0x100, pages: 1, vma: ram}]
+ops:
+  - access: {gpa: 0x100000, write: true, value: 0xfeed}
+  - access: {gpa: 0x100000}
+  - lookup: {gfn: 0x100}
+  - signal: {kind: fatal}
+  - access: {gpa: 0x100000}
+"""
 
 
 def _kernel(suite: str) -> KernelEntry:
@@ -149,12 +163,20 @@ def test_a_hung_scenario_costs_one_record_not_the_guest():
     from kernel_shim.kernels.qemu_backend import QemuBackend
     b = QemuBackend(name=f"qemu:{k.name}", kernel=k.name, timeout=2.0)
     hang = loads_scenario(HANG)
+    killed = loads_scenario(KILLED)
+    again = loads_scenario(KILLED.replace("gfn: 0x100}", "gfn: 0x100, write: true}"))
+    api_only = loads_scenario(KILLED.split("  - access")[0] + "  - lookup: {gfn: 0x100}\n")
     try:
-        t1, t2 = b.run_many([hang, loads_scenario(HANDFUL["normal-rw"])])
+        t1, t2, t3, t4, t5, t6 = b.run_many([hang, loads_scenario(HANDFUL["normal-rw"]), killed, again,
+                                             loads_scenario(HANDFUL["normal-rw"]), api_only])
     finally:
         b.close()
     assert t1.records[1].vmm["outcome"] == "timeout"
     assert t2.records[1].vmm["data"] == 0xFEED
+    assert t3.meta["lost"] == "killed" and t3.records[4].vmm["outcome"] == "killed"
+    assert "reused" not in t4.meta and t4.records[1].vmm["data"] == 0xFEED     # a new worker, same boot
+    assert t5.meta["reused"] and [r.vmm for r in t5.records] == [r.vmm for r in t2.records]
+    assert t6.meta["not_run"] and [r.api for r in t6.records] == [{"not_observable": NOT_OBSERVABLE["lookup"]}]
     assert len(b.boots) == 1
 
 
@@ -174,6 +196,7 @@ def test_a_missed_host_deadline_kills_qemu_and_the_next_scenario_reboots(monkeyp
     monkeypatch.setattr(qemu.tempfile, "mkdtemp", mkdtemp)
     b = qemu_backend.QemuBackend(name=f"qemu:{k.name}", kernel=k.name, timeout=10.0)
     monkeypatch.setattr(qemu_backend, "HOST_MARGIN", -8.0)       # the host gives up after 2 s
+    monkeypatch.setattr(qemu_backend, "REUSE", False)            # normal-rw ran in an earlier test
     try:
         t1 = b.run(loads_scenario(HANG))
         monkeypatch.setattr(qemu_backend, "HOST_MARGIN", 30.0)

@@ -118,3 +118,17 @@ def test_bad_input_is_one_line_and_exit_2(capsys):
     assert rc == 2 and len(err.strip().splitlines()) == 1 and "not cached" in err
     rc, err = _cli(capsys, "kernels", "compare", "--jobs", "0")
     assert rc == 2 and len(err.strip().splitlines()) == 1
+
+
+def test_the_kernel_part_of_a_scenario_ignores_what_no_kernel_reads(host):
+    from kernel_shim.kernels.reuse import kernel_part, reaches_kernel, unrun_records
+    from kvmsim.scenario import load_scenario, loads_scenario
+    sc = load_scenario(str(SEEDS / "eq-normal-present.yaml"))
+    other_api_args = loads_scenario((SEEDS / "eq-normal-present.yaml").read_text().replace("write: true}", "write: false}"))
+    assert [op.kind for op in sc.ops] == [op.kind for op in other_api_args.ops] and sc.ops != other_api_args.ops
+    assert kernel_part(sc, 1) == kernel_part(other_api_args, 1) != kernel_part(sc, 2)
+    other_access = loads_scenario((SEEDS / "eq-normal-present.yaml").read_text().replace("0x1234", "0x4321"))
+    assert kernel_part(other_access, 1) != kernel_part(sc, 1)
+    api_only = load_scenario(str(SEEDS / "d26-page-out-param.yaml"))
+    assert reaches_kernel(sc) and not reaches_kernel(api_only)
+    assert [r.to_dict() for r in host.run(api_only).records] == [r.to_dict() for r in unrun_records(api_only)]
