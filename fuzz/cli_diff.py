@@ -14,10 +14,10 @@ from typing import Any
 import yaml
 
 from kvmsim import BackendError, get_backend, load_scenario
-from kvmsim.realised import coverage, realise_pair
 from oracles.catalogue import DEFAULT_PATH, load_catalogue
-from oracles.diff import Divergence, compare, level_for
+from oracles.diff import Divergence
 from oracles.normalise import API_LEVEL, VMM_LEVEL
+from oracles.pair import compare_pair
 
 from .cli import COMMANDS
 
@@ -51,11 +51,9 @@ def cmd_diff(args: argparse.Namespace) -> int:
         reason = b.available()
         if reason is not None:
             raise BackendError(f"backend {name} is not available here: {reason}")
-    left, right = realise_pair(sc, backends[args.left].run(sc), backends[args.right].run(sc),
-                               lambda n, s: backends[n].run(s))
     level = {"auto": None, "api": API_LEVEL, "vmm": VMM_LEVEL}[args.level]
-    divs = compare(sc, left, right, cat, level=level)
-    cov = coverage(left, right, (level or level_for(left, right)) == API_LEVEL)
+    divs, cov, _, _ = compare_pair(sc, backends[args.left].run(sc), backends[args.right].run(sc), cat,
+                                   lambda n, s: backends[n].run(s), level=level, invariants=True)
     new = sum(1 for d in divs if not d.known)
     if args.json:
         print(json.dumps({"scenario": args.scenario, "left": args.left, "right": args.right,

@@ -19,13 +19,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kvmsim import get_backend
+from kvmsim.realised import Coverage
 from kvmsim.scenario import Scenario, dump_scenario
 from kvmsim.trace import Trace
-from kvmsim.realised import Coverage, coverage, realise_pair
 from oracles.catalogue import Catalogue, load_catalogue
 from oracles.context import op_contexts
-from oracles.diff import Divergence, check_invariants, compare, level_for
-from oracles.normalise import API_LEVEL
+from oracles.diff import Divergence, check_invariants
+from oracles.pair import compare_pair
 
 from . import artifacts as art
 from . import crash as crash_mode
@@ -105,10 +105,11 @@ class Checker:
             ctxs = _LazyContexts(sc)
             for left, right in self.pairs:
                 if left in traces and right in traces and left != right:
-                    lt, rt = compared[(left, right)] = realise_pair(sc, traces[left], traces[right], self._run)
-                    self.compared.setdefault(f"{left}~{right}", Coverage()).add(
-                        coverage(lt, rt, level_for(lt, rt) == API_LEVEL))
-                    divs.extend(compare(sc, lt, rt, self.catalogue, invariants=False, ctxs=ctxs))
+                    found, cov, lt, rt = compare_pair(sc, traces[left], traces[right], self.catalogue, self._run,
+                                                      ctxs=ctxs)
+                    compared[(left, right)] = lt, rt
+                    self.compared.setdefault(f"{left}~{right}", Coverage()).add(cov)
+                    divs.extend(found)
             for t in traces.values():
                 divs.extend(check_invariants(sc, t, self.catalogue, ctxs))
         except Exception as e:               # an oracle bug must not stop the campaign either

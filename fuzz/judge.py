@@ -12,11 +12,11 @@ from dataclasses import dataclass, field
 
 from kvmsim import get_backend
 from kvmsim.backend import Backend, BackendError
-from kvmsim.realised import realise_pair
 from kvmsim.scenario import Scenario
 from kvmsim.trace import Trace
 from oracles.catalogue import Catalogue, load_catalogue
-from oracles.diff import Divergence, check_invariants, compare, report_order
+from oracles.diff import Divergence, check_invariants, report_order
+from oracles.pair import compare_pair
 
 from .engine import _exception_divergence, _quirks
 
@@ -92,8 +92,8 @@ class Judge:
         divs = list(crashed)
         for left, right in self.pairs:
             if right and left in traces and right in traces and left != right:
-                lt, rt = realise_pair(sc, traces[left], traces[right], lambda n, s: self.backends[n].run(s))
-                divs.extend(compare(sc, lt, rt, self.catalogue, invariants=False))
+                divs.extend(compare_pair(sc, traces[left], traces[right], self.catalogue,
+                                         lambda n, s: self.backends[n].run(s))[0])
         for t in traces.values():
             divs.extend(check_invariants(sc, t, self.catalogue))
         divs.sort(key=report_order)

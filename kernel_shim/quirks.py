@@ -7,6 +7,7 @@ model bugs are reported to the model's maintainers and left visible as unexplain
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -55,6 +56,10 @@ _ALL = [
     Quirk("killed-vmm-silent",
           "a VMM killed by a fatal signal sees no KVM_RUN return at all: only the outcome is comparable, "
           "and nothing after it ran"),
+    Quirk("uninterruptible-fault-before-6.2",
+          "kernels before 6.2 fault guest memory in without FOLL_INTERRUPTIBLE (KVM_PFN_ERR_SIGPENDING came in "
+          "6.2): a non-fatal signal does not end KVM_RUN with -EINTR while the vCPU waits for the page, so the "
+          "access waits for the I/O (the scenario's deadline ends it); the model's g1 is 6.3/6.4"),
     Quirk("needs-io-is-userfaultfd",
           "needs_io pages are missing pages of a userfaultfd range filled by a resolver thread; a pending "
           "signal is sent by the resolver while the vCPU waits (else delivered when the op ends)"),
@@ -76,11 +81,18 @@ def applicable(sc: Scenario) -> list[str]:
     return out
 
 
-def explain(sc: Scenario, d: Any, left: dict[str, Any], right: dict[str, Any], path: str = "native-cpl3") -> str | None:
-    """The quirk that explains one differing field (left: model, right: host), or None."""
+def explain(sc: Scenario, d: Any, left: dict[str, Any], right: dict[str, Any], path: str = "native-cpl3",
+            meta: dict[str, Any] | None = None) -> str | None:
+    """The quirk that explains one differing field (left: model, right: host), or None.
+    ``meta``: the real trace's meta (its kernel and quirks; default: this host's)."""
     lo, ro = left.get("outcome"), right.get("outcome")
+    pvm = "pvm-shadow-paging" in meta.get("quirks", []) if meta is not None else _pvm()
     if _api_touched(sc, d):
         return "api-ops-not-executed"
+    release = re.match(r"(\d+)\.(\d+)", str((meta or {}).get("kernel", "")))
+    if release and (int(release[1]), int(release[2])) < (6, 2) and d.op == "access" and lo == "ok" \
+            and ro == "timeout" and "EINTR" in (left.get("exits") or []):
+        return "uninterruptible-fault-before-6.2"
     if path == "emulated" and lo == "efault" and ro == "mmio":
         return "emulated-path-mmio"
     if path == "emulated" and lo == "ok" and ro == "mmio" and d.op == "access":
@@ -94,7 +106,7 @@ def explain(sc: Scenario, d: Any, left: dict[str, Any], right: dict[str, Any], p
         v, _ = _vma_at(sc, d.index)
         if v is not None and v.remap in ("pfnmap", "io"):
             return "perf-control-page-mkwrite"      # a later read sees what that write stored
-    if d.op == "get_dirty_log" and d.field == "dirty" and _pvm():
+    if d.op == "get_dirty_log" and d.field == "dirty" and pvm:
         model, host = set(left.get("dirty") or []), set(right.get("dirty") or [])
         base = _slot_base(sc, d.index)
         written = {op.args["gpa"] >> 12 for op in sc.ops[:d.index] if op.kind == "access" and op.args["write"]}
@@ -173,3 +185,27 @@ def _pfnmap_reprotected(sc: Scenario, index: int) -> bool:
 def _pvm() -> bool:
     import os
     return os.path.isdir("/sys/module/kvm_pvm")
+
+
+@dataclass
+class _Field:
+    index: int
+    op: str
+    field: str
+    left: Any
+    right: Any
+
+
+def explain_divergence(sc: Scenario, index: int, fields: list[str], model: Any, real: Any) -> dict[str, str]:
+    """``quirk:<name>`` for each ``vmm.*`` field of op ``index`` that a quirk of the real backend
+    explains (``model``/``real``: the two traces, the model realised as the real one ran)."""
+    lv, rv = model.records[index].vmm or {}, real.records[index].vmm or {}
+    path = real.meta.get("path", "native-cpl3")
+    out = {}
+    for f in fields:
+        if f.startswith("vmm."):
+            key = f[4:]
+            q = explain(sc, _Field(index, sc.ops[index].kind, key, lv.get(key), rv.get(key)), lv, rv, path, real.meta)
+            if q is not None:
+                out[f] = f"quirk:{q}"
+    return out
