@@ -90,7 +90,8 @@ def compare(left: Trace, right: Trace, sc: Scenario | None = None) -> Report:
             if lv.get(key) != rv.get(key):
                 d = Difference(lr.index, lr.op, key, lv.get(key), rv.get(key))
                 if sc is not None:
-                    d.quirk = quirks.explain(sc, d, lv, rv, right.meta.get("path", "native-cpl3"))
+                    d.quirk = quirks.explain(sc, d, lv, rv, right.meta.get("path", "native-cpl3"),
+                                             realised="realised_as" in left.meta)
                 diffs.append(d)
     return Report(compared, unreal, diffs, coverage(left, right, api=False))
 

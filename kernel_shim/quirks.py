@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from kvmsim.scenario import Scenario
+from kvmsim.scenario import API_OPS, Scenario
 
 
 @dataclass(frozen=True)
@@ -82,12 +82,13 @@ def applicable(sc: Scenario) -> list[str]:
 
 
 def explain(sc: Scenario, d: Any, left: dict[str, Any], right: dict[str, Any], path: str = "native-cpl3",
-            meta: dict[str, Any] | None = None) -> str | None:
+            meta: dict[str, Any] | None = None, realised: bool = False) -> str | None:
     """The quirk that explains one differing field (left: model, right: host), or None.
-    ``meta``: the real trace's meta (its kernel and quirks; default: this host's)."""
+    ``meta``: the real trace's meta (its kernel and quirks; default: this host's).  ``realised``:
+    the model ran only what the host ran (kvmsim.realised), so API ops explain nothing."""
     lo, ro = left.get("outcome"), right.get("outcome")
     pvm = "pvm-shadow-paging" in meta.get("quirks", []) if meta is not None else _pvm()
-    if _api_touched(sc, d):
+    if _api_touched(sc, d) and not realised:
         return "api-ops-not-executed"
     release = re.match(r"(\d+)\.(\d+)", str((meta or {}).get("kernel", "")))
     if release and (int(release[1]), int(release[2])) < (6, 2) and d.op == "access" and lo == "ok" \
@@ -205,7 +206,8 @@ def explain_divergence(sc: Scenario, index: int, fields: list[str], model: Any, 
     for f in fields:
         if f.startswith("vmm."):
             key = f[4:]
-            q = explain(sc, _Field(index, sc.ops[index].kind, key, lv.get(key), rv.get(key)), lv, rv, path, real.meta)
+            q = explain(sc, _Field(index, sc.ops[index].kind, key, lv.get(key), rv.get(key)), lv, rv, path, real.meta,
+                        realised="realised_as" in model.meta or not any(op.kind in API_OPS for op in sc.ops))
             if q is not None:
                 out[f] = f"quirk:{q}"
     return out
