@@ -11,10 +11,26 @@ other files) are never touched.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import tempfile
 
 INTERRUPTED = "interrupted"
+_SCRATCH = re.compile(r"^\.(?:new|old)-(\d+)-")
+
+
+def _sweep(out: str) -> None:
+    """Remove scratch directories of runs that were killed outright (their process is gone)."""
+    for name in os.listdir(out):
+        m = _SCRATCH.match(name)
+        if m is None or int(m.group(1)) == os.getpid():
+            continue
+        try:
+            os.kill(int(m.group(1)), 0)
+        except ProcessLookupError:
+            shutil.rmtree(os.path.join(out, name), ignore_errors=True)
+        except OSError:
+            pass                        # alive (another user's): leave it
 
 
 class OutputDir:
@@ -23,11 +39,12 @@ class OutputDir:
         one last: it marks the set as complete)."""
         self.out, self.owned = out, owned
         os.makedirs(out, exist_ok=True)
-        self.dir = tempfile.mkdtemp(prefix=".new-", dir=out)
+        _sweep(out)
+        self.dir = tempfile.mkdtemp(prefix=f".new-{os.getpid()}-", dir=out)
 
     def commit(self) -> None:
         """Replace the previous run's entries with this run's."""
-        old = tempfile.mkdtemp(prefix=".old-", dir=self.out)
+        old = tempfile.mkdtemp(prefix=f".old-{os.getpid()}-", dir=self.out)
         try:
             for name in self.owned:
                 src, dst = os.path.join(self.dir, name), os.path.join(self.out, name)
@@ -46,7 +63,7 @@ class OutputDir:
         interrupted run's), the previous complete run stays in OUT.  Returns the directory."""
         dest = os.path.join(self.out, INTERRUPTED)
         if os.path.lexists(dest):
-            gone = tempfile.mkdtemp(prefix=".old-", dir=self.out)
+            gone = tempfile.mkdtemp(prefix=f".old-{os.getpid()}-", dir=self.out)
             os.rename(dest, os.path.join(gone, INTERRUPTED))
             shutil.rmtree(gone, ignore_errors=True)
         os.rename(self.dir, dest)

@@ -319,3 +319,13 @@ def test_a_huge_value_makes_a_short_line(tmp_path, capsys):
     p.write_text("world: {}\nops:\n  - lookup: {gfn: [" + ",".join(["12345"] * 20000) + "]}\n")
     line = one_line(capsys, main(["check", str(p)]), str(p) + ":3", "lookup.gfn must be an integer")
     assert len(line) < 500
+
+
+def test_scratch_of_a_killed_triage_is_swept(arts, tmp_path, capsys):
+    out = tmp_path / "out"
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    os.makedirs(out / f".new-{dead.pid}-abc" / "clusters")            # left by a run killed with SIGKILL
+    assert main(["triage", os.path.dirname(arts), "-o", str(out), "--no-minimize"]) == 0
+    capsys.readouterr()
+    assert not [n for n in os.listdir(out) if n.startswith(".")]
