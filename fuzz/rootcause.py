@@ -229,6 +229,20 @@ def record_calls(backend: Backend, sc: Scenario, index: int) -> list[Call]:
 _SKIP = {"__init__", "__post_init__", "release", "nothing"}
 
 
+def _results_differ(a: str, b: str) -> bool:
+    """Return classes differ, or the same out-parameters were written differently (functions of
+    one name in two generations may take different out-parameters: those are not a decision)."""
+    ra, _, oa = a.partition("[")
+    rb, _, ob = b.partition("[")
+    if ra != rb:
+        return True
+    return _out_names(oa) == _out_names(ob) and oa != ob
+
+
+def _out_names(outs: str) -> list[str]:
+    return [x.split("=")[0] for x in outs.rstrip("]").split(",") if x]
+
+
 def _out_params(frame: Any) -> str:
     """What a function wrote through its C out-parameters (``Out``: ``*async``, ``*writable``,
     ``*page``): part of its decision, e.g. "FAULT with *async = true" is D1's needs-I/O."""
@@ -256,7 +270,7 @@ def parting_decision(left: list[Call], right: list[Call]) -> tuple[str, str, str
             continue
         pairs.append((c, rseen[c[0]][k]))
     for lc, rc in pairs:
-        if lc[1] != rc[1]:
+        if _results_differ(lc[1], rc[1]):
             return lc[0], lc[1], rc[1]
     for lc, rc in pairs:
         if lc[2] != rc[2]:
@@ -354,7 +368,8 @@ class RootCauser:
             eid = d.oracle.split(":", 1)[1]
             e = self.catalogue.by_id.get(eid) if self.catalogue else None
             spec = e.spec if e else "?"
-            return make("missing", f"missing {eid}", f"expected {spec} missing: entry {eid} "
+            # keyed by the spec row: every entry of one row states the same intended change
+            return make("missing", f"missing {spec} {_short(d.left)}~{_short(d.right)}", f"expected {spec} missing: entry {eid} "
                         f"({e.title if e else 'unknown entry'}) did not show", (spec,),
                         f"{family(d.left)}~{family(d.right)}")
         if not d.right:
