@@ -87,7 +87,7 @@ BUGS = [
     Bug("b08", "g2", "(FOLL_NOWAIT if async_out is not None else 0)", "(FOLL_NOWAIT if async_out is None else 0)",
         "NOWAIT inverted"),
     Bug("b09", "g2", "if n == -EHWPOISON or (async_out is None and _probe_hwpoison(w, hva)):",
-        "if n == -EHWPOISON:", "no hwpoison probe (equivalent in the model, D14)"),
+        "if n == -EHWPOISON:", "no hwpoison probe (the probe GUP faults pages in: not equivalent)"),
     Bug("b10", "g2", "    page_out.value = None                          # set on entry (§3.2)",
         "    pass                                           # set on entry (§3.2)", "*page not reset on entry"),
     # g2f (kvm_follow_pfn v11)
