@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
+from .constants import KVM_USER_MEM_SLOTS
 from .scenario import API_OPS, Op, Scenario
 from .trace import OpRecord, Trace
 
@@ -42,6 +43,14 @@ def unrun(rec: OpRecord) -> str | None:
     return None
 
 
+def _bookkept(op: Op) -> bool:
+    """A memslot delete or move the host could not make (its memslot was never built) still moves
+    the host's record of that memslot (``host_exec``), so later accesses see the gfns as the
+    scenario says: the model makes it too."""
+    return op.kind in ("memslot_delete", "memslot_move") and op.args["as_id"] == 0 \
+        and op.args["slot"] < KVM_USER_MEM_SLOTS
+
+
 def realised_scenario(sc: Scenario, skip: set[int]) -> tuple[Scenario, list[int | None]]:
     """``sc`` without the ops in ``skip``; returns it and, per op of it, the original index (None
     for an inserted op).  A skipped API op on a real host still delivers an armed signal when it
@@ -50,6 +59,10 @@ def realised_scenario(sc: Scenario, skip: set[int]) -> tuple[Scenario, list[int 
     pending = sc.world.signal == "pending"
     ops, where = [], []
     for i, op in enumerate(sc.ops):
+        if i in skip and _bookkept(op):
+            ops.append(op)
+            where.append(None)                      # its record stays the host's not_realisable
+            continue
         if i in skip:
             if op.kind in API_OPS and pending:
                 ops.append(Op("signal", {"kind": "none"}))

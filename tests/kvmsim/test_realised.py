@@ -81,3 +81,23 @@ def test_coverage_says_nothing_was_compared():
     host = _host_like(sc, {1: {"not_realisable": "named frame cannot be placed"}})
     c = coverage(as_realised(G3.run(sc), host, sc, G3.run), host, api=False)
     assert c.compared == 0 and c.summary("sim:g3", "host").startswith("NOTHING compared")
+
+
+def test_a_memslot_the_host_could_not_build_is_still_deleted_in_the_model():
+    """host_exec keeps its record of a memslot it could not build and deletes it when told, so
+    an access after the delete finds no memslot on both sides."""
+    sc = loads_scenario("""
+world:
+  vmas: [{name: drv, pages: 1, remap: mixedmap, frames: reserved, prot: none}]
+  memslots: [{id: 0, gfn: 0x100, pages: 1, vma: drv}]
+ops:
+  - access: {gpa: 0x100000}
+  - memslot_delete: {slot: 0}
+  - access: {gpa: 0x100000}
+""")
+    nr = {"not_realisable": "vma drv could not be created"}
+    mmio = {"outcome": "mmio", "data": None, "exits": ["MMIO"],
+            "mmio": {"gpa": 0x100000, "len": 8, "is_write": False, "data": None}}
+    host = _host_like(sc, {0: nr, 1: nr, 2: mmio})
+    m = as_realised(G3.run(sc), host, sc, G3.run)
+    assert m.records[2].vmm == mmio and not compare(sc, m, host, load_catalogue())
