@@ -63,14 +63,20 @@ def primary(divs: list[Divergence]) -> Divergence | None:
     return next((d for d in sorted(divs, key=report_order) if not d.known), None)
 
 
-def crash_parts(sc: Scenario, d: Divergence, cause_of: Callable[[Scenario, Divergence], RootCause] = root_cause,
-                ) -> tuple[RootCause, tuple[str, str, str]]:
+def _root_cause(sc: Scenario, d: Divergence, others: list[Divergence] | None = None) -> RootCause:
+    return root_cause(sc, d, others=others)
+
+
+def crash_parts(sc: Scenario, d: Divergence, cause_of: Callable[..., RootCause] = _root_cause,
+                others: list[Divergence] | None = None) -> tuple[RootCause, tuple[str, str, str]]:
     """The cause of a finding and its crash state, innermost frame first: what the cause is, with
     its id; where the two sides part (or which quirk); a digest of the cause's key.  The last word
     of each part survives cutting; the digests keep distinct causes from sharing or nearly sharing
     frames (ClusterFuzz groups states with two equal frames or ~80 % similar lines).  ``cause_of``:
-    the campaign's own root-cause function, when it has one."""
-    cause = cause_of(sc, d)
+    the campaign's own root-cause function, when it has one; ``others``: the input's other
+    divergences, so the cause is the one triage gives (a pair difference at an op where a backend
+    breaks an invariant is that violation's)."""
+    cause = cause_of(sc, d, others)
     where, _, what = cause.title.partition(": ")
     digest = hashlib.sha1(cause.key.encode()).hexdigest()
     return cause, (f"{what or where} {cause.id}", f"{where[:40]} {digest[:12]}", f"cause {digest[12:28]}")
@@ -130,8 +136,8 @@ def _chain(names: list[str]) -> list[Callable[..., None]]:
 
 
 def raise_finding(sc: Scenario, d: Divergence, spec_ids: list[str], pairs: list[tuple[str, str]], name: str,
-                  cause_of: Callable[[Scenario, Divergence], RootCause] = root_cause) -> None:
+                  cause_of: Callable[..., RootCause] = _root_cause, others: list[Divergence] | None = None) -> None:
     """Raise ``PfndiffFinding`` from inside the frames named by the finding's crash state."""
-    cause, parts = crash_parts(sc, d, cause_of)
+    cause, parts = crash_parts(sc, d, cause_of, others)
     chain = _chain(crash_state(parts))
     chain[0](PfndiffFinding(message(cause, d, spec_ids, pairs, name)), *chain[1:])

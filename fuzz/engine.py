@@ -122,7 +122,7 @@ class Checker:
             if finding is not None:
                 self.flush()
                 crash_mode.raise_finding(sc, finding, self.catalogue_rows(divs), self.pairs, art.input_name(data),
-                                         self.cause_of)
+                                         self.cause_of, divs)
         return divs
 
     def _run(self, name: str, sc: Scenario) -> Trace:

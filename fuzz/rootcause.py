@@ -44,6 +44,7 @@ from kvmsim.scenario import Scenario
 from kvmsim.trace import Trace
 from oracles.catalogue import Catalogue, family, load_catalogue
 from oracles.diff import Divergence, check_invariants, compare
+from oracles.invariants import ONE_VIOLATION
 from oracles.signature import event_class, make_signature
 
 LITERAL = "sim:g2s-literal"
@@ -369,9 +370,9 @@ class RootCauser:
             e = self.catalogue.by_id.get(eid) if self.catalogue else None
             spec = e.spec if e else "?"
             # keyed by the spec row: every entry of one row states the same intended change
-            return make("missing", f"missing {spec} {_short(d.left)}~{_short(d.right)}", f"expected {spec} missing: entry {eid} "
-                        f"({e.title if e else 'unknown entry'}) did not show", (spec,),
-                        f"{family(d.left)}~{family(d.right)}")
+            fams = f"{_short(d.left)}~{_short(d.right)}"
+            return make("missing", f"missing {spec} {fams}", f"expected {spec} missing: the change did not show on {fams}",
+                        (spec,), f"{family(d.left)}~{family(d.right)}")
         if not d.right:
             return self._invariant(d)
         return self._decision(sc, d)
@@ -379,7 +380,10 @@ class RootCauser:
     def _invariant(self, d: Divergence) -> RootCause:
         fam = family(d.left)
         v = d.left_obs.get(d.field)
-        what = _most_severe([event_class(e) for e in v]) if isinstance(v, list) and v else d.field
+        # an invariant some op classes break through different fields is one violation: keyed by
+        # what it states, not by the field the op class shows it in (never the op class)
+        what = _most_severe([event_class(e) for e in v]) if isinstance(v, list) and v else \
+            ONE_VIOLATION.get(d.oracle, d.field)
         key = f"{d.oracle} {fam} {what}"
         return make("invariant", key, f"{d.oracle} on {fam}: {what}", (), fam)
 
@@ -405,10 +409,11 @@ class RootCauser:
             rcalls = record_calls(self.backend(d.right), sc, d.index)
             found = parting_decision(lcalls, rcalls)
         if found is not None:
-            fn, lr, rr = found
-            key = f"decision {fams} {fn}"         # the values vary with the input; the function does not
-            verb = "" if lr.startswith("calls ") else "returns "
-            title = f"{fams} part ways in {fn}: {family(d.left)} {verb}{lr}, {family(d.right)} {verb}{rr}"
+            fn = found[0]
+            # the values (return classes, callees) vary with the input; the function does not, and
+            # the title is made from the key alone, so one id has one title and one crash state
+            key = f"decision {fams} {fn}"
+            title = f"{fams} part ways in {fn}: {family(d.left)} and {family(d.right)} decide differently"
         else:
             lv, rv = (d.signature.rsplit(" ", 1)[-1].split(">") + [""])[:2]
             key = f"decision {fams} {d.field} {lv}>{rv}"

@@ -17,6 +17,11 @@ from kvmsim.trace import Trace
 
 from .normalise import _is_page_name
 
+# Invariants whose fields are one violation seen through different op classes (an x86 fault shows
+# a writable mapping as its SPTE, a lookup as its writable flag), and what that violation is: a
+# root cause names it, so the op class that showed it does not split one bug.
+ONE_VIOLATION = {"inv:ro-slot-not-writable": "writable mapping of a read-only memslot"}
+
 
 @dataclass
 class Violation:

@@ -231,10 +231,11 @@ def planted_inputs(pairs: str = PLANT_PAIRS) -> list[Planted]:
     by_cause: dict[str, list[Planted]] = {}
     for path in seed_files():
         data = encode_seed(path)
-        d = crash.primary(checker.check(data))
+        divs = checker.check(data)
+        d = crash.primary(divs)
         if d is None:
             continue
-        cause, parts = crash.crash_parts(decode(data), d)
+        cause, parts = crash.crash_parts(decode(data), d, others=divs)
         by_cause.setdefault(cause.id, []).append(Planted(os.path.basename(path), data, cause.id, crash.crash_state(parts)))
     twice = next((c for c, ps in by_cause.items() if len(ps) >= 2), None)
     other = next((c for c in by_cause if c != twice), None)

@@ -72,10 +72,11 @@ def test_one_crash_state_per_root_cause_made_of_valid_frame_names():
         checker = Checker(parse_pairs(pairs), None)
         for path in inputs:
             data = encode_seed(path)
-            for d in checker.check(data):
+            divs = checker.check(data)
+            for d in divs:
                 if d.known:
                     continue
-                cause, parts = crash.crash_parts(decode(data), d)
+                cause, parts = crash.crash_parts(decode(data), d, others=divs)
                 state = tuple(crash.crash_state(parts))
                 for name in state:
                     assert re.fullmatch(r"[A-Za-z][A-Za-z0-9_]{2,79}", name), name

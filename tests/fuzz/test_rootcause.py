@@ -94,3 +94,63 @@ def test_quirk_names():
     assert with_quirks({"S8", "S4"}) == "sim:g2s-literal:S4,S8"
     assert with_quirks(set()) == "sim:g2s"
     assert with_quirks(set(quirks_of("sim:g2s-literal"))) == "sim:g2s-literal"
+
+
+# D12b (v11's remapped path reports a read-only memslot's mapping writable) through two op classes:
+# an x86 read fault on a VM_PFNMAP BAR (writable SPTE) and a lookup of an I/O remap (writable flag)
+D12B_INPUTS = ("""
+version: 1
+name: d12b-fault
+world:
+  vmas: [{name: bar, pages: 1, remap: pfnmap}]
+  memslots: [{id: 0, gfn: 0x100, pages: 1, vma: bar, readonly: true}]
+ops:
+- x86_fault: {gfn: 0x100}
+""", """
+version: 1
+name: d12b-lookup
+world:
+  vmas: [{name: vma0, pages: 2, remap: io, frames: normal}]
+  memslots: [{id: 0, gfn: 0x100, pages: 2, vma: vma0, readonly: true}]
+ops:
+- lookup: {gfn: 0x101}
+""")
+
+
+def test_one_d12b_cause_and_crash_state_whatever_input_shows_it(causer):
+    from fuzz import crash
+    by_primary, by_pair_diff = set(), set()
+    for text in D12B_INPUTS:
+        sc = loads_scenario(text, "t.yaml")
+        j = Judge([("sim:g2f", "sim:g3")]).judge(sc)
+        d = crash.primary(j.divs)
+        assert d is not None and d.right                       # the pair difference comes first
+        cause, parts = crash.crash_parts(sc, d, causer, j.divs)
+        assert cause.kind == "invariant" and "read-only memslot" in cause.title
+        by_primary.add((cause.id, tuple(crash.crash_state(parts)), cause.crash_state))
+        alone, parts = crash.crash_parts(sc, d, causer)        # without the invariant: the parting decision
+        assert alone.kind == "decision" and "hva_to_pfn_remapped" in alone.title
+        by_pair_diff.add((alone.id, tuple(crash.crash_state(parts)), alone.crash_state))
+    assert len(by_primary) == 1 and len(by_pair_diff) == 1
+
+
+def test_cause_ids_do_not_depend_on_hash_randomisation(causer):
+    import json
+    import os
+    import subprocess
+    import sys
+    code = ("import json,sys\nfrom fuzz import crash\nfrom fuzz.judge import Judge\nfrom kvmsim import loads_scenario\n"
+            "sc = loads_scenario(sys.stdin.read(), 't.yaml')\nj = Judge([('sim:g2f', 'sim:g3')]).judge(sc)\n"
+            "c, parts = crash.crash_parts(sc, crash.primary(j.divs), others=j.divs)\n"
+            "print(json.dumps([c.id, crash.crash_state(parts)]))\n")
+    root = os.path.join(os.path.dirname(__file__), "..", "..")
+    seen = set()
+    for seed in ("1", "2"):
+        out = subprocess.run([sys.executable, "-c", code], input=D12B_INPUTS[1], capture_output=True, text=True,
+                             cwd=root, env={**os.environ, "PYTHONHASHSEED": seed}, check=True, timeout=120)
+        seen.add(out.stdout)
+    sc = loads_scenario(D12B_INPUTS[0], "t.yaml")
+    from fuzz import crash
+    j = Judge([("sim:g2f", "sim:g3")]).judge(sc)
+    c, parts = crash.crash_parts(sc, crash.primary(j.divs), causer, j.divs)
+    assert seen == {json.dumps([c.id, crash.crash_state(parts)]) + "\n"}
