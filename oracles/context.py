@@ -98,6 +98,22 @@ class _Vma:
     live: bool = True
     states: dict[int, str] = field(default_factory=dict)
     ptes: dict[int, dict[str, Any]] = field(default_factory=dict)
+    default_state: str = ""             # the state of a page the scenario does not name (the VMA's state)
+    default_pte_writable: bool = True   # a remapped PTE the scenario does not name
+
+    def __post_init__(self) -> None:
+        self.default_state = self.default_state or self.spec.state
+        self.default_pte_writable = self.prot == "rw"
+
+    def write_protect(self) -> None:
+        """What ``mprotect`` without PROT_WRITE leaves (``mm.protect``): every present writable page and
+        every remapped PTE write-protected, and a later PROT_WRITE does not make them writable again."""
+        self.states = {i: "present_ro" if st == "present_rw" else st for i, st in self.states.items()}
+        if self.default_state == "present_rw":
+            self.default_state = "present_ro"
+        for pte in self.ptes.values():
+            pte["writable"] = False
+        self.default_pte_writable = False
 
 
 def op_contexts(sc: Scenario) -> list[dict[str, Any]]:
@@ -190,6 +206,10 @@ def op_contexts(sc: Scenario) -> list[dict[str, Any]]:
                 v.live = False
             elif k == "mprotect":
                 v.prot = a["prot"]
+                if "w" not in v.prot:
+                    v.write_protect()
+            elif k == "madvise":
+                _madvise_dontneed(v, named, a["page"], a["count"])
             elif k == "page_state":
                 v.states[a["page"]] = a["state"]
             elif k == "pte":
@@ -206,6 +226,27 @@ def op_contexts(sc: Scenario) -> list[dict[str, Any]]:
                 ranges.pop()
             seq_moved = True
     return out
+
+
+# Pages in a 2 MiB host mapping; madvise takes only whole, aligned huge pages there.
+_HUGE_PAGES = {"4k": 1, "2m": 512}
+
+
+def _madvise_dontneed(v: _Vma, named: dict, page: int, count: int) -> None:
+    """The page states ``madvise(MADV_DONTNEED)`` leaves, as the model's executor (``op_madvise``) and
+    ``mm.zap`` make them: refused for VM_IO/VM_PFNMAP VMAs and for a misaligned start in a 2 MiB mapping;
+    present private pages are freed (unpopulated, their named frame gone), present shared pages stay
+    resident.  Without this, a later op's ``ctx.state`` would still say ``present_rw``."""
+    spec = v.spec
+    level = _HUGE_PAGES[spec.host_level]
+    if spec.remap in ("pfnmap", "io") or page % level:
+        return
+    count -= count % level
+    for i in range(page, min(page + count, spec.pages)):
+        if v.states.get(i, v.default_state) in ("present_rw", "present_ro"):
+            v.states[i] = "resident" if spec.shared else "unpopulated"
+            if not spec.shared:
+                named.get(spec.name, {}).pop(i, None)
 
 
 def _slot_hva(sc: Scenario, s: _Slot) -> int:
@@ -262,10 +303,10 @@ def _backing(gfn: int, slots: _Slots, vmas: dict, kinds: dict, named: dict, as_i
         page = pte.get("page") if pte else None
         ctx["ctx.frame"] = kinds.get(page, spec.frames) if page else spec.frames
         ctx["ctx.pte_present"] = pte["present"] if pte else True
-        ctx["ctx.pte_writable"] = pte["writable"] if pte else v.prot == "rw"
+        ctx["ctx.pte_writable"] = pte["writable"] if pte else v.default_pte_writable
     else:
         ctx["ctx.vma"] = "mixedmap" if spec.remap == "mixedmap" else "normal"
-        ctx["ctx.state"] = v.states.get(idx, spec.state)
+        ctx["ctx.state"] = v.states.get(idx, v.default_state)
         page = named.get(spec.name, {}).get(idx)
         ctx["ctx.frame"] = kinds[page] if page else "normal"
     return ctx
