@@ -17,8 +17,7 @@ from kvmsim.trace import OpRecord, Trace
 from oracles.catalogue import BUG_IDS, Catalogue
 from oracles.diff import Divergence
 
-from .attribution import QUIRK_ROWS
-from .engine import _quirks
+from .rootcause import QUIRK_ROWS, quirks_of
 
 COL = 54
 MARK = ">>"
@@ -140,7 +139,7 @@ def explain(d: Divergence, cat: Catalogue, needed: list[str] | None = None) -> l
             seen.add(e.id)
             rows.append(SpecRow(e.spec, f"{e.id}: {e.title} (explains {f})"))
     for b in (d.left, d.right):
-        for q in _quirks(b) if b else []:
+        for q in quirks_of(b) if b else []:
             if q in seen:
                 continue
             seen.add(q)

@@ -194,9 +194,9 @@ def _cluster_view(path: str, rec: dict[str, Any], cat: Catalogue) -> ClusterView
 def _rerun_view(sc: Scenario, rec: dict[str, Any], cat: Catalogue) -> tuple[dict[str, Any] | None, str]:
     """A triage output from before views were stored: re-run the reproducer where that is exact
     (simulated backends are deterministic); a real kernel's traces are not made up."""
-    from .attribution import needed_quirks
     from .judge import Judge
     from .report import view
+    from .rootcause import RootCauser
     tags = sc.tags or {}
     pairs = [tuple((str(p).split("~") + [""])[:2]) for p in tags.get("pairs") or []]
     if not pairs or any(n and not n.startswith("sim:") for p in pairs for n in p):
@@ -206,7 +206,8 @@ def _rerun_view(sc: Scenario, rec: dict[str, Any], cat: Catalogue) -> tuple[dict
     d = j.find(rec["signature"])
     if d is None:
         return None, "the reproducer no longer shows its signature"
-    return view(d, j.traces, pairs, cat, needed_quirks(sc, pairs, rec["signature"], cat)), ""   # type: ignore[arg-type]
+    cause = RootCauser(cat)(sc, d, j.unknown)                   # the quirks triage names: the cause's
+    return view(d, j.traces, pairs, cat, cause.quirks), ""                                      # type: ignore[arg-type]
 
 
 # --- kernels compare ------------------------------------------------------------------------------------------

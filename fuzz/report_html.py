@@ -205,8 +205,7 @@ def tables_part(data: ReportData) -> str:
 def _row_titles(data: ReportData) -> dict[str, str]:
     """A row's behaviour: its first catalogue entry's title; for the sketch's bugs (never
     catalogued) the quirk's title."""
-    from .attribution import QUIRK_ROWS
-    from .rootcause import QUIRK_TITLES
+    from .rootcause import QUIRK_ROWS, QUIRK_TITLES
     titles: dict[str, str] = {}
     for e in (data.catalogue.entries if data.catalogue else []):
         titles.setdefault(e.spec, e.title)

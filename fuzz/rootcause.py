@@ -71,6 +71,11 @@ class RootCause:
     pair: str = ""                  # the families compared (g2~g3), or the one backend's family
 
     @property
+    def quirks(self) -> list[str]:
+        """The literal-sketch quirks this cause needs (its spec ids that are quirks)."""
+        return [q for q in self.spec if q in QUIRKS]
+
+    @property
     def crash_state(self) -> str:
         """Three lines, like a ClusterFuzz crash state: kind, where, what."""
         lines = [f"pfndiff {self.kind} {self.pair}".strip(), *self.title.split(": ", 1)]

@@ -25,7 +25,6 @@ from .outdir import OutputDir
 from .judge import Judge, Pair
 from .minimize import MinResult, minimize
 from .engine import spec_ids
-from .rootcause import QUIRKS
 from .report import explain, partner, side_by_side, view
 from .triage import (
     HOST_RUNS, ArtifactError, Cluster, JudgeCache, Verdict, cluster, judge_artifact, list_inputs, load_artifact,
@@ -193,7 +192,7 @@ def _do_cluster(c: Cluster, judges: JudgeCache, opts: Options,
     involved = judge.spec_ids(j)
     if d is not None:
         assert judge.catalogue is not None
-        needed = [q for q in c.cause.spec if q in QUIRKS]          # the cause's quirks (fuzz.rootcause)
+        needed = c.cause.quirks                                    # the cause's quirks (fuzz.rootcause)
         spec = spec_ids(d, c.cause.to_dict(), judge.catalogue)
     else:                               # nothing to recompute from: keep what the sidecars said
         needed = []

@@ -126,6 +126,25 @@ def test_triage_output_is_read_with_the_stored_traces(campaign, tmp_path, capsys
     assert len(err) == 1 and str(paths[0]) in err[0] and "mark" in err[0]
 
 
+def test_an_older_triage_output_is_re_run_with_the_quirks_of_its_cause(tmp_path):
+    """Without a stored view.json the report re-runs the reproducer; its spec rows name the quirks
+    the root cause needs, as triage's stored view does (one analysis, fuzz.rootcause)."""
+    from test_triage_support import D10, D10_PAIR, find, seed
+
+    from fuzz.report_data import read_triage
+    from oracles.catalogue import load_catalogue
+    find(tmp_path / "c", [D10_PAIR], [seed(D10)])
+    out = tmp_path / "t"
+    assert main(["triage", str(tmp_path / "c"), "-o", str(out)]) == 0
+    cat = load_catalogue()
+    stored = {c.record["id"]: c.view["spec_rows"] for c in read_triage(str(out), cat).clusters if c.view}
+    for p in out.glob("clusters/*/view.json"):
+        p.unlink()
+    rerun = {c.record["id"]: c.view["spec_rows"] for c in read_triage(str(out), cat).clusters if c.view}
+    assert stored and rerun == stored
+    assert any(row[0] == "S2" and "without it the divergence disappears" in row[1] for row in stored["S2"])
+
+
 def test_a_bad_input_is_one_line(tmp_path, capsys):
     (tmp_path / "x.json").write_text("{}")
     assert main(["report", str(tmp_path / "x.json"), "-o", str(tmp_path / "r.html")]) == 2
