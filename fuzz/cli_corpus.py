@@ -14,19 +14,23 @@ from . import corpus_minimize
 from .artifacts import content_mismatch
 from .cli import COMMANDS, UsageError, output_dir
 from .codec import decode, libfuzzer_dictionary
-from .corpus import OUT, SEEDS, build_corpus, seed_files
+from . import corpus
+from .corpus import NoSeeds, build_corpus, seeds_dir
 
 
 def cmd_corpus(args: argparse.Namespace) -> int:
     if args.action in ("minimize", "stats"):
         return corpus_minimize.cmd(args)
     if args.action == "build":
-        if not seed_files(args.seeds):      # an empty build would replace the corpus with nothing
-            raise UsageError(f"{args.seeds}: no seed scenarios (*.yaml) to build a corpus from")
-        output_dir(args.out, "--out")
-        counts = build_corpus(args.seeds, args.out)
+        try:                                # an empty build would replace the corpus with nothing
+            seeds = seeds_dir(args.seeds)
+        except NoSeeds as e:
+            raise UsageError(str(e)) from None
+        out = corpus.OUT if args.out is None else args.out
+        output_dir(out, "--out")
+        counts = build_corpus(args.seeds, out)
         for target, n in counts.items():
-            print(f"{os.path.join(args.out, target)}: {n} input(s) from {args.seeds}")
+            print(f"{os.path.join(out, target)}: {n} input(s) from {seeds}")
         return 0
     if args.action == "dict":
         print(libfuzzer_dictionary(), end="")
@@ -48,8 +52,8 @@ def _setup(p: argparse.ArgumentParser) -> None:
                    help="build: encode the seeds; decode: show inputs; dict: print the libFuzzer dictionary; "
                         "minimize/stats: see fuzz.corpus_minimize")
     p.add_argument("files", nargs="*", help="decode: input files; minimize/stats: corpus directories")
-    p.add_argument("--seeds", default=SEEDS, help="seed directory (build)")
-    p.add_argument("--out", default=OUT, help="output directory, one subdirectory per target (build)")
+    p.add_argument("--seeds", help="seed directory (build; default: the bundled corpus/seeds and corpus/regressions)")
+    p.add_argument("--out", help="output directory, one subdirectory per target (build; default: corpus/libfuzzer)")
     corpus_minimize.add_arguments(p)
 
 

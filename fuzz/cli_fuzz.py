@@ -11,7 +11,7 @@ from kvmsim import BackendError, get_backend
 from .campaign import BUNDLED_CORPUS, Campaign
 from .cli import COMMANDS, UsageError, output_dir, output_file
 from .cli_report import report_after
-from .corpus import build_corpus
+from .corpus import NoSeeds, build_corpus
 
 DEFAULT_PAIRS = [("sim:g2", "sim:g3"), ("sim:g2", "sim:g2s-literal")]
 
@@ -58,7 +58,10 @@ def cmd_fuzz(args: argparse.Namespace) -> int:
     output_dir(args.corpus, "--corpus")
     seeds = []
     if not args.no_seeds:
-        build_corpus()                    # cheap, and never stale: the seeds may have changed
+        try:
+            build_corpus()                # cheap, and never stale: the seeds may have changed
+        except NoSeeds as e:
+            raise UsageError(f"pfndiff fuzz: {e}; or --no-seeds") from None
         seeds.append(os.path.join(BUNDLED_CORPUS, "diff"))
     for j in args.join:
         if not os.path.exists(j):

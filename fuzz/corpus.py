@@ -39,16 +39,35 @@ def encode_seed(path: str) -> bytes:
     return data
 
 
-def seed_files(seeds: str = SEEDS) -> list[str]:
-    return sorted(glob.glob(os.path.join(seeds, "*.yaml")))
+class NoSeeds(ValueError):
+    """A corpus build found no seed to encode (one line naming where it looked)."""
 
 
-def build_corpus(seeds: str = SEEDS, out: str = OUT, targets: tuple[str, ...] = CORPUS_TARGETS,
+def seed_files(seeds: str | None = None) -> list[str]:
+    return sorted(glob.glob(os.path.join(SEEDS if seeds is None else seeds, "*.yaml")))
+
+
+def seeds_dir(seeds: str | None = None) -> str:
+    """The seed directory (``None``: the bundled one) if it holds seeds, else ``NoSeeds``."""
+    where = SEEDS if seeds is None else seeds
+    if not seed_files(where):
+        hint = (" (the bundled seeds come with a source checkout of pfndiff installed editable, "
+                "pip install -e; or give --seeds DIR)") if seeds is None else ""
+        raise NoSeeds(f"{where}: no seed scenarios (*.yaml) to build a corpus from{hint}")
+    return where
+
+
+def build_corpus(seeds: str | None = None, out: str | None = None, targets: tuple[str, ...] = CORPUS_TARGETS,
                  extra: tuple[str, ...] | None = None) -> dict[str, int]:
     """Encode every seed (and, for the bundled seeds, every promoted reproducer) into each
-    target's directory; returns {target: files}."""
+    target's directory; returns {target: files}.  ``NoSeeds`` when there is no seed: an empty
+    build would replace a corpus with nothing (the bundled seeds are in the source tree, so an
+    install that is not an editable one of a checkout has none)."""
+    bundled = seeds is None or seeds == SEEDS
+    seeds = seeds_dir(seeds)
+    out = OUT if out is None else out
     if extra is None:
-        extra = (REGRESSIONS,) if seeds == SEEDS else ()
+        extra = (REGRESSIONS,) if bundled else ()
     encoded = {path: encode_seed(path) for d in (seeds, *extra) for path in seed_files(d)}
     os.makedirs(out, exist_ok=True)
     counts = {}

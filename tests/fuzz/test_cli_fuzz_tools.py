@@ -103,3 +103,20 @@ def test_fuzz_bad_pair_is_one_line_exit_2(capsys):
     assert main(["fuzz", "--pair", "nonsense", "--time", "1"]) == 2
     err = capsys.readouterr().err
     assert "bad --pair" in err and err.count("\n") == 1
+
+
+def test_without_the_bundled_seeds_a_build_is_one_line_and_makes_nothing(tmp_path, monkeypatch, capsys):
+    """An install that is not an editable one of a source checkout has no corpus/seeds next to its
+    package: building the bundled corpus (corpus build, fuzz) is one line and exit 2, never an empty
+    corpus."""
+    from fuzz import corpus
+    pkg = tmp_path / "site-packages"
+    monkeypatch.setattr(corpus, "SEEDS", str(pkg / "corpus" / "seeds"))
+    monkeypatch.setattr(corpus, "OUT", str(pkg / "corpus" / "libfuzzer"))
+    assert main(["corpus", "build"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and corpus.SEEDS in err[0] and "--seeds" in err[0] and "Traceback" not in err[0]
+    assert main(["fuzz", "--time", "1", "--corpus", str(tmp_path / "c"), "--artifacts", str(tmp_path / "a")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and corpus.SEEDS in err[0] and "--no-seeds" in err[0]
+    assert not pkg.exists()
