@@ -53,7 +53,7 @@ def causes_in_regressions(directory: str = REGRESSIONS) -> dict[str, str]:
             continue
         if causer is None:
             causer = RootCauser(judge.catalogue)
-        out.setdefault(causer(sc, d).id, os.path.relpath(path, REPO))
+        out.setdefault(causer(sc, d, j.unknown).id, os.path.relpath(path, REPO))
     return out
 
 

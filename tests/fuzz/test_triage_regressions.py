@@ -55,3 +55,15 @@ def test_promote_writes_a_replayable_tagged_yaml(tmp_path, capsys):
         doc = yaml.safe_load(f.read_text())
         assert {"signature", "id", "left", "right", "pairs", "spec"} <= set(doc["tags"])
         test_promoted_reproducer_still_shows_its_signature(str(f))
+
+
+def test_campaigns_know_the_causes_promoted_reproducers_were_promoted_under():
+    """A campaign counts a cause as already known when a promoted reproducer has it; the cause is
+    computed as triage computed it (with the input's other divergences), so the id a reproducer
+    was promoted under is the one campaigns look up."""
+    import re
+
+    from fuzz.known import causes_in_regressions
+    ids = [load_scenario(p).tags["id"] for p in PROMOTED]
+    cause_ids = {i for i in ids if re.fullmatch(r"[a-z]{3}-[0-9a-f]{8}|S\d", i)}
+    assert cause_ids and cause_ids <= set(causes_in_regressions())
