@@ -151,6 +151,10 @@ def op_contexts(sc: Scenario) -> list[dict[str, Any]]:
                                "ctx.allow_unsafe_mappings": sc.world.allow_unsafe_mappings}
         if k == "x86_fault" and a["race_invalidate"]:
             raced = True
+            slot = slots.at(a.get("as_id", 0), gfn)
+            if open_inval and slot is not None:     # the racing invalidation covers the faulting page
+                hva = _slot_hva(sc, slot) + ((gfn - slot.gfn) << PAGE_SHIFT)
+                ranges.append(((hva, hva + (1 << PAGE_SHIFT)), _gfn_range(sc, (hva, hva + (1 << PAGE_SHIFT)), slots)))
         if k == "signal":
             signal = a["kind"]
         elif k == "mmap_lock":
@@ -215,15 +219,16 @@ def op_contexts(sc: Scenario) -> list[dict[str, Any]]:
             elif k == "pte":
                 old = v.ptes.get(a["page"], {})
                 v.ptes[a["page"]] = {"page": old.get("page"), "present": a["present"], "writable": a["writable"]}
-            elif k == "invalidate_begin":
+            if k == "invalidate_begin":
                 open_inval += 1
-                start = sc.vma_start(v.spec) + (a["page"] << PAGE_SHIFT)
-                hr = (start, min(sc.vma_start(v.spec) + (v.spec.pages << PAGE_SHIFT), start + (a["count"] << PAGE_SHIFT)))
+            hr = _event_hvas(sc, v.spec, k, a)
+            if hr is not None and (open_inval or k == "invalidate_begin"):
+                # an event's own invalidation widens an open one's range (kvm_mmu_invalidate_range_add)
                 ranges.append((hr, _gfn_range(sc, hr, slots)))
         elif k == "invalidate_end":
             open_inval = max(0, open_inval - 1)
-            if ranges:
-                ranges.pop()
+            if not open_inval:
+                ranges.clear()         # the range stays as wide as it grew until none is in progress
             seq_moved = True
     return out
 
@@ -247,6 +252,25 @@ def _madvise_dontneed(v: _Vma, named: dict, page: int, count: int) -> None:
             v.states[i] = "resident" if spec.shared else "unpopulated"
             if not spec.shared:
                 named.get(spec.name, {}).pop(i, None)
+
+
+def _event_hvas(sc: Scenario, v: VmaSpec, kind: str, a: dict[str, Any]) -> tuple[int, int] | None:
+    """The hva range whose mmu_notifier invalidation a host event runs, as the model's executor runs it
+    (``op_munmap``/``op_mprotect``: the whole VMA; ``op_madvise``, ``op_page_state``, ``op_pte``,
+    ``invalidate_begin``: the pages named); None when the event runs none (a refused or empty madvise)."""
+    start, end = sc.vma_start(v), sc.vma_start(v) + (v.pages << PAGE_SHIFT)
+    if kind in ("munmap", "mprotect"):
+        return start, end
+    page, count = a["page"], a.get("count", 1)
+    if kind == "madvise":
+        level = _HUGE_PAGES[v.host_level]
+        if v.remap in ("pfnmap", "io") or page % level:
+            return None
+        count -= count % level
+        if not count:
+            return None
+    lo = start + (page << PAGE_SHIFT)
+    return lo, min(end, lo + (count << PAGE_SHIFT))
 
 
 def _slot_hva(sc: Scenario, s: _Slot) -> int:

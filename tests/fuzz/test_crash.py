@@ -68,7 +68,7 @@ def test_one_crash_state_per_root_cause_made_of_valid_frame_names():
     inputs = seed_files() + sorted(glob.glob(os.path.join(REPO, "corpus", "regressions", "*.yaml")))
     by_state: dict[tuple[str, ...], str] = {}
     by_cause: dict[str, tuple[str, ...]] = {}
-    for pairs in ("sim:g1~sim:g3;sim:g2~sim:g3;sim:g2f~sim:g3", LITERAL):
+    for pairs in ("sim:g1~sim:g3;sim:g2~sim:g3;sim:g2f~sim:g3", LITERAL, "sim:g2s~sim:g2s-literal:S4,S5,S8"):
         checker = Checker(parse_pairs(pairs), None)
         for path in inputs:
             data = encode_seed(path)

@@ -43,3 +43,30 @@ def test_the_model_write_protects_pages_it_has_not_touched_yet() -> None:
     assert last["writable"] is True and last["result"] == "pfn"   # a write lookup breaks the protection
     fast = loads_scenario(SC.replace("lookup: {gfn: 0x100, write: true}", "lookup: {gfn: 0x100, atomic: true, write: true}"))
     assert get_backend("sim:g1").run(fast).records[-1].api["result"] == "ERR_FAULT"   # fast GUP needs a writable PTE
+
+
+INVAL = """
+version: 1
+world:
+  vmas:
+    - {name: ram, pages: 2}
+  memslots:
+    - {id: 0, gfn: 0x100, pages: 2, vma: ram}
+ops:
+  - invalidate_begin: {vma: ram, page: 1}
+  - x86_fault: {gfn: 0x100}
+  - mprotect: {vma: ram, prot: r}
+  - x86_fault: {gfn: 0x100}
+  - invalidate_end: {}
+  - invalidate_begin: {vma: ram, page: 1}
+  - x86_fault: {gfn: 0x100}
+"""
+
+
+def test_an_event_during_an_open_invalidation_widens_its_range_until_none_is_in_progress() -> None:
+    """kvm_mmu_invalidate_range_add: mprotect's own invalidation of the whole VMA, begun while page 1's is
+    open, leaves the open range covering page 0 too; once none is in progress the next one starts afresh."""
+    ctx = op_contexts(loads_scenario(INVAL))
+    assert (ctx[1]["ctx.inval_hva"], ctx[1]["ctx.inval_gfn"]) == (False, False)
+    assert (ctx[3]["ctx.inval_hva"], ctx[3]["ctx.inval_gfn"]) == (True, True)
+    assert (ctx[6]["ctx.inval_hva"], ctx[6]["ctx.inval_gfn"]) == (False, False)
