@@ -172,8 +172,10 @@ class Campaign:
         known = sum(1 for v in sigs.values() if v["known"])
         rate = prog.execs_per_s or (int(execs / elapsed) if elapsed > 0 else 0)
         if event:
-            again = len({(v.get("cause") or {}).get("id", s) for s, v in sigs.items()
-                         if not v["known"] and signature_id(s) in before})       # root causes reported earlier
+            seen = self._seen_causes()
+            causes = {(v.get("cause") or {}).get("id", s): signature_id(s) in before
+                      for s, v in sigs.items() if not v["known"]}
+            again = sum(1 for c, earlier in causes.items() if earlier or c in seen)   # the user has seen these
             self._record({"event": event, "t": round(elapsed, 2), "execs": execs, "exec_s": rate,
                           "corpus": prog.corp, "cov": prog.cov, "ft": prog.ft,
                           "new": new - again, "new_seen_before": again, "known": known,
@@ -204,6 +206,15 @@ class Campaign:
             g.setdefault("first_signature", g["signatures"][0])
         return execs, list(by.values()), known
 
+    _seen: dict[str, str] | None = None
+
+    def _seen_causes(self) -> dict[str, str]:
+        """``known_causes``, read once per run: what the user had seen before this run started (earlier
+        campaigns, corpus/regressions, --join'ed triages) does not change while it runs."""
+        if self._seen is None:
+            self._seen = self.known_causes()
+        return self._seen
+
     def known_causes(self) -> dict[str, str]:
         """cause id -> where the user has seen it already."""
         from .known import causes_in_campaigns, causes_in_regressions, causes_in_triage
@@ -217,7 +228,7 @@ class Campaign:
         """NEW causes first (real generation differences before literal-sketch quirks), one line
         each; then the causes the user already knows, then the catalogued divergences."""
         execs, groups, known = self.causes()
-        seen = self.known_causes() if groups else {}
+        seen = self._seen_causes() if groups else {}
         new = [g for g in groups if g["cause"]["id"] not in seen]
         old = [g for g in groups if g["cause"]["id"] in seen]
         new.sort(key=_cause_order)

@@ -106,8 +106,9 @@ def campaign_part(data: ReportData) -> str:
             ("plot-coverage", plots.campaign_series(runs, "cov", "coverage", "edges", extra="ft", extra_label="features"),
              "code coverage edges (solid, left axis) and libFuzzer features (dashed, right axis)"),
             ("plot-findings", plots.findings_over_time(runs),
-             "root causes of unknown divergences first found by this run (solid) or already reported by an "
-             "earlier campaign in the same directory (dash-dot), and distinct catalogued signatures (dashed; "
+             "root causes of unknown divergences new to the user (solid) or already known from an earlier "
+             "campaign in the same directory, corpus/regressions or a --join'ed triage (dash-dot), and distinct "
+             "catalogued signatures (dashed; "
              "known divergences are counted, never reported)")):
         out.append(f'<figure id="{fid}">{body}<figcaption>{esc(cap)}</figcaption></figure>')
     out.append("</div>")
