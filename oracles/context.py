@@ -154,7 +154,8 @@ def op_contexts(sc: Scenario) -> list[dict[str, Any]]:
             slot = slots.at(a.get("as_id", 0), gfn)
             if open_inval and slot is not None:     # the racing invalidation covers the faulting page
                 hva = _slot_hva(sc, slot) + ((gfn - slot.gfn) << PAGE_SHIFT)
-                ranges.append(((hva, hva + (1 << PAGE_SHIFT)), _gfn_range(sc, (hva, hva + (1 << PAGE_SHIFT)), slots)))
+                hr = (hva, hva + (1 << PAGE_SHIFT))
+                ranges.append((hr, _gfn_range(sc, hr, slots)))
         if k == "signal":
             signal = a["kind"]
         elif k == "mmap_lock":
@@ -237,17 +238,23 @@ def op_contexts(sc: Scenario) -> list[dict[str, Any]]:
 _HUGE_PAGES = {"4k": 1, "2m": 512}
 
 
-def _madvise_dontneed(v: _Vma, named: dict, page: int, count: int) -> None:
-    """The page states ``madvise(MADV_DONTNEED)`` leaves, as the model's executor (``op_madvise``) and
-    ``mm.zap`` make them: refused for VM_IO/VM_PFNMAP VMAs and for a misaligned start in a 2 MiB mapping;
-    present private pages are freed (unpopulated, their named frame gone), present shared pages stay
-    resident.  Without this, a later op's ``ctx.state`` would still say ``present_rw``."""
-    spec = v.spec
-    level = _HUGE_PAGES[spec.host_level]
-    if spec.remap in ("pfnmap", "io") or page % level:
-        return
+def _madvised_pages(v: VmaSpec, page: int, count: int) -> range | None:
+    """The pages ``madvise(MADV_DONTNEED)`` acts on, as the model's executor (``op_madvise``) takes them:
+    none for VM_IO/VM_PFNMAP VMAs, a zero length or a misaligned start in a 2 MiB mapping, and only
+    whole huge pages there."""
+    level = _HUGE_PAGES[v.host_level]
+    if v.remap in ("pfnmap", "io") or page % level:
+        return None
     count -= count % level
-    for i in range(page, min(page + count, spec.pages)):
+    return range(page, min(page + count, v.pages)) if count else None
+
+
+def _madvise_dontneed(v: _Vma, named: dict, page: int, count: int) -> None:
+    """The page states ``madvise(MADV_DONTNEED)`` leaves (``mm.zap``): present private pages are freed
+    (unpopulated, their named frame gone), present shared pages stay resident.  Without this, a later
+    op's ``ctx.state`` would still say ``present_rw``."""
+    spec = v.spec
+    for i in _madvised_pages(spec, page, count) or ():
         if v.states.get(i, v.default_state) in ("present_rw", "present_ro"):
             v.states[i] = "resident" if spec.shared else "unpopulated"
             if not spec.shared:
@@ -258,19 +265,15 @@ def _event_hvas(sc: Scenario, v: VmaSpec, kind: str, a: dict[str, Any]) -> tuple
     """The hva range whose mmu_notifier invalidation a host event runs, as the model's executor runs it
     (``op_munmap``/``op_mprotect``: the whole VMA; ``op_madvise``, ``op_page_state``, ``op_pte``,
     ``invalidate_begin``: the pages named); None when the event runs none (a refused or empty madvise)."""
-    start, end = sc.vma_start(v), sc.vma_start(v) + (v.pages << PAGE_SHIFT)
+    base = sc.vma_start(v)
     if kind in ("munmap", "mprotect"):
-        return start, end
-    page, count = a["page"], a.get("count", 1)
+        return base, base + (v.pages << PAGE_SHIFT)
+    pages = range(a["page"], min(a["page"] + a.get("count", 1), v.pages))
     if kind == "madvise":
-        level = _HUGE_PAGES[v.host_level]
-        if v.remap in ("pfnmap", "io") or page % level:
+        pages = _madvised_pages(v, a["page"], a["count"])
+        if pages is None:
             return None
-        count -= count % level
-        if not count:
-            return None
-    lo = start + (page << PAGE_SHIFT)
-    return lo, min(end, lo + (count << PAGE_SHIFT))
+    return base + (pages.start << PAGE_SHIFT), base + (max(pages.start, pages.stop) << PAGE_SHIFT)
 
 
 def _slot_hva(sc: Scenario, s: _Slot) -> int:
