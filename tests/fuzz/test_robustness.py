@@ -232,17 +232,23 @@ def test_mutated_catalogue_entries(doc):
     test_mutated_catalogues.hypothesis.inner_test(doc)
 
 
+def _finding_dir(work: str) -> str:
+    """An artifacts directory in ``work`` holding the real finding and its sidecar."""
+    raw, name, sidecar = _finding()
+    d = os.path.join(work, "in")
+    os.makedirs(d)
+    with open(os.path.join(d, name), "wb") as fh:
+        fh.write(raw)
+    with open(os.path.join(d, name + ".yaml"), "wb") as fh:
+        fh.write(_dump(sidecar))
+    return d
+
+
 def _report() -> dict[str, Any]:
     """A real triage.json (of the real finding), made once."""
     if "report" not in _FINDING:
-        raw, name, sidecar = _finding()
         with tempfile.TemporaryDirectory(prefix="pfndiff-robust-") as work:
-            d = os.path.join(work, "in")
-            os.makedirs(d)
-            with open(os.path.join(d, name), "wb") as fh:
-                fh.write(raw)
-            with open(os.path.join(d, name + ".yaml"), "wb") as fh:
-                fh.write(_dump(sidecar))
+            d = _finding_dir(work)
             call(["triage", d, "-o", os.path.join(work, "out"), "--no-minimize"])
             with open(os.path.join(work, "out", "triage.json"), encoding="utf-8") as fh:
                 _FINDING["report"] = yaml.safe_load(fh)          # JSON is YAML
@@ -252,15 +258,9 @@ def _report() -> dict[str, Any]:
 @SETTINGS
 @given(st.data())
 def test_mutated_join_reports(data):
-    raw, name, sidecar = _finding()
     doc = data.draw(mutated([_report()]))
     with tempfile.TemporaryDirectory(prefix="pfndiff-robust-") as work:
-        d = os.path.join(work, "in")
-        os.makedirs(d)
-        with open(os.path.join(d, name), "wb") as fh:
-            fh.write(raw)
-        with open(os.path.join(d, name + ".yaml"), "wb") as fh:
-            fh.write(_dump(sidecar))
+        d = _finding_dir(work)
         prev = os.path.join(work, "prev.json")
         with open(prev, "w", encoding="utf-8") as fh:
             json.dump(doc, fh, default=str)
