@@ -17,24 +17,13 @@ from .constants import (
     PAGE_SHIFT, PAGE_SIZE, VM_READ, VM_REMAPPED, VM_SHARED, VM_WRITE,
 )
 from .pfndb import Page, PfnDB
+from .scenario.vocabulary import (  # noqa: F401 - the mm's words, re-exported for its users
+    H_DROPS_LOCK, H_FAILS, H_POPULATES, HANDLERS, HWPOISON, NEEDS_IO, PAGE_STATES, PRESENT_RO, PRESENT_RW,
+    RESIDENT, UNPOPULATED,
+)
 
 if TYPE_CHECKING:
     from .world import World
-
-# Normal-VMA page states (§1.3).
-UNPOPULATED = "unpopulated"   # read fault: zero page (private anon) or a new page; write: new page
-PRESENT_RW = "present_rw"
-PRESENT_RO = "present_ro"     # COW-shared in a private VMA, write-protected in a shared one
-RESIDENT = "resident"         # resident but unmapped: minor fault, no I/O
-NEEDS_IO = "needs_io"         # major fault: swap-in or file read
-HWPOISON = "hwpoison"
-PAGE_STATES = (UNPOPULATED, PRESENT_RW, PRESENT_RO, RESIDENT, NEEDS_IO, HWPOISON)
-
-# Remapped-VMA fault-handler outcomes for an absent PTE (§1.3).
-H_POPULATES = "populates"
-H_DROPS_LOCK = "drops_lock"   # drops the mmap lock, then populates: KVM retries the VMA lookup
-H_FAILS = "fails"
-HANDLERS = (H_POPULATES, H_DROPS_LOCK, H_FAILS)
 
 
 @dataclass(slots=True)

@@ -10,14 +10,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-# Page kinds (§1.3 "Notable kinds").
-NORMAL = "normal"
-RESERVED = "reserved"        # struct page with PG_reserved, not refcounted
-REFCOUNT0 = "refcount0"      # struct page whose refcount is 0 (non-compound tail page, TTM)
-ZERO = "zero"                # the shared zero page: PG_reserved, but refcounted (§2.4)
-ZONE_DEVICE = "zone_device"  # ZONE_DEVICE page (refcounted in G1's helper)
-NO_STRUCT_PAGE = "none"      # no struct page: device BAR, RAM outside the kernel's map
-PAGE_KINDS = (NORMAL, RESERVED, REFCOUNT0, ZERO, ZONE_DEVICE, NO_STRUCT_PAGE)
+from .scenario.vocabulary import (  # noqa: F401 - the page kinds, re-exported for their users
+    NO_STRUCT_PAGE, NORMAL, PAGE_KINDS, REFCOUNT0, RESERVED, ZERO, ZONE_DEVICE,
+)
 
 ZERO_PFN = 0x1000
 FIRST_DECLARED_PFN = 0x80000
