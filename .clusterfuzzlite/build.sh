@@ -31,6 +31,7 @@ while read -r target seeds; do
     --collect-data oracles \
     --collect-data fuzz \
     --copy-metadata atheris \
+    --copy-metadata pfndiff \
     --runtime-hook .clusterfuzzlite/crash_mode_on.py
 
   rm -f "$OUT/${target}_seed_corpus.zip"

@@ -21,8 +21,8 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from fuzz.campaign import TARGETS  # noqa: E402
-from fuzz.corpus import OUT, build_corpus  # noqa: E402
+from fuzz.campaigns.campaign import TARGETS  # noqa: E402
+from fuzz.corpus.seeds import OUT, build_corpus  # noqa: E402
 
 TARGET_PER_CORE = 25_000
 
@@ -48,7 +48,7 @@ def run_target(name: str, seconds: int, pairs: str, corpus: str) -> tuple[int, f
 
 
 def profile(pairs: str, corpus: str, n: int) -> None:
-    from fuzz.engine import Checker, parse_pairs
+    from fuzz.judging.engine import Checker, parse_pairs
     inputs = [open(os.path.join(corpus, f), "rb").read() for f in sorted(os.listdir(corpus))]
     c = Checker(parse_pairs(pairs), None)
     t = time.perf_counter()

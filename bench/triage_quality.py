@@ -34,12 +34,12 @@ from dataclasses import dataclass, field
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from fuzz.campaign import Campaign  # noqa: E402
-from fuzz.codec import decode  # noqa: E402
-from fuzz.corpus import build_corpus  # noqa: E402
-from fuzz.judge import Judge  # noqa: E402
-from fuzz.triage_run import Options  # noqa: E402
-from fuzz.triage_run import run as triage  # noqa: E402
+from fuzz.campaigns.campaign import Campaign  # noqa: E402
+from fuzz.inputs.codec import decode  # noqa: E402
+from fuzz.corpus.seeds import build_corpus  # noqa: E402
+from fuzz.judging.judge import Judge  # noqa: E402
+from fuzz.triage.run import Options  # noqa: E402
+from fuzz.triage.run import run as triage  # noqa: E402
 from kvmsim import load_scenario  # noqa: E402
 from kvmsim.backend import PLUGINS_ENV, load_plugins  # noqa: E402
 

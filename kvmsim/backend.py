@@ -50,12 +50,11 @@ REGISTRY: dict[str, tuple[str, dict[str, Any]]] = {
                         {"generation": "kvmsim.g2s_sketch:G2sSketch", "quirks": "S2,S4,S5,S6,S8"}),
     "sim:g2f": ("kvmsim.sim_backend:SimBackend", {"generation": "kvmsim.g2f_posted:G2fPosted"}),
     "sim:g3": ("kvmsim.sim_backend:SimBackend", {"generation": "kvmsim.g3_merged:G3Merged"}),
-    "host": ("kernel_shim.host_backend:HostBackend", {}),
 }
 # Parameterised names: "sim:g2s-literal:S4,S8" enables only the listed sketch quirks.
 PARAMETERISED = {"sim:g2s-literal": "quirks"}
-# Name families without a fixed list: "qemu:6.1" -> the class with kernel="6.1".
-PREFIXES: dict[str, tuple[str, str]] = {"qemu": ("kernel_shim.kernels.qemu_backend:QemuBackend", "kernel")}
+# Name families without a fixed list, e.g. "qemu:6.1" -> (class path, keyword the rest is passed as).
+PREFIXES: dict[str, tuple[str, str]] = {}
 
 
 def load_object(path: str) -> Any:
@@ -65,6 +64,29 @@ def load_object(path: str) -> Any:
 
 def register(name: str, path: str, **kwargs: Any) -> None:
     REGISTRY[name] = (path, kwargs)
+
+
+def register_family(family: str, path: str, keyword: str) -> None:
+    """``family:<rest>`` names the class at ``path`` with ``keyword=<rest>``."""
+    PREFIXES[family] = (path, keyword)
+
+
+# Backends outside the model (real hosts, kernels in QEMU) register themselves through this entry-point
+# group: each entry names a function called with no arguments, once, the first time a name the model
+# does not define is resolved or the names are listed.  The model never names the classes of the layers
+# above it.
+HOOKS_GROUP = "pfndiff.backends"
+_hooks_loaded = False
+
+
+def _load_hooks() -> None:
+    global _hooks_loaded
+    if _hooks_loaded:
+        return
+    _hooks_loaded = True
+    from importlib.metadata import entry_points
+    for ep in entry_points(group=HOOKS_GROUP):
+        ep.load()()
 
 
 # Out-of-tree generation modules (e.g. the triage-quality bench's planted bugs): a JSON file named by
@@ -103,10 +125,13 @@ def _plugins_from_env() -> None:
 
 
 def backend_names() -> list[str]:
+    _load_hooks()
     return list(REGISTRY)
 
 
 def get_backend(name: str) -> Backend:
+    if name not in REGISTRY:
+        _load_hooks()
     if name not in REGISTRY and os.environ.get(PLUGINS_ENV):
         _plugins_from_env()
     entry = REGISTRY.get(name)

@@ -5,7 +5,7 @@ both values (of the one value, for a single-trace invariant).  Value classes kee
 a behaviour in the words of the trace (``ERR_FAULT``, ``efault``, a WARN site, a page's name such
 as ``rsv`` or ``ram+0#0``, "a reference was held": ``{+1}``) and drop what varies from input to
 input without changing the behaviour (hvas, data values, counts, the pages a delta is about).
-Signatures are the fine key; clusters are root causes (``fuzz.rootcause``).
+Signatures are the fine key; clusters are root causes (``fuzz.judging.rootcause``).
 """
 
 from __future__ import annotations

@@ -77,6 +77,6 @@ def _hugetlb_pool():
 
 @pytest.fixture(autouse=True)
 def _no_progress(monkeypatch):
-    """Progress lines (fuzz.progress) stay out of the stderr that tests read; the tests of the
+    """Progress lines (fuzz.campaigns.progress) stay out of the stderr that tests read; the tests of the
     progress display set PFNDIFF_PROGRESS themselves."""
     monkeypatch.setenv("PFNDIFF_PROGRESS", "0")

@@ -15,7 +15,7 @@ network.
 5. planted findings: the literal sketch pair (PFNDIFF_PAIRS, its bugs are findings by design) on
    two seeds of one root cause and one seed of another; each run must exit non-zero with a
    ``crash-<sha1>`` of its input, and ClusterFuzz's own parser (clusterfuzz 2.6.0) must read type
-   "Uncaught exception" and the crash state fuzz.crash promises: one state for the one cause, a
+   "Uncaught exception" and the crash state fuzz.judging.crash promises: one state for the one cause, a
    different and not similar one for the other.
 
 ``--quick`` (the test in ``make test``) runs 1 and 5 on the un-bundled target only.
@@ -59,7 +59,7 @@ class Planted:
     name: str               # the seed it comes from
     data: bytes
     cause: str              # root cause id
-    state: list[str]        # the crash state fuzz.crash promises
+    state: list[str]        # the crash state fuzz.judging.crash promises
 
 
 # --- environment -------------------------------------------------------------------------------
@@ -146,7 +146,7 @@ def discover(out: Path) -> list[str]:
 def check_layout(out: Path) -> dict[str, tuple[int, int]]:
     """Targets found == the continuous targets; each with its bundle, seeds, dict and options.
     Returns {target: (seed files, seed bytes)}."""
-    from fuzz.corpus import seed_files
+    from fuzz.corpus.seeds import seed_files
     from fuzz.targets import CONTINUOUS
     found = discover(out)
     if sorted(found) != sorted(CONTINUOUS):
@@ -223,10 +223,10 @@ def check_runs(out: Path, target: str, work: Path) -> str:
 
 def planted_inputs(pairs: str = PLANT_PAIRS) -> list[Planted]:
     """Two seeds whose finding has one root cause, one seed of another cause (seeds in name order)."""
-    from fuzz import crash
-    from fuzz.codec import decode
-    from fuzz.corpus import encode_seed, seed_files
-    from fuzz.engine import Checker, parse_pairs
+    from fuzz.judging import crash
+    from fuzz.inputs.codec import decode
+    from fuzz.corpus.seeds import encode_seed, seed_files
+    from fuzz.judging.engine import Checker, parse_pairs
     checker = Checker(parse_pairs(pairs), None)
     by_cause: dict[str, list[Planted]] = {}
     for path in seed_files():

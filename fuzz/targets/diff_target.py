@@ -8,7 +8,7 @@ argument ``--pairs=...`` (removed before libFuzzer sees argv); findings go to
 written as ``crash-<sha1>`` + YAML sidecar; by default the target never crashes on a finding.
 
 Crash mode (``--crash`` or ``PFNDIFF_CRASH=1``; on by default in the ClusterFuzzLite build): an
-unknown divergence raises an uncaught exception whose innermost frames name it (fuzz.crash), so
+unknown divergence raises an uncaught exception whose innermost frames name it (fuzz.judging.crash), so
 libFuzzer writes the input and an engine such as ClusterFuzzLite files it.  Sidecars are then
 written only where ``PFNDIFF_ARTIFACTS`` is set.
 """
@@ -27,10 +27,10 @@ with instrumented():
     import kvmsim.g2s_sketch  # noqa: F401,E402
     import kvmsim.g3_merged  # noqa: F401,E402
     import kvmsim.sim_backend  # noqa: F401,E402
-    from fuzz import codec  # noqa: F401,E402
+    from fuzz.inputs import codec  # noqa: F401,E402
 
-from fuzz import crash  # noqa: E402
-from fuzz.engine import Checker, parse_pairs  # noqa: E402
+from fuzz.judging import crash  # noqa: E402
+from fuzz.judging.engine import Checker, parse_pairs  # noqa: E402
 
 
 def main() -> None:

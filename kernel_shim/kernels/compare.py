@@ -27,8 +27,9 @@ from oracles.catalogue import Catalogue, family, load_catalogue
 from oracles.diff import compare as diff_traces
 from oracles.normalise import VMM_LEVEL
 from oracles.pair import compare_pair
+from kvmsim.checkout import ROOT
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+REPO = ROOT
 SEEDS = os.path.join(REPO, "corpus", "seeds")
 
 

@@ -27,8 +27,9 @@ from typing import Any
 from kernel_shim.worker import read_msg, write_msg
 
 from .cache import KernelEntry
+from kvmsim.checkout import ROOT
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+REPO = ROOT
 QEMU = "qemu-system-x86_64"
 INSTALL_HINT = "install it with: apt-get install qemu-system-x86"
 BOOT_TIMEOUT = 90.0

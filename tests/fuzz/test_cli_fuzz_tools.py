@@ -9,8 +9,8 @@ import shutil
 import pytest
 
 from fuzz.cli import main
-from fuzz.codec import decode, encode
-from fuzz.corpus import build_corpus
+from fuzz.inputs.codec import decode, encode
+from fuzz.corpus.seeds import build_corpus
 from kvmsim import load_scenario
 
 SEEDS = os.path.join(os.path.dirname(__file__), "..", "..", "corpus", "seeds")
@@ -94,7 +94,7 @@ def test_corpus_decode_shows_the_scenario(tmp_path, capsys):
 
 
 def test_fuzz_pair_spellings():
-    from fuzz.cli_fuzz import _pair
+    from fuzz.cli.fuzz import _pair
     assert _pair("sim:g2~sim:g3") == _pair("sim:g2:sim:g3") == _pair("sim:g2,sim:g3") == ("sim:g2", "sim:g3")
     assert _pair("sim:g2:sim:g2s-literal:S4,S8") == ("sim:g2", "sim:g2s-literal:S4,S8")
 
@@ -109,7 +109,7 @@ def test_without_the_bundled_seeds_a_build_is_one_line_and_makes_nothing(tmp_pat
     """An install that is not an editable one of a source checkout has no corpus/seeds next to its
     package: building the bundled corpus (corpus build, fuzz) is one line and exit 2, never an empty
     corpus."""
-    from fuzz import corpus
+    from fuzz.corpus import seeds as corpus
     pkg = tmp_path / "site-packages"
     monkeypatch.setattr(corpus, "SEEDS", str(pkg / "corpus" / "seeds"))
     monkeypatch.setattr(corpus, "OUT", str(pkg / "corpus" / "libfuzzer"))

@@ -10,8 +10,8 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from fuzz import codec
-from fuzz.codec import EncodeError, decode, encode
+from fuzz.inputs import codec
+from fuzz.inputs.codec import EncodeError, decode, encode
 from kvmsim import Op, load_scenario, make_op
 from kvmsim.scenario import (
     HOST_LEVELS, MAP_STATES, OP_SCHEMAS, PROTS, REMAPS, SIGNALS, PageSpec, PteSpec, Scenario, SlotSpec, VmaSpec,

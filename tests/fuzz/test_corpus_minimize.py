@@ -11,9 +11,9 @@ import pytest
 from test_triage_support import SEEDS
 
 from fuzz.cli import main
-from fuzz.codec import encode
-from fuzz.corpus_minimize import CorpusInput, read_corpus, semantic_cover
-from fuzz.features import DEFAULT_PAIRS, FeatureExtractor, cell
+from fuzz.inputs.codec import encode
+from fuzz.corpus.merge import CorpusInput, read_corpus, semantic_cover
+from fuzz.corpus.features import DEFAULT_PAIRS, FeatureExtractor, cell
 from kvmsim import get_backend, load_scenario, loads_scenario
 
 

@@ -1,4 +1,4 @@
-"""Crash mode (fuzz.crash): which inputs raise, from which frames, with which message."""
+"""Crash mode (fuzz.judging.crash): which inputs raise, from which frames, with which message."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ import traceback
 
 import pytest
 
-from fuzz import crash
-from fuzz.codec import decode
-from fuzz.corpus import encode_seed, seed_files
-from fuzz.engine import Checker, parse_pairs
+from fuzz.judging import crash
+from fuzz.inputs.codec import decode
+from fuzz.corpus.seeds import encode_seed, seed_files
+from fuzz.judging.engine import Checker, parse_pairs
 from oracles.diff import Divergence
 
 REPO = os.path.join(os.path.dirname(__file__), "..", "..")
@@ -103,7 +103,7 @@ def test_the_environment_variable(value, on):
 
 
 def test_a_campaign_keeps_going_unless_asked(monkeypatch):
-    from fuzz.campaign import Campaign
+    from fuzz.campaigns.campaign import Campaign
     monkeypatch.setenv(crash.ENV, "1")                       # an inherited setting never switches it on
     assert Campaign([("sim:g2", "sim:g3")]).env()[crash.ENV] == "0"
     assert Campaign([("sim:g2", "sim:g3")], crash=True).env()[crash.ENV] == "1"

@@ -9,8 +9,8 @@ import os
 import pytest
 import yaml
 
-from fuzz.codec import encode
-from fuzz.engine import Checker, parse_pairs
+from fuzz.inputs.codec import encode
+from fuzz.judging.engine import Checker, parse_pairs
 from kvmsim import load_scenario
 
 SEEDS = os.path.join(os.path.dirname(__file__), "..", "..", "corpus", "seeds")

@@ -296,7 +296,7 @@ def test_ctrl_c_during_a_host_pair_triage(tmp_path):
 
 def test_ctrl_c_during_minimize_keeps_the_smallest_input_so_far(arts, tmp_path, capsys, monkeypatch):
     """The interrupt arrives inside a check (as a real SIGINT would, in the backends' code)."""
-    from fuzz.judge import Judge
+    from fuzz.judging.judge import Judge
     calls = {"n": 0}
     real = Judge.judge
 

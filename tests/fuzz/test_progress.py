@@ -1,8 +1,8 @@
-"""fuzz.progress: a bar with counts and ETA on a terminal, one line per stage otherwise."""
+"""fuzz.campaigns.progress: a bar with counts and ETA on a terminal, one line per stage otherwise."""
 
 import io
 
-from fuzz.progress import Stage
+from fuzz.campaigns.progress import Stage
 
 
 class _Tty(io.StringIO):
@@ -49,7 +49,7 @@ def test_long_commands_report_their_stages_on_stderr(monkeypatch, capsys, tmp_pa
     import os
 
     from fuzz.cli import main
-    from fuzz.corpus import SEEDS
+    from fuzz.corpus.seeds import SEEDS
     monkeypatch.delenv("PFNDIFF_PROGRESS")
     assert main(["corpus", "build", "--out", str(tmp_path / "built")]) == 0     # a fresh clone has none
     capsys.readouterr()

@@ -12,7 +12,7 @@ from html.parser import HTMLParser
 import pytest
 from cdp_browser import INSTALL, find_chromium, render
 
-from fuzz import history
+from fuzz.campaigns import history
 from fuzz.cli import main
 
 
@@ -110,7 +110,7 @@ def test_the_page_is_self_contained_and_has_the_four_parts(campaign):
 def test_triage_output_is_read_with_the_stored_traces(campaign, tmp_path, capsys):
     out = tmp_path / "t"
     assert main(["triage", str(campaign / "artifacts"), "-o", str(out), "--report", str(tmp_path / "r.html")]) == 0
-    from fuzz import schema
+    from fuzz.inputs import schema
     paths = sorted(out.glob("clusters/*/view.json"))
     views = [json.loads(p.read_text()) for p in paths]
     for p, v in zip(paths, views):
@@ -128,10 +128,10 @@ def test_triage_output_is_read_with_the_stored_traces(campaign, tmp_path, capsys
 
 def test_an_older_triage_output_is_re_run_with_the_quirks_of_its_cause(tmp_path):
     """Without a stored view.json the report re-runs the reproducer; its spec rows name the quirks
-    the root cause needs, as triage's stored view does (one analysis, fuzz.rootcause)."""
+    the root cause needs, as triage's stored view does (one analysis, fuzz.judging.rootcause)."""
     from test_triage_support import D10, D10_PAIR, find, seed
 
-    from fuzz.report_data import read_triage
+    from fuzz.triage.report_data import read_triage
     from oracles.catalogue import load_catalogue
     find(tmp_path / "c", [D10_PAIR], [seed(D10)])
     out = tmp_path / "t"
@@ -204,7 +204,7 @@ def test_kernel_comparisons_fill_the_d_row_matrix(tmp_path):
     kernel are compared against (the same matrix code; no QEMU needed)."""
     from kernel_shim.kernels.compare import build_matrix
 
-    from fuzz.report_data import gather
+    from fuzz.triage.report_data import gather
     m = build_matrix(["sim:g1", "sim:g3"], jobs=1)
     f = tmp_path / "kernels.json"
     f.write_text(json.dumps(m.to_dict(), default=str))

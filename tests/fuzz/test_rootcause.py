@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from fuzz.judge import Judge
-from fuzz.rootcause import RootCause, RootCauser, parting_decision, quirks_of, with_quirks
+from fuzz.judging.judge import Judge
+from fuzz.judging.rootcause import RootCause, RootCauser, parting_decision, quirks_of, with_quirks
 from kvmsim import loads_scenario
 from oracles.catalogue import Catalogue
 
@@ -124,7 +124,7 @@ ops:
 
 
 def test_one_d12b_cause_and_crash_state_whatever_input_shows_it(causer):
-    from fuzz import crash
+    from fuzz.judging import crash
     by_primary, by_pair_diff = set(), set()
     for text in D12B_INPUTS:
         sc = loads_scenario(text, "t.yaml")
@@ -145,7 +145,7 @@ def test_cause_ids_do_not_depend_on_hash_randomisation(causer):
     import os
     import subprocess
     import sys
-    code = ("import json,sys\nfrom fuzz import crash\nfrom fuzz.judge import Judge\nfrom kvmsim import loads_scenario\n"
+    code = ("import json,sys\nfrom fuzz.judging import crash\nfrom fuzz.judging.judge import Judge\nfrom kvmsim import loads_scenario\n"
             "sc = loads_scenario(sys.stdin.read(), 't.yaml')\nj = Judge([('sim:g2f', 'sim:g3')]).judge(sc)\n"
             "c, parts = crash.crash_parts(sc, crash.primary(j.divs), others=j.divs)\n"
             "print(json.dumps([c.id, crash.crash_state(parts)]))\n")
@@ -156,7 +156,7 @@ def test_cause_ids_do_not_depend_on_hash_randomisation(causer):
                              cwd=root, env={**os.environ, "PYTHONHASHSEED": seed}, check=True, timeout=120)
         seen.add(out.stdout)
     sc = loads_scenario(D12B_INPUTS[0], "t.yaml")
-    from fuzz import crash
+    from fuzz.judging import crash
     j = Judge([("sim:g2f", "sim:g3")]).judge(sc)
     c, parts = crash.crash_parts(sc, crash.primary(j.divs), causer, j.divs)
     assert seen == {json.dumps([c.id, crash.crash_state(parts)]) + "\n"}

@@ -11,8 +11,8 @@ import pytest
 import yaml
 from test_triage_support import D10_PAIR, REGRESSIONS, SEEDS, d10_other, find
 
-from fuzz import schema
-from fuzz.artifacts import load_corpus_entry, read_sidecar
+from fuzz.inputs import schema
+from fuzz.judging.artifacts import load_corpus_entry, read_sidecar
 from fuzz.cli import main
 from kvmsim import ScenarioError
 

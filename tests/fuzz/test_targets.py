@@ -10,9 +10,9 @@ import sys
 import pytest
 import yaml
 
-from fuzz.campaign import TARGETS
+from fuzz.campaigns.campaign import TARGETS
 from fuzz.cli import main
-from fuzz.codec import encode
+from fuzz.inputs.codec import encode
 from kvmsim import load_scenario
 
 SEEDS = os.path.join(os.path.dirname(__file__), "..", "..", "corpus", "seeds")

@@ -9,9 +9,9 @@ import shutil
 import yaml
 from test_triage_support import D10, D10_OTHER, D10_PAIR, SEEDS, d10_other, find, seed
 
-from fuzz import triage as tr
+from fuzz.triage import cluster as tr
 from fuzz.cli import main
-from fuzz.codec import decode
+from fuzz.inputs.codec import decode
 from kvmsim.trace import Trace
 
 
@@ -213,7 +213,7 @@ def test_a_host_like_backend_is_rerun_and_a_flaky_artifact_labelled(tmp_path):
     """A non-simulated backend is re-run --runs times; an artifact that shows its signature in some
     runs only is kept and labelled flaky, with the reliability figure."""
     from kvmsim import get_backend
-    from fuzz.judge import Judge
+    from fuzz.judging.judge import Judge
     paths = find(tmp_path / "c", [D10_PAIR], [seed(D10)])
     good, bad = get_backend("sim:g2"), get_backend("sim:g2s-literal")
     calls = {"n": 0}

@@ -17,8 +17,8 @@ import yaml
 from test_triage_support import D10, D10_PAIR, REGRESSIONS, find, seed
 
 from fuzz.cli import main
-from fuzz.codec import decode, encode
-from fuzz.judge import Judge
+from fuzz.inputs.codec import decode, encode
+from fuzz.judging.judge import Judge
 from kvmsim import load_scenario
 
 PROMOTED = sorted(glob.glob(os.path.join(REGRESSIONS, "*.yaml")))
@@ -63,7 +63,7 @@ def test_campaigns_know_the_causes_promoted_reproducers_were_promoted_under():
     was promoted under is the one campaigns look up."""
     import re
 
-    from fuzz.known import causes_in_regressions
+    from fuzz.triage.known import causes_in_regressions
     ids = [load_scenario(p).tags["id"] for p in PROMOTED]
     cause_ids = {i for i in ids if re.fullmatch(r"[a-z]{3}-[0-9a-f]{8}|S\d", i)}
     assert cause_ids and cause_ids <= set(causes_in_regressions())

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import os
 
-from fuzz.codec import encode
-from fuzz.engine import Checker
+from fuzz.inputs.codec import encode
+from fuzz.judging.engine import Checker
 from kvmsim import load_scenario, loads_scenario
 from kvmsim.scenario import Scenario
 

@@ -221,8 +221,8 @@ def test_compare_matrix_and_fuzz_findings_on_a_legacy_and_a_merged_kernel(tmp_pa
 
     import yaml
 
-    from fuzz.codec import encode
-    from fuzz.engine import Checker
+    from fuzz.inputs.codec import encode
+    from fuzz.judging.engine import Checker
     from kernel_shim.kernels import qemu_backend
     from kernel_shim.kernels.compare import SEEDS, build_matrix, format_matrix
     monkeypatch.setattr(qemu_backend, "GUEST_TIMEOUT", 3.0)           # eq-sigpending hangs on 6.1

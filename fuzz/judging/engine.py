@@ -1,0 +1,261 @@
+"""One fuzz input, judged: decode, run every backend of the campaign once, compare each pair,
+check each trace's invariants, count known divergences, write an artifact for each signature
+not seen before.  Independent of the fuzzer runtime, so tests and ``pfndiff corpus`` use it directly.
+
+Why no crash for a finding (by default): the campaign must keep going and count; libFuzzer's own
+crash path would stop a non-fork run at the first finding and name nothing but the input.  So
+findings are written here (atomically) and the target returns normally.  Crash mode (``crash``,
+for engines such as ClusterFuzzLite that only see crashes) raises for the input's finding after
+recording it, from frames that name it (fuzz.judging.crash).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+import traceback
+from dataclasses import dataclass, field
+from typing import Any
+
+from kvmsim import get_backend
+from kvmsim.realised import Coverage
+from kvmsim.scenario import Scenario, dump_scenario
+from kvmsim.trace import Trace
+from oracles.catalogue import Catalogue, load_catalogue
+from oracles.context import op_contexts
+from oracles.diff import Divergence, check_invariants
+from oracles.pair import compare_pair
+
+from fuzz.judging import artifacts as art
+from fuzz.judging import crash as crash_mode
+from fuzz.inputs.codec import VERSION as CODEC_VERSION
+from fuzz.inputs.codec import decode
+from fuzz.judging.rootcause import RootCauser
+
+STATS_EVERY = 2.0
+
+
+def parse_pairs(text: str) -> list[tuple[str, str]]:
+    """``sim:g2~sim:g3;sim:g2~sim:g2s-literal`` (``,`` also separates left from right)."""
+    pairs = []
+    for part in text.replace(" ", "").split(";"):
+        if not part:
+            continue
+        sep = "~" if "~" in part else ","
+        left, _, right = part.partition(sep)
+        if not left or not right:
+            raise ValueError(f"bad pair {part!r}: expected LEFT~RIGHT")
+        pairs.append((left, right))
+    if not pairs:
+        raise ValueError("no backend pair given")
+    return pairs
+
+
+@dataclass
+class SigStat:
+    signature: str
+    known: bool
+    pair: str
+    entries: list[str]
+    count: int = 0
+    first_input: str = ""
+    first_seen: float = 0.0
+    first_exec: int = 0
+    cause: dict[str, Any] | None = None        # RootCause.to_dict() of the first input that showed it
+
+
+@dataclass
+class Checker:
+    pairs: list[tuple[str, str]]
+    artifacts: str | None = None
+    catalogue: Catalogue | None = None
+    t0: float = field(default_factory=time.time)
+    execs: int = 0
+    stats: dict[str, SigStat] = field(default_factory=dict)
+    crash: bool = False               # raise for an unknown divergence (fuzz.judging.crash) instead of going on
+    compared: dict[str, Coverage] = field(default_factory=dict)     # pair -> ops observed and compared
+    _last_flush: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.catalogue is None:
+            self.catalogue = load_catalogue()
+        names = sorted({n for p in self.pairs for n in p})
+        self.backends = {n: get_backend(n) for n in names}
+        for n, b in self.backends.items():
+            reason = b.available()
+            if reason is not None:
+                raise ValueError(f"backend {n} is not available here: {reason}")
+        self.causer = RootCauser(self.catalogue, dict(self.backends))
+
+    # --- one input ------------------------------------------------------------------------------
+    def check(self, data: bytes) -> list[Divergence]:
+        """Every divergence of this input (known and unknown), after recording them."""
+        self.execs += 1
+        sc = decode(data)
+        traces: dict[str, Trace] = {}
+        divs: list[Divergence] = []
+        for name, b in self.backends.items():
+            try:
+                traces[name] = b.run(sc)
+            except Exception as e:           # a crash of the model is a finding, not a fuzzer crash
+                divs.append(_exception_divergence(name, e))
+        compared: dict[tuple[str, str], tuple[Trace, Trace]] = {}
+        try:
+            ctxs = _LazyContexts(sc)
+            for left, right in self.pairs:
+                if left in traces and right in traces and left != right:
+                    found, cov, lt, rt = compare_pair(sc, traces[left], traces[right], self.catalogue, self._run,
+                                                      ctxs=ctxs)
+                    compared[(left, right)] = lt, rt
+                    self.compared.setdefault(f"{left}~{right}", Coverage()).add(cov)
+                    divs.extend(found)
+            for t in traces.values():
+                divs.extend(check_invariants(sc, t, self.catalogue, ctxs))
+        except Exception as e:               # an oracle bug must not stop the campaign either
+            divs.append(_exception_divergence("oracles", e))
+        if divs:
+            self._record(data, sc, divs, traces, compared)
+        self._maybe_flush()
+        if self.crash and divs:
+            finding = crash_mode.primary(divs)
+            if finding is not None:
+                self.flush()
+                crash_mode.raise_finding(sc, finding, self.catalogue_rows(divs), self.pairs, art.input_name(data),
+                                         self.cause_of, divs)
+        return divs
+
+    def _run(self, name: str, sc: Scenario) -> Trace:
+        return self.backends[name].run(sc)
+
+    def _record(self, data: bytes, sc: Scenario, divs: list[Divergence], traces: dict[str, Trace],
+                compared: dict[tuple[str, str], tuple[Trace, Trace]] | None = None) -> None:
+        now = time.time() - self.t0
+        name = art.input_name(data)
+        new: list[Divergence] = []
+        seen: set[str] = set()
+        for d in divs:
+            if d.signature in seen:
+                continue
+            seen.add(d.signature)
+            st = self.stats.get(d.signature)
+            if st is None:
+                st = self.stats[d.signature] = SigStat(d.signature, d.known, f"{d.left}~{d.right}" if d.right else d.left,
+                                                       d.entries, 0, name, round(now, 3), self.execs)
+                if not d.known:
+                    new.append(d)
+                    st.cause = self.cause_of(sc, d, divs).to_dict()
+            st.count += 1
+        if new and self.artifacts:
+            fresh = [d for d in new if art.claim_signature(self.artifacts, d.sig_id, name)]
+            if fresh:
+                shown = dict(traces)
+                pair = (fresh[0].left, fresh[0].right)
+                if compared and pair in compared:             # the traces the pair compared (realised)
+                    shown[pair[0]], shown[pair[1]] = compared[pair]
+                art.write_finding(self.artifacts, data, self.sidecar(sc, fresh, divs, shown, now))
+                self.flush()
+
+    def cause_of(self, sc: Scenario, d: Divergence, divs: list[Divergence] | None = None):
+        """The root cause (fuzz.judging.rootcause); a failure there must not stop the campaign."""
+        try:
+            return self.causer(sc, d, divs)
+        except Exception as e:
+            from fuzz.judging.rootcause import make
+            return make("exception", f"rootcause {type(e).__name__}", f"root-cause analysis failed: {e}")
+
+    def sidecar(self, sc: Scenario, fresh: list[Divergence], divs: list[Divergence], traces: dict[str, Trace],
+                now: float) -> dict[str, Any]:
+        first = fresh[0]
+        backends = [first.left] + ([first.right] if first.right else [])
+        causes = {d.signature: (self.stats[d.signature].cause or self.cause_of(sc, d, divs).to_dict()) for d in fresh}
+        return {
+            "signature": first.signature, "id": first.sig_id,
+            "root_cause": causes[first.signature],
+            "signatures": [{"signature": d.signature, "id": d.sig_id, "root_cause": causes[d.signature]["id"]}
+                           for d in fresh],
+            "oracle": first.oracle, "pair": backends,
+            "first_differing_op": {"index": first.index, "op": first.op,
+                                   "args": sc.ops[first.index].args if first.index < len(sc.ops) else None},
+            "field": first.field, "fields": first.fields,
+            "observations": {first.left: first.left_obs, **({first.right: first.right_obs} if first.right else {})},
+            "spec_ids": spec_ids(first, causes[first.signature], self.catalogue),
+            "spec_ids_involved": self.catalogue_rows(divs),
+            "quirks_enabled": sorted({q for n in traces for q in _quirks(n)}),
+            "divergences": [d.to_dict() for d in divs],
+            "backend_versions": {n: self.backends[n].version() for n in backends if n in self.backends},
+            "host": art.host_info(), "codec_version": CODEC_VERSION,
+            "found_after_s": round(now, 3), "execs": self.execs,
+            "scenario": dump_scenario(sc),
+            "traces": {n: traces[n].to_dict() for n in backends if n in traces},
+        }
+
+    def catalogue_rows(self, divs: list[Divergence]) -> list[str]:
+        """Spec rows of the catalogue entries that explain some of these divergences."""
+        return sorted({self.catalogue.by_id[e.split(" (")[0]].spec for d in divs for e in d.entries
+                       if e.split(" (")[0] in self.catalogue.by_id})
+
+    # --- counters ---------------------------------------------------------------------------------
+    def snapshot(self) -> dict[str, Any]:
+        return {"pid": os.getpid(), "execs": self.execs, "t0": self.t0, "updated": time.time(),
+                "pairs": [f"{a}~{b}" for a, b in self.pairs],
+                "compared": {p: c.to_dict() for p, c in self.compared.items()},
+                "signatures": {s: vars(st) for s, st in self.stats.items()}}
+
+    def flush(self) -> None:
+        self._last_flush = time.time()
+        if self.artifacts:
+            art.write_stats(self.artifacts, self.snapshot())
+
+    def _maybe_flush(self) -> None:
+        if self.artifacts and time.time() - self._last_flush >= STATS_EVERY:
+            self.flush()
+
+
+class _LazyContexts(list):
+    """The op contexts of one scenario, computed on first use and shared by every pair."""
+
+    def __init__(self, sc: Scenario) -> None:
+        super().__init__()
+        self.sc, self.done = sc, False
+
+    def _fill(self) -> None:
+        if not self.done:
+            self.done = True
+            self.extend(op_contexts(self.sc))
+
+    def __getitem__(self, i):
+        self._fill()
+        return super().__getitem__(i)
+
+    def __len__(self) -> int:
+        self._fill()
+        return super().__len__()
+
+    def __iter__(self):
+        self._fill()
+        return super().__iter__()
+
+
+def spec_ids(d: Divergence, cause: dict[str, Any], cat: Catalogue) -> list[str]:
+    """The spec rows that really apply to a divergence: its root cause's rows and those of the
+    catalogue entries that explain some of its fields (their conditions matched)."""
+    ids = set(cause.get("spec") or ())
+    ids |= {cat.by_id[e.split(" (")[0]].spec for e in d.explained.values() if e.split(" (")[0] in cat.by_id}
+    return sorted(ids, key=lambda s: (s[0], int("".join(c for c in s[1:] if c.isdigit()) or 0), s))
+
+
+def _quirks(backend: str) -> list[str]:
+    if backend.startswith("sim:g2s-literal"):
+        rest = backend[len("sim:g2s-literal"):].lstrip(":")
+        return rest.split(",") if rest else ["S2", "S4", "S5", "S6", "S8"]
+    return []
+
+
+def _exception_divergence(backend: str, e: Exception) -> Divergence:
+    tb = traceback.extract_tb(sys.exc_info()[2])
+    where = next((f"{os.path.basename(f.filename)}:{f.lineno}" for f in reversed(tb)), "?")
+    d = Divergence("exception", backend, "", 0, "run", ["exception"], "exception",
+                   {"exception": f"{type(e).__name__}: {e}", "at": where}, {})
+    d.signature = f"exception {backend} {type(e).__name__} at {where}"
+    return d
