@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from kvmsim.constants import KVM_USER_MEM_SLOTS
-from kvmsim.scenario import Scenario
+from kvmsim.scenario import Scenario, replay
 
 from .guest_code import SHIM_SPAN, USER_VA_LIMIT
 
@@ -28,18 +28,14 @@ class Layout:
 
 def gpa_ranges(sc: Scenario) -> list[tuple[int, int]]:
     """Every [start, end) GPA range a memslot of the scenario may occupy, plus accessed pages."""
-    out: list[tuple[int, int]] = []
-    sizes: dict[tuple[int, int], int] = {}
-    for s in sc.world.memslots:
-        out.append((s.gfn << 12, (s.gfn + s.pages) << 12))
-        sizes[(s.as_id, s.id)] = s.pages
-    for op in sc.ops:
+    out = [(s.gfn << 12, (s.gfn + s.pages) << 12) for s in sc.world.memslots]
+    for _, op, mem in replay(sc):
         a = op.args
         if op.kind == "memslot_create":
             out.append((a["gfn"] << 12, (a["gfn"] + a["pages"]) << 12))
-            sizes[(a["as_id"], a["slot"])] = a["pages"]
         elif op.kind == "memslot_move":
-            n = sizes.get((a["as_id"], a["slot"]), 1)
+            moved = mem.slots.get((a["as_id"], a["slot"]))
+            n = moved.spec.pages if moved is not None else 1
             out.append((a["gfn"] << 12, (a["gfn"] + n) << 12))
     for g in {op.args["gpa"] & ~0xFFF for op in sc.ops if op.kind == "access"}:
         out.append((g, g + 0x1000))

@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from kvmsim.scenario import API_OPS, Scenario
+from kvmsim.scenario import API_OPS, Scenario, memory_at
 
 
 @dataclass(frozen=True)
@@ -138,37 +138,19 @@ def _api_touched(sc: Scenario, d: Any) -> bool:
 
 def _vma_at(sc: Scenario, index: int) -> tuple[Any, str | None]:
     """The VMA (spec) behind the gpa of access ``index`` at that time, and its prot then."""
-    gfn = sc.ops[index].args["gpa"] >> 12
-    slots = {(s.as_id, s.id): (s.gfn, s.pages, s.vma) for s in sc.world.memslots}
-    prot = {v.name: v.prot for v in sc.world.vmas}
-    for o in sc.ops[:index]:
-        k = (o.args.get("as_id", 0), o.args.get("slot"))
-        if o.kind == "memslot_create":
-            slots[k] = (o.args["gfn"], o.args["pages"], o.args["vma"])
-        elif o.kind == "memslot_move" and k in slots:
-            slots[k] = (o.args["gfn"],) + slots[k][1:]
-        elif o.kind == "memslot_delete":
-            slots.pop(k, None)
-        elif o.kind == "mprotect":
-            prot[o.args["vma"]] = o.args["prot"]
-    for (as_id, _), (g0, n, vma) in slots.items():
-        if as_id == 0 and g0 <= gfn < g0 + n:
-            return next(v for v in sc.world.vmas if v.name == vma), prot[vma]
-    return None, None
+    mem = memory_at(sc, index)
+    slot = mem.slot_at(0, sc.ops[index].args["gpa"] >> 12)
+    if slot is None:
+        return None, None
+    v = mem.vmas[slot.spec.vma]
+    return v.spec, v.prot
 
 
 def _slot_base(sc: Scenario, index: int) -> int | None:
     """The base gfn of the memslot that op ``index`` (a get_dirty_log) names, at that time."""
-    op = sc.ops[index]
-    key = (op.args["as_id"], op.args["slot"])
-    bases = {(s.as_id, s.id): s.gfn for s in sc.world.memslots}
-    for o in sc.ops[:index]:
-        k = (o.args.get("as_id", 0), o.args.get("slot"))
-        if o.kind in ("memslot_create", "memslot_move"):
-            bases[k] = o.args["gfn"]
-        elif o.kind == "memslot_delete":
-            bases.pop(k, None)
-    return bases.get(key)
+    a = sc.ops[index].args
+    s = memory_at(sc, index).slots.get((a["as_id"], a["slot"]))
+    return None if s is None else s.gfn
 
 
 def _pfnmap_reprotected(sc: Scenario, index: int) -> bool:
