@@ -96,7 +96,7 @@ class IvshmemBacking(Backing):
 def install() -> str | None:
     """Make the host backend's executor use BAR backings; returns why pfnmap is unavailable."""
     global _BAR
-    from kernel_shim import host_exec
+    from kernel_shim.host_exec import HostMemory
     _BAR = find_bar()
-    host_exec.Backing = IvshmemBacking
+    HostMemory.backing_type = IvshmemBacking
     return None if _BAR is not None else "no ivshmem-plain device"
