@@ -1,4 +1,4 @@
-"""``pfndiff kernels fetch|list|compare``: real legacy and merged kernels side by side in QEMU.
+"""``pfndiff kernels fetch|add|remove|list|compare``: real legacy and merged kernels side by side in QEMU.
 The ``qemu:<kernel>`` backend names are registered by ``kernel_shim.plugin``."""
 
 from __future__ import annotations
@@ -16,7 +16,28 @@ from kernel_shim.kernels.cache import cached_kernels, kernels_dir
 
 
 def cmd_kernels(args: argparse.Namespace) -> int:
-    return {"fetch": cmd_fetch, "list": cmd_list, "compare": cmd_compare}[args.kernels_cmd](args)
+    return {"fetch": cmd_fetch, "add": cmd_add, "remove": cmd_remove, "list": cmd_list,
+            "compare": cmd_compare}[args.kernels_cmd](args)
+
+
+def cmd_add(args: argparse.Namespace) -> int:
+    from kernel_shim.kernels.local import AddError, add_kernel
+    from kernel_shim.kernels.qemu import INSTALL_HINT, qemu_missing
+    try:
+        add_kernel(args.path, args.name, args.modules, log=print)
+    except AddError as e:
+        raise UsageError(f"pfndiff kernels add: {e}") from None
+    if qemu_missing():
+        print(f"note: kernels are booted with qemu-system-x86_64, which is not installed; {INSTALL_HINT}")
+    return 0
+
+
+def cmd_remove(args: argparse.Namespace) -> int:
+    from kernel_shim.kernels.local import remove_kernel
+    if not remove_kernel(args.name):
+        raise UsageError(f"pfndiff kernels remove: no kernel was added as {args.name!r} (pfndiff kernels list)")
+    print(f"removed qemu:{args.name}")
+    return 0
 
 
 def cmd_fetch(args: argparse.Namespace) -> int:
@@ -91,6 +112,13 @@ def _setup(p: argparse.ArgumentParser) -> None:
     pf.add_argument("--suite", action="append", metavar="SUITE",
                     help="bookworm (6.1), trixie (6.12), trixie-backports, sid (newest); repeatable; "
                          "default: bookworm and sid")
+    pa = sub.add_parser("add", help="a kernel you built (bzImage/vmlinux + modules, or a build tree) as qemu:NAME")
+    pa.add_argument("path", help="bzImage, vmlinuz or vmlinux; or a build tree / directory holding one and its modules")
+    pa.add_argument("--name", help="the backend becomes qemu:NAME (default: <version>-local)")
+    pa.add_argument("--modules", metavar="DIR", help="where its modules are (.ko, .ko.xz, .ko.zst; searched "
+                    "recursively; default: PATH when it is a directory)")
+    pr = sub.add_parser("remove", help="forget a kernel added with `kernels add`")
+    pr.add_argument("name", help="the NAME it was added as")
     pl = sub.add_parser("list", help="cached kernels, their versions and generations")
     pl.add_argument("--json", action="store_true", help="machine-readable output")
     pc = sub.add_parser("compare", help="the bundled corpus on every cached kernel and this host, as a matrix")
@@ -102,4 +130,4 @@ def _setup(p: argparse.ArgumentParser) -> None:
 
 
 COMMANDS: Commands = {}
-COMMANDS["kernels"] = ("real kernels in QEMU: fetch, list, compare", cmd_kernels, _setup)
+COMMANDS["kernels"] = ("real kernels in QEMU: fetch, add, remove, list, compare", cmd_kernels, _setup)

@@ -48,10 +48,16 @@ class KernelEntry:
     modules: list[str] = field(default_factory=list)     # load order
     busybox: str = ""
     directory: str = ""
+    alias: str = ""                 # the name a kernel added with `pfndiff kernels add` was given
 
     @property
     def name(self) -> str:
-        return short_name(self.release)
+        return self.alias or short_name(self.release)
+
+    @property
+    def key(self) -> str:
+        """What one guest is booted per: the cache directory (two entries may share a release)."""
+        return self.directory
 
     @property
     def vmlinux(self) -> Path:
@@ -106,7 +112,7 @@ def cached_kernels() -> list[KernelEntry]:
 
 def find_kernel(name: str) -> KernelEntry | None:
     """``6.1`` (newest cached 6.1.x) or a full release ``6.1.0-41-amd64``."""
-    hits = [e for e in cached_kernels() if e.release == name or e.name == name]
+    hits = [e for e in cached_kernels() if e.name == name or (e.release == name and not e.alias)]
     return hits[-1] if hits else None
 
 

@@ -136,6 +136,17 @@ def model_family(backend: str) -> str:
     if backend.startswith("host"):
         from kernel_shim.probe import probe
         return probe().generation or "host"
+    return kernel_family(backend)
+
+
+def kernel_family(backend: str) -> str:
+    """``qemu:<name>``: the generation of the cached kernel it names (a kernel added with
+    ``pfndiff kernels add`` has a name, not a version); anything else as the catalogue says."""
+    if backend.startswith("qemu:"):
+        from .cache import find_kernel
+        k = find_kernel(backend[5:])
+        if k is not None and k.generation in ("g1", "g3"):
+            return k.generation
     return family(backend)
 
 
@@ -216,8 +227,8 @@ def build_matrix(backends: list[str], files: list[str] | None = None, jobs: int 
                 row.model_quirks[n] = [f"op{d.index}:{d.field} ({', '.join(d.entries)})" for d in diffs if d.known]
                 if any(not d.known for d in diffs):
                     row.model_mismatch[n] = [f"op{d.index}:{d.field}" for d in diffs if not d.known]
-        legacy = [n for n in cols if family(n) == "g1"]
-        merged = [n for n in cols if family(n) == "g3"]
+        legacy = [n for n in cols if kernel_family(n) == "g1"]
+        merged = [n for n in cols if kernel_family(n) == "g3"]
         seen: set[tuple[int, str]] = set()
         for a in legacy:
             for b in merged:

@@ -30,10 +30,10 @@ from .reuse import Observed, kernel_part, reaches_kernel, unrun_records
 # Per scenario inside the guest (a scenario takes milliseconds there; a hung one costs this much).
 GUEST_TIMEOUT = float(os.environ.get("PFNDIFF_QEMU_TIMEOUT", "10"))
 HOST_MARGIN = 30.0            # on top of it, for the reply to come back before QEMU is killed
-_SESSIONS: dict[str, QemuSession] = {}           # kernel release -> its running guest
+_SESSIONS: dict[str, QemuSession] = {}           # kernel (cache directory) -> its running guest
 _LOCKS: dict[str, threading.Lock] = {}           # one request at a time per guest
 _POOL_LOCK = threading.Lock()
-_OBSERVED: dict[str, Observed] = {}              # kernel release -> its executions, by kernel part
+_OBSERVED: dict[str, Observed] = {}              # kernel -> its executions, by kernel part
 # PFNDIFF_QEMU_REUSE=0 runs every scenario in the guest, even one a kernel ran identically before.
 REUSE = os.environ.get("PFNDIFF_QEMU_REUSE", "1") != "0"
 
@@ -102,7 +102,7 @@ class QemuBackend(Backend):
 
     # --- guest -----------------------------------------------------------------------------------
     def _ensure(self, k: KernelEntry) -> QemuSession:
-        s = _SESSIONS.get(k.release)
+        s = _SESSIONS.get(k.key)
         if s is not None and s.alive:
             return s
         if s is not None:
@@ -110,7 +110,7 @@ class QemuBackend(Backend):
         s = QemuSession(k)
         s.start()
         self.boots.append(s.boot_seconds)
-        _SESSIONS[k.release] = s
+        _SESSIONS[k.key] = s
         return s
 
     def _run_one(self, sc: Scenario) -> Trace:
@@ -122,7 +122,7 @@ class QemuBackend(Backend):
         if REUSE and not reaches_kernel(sc):
             return Trace(self.name, unrun_records(sc), {**meta, "not_run": "no op reaches the kernel"})
         key = kernel_part(sc, self.opts, self.timeout)
-        seen = _OBSERVED.setdefault(k.release, Observed())
+        seen = _OBSERVED.setdefault(k.key, Observed())
         if REUSE and (t := seen.get(key, self.name)) is not None:
             return t
         t = self._in_guest(k, sc, meta)
@@ -130,7 +130,7 @@ class QemuBackend(Backend):
         return t
 
     def _in_guest(self, k: KernelEntry, sc: Scenario, meta: dict[str, Any]) -> Trace:
-        with _lock_for(k.release):
+        with _lock_for(k.key):
             try:
                 s = self._ensure(k)
             except QemuError as e:                  # not the scenario's doing: no trace to give
@@ -162,8 +162,8 @@ class QemuBackend(Backend):
         k = self.kernel
         if k is None:
             return
-        with _lock_for(k.release):
-            s = _SESSIONS.pop(k.release, None)
+        with _lock_for(k.key):
+            s = _SESSIONS.pop(k.key, None)
             if s is not None:
                 s.stop()
 
