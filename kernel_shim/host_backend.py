@@ -50,6 +50,10 @@ class HostBackend(Backend):
     def available(self) -> str | None:
         return probe().kvm
 
+    def explain_divergence(self, sc: Scenario, index: int, fields: list[str], model: Trace,
+                           real: Trace) -> dict[str, str]:
+        return quirks.explain_divergence(sc, index, fields, model, real)
+
     def run(self, scenario: Scenario) -> Trace:
         p = probe()
         try:

@@ -40,6 +40,13 @@ class Backend(ABC):
     def run(self, scenario: Scenario) -> Trace:
         """Execute the scenario; never raises for anything the scenario does."""
 
+    def explain_divergence(self, sc: Scenario, index: int, fields: list[str], model: Trace,
+                           real: Trace) -> dict[str, str]:
+        """field -> ``quirk:<name>`` for the fields of op ``index`` where this (real) backend's trace
+        ``real`` differs from the model's ``model`` through a documented quirk of the backend, not
+        a model bug.  A model has none."""
+        return {}
+
 
 # name -> (dotted path of the Backend class, keyword arguments)
 REGISTRY: dict[str, tuple[str, dict[str, Any]]] = {

@@ -53,7 +53,9 @@ def cmd_diff(args: argparse.Namespace) -> int:
             raise BackendError(f"backend {name} is not available here: {reason}")
     level = {"auto": None, "api": API_LEVEL, "vmm": VMM_LEVEL}[args.level]
     divs, cov, _, _ = compare_pair(sc, backends[args.left].run(sc), backends[args.right].run(sc), cat,
-                                   lambda n, s: backends[n].run(s), level=level, invariants=True)
+                                   lambda n, s: backends[n].run(s), level=level, invariants=True,
+                                   explain=lambda s, i, f, m, r: backends[r.backend].explain_divergence(s, i, f, m, r)
+                                   if r.backend in backends else {})
     new = sum(1 for d in divs if not d.known)
     if args.json:
         print(json.dumps({"scenario": args.scenario, "left": args.left, "right": args.right,

@@ -1,6 +1,6 @@
-"""One fuzz input, judged: decode, run every backend of the campaign once, compare each pair,
-check each trace's invariants, count known divergences, write an artifact for each signature
-not seen before.  Independent of the fuzzer runtime, so tests and ``pfndiff corpus`` use it directly.
+"""One fuzz input, judged and recorded: decode, judge it on the campaign's pairs (``judge.Judge``:
+every backend run once, each pair compared, each trace's invariants checked), count known
+divergences, write an artifact for each signature not seen before.  Independent of the fuzzer runtime, so tests and ``pfndiff corpus`` use it directly.
 
 Why no crash for a finding (by default): the campaign must keep going and count; libFuzzer's own
 crash path would stop a non-fork run at the first finding and name nothing but the input.  So
@@ -12,25 +12,23 @@ recording it, from frames that name it (fuzz.judging.crash).
 from __future__ import annotations
 
 import os
-import sys
 import time
-import traceback
 from dataclasses import dataclass, field
 from typing import Any
 
-from kvmsim import get_backend
+from kvmsim.backend import BackendError
 from kvmsim.realised import Coverage
 from kvmsim.scenario import Scenario, dump_scenario
 from kvmsim.trace import Trace
-from oracles.catalogue import Catalogue, load_catalogue
-from oracles.context import op_contexts
-from oracles.diff import Divergence, check_invariants
-from oracles.pair import compare_pair
+from oracles.catalogue import Catalogue
+from oracles.diff import Divergence
 
-from fuzz.judging import artifacts as art
-from fuzz.judging import crash as crash_mode
 from fuzz.inputs.codec import VERSION as CODEC_VERSION
 from fuzz.inputs.codec import decode
+from fuzz.judging import artifacts as art
+from fuzz.judging import crash as crash_mode
+from fuzz.judging.judge import Judge, spec_ids
+from fuzz.judging.quirks import quirks_of
 from fuzz.judging.rootcause import RootCauser
 
 STATS_EVERY = 2.0
@@ -78,44 +76,26 @@ class Checker:
     _last_flush: float = 0.0
 
     def __post_init__(self) -> None:
-        if self.catalogue is None:
-            self.catalogue = load_catalogue()
-        names = sorted({n for p in self.pairs for n in p})
-        self.backends = {n: get_backend(n) for n in names}
-        for n, b in self.backends.items():
-            reason = b.available()
-            if reason is not None:
-                raise ValueError(f"backend {n} is not available here: {reason}")
+        try:
+            self.judge = Judge(list(self.pairs), self.catalogue)
+        except BackendError as e:
+            raise ValueError(str(e)) from None
+        self.catalogue = self.judge.catalogue
+        self.order = sorted(self.judge.names)               # the order backends run and are checked in
+        self.backends = {n: self.judge.backends[n] for n in self.order}
         self.causer = RootCauser(self.catalogue, dict(self.backends))
 
     # --- one input ------------------------------------------------------------------------------
     def check(self, data: bytes) -> list[Divergence]:
-        """Every divergence of this input (known and unknown), after recording them."""
+        """Every divergence of this input (known and unknown, in the order found), after recording them."""
         self.execs += 1
         sc = decode(data)
-        traces: dict[str, Trace] = {}
-        divs: list[Divergence] = []
-        for name, b in self.backends.items():
-            try:
-                traces[name] = b.run(sc)
-            except Exception as e:           # a crash of the model is a finding, not a fuzzer crash
-                divs.append(_exception_divergence(name, e))
-        compared: dict[tuple[str, str], tuple[Trace, Trace]] = {}
-        try:
-            ctxs = _LazyContexts(sc)
-            for left, right in self.pairs:
-                if left in traces and right in traces and left != right:
-                    found, cov, lt, rt = compare_pair(sc, traces[left], traces[right], self.catalogue, self._run,
-                                                      ctxs=ctxs)
-                    compared[(left, right)] = lt, rt
-                    self.compared.setdefault(f"{left}~{right}", Coverage()).add(cov)
-                    divs.extend(found)
-            for t in traces.values():
-                divs.extend(check_invariants(sc, t, self.catalogue, ctxs))
-        except Exception as e:               # an oracle bug must not stop the campaign either
-            divs.append(_exception_divergence("oracles", e))
+        j = self.judge.compare(sc, *self.judge.run(sc, only=self.order))
+        for (left, right), cov in j.coverage.items():
+            self.compared.setdefault(f"{left}~{right}", Coverage()).add(cov)
+        divs = j.found
         if divs:
-            self._record(data, sc, divs, traces, compared)
+            self._record(data, sc, divs, j.traces, j.compared)
         self._maybe_flush()
         if self.crash and divs:
             finding = crash_mode.primary(divs)
@@ -124,9 +104,6 @@ class Checker:
                 crash_mode.raise_finding(sc, finding, self.catalogue_rows(divs), self.pairs, art.input_name(data),
                                          self.cause_of, divs)
         return divs
-
-    def _run(self, name: str, sc: Scenario) -> Trace:
-        return self.backends[name].run(sc)
 
     def _record(self, data: bytes, sc: Scenario, divs: list[Divergence], traces: dict[str, Trace],
                 compared: dict[tuple[str, str], tuple[Trace, Trace]] | None = None) -> None:
@@ -181,7 +158,7 @@ class Checker:
             "observations": {first.left: first.left_obs, **({first.right: first.right_obs} if first.right else {})},
             "spec_ids": spec_ids(first, causes[first.signature], self.catalogue),
             "spec_ids_involved": self.catalogue_rows(divs),
-            "quirks_enabled": sorted({q for n in traces for q in _quirks(n)}),
+            "quirks_enabled": sorted({q for n in traces for q in quirks_of(n)}),
             "divergences": [d.to_dict() for d in divs],
             "backend_versions": {n: self.backends[n].version() for n in backends if n in self.backends},
             "host": art.host_info(), "codec_version": CODEC_VERSION,
@@ -192,8 +169,7 @@ class Checker:
 
     def catalogue_rows(self, divs: list[Divergence]) -> list[str]:
         """Spec rows of the catalogue entries that explain some of these divergences."""
-        return sorted({self.catalogue.by_id[e.split(" (")[0]].spec for d in divs for e in d.entries
-                       if e.split(" (")[0] in self.catalogue.by_id})
+        return self.judge.catalogue_rows(divs)
 
     # --- counters ---------------------------------------------------------------------------------
     def snapshot(self) -> dict[str, Any]:
@@ -210,52 +186,3 @@ class Checker:
     def _maybe_flush(self) -> None:
         if self.artifacts and time.time() - self._last_flush >= STATS_EVERY:
             self.flush()
-
-
-class _LazyContexts(list):
-    """The op contexts of one scenario, computed on first use and shared by every pair."""
-
-    def __init__(self, sc: Scenario) -> None:
-        super().__init__()
-        self.sc, self.done = sc, False
-
-    def _fill(self) -> None:
-        if not self.done:
-            self.done = True
-            self.extend(op_contexts(self.sc))
-
-    def __getitem__(self, i):
-        self._fill()
-        return super().__getitem__(i)
-
-    def __len__(self) -> int:
-        self._fill()
-        return super().__len__()
-
-    def __iter__(self):
-        self._fill()
-        return super().__iter__()
-
-
-def spec_ids(d: Divergence, cause: dict[str, Any], cat: Catalogue) -> list[str]:
-    """The spec rows that really apply to a divergence: its root cause's rows and those of the
-    catalogue entries that explain some of its fields (their conditions matched)."""
-    ids = set(cause.get("spec") or ())
-    ids |= {cat.by_id[e.split(" (")[0]].spec for e in d.explained.values() if e.split(" (")[0] in cat.by_id}
-    return sorted(ids, key=lambda s: (s[0], int("".join(c for c in s[1:] if c.isdigit()) or 0), s))
-
-
-def _quirks(backend: str) -> list[str]:
-    if backend.startswith("sim:g2s-literal"):
-        rest = backend[len("sim:g2s-literal"):].lstrip(":")
-        return rest.split(",") if rest else ["S2", "S4", "S5", "S6", "S8"]
-    return []
-
-
-def _exception_divergence(backend: str, e: Exception) -> Divergence:
-    tb = traceback.extract_tb(sys.exc_info()[2])
-    where = next((f"{os.path.basename(f.filename)}:{f.lineno}" for f in reversed(tb)), "?")
-    d = Divergence("exception", backend, "", 0, "run", ["exception"], "exception",
-                   {"exception": f"{type(e).__name__}: {e}", "at": where}, {})
-    d.signature = f"exception {backend} {type(e).__name__} at {where}"
-    return d

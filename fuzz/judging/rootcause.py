@@ -47,17 +47,8 @@ from oracles.diff import Divergence, check_invariants, compare
 from oracles.invariants import ONE_VIOLATION
 from oracles.signature import event_class, make_signature
 
-LITERAL = "sim:g2s-literal"
-QUIRKS = ("S2", "S4", "S5", "S6", "S8")
-# spec §4.3: what each literal-sketch bug is, and its §7 divergence row (S6 has none of its own).
-QUIRK_TITLES = {
-    "S2": "the sketch WARNs and fails a no-reference lookup when mmu_seq == 0 (a new VM's sequence)",
-    "S4": "the sketch's kvm_follow_pfn forces FOLL_GET|FOLL_WRITE (read faults become write faults)",
-    "S5": "the sketch returns KVM_HVA_ERR_BAD/KVM_HVA_ERR_RO_BAD as a pfn (-EFAULT instead of MMIO/RO emulation)",
-    "S6": "the sketch's x86 fault-in sets no memslot, so its first attempt sees 'no slot'",
-    "S8": "the sketch's x86 exit path puts fault->page although the first attempt dropped its reference",
-}
-QUIRK_ROWS = {"S2": "D10", "S4": "D23", "S5": "D22", "S8": "D24"}
+from fuzz.judging.quirks import LITERAL, QUIRK_ROWS, QUIRK_TITLES, QUIRKS, quirks_of, with_quirks
+
 
 
 @dataclass(frozen=True)
@@ -111,22 +102,6 @@ def _hash_id(kind: str, key: str) -> str:
 
 def make(kind: str, key: str, title: str, spec: tuple[str, ...] = (), pair: str = "") -> RootCause:
     return RootCause(_hash_id(kind, key), kind, title, key, spec, pair)
-
-
-def quirks_of(backend: str) -> list[str]:
-    """``sim:g2s-literal`` -> all five quirks; ``sim:g2s-literal:S4,S8`` -> S4, S8; others none."""
-    if not backend.startswith(LITERAL):
-        return []
-    rest = backend[len(LITERAL):].lstrip(":")
-    return [q for q in rest.split(",") if q] if rest else list(QUIRKS)
-
-
-def with_quirks(qs: list[str] | set[str] | frozenset[str]) -> str:
-    """The backend name of the sketch with exactly these quirks (none: the intended reading)."""
-    qs = sorted(set(qs), key=QUIRKS.index)
-    if not qs:
-        return "sim:g2s"
-    return LITERAL if len(qs) == len(QUIRKS) else f"{LITERAL}:{','.join(qs)}"
 
 
 # Causal order of the quirks on the x86 path: S2 and S6 decide the first attempt, S4 the second

@@ -28,7 +28,7 @@ from fuzz.inputs.codec import EncodeError, encode
 from fuzz.campaigns.outdir import OutputDir
 from fuzz.judging.judge import Judge, Pair
 from fuzz.triage.minimize import MinResult, minimize
-from fuzz.judging.engine import spec_ids
+from fuzz.judging.judge import spec_ids
 from fuzz.triage.report import explain, partner, side_by_side, view
 from fuzz.triage.cluster import (
     HOST_RUNS, ArtifactError, Cluster, JudgeCache, Verdict, cluster, judge_artifact, list_inputs, load_artifact,

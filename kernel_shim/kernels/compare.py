@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kvmsim.backend import Backend, BackendError, get_backend
+from kvmsim.checkout import ROOT
 from kvmsim.realised import Coverage, coverage
 from kvmsim.scenario import Scenario, load_scenario
 from kvmsim.trace import OpRecord, Trace
@@ -27,7 +28,8 @@ from oracles.catalogue import Catalogue, family, load_catalogue
 from oracles.diff import compare as diff_traces
 from oracles.normalise import VMM_LEVEL
 from oracles.pair import compare_pair
-from kvmsim.checkout import ROOT
+
+from ..quirks import explain_divergence
 
 REPO = ROOT
 SEEDS = os.path.join(REPO, "corpus", "seeds")
@@ -222,7 +224,7 @@ def build_matrix(backends: list[str], files: list[str] | None = None, jobs: int 
             fam = model_family(n)
             if fam in model_traces:                   # the model runs the ops this kernel ran
                 diffs, cov, _, _ = compare_pair(sc, model_traces[fam][i], t, cat, lambda b, s: models[b[4:]].run(s),
-                                                level=VMM_LEVEL)
+                                                level=VMM_LEVEL, explain=explain_divergence)
                 compared.setdefault((f"sim:{fam}", n), Coverage()).add(cov)
                 row.model_quirks[n] = [f"op{d.index}:{d.field} ({', '.join(d.entries)})" for d in diffs if d.known]
                 if any(not d.known for d in diffs):

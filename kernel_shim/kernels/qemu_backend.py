@@ -23,6 +23,7 @@ from kvmsim.scenario import Scenario
 from kvmsim.trace import OpRecord, Trace
 
 from ..host_exec import Options
+from ..quirks import explain_divergence
 from .cache import KernelEntry, cached_kernels, find_kernel
 from .qemu import QemuError, QemuSession, qemu_missing
 from .reuse import Observed, kernel_part, reaches_kernel, unrun_records
@@ -92,6 +93,10 @@ class QemuBackend(Backend):
             return (f"kernel {self.kernel_name} is not cached (cached: {have}); "
                     "fetch it with `pfndiff kernels fetch --suite bookworm|trixie|sid`")
         return qemu_missing()
+
+    def explain_divergence(self, sc: Scenario, index: int, fields: list[str], model: Trace,
+                           real: Trace) -> dict[str, str]:
+        return explain_divergence(sc, index, fields, model, real)
 
     def run(self, scenario: Scenario) -> Trace:
         return self._run_one(scenario)
