@@ -15,8 +15,10 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
+# ruff, and the one direction of dependencies (import-linter contracts in pyproject.toml).
 lint: $(STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports
 
 # The real parts the tests run against (apt packages such as QEMU, Debian kernels): one list in
 # tools/real_parts.py, installed or fetched when missing; what cannot be set up makes its tests skip.
@@ -40,8 +42,7 @@ cflite-tools: $(CFLITE_STAMP)
 cflite-check: $(STAMP) $(CFLITE_STAMP)
 	$(BIN)/python tools/cflite_check.py
 
-test: $(STAMP) real-parts $(CFLITE_STAMP)
-	$(BIN)/ruff check .
+test: lint real-parts $(CFLITE_STAMP)
 	$(BIN)/python -m pytest
 
 # The default campaign: a few minutes over the simulated pairs on the bundled seed corpus,

@@ -110,9 +110,3 @@ def unstable_ops(sc: Scenario, host: Any, runs: int = 3) -> list[int]:
     traces = [host.run(sc) for _ in range(runs)]
     first = {r.index: r.vmm for r in traces[0].records}
     return sorted({r.index for t in traces[1:] for r in t.records if r.vmm != first.get(r.index)})
-
-
-def conform(sc: Scenario, model: str = "sim:g3", host: Any = None) -> tuple[Report, Trace, Trace]:
-    """Run ``sc`` on the model and on this host and compare (``host``: a Backend, default ``host``)."""
-    from kvmsim.backend import get_backend
-    return check(sc, get_backend(model), host if host is not None else get_backend("host"))

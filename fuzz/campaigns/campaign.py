@@ -63,6 +63,11 @@ class Campaign:
     crash: bool = False              # crash mode (fuzz.judging.crash): stop at the first finding
     join: list[str] = field(default_factory=list)      # earlier triages whose causes are known to the user
     minimize: bool = True                              # minimise the first input of each NEW cause
+    # What the layers above tell a campaign (``pfndiff fuzz`` passes fuzz.triage's): the causes the
+    # user already knows, cause id -> where seen, from (artifacts, this run's start, joined triages);
+    # and the size an input shrinks to keeping its signature on its pair.
+    known: Callable[[str, float, list[str]], dict[str, str]] | None = None
+    shrink: Callable[[bytes, tuple[str, str], str], int] | None = None
     compared: dict[str, Coverage] = field(default_factory=dict)      # pair -> ops observed and compared
 
     def command(self, dict_path: str) -> list[str]:
@@ -218,12 +223,7 @@ class Campaign:
 
     def known_causes(self) -> dict[str, str]:
         """cause id -> where the user has seen it already."""
-        from fuzz.triage.known import causes_in_campaigns, causes_in_regressions, causes_in_triage
-        out = causes_in_regressions()
-        out.update(causes_in_campaigns(self.artifacts, self._started))
-        for j in self.join:
-            out.update(causes_in_triage(j))
-        return out
+        return self.known(self.artifacts, self._started, list(self.join)) if self.known is not None else {}
 
     def findings_table(self, before: set[str]) -> str:
         """NEW causes first (real generation differences before literal-sketch quirks), one line
@@ -281,15 +281,11 @@ class Campaign:
                 data = fh.read()
         except OSError:
             return ""
-        if not self.minimize:
+        if not self.minimize or self.shrink is None:
             return f"({len(data)} B)"
         try:
-            from fuzz.inputs.codec import decode
-            from fuzz.judging.judge import Judge
-            from fuzz.triage.minimize import minimize
             a, _, b = g["pair"].partition("~")
-            res = minimize(decode(data), Judge([(a, b)]), g["first_signature"], data=data, limit=300)
-            return f"({len(data)} B, min {res.bytes_after} B)"
+            return f"({len(data)} B, min {self.shrink(data, (a, b), g['first_signature'])} B)"
         except Exception:
             return f"({len(data)} B)"
 

@@ -12,6 +12,8 @@ from fuzz.campaigns.campaign import BUNDLED_CORPUS, Campaign
 from fuzz.cli.common import UsageError, output_dir, output_file, Commands
 from fuzz.cli.report import report_after
 from fuzz.corpus.seeds import NoSeeds, build_corpus
+from fuzz.triage.known import causes_known
+from fuzz.triage.minimize import minimised_size
 
 DEFAULT_PAIRS = [("sim:g2", "sim:g3"), ("sim:g2", "sim:g2s-literal")]
 
@@ -71,6 +73,7 @@ def cmd_fuzz(args: argparse.Namespace) -> int:
         output_file(args.report, "--report")                  # before the campaign, not after it
     c = Campaign(pairs, args.time, args.jobs, args.corpus, args.artifacts, seeds, extra,
                  status_every=args.status_every, crash=args.crash, join=list(args.join),
+                 known=causes_known, shrink=minimised_size,
                  minimize=not args.no_minimize)
     rc = c.run()
     if args.report and rc in (0, 130):

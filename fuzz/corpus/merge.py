@@ -12,7 +12,6 @@ different row of a generation's table.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import os
 import re
@@ -214,42 +213,3 @@ def format_stats(n: int, counts: Counter[Feature]) -> str:
         lines += ["", title, f"  {'inputs':>6}  {'cell' if kind == 'cell' else 'outcome'}"]
         lines += [f"  {c:>6}  {t}" for t, c in rows]
     return "\n".join(lines)
-
-
-# --- CLI (hooked into `pfndiff corpus`) ------------------------------------------------------------
-
-def add_arguments(p) -> None:
-    p.add_argument("-o", "--output", help="minimize: output directory (must be empty or absent)")
-    p.add_argument("--pair", action="append", default=[], metavar="LEFT~RIGHT",
-                   help="minimize/stats: pairs whose oracle outcomes count as features (default: the fuzz defaults)")
-    p.add_argument("--target", default=TARGETS["diff"], help=argparse.SUPPRESS)
-
-
-def cmd(args) -> int:
-    from fuzz.cli.common import EXIT_USAGE, UsageError, output_dir
-    from fuzz.judging.engine import parse_pairs
-    try:
-        pairs = parse_pairs(";".join(args.pair)) if args.pair else None
-    except ValueError as e:
-        raise UsageError(f"pfndiff corpus: {e}") from None
-    if not args.files:
-        raise UsageError(f"pfndiff corpus {args.action}: give one or more corpus directories")
-    try:
-        if args.action == "stats":
-            n, counts = corpus_stats(args.files, pairs)
-            print(format_stats(n, counts))
-            return 0
-        if not args.output:
-            raise UsageError("pfndiff corpus minimize: give the output directory with -o OUT_DIR")
-        output_dir(args.output, "-o")
-        r = minimize_corpus(args.files, args.output, pairs, args.target)
-    except MergeError as e:
-        print(f"pfndiff corpus {args.action}: {e}", file=sys.stderr)
-        return EXIT_USAGE
-    print(f"before: {r.before_files} file(s), {r.before_bytes} bytes")
-    print(f"libFuzzer -merge=1: {r.merged_files} file(s) keep the code coverage"
-          + (f" ({r.coverage})" if r.coverage else ""))
-    print(f"semantic cover: +{r.added_by_cover} file(s) for decision-table cells and oracle outcomes")
-    print(f"after: {r.after_files} file(s), {r.after_bytes} bytes in {args.output}")
-    print(f"features kept: {r.features_after}/{r.features_before} ({100 * r.share:.1f}%)")
-    return 0 if r.share == 1.0 else 1

@@ -427,9 +427,6 @@ class Cluster:
             [v for v in self.members if v.signature_for(self.id) == sig] or self.members
         return min(live, key=lambda v: (len(v.scenario.ops), len(v.artifact.data), v.artifact.name))
 
-    def divergence(self) -> Divergence | None:
-        return self.representative().judgement.find(self.signature)
-
 
 def cluster(verdicts: list[Verdict]) -> list[Cluster]:
     """One cluster per root cause; an artifact that shows several (one per pair) is in each."""

@@ -87,3 +87,13 @@ def causes_in_triage(path: str) -> dict[str, str]:
         if isinstance(cid, str):
             out.setdefault(cid, f)
     return out
+
+
+def causes_known(artifacts: str, started: float, join: list[str]) -> dict[str, str]:
+    """cause id -> where the user has seen it already: ``corpus/regressions``, campaigns that
+    started in ``artifacts`` before ``started``, and the ``join``ed triage outputs."""
+    out = causes_in_regressions()
+    out.update(causes_in_campaigns(artifacts, started))
+    for j in join:
+        out.update(causes_in_triage(j))
+    return out

@@ -312,3 +312,8 @@ def shrink_bytes(data: bytes, pred: Callable[[bytes], bool]) -> bytes:
         if not removed:
             n //= 2
     return best
+
+
+def minimised_size(data: bytes, pair: tuple[str, str], signature: str) -> int:
+    """The size ``data`` shrinks to keeping ``signature`` on ``pair`` (a campaign's findings table)."""
+    return minimize(decode(data), Judge([pair]), signature, data=data, limit=300).bytes_after

@@ -14,7 +14,7 @@ import yaml
 
 from kvmsim.scenario import OP_SCHEMAS, Scenario
 from kvmsim.trace import OpRecord, Trace
-from oracles.catalogue import BUG_IDS, Catalogue
+from oracles.catalogue import Catalogue
 from oracles.diff import Divergence
 
 from fuzz.judging.rootcause import QUIRK_ROWS, quirks_of
@@ -153,10 +153,6 @@ def explain(d: Divergence, cat: Catalogue, needed: list[str] | None = None) -> l
                                    (*d.left_obs.values(), *d.right_obs.values())):
         rows.append(SpecRow("-", "a WARN/BUG/CORRUPT event is never a known divergence (DESIGN: bugs are findings)"))
     return rows
-
-
-def bug_rows(spec_ids: list[str]) -> list[str]:
-    return [s for s in spec_ids if s in BUG_IDS]
 
 
 def partner(backend: str, pairs: list[tuple[str, str]], traces: dict[str, Trace]) -> Trace | None:

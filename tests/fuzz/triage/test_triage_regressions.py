@@ -14,7 +14,7 @@ import os
 
 import pytest
 import yaml
-from test_triage_support import D10, D10_PAIR, REGRESSIONS, find, seed
+from findings import D10, D10_PAIR, REGRESSIONS, find, seed
 
 from fuzz.cli import main
 from fuzz.inputs.codec import decode, encode
@@ -29,7 +29,13 @@ def _pairs(tags: dict) -> list[tuple[str, str]]:
 
 
 def test_there_are_promoted_reproducers():
+    """At least ten, every file of the directory one (nothing the replay would skip), each tagged as
+    ``--promote`` tags it, and no finding promoted twice."""
     assert len(PROMOTED) >= 10
+    assert sorted(os.listdir(REGRESSIONS)) == [os.path.basename(p) for p in PROMOTED]
+    tags = [load_scenario(p).tags for p in PROMOTED]
+    assert all({"signature", "id", "left", "right", "pairs", "spec"} <= set(t) for t in tags)
+    assert len({t["id"] for t in tags}) == len({(tuple(t["pairs"]), t["signature"]) for t in tags}) == len(tags)
 
 
 @pytest.mark.parametrize("path", PROMOTED, ids=lambda p: os.path.basename(p)[:-5])

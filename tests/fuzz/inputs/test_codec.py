@@ -10,6 +10,7 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
+from kvmsim.checkout import ROOT
 from fuzz.inputs import codec
 from fuzz.inputs.codec import EncodeError, decode, encode
 from kvmsim import Op, load_scenario, make_op
@@ -19,7 +20,7 @@ from kvmsim.scenario import (
 )
 from kvmsim.yamlsrc import ScenarioError
 
-SEEDS = sorted(glob.glob(os.path.join(os.path.dirname(__file__), "..", "..", "corpus", "seeds", "*.yaml")))
+SEEDS = sorted(glob.glob(os.path.join(ROOT, "corpus", "seeds", "*.yaml")))
 
 
 @pytest.mark.parametrize("path", SEEDS, ids=os.path.basename)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from test_triage_support import D10, find, seed
+from findings import D10, find, seed
 
 from fuzz.cli import main
 

@@ -10,12 +10,13 @@ import sys
 import pytest
 import yaml
 
+from kvmsim.checkout import ROOT
 from fuzz.campaigns.campaign import TARGETS
 from fuzz.cli import main
 from fuzz.inputs.codec import encode
 from kvmsim import load_scenario
 
-SEEDS = os.path.join(os.path.dirname(__file__), "..", "..", "corpus", "seeds")
+SEEDS = os.path.join(ROOT, "corpus", "seeds")
 
 
 def env_for(artifacts: str, pairs: str) -> dict[str, str]:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import re
 
-from test_triage_support import D10_PAIR, SEEDS, d10_other, find, seed
+from findings import D10_PAIR, SEEDS, d10_other, find, seed
 
 from fuzz.cli import main
 

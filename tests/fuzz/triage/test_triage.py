@@ -7,7 +7,7 @@ import os
 import shutil
 
 import yaml
-from test_triage_support import D10, D10_OTHER, D10_PAIR, SEEDS, d10_other, find, seed
+from findings import D10, D10_OTHER, D10_PAIR, SEEDS, d10_other, find, seed
 
 from fuzz.triage import cluster as tr
 from fuzz.cli import main

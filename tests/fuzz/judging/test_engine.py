@@ -9,11 +9,12 @@ import os
 import pytest
 import yaml
 
+from kvmsim.checkout import ROOT
 from fuzz.inputs.codec import encode
 from fuzz.judging.engine import Checker, parse_pairs
 from kvmsim import load_scenario
 
-SEEDS = os.path.join(os.path.dirname(__file__), "..", "..", "corpus", "seeds")
+SEEDS = os.path.join(ROOT, "corpus", "seeds")
 
 
 def seed_bytes(name: str) -> bytes:

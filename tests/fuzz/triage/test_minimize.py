@@ -8,7 +8,7 @@ import os
 
 import pytest
 import yaml
-from test_triage_support import D10, D10_PAIR, d10_other, find, seed
+from findings import D10, D10_PAIR, d10_other, find, seed
 
 from fuzz.cli import main
 from fuzz.inputs.codec import decode, encode

@@ -8,7 +8,7 @@ import os
 import stat
 
 import pytest
-from test_triage_support import SEEDS
+from findings import SEEDS
 
 from fuzz.cli import main
 from fuzz.inputs.codec import encode

@@ -27,7 +27,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_hostile_input import bomb_text
-from test_triage_support import D10_PAIR, SEEDS, d10_other, find
+from findings import D10_PAIR, SEEDS, d10_other, find
 
 from fuzz.cli import main
 

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import re
+from collections import Counter
 
-from test_triage_support import D10, D10_PAIR, d10_other, find, seed
+from findings import D10, D10_PAIR, d10_other, find, seed
 
 from fuzz.cli import main
 
@@ -34,7 +36,10 @@ def test_join_reports_new_grown_same_and_vanished(tmp_path, capsys):
     assert s8 and all(second[s]["delta"] == "vanished" for s in s8)
     s45 = [s for s in second if "S4,S5" in s]
     assert s45 and all(second[s]["delta"] == "new" for s in s45)
-    assert "1 grew" in out or "grew" in out
+    deltas = Counter(c["delta"] for c in json.loads((tmp_path / "t2" / "triage.json").read_text())["clusters"])
+    joined = re.search(r"^joined with .*: (\d+) new, (\d+) grew, (\d+) same, (\d+) vanished$", out, re.M)
+    assert joined and deltas["grew"] >= 1
+    assert [int(n) for n in joined.groups()] == [deltas[k] for k in ("new", "grew", "same", "vanished")]
 
     rc = main(["triage", str(tmp_path / "old"), "-o", str(tmp_path / "t3"), "--join", str(tmp_path / "t1"),
                "--fail-on-new"])

@@ -14,11 +14,11 @@ import tracemalloc
 
 import pytest
 import yaml
-from test_triage_support import D10, D10_PAIR, SEEDS, d10_other, find, seed
+from kvmsim.checkout import ROOT
+from findings import D10, D10_PAIR, SEEDS, d10_other, find, seed
 
 from fuzz.cli import main
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 README = os.path.join(ROOT, "README.md")
 UNWRITABLE = "/proc/pfndiff-no-such-dir/x"          # cannot be created, even by root
 MEMORY_LIMIT = 200 << 20

@@ -13,11 +13,12 @@ from pathlib import Path
 import jsonschema
 import junitparser
 import pytest
-from test_triage_support import D10, D10_PAIR, find, seed
+from kvmsim.checkout import ROOT
+from findings import D10, D10_PAIR, find, seed
 
 from fuzz.cli import main
 
-SCHEMA = os.path.join(os.path.dirname(__file__), "..", "data", "sarif-2.1.0.json")
+SCHEMA = os.path.join(ROOT, "tests", "data", "sarif-2.1.0.json")
 
 
 @pytest.fixture(scope="module")

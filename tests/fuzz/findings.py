@@ -1,17 +1,18 @@
-"""Helpers for the triage, minimisation and corpus tests (no tests here): real findings are made
+"""Findings for the triage, minimisation and corpus tests: real findings are made
 by the fuzz engine itself (``Checker`` writes ``crash-<sha1>`` + sidecar), never written by hand."""
 
 from __future__ import annotations
 
 import os
 
+from kvmsim.checkout import ROOT
 from fuzz.inputs.codec import encode
 from fuzz.judging.engine import Checker
 from kvmsim import load_scenario, loads_scenario
 from kvmsim.scenario import Scenario
 
-SEEDS = os.path.join(os.path.dirname(__file__), "..", "..", "corpus", "seeds")
-REGRESSIONS = os.path.join(os.path.dirname(__file__), "..", "..", "corpus", "regressions")
+SEEDS = os.path.join(ROOT, "corpus", "seeds")
+REGRESSIONS = os.path.join(ROOT, "corpus", "regressions")
 
 # The sketch's WARN at mmu_seq == 0 (D10/S2): the seed, and the same bug through another input.
 D10 = "d10-sketch-warn-seq0.yaml"

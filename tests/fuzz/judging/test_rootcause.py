@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from kvmsim.checkout import ROOT
 from fuzz.judging.judge import Judge
 from fuzz.judging.rootcause import RootCause, RootCauser, parting_decision, quirks_of, with_quirks
 from kvmsim import loads_scenario
@@ -149,7 +150,7 @@ def test_cause_ids_do_not_depend_on_hash_randomisation(causer):
             "sc = loads_scenario(sys.stdin.read(), 't.yaml')\nj = Judge([('sim:g2f', 'sim:g3')]).judge(sc)\n"
             "c, parts = crash.crash_parts(sc, crash.primary(j.divs), others=j.divs)\n"
             "print(json.dumps([c.id, crash.crash_state(parts)]))\n")
-    root = os.path.join(os.path.dirname(__file__), "..", "..")
+    root = ROOT
     seen = set()
     for seed in ("1", "2"):
         out = subprocess.run([sys.executable, "-c", code], input=D12B_INPUTS[1], capture_output=True, text=True,

@@ -9,13 +9,14 @@ import traceback
 
 import pytest
 
+from kvmsim.checkout import ROOT
 from fuzz.judging import crash
 from fuzz.inputs.codec import decode
 from fuzz.corpus.seeds import encode_seed, seed_files
 from fuzz.judging.engine import Checker, parse_pairs
 from oracles.diff import Divergence
 
-REPO = os.path.join(os.path.dirname(__file__), "..", "..")
+REPO = ROOT
 SEEDS = os.path.join(REPO, "corpus", "seeds")
 LITERAL = "sim:g2~sim:g2s-literal"
 

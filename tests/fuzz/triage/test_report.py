@@ -129,7 +129,7 @@ def test_triage_output_is_read_with_the_stored_traces(campaign, tmp_path, capsys
 def test_an_older_triage_output_is_re_run_with_the_quirks_of_its_cause(tmp_path):
     """Without a stored view.json the report re-runs the reproducer; its spec rows name the quirks
     the root cause needs, as triage's stored view does (one analysis, fuzz.judging.rootcause)."""
-    from test_triage_support import D10, D10_PAIR, find, seed
+    from findings import D10, D10_PAIR, find, seed
 
     from fuzz.triage.report_data import read_triage
     from oracles.catalogue import load_catalogue

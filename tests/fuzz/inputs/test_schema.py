@@ -9,7 +9,7 @@ import os
 
 import pytest
 import yaml
-from test_triage_support import D10_PAIR, REGRESSIONS, SEEDS, d10_other, find
+from findings import D10_PAIR, REGRESSIONS, SEEDS, d10_other, find
 
 from fuzz.inputs import schema
 from fuzz.judging.artifacts import load_corpus_entry, read_sidecar
