@@ -15,10 +15,8 @@ import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from fuzz.cli import main  # noqa: E402
-from kvmsim.constants import KVM_USER_MEM_SLOTS  # noqa: E402
+from fuzz.cli import main
+from kvmsim.constants import KVM_USER_MEM_SLOTS
 
 
 def scenario(n: int) -> str:

@@ -17,9 +17,7 @@ import tempfile
 
 import yaml
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from fuzz.campaigns.campaign import Campaign  # noqa: E402
+from fuzz.campaigns.campaign import Campaign
 
 BUG_PAIRS = {
     "S2": ("sim:g2s", "sim:g2s-literal:S2"),

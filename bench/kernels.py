@@ -17,13 +17,12 @@ import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from kernel_shim.kernels.cache import cached_kernels  # noqa: E402
-from kernel_shim.kernels.compare import build_matrix, kernel_backends, seed_files  # noqa: E402
-from kernel_shim.kernels.qemu import QemuSession, qemu_missing  # noqa: E402
-from kernel_shim.kernels.qemu_backend import QemuBackend  # noqa: E402
-from kvmsim.scenario import load_scenario  # noqa: E402
+from kernel_shim.kernels.cache import cached_kernels
+from kernel_shim.kernels.compare import build_matrix, kernel_backends, seed_files
+from kernel_shim.kernels.qemu import QemuSession, qemu_missing
+from kernel_shim.kernels.qemu_backend import QemuBackend
+from kvmsim.checkout import ROOT
+from kvmsim.scenario import load_scenario
 
 # Seeds that wait for the per-scenario deadline on some kernels (measured separately: they
 # would turn a throughput figure into a timeout figure).
@@ -67,7 +66,7 @@ def campaign_rate(k, seconds: int) -> dict[str, float]:
         cmd = [os.path.join(os.path.dirname(sys.executable), "pfndiff"), "fuzz", "--pair", pair, "--time", str(seconds), "--status-every", "5",
                "--corpus", os.path.join(tmp, "corpus"), "--artifacts", os.path.join(tmp, "artifacts")]
         r = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 300,
-                           cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+                           cwd=ROOT)
     points = [(float(t), int(n)) for t, n in re.findall(r"\[\s*(\d+)s\] execs (\d+)", r.stdout)]
     up = [p for p in points if p[1] > 0]
     steady = (up[-1][1] - up[0][1]) / (up[-1][0] - up[0][0]) if len(up) > 1 and up[-1][0] > up[0][0] else 0.0

@@ -9,11 +9,8 @@ from __future__ import annotations
 import statistics
 import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from kvmsim import get_backend, loads_scenario  # noqa: E402
+from kvmsim import get_backend, loads_scenario
 
 WORLD = """
 version: 1

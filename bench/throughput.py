@@ -19,10 +19,8 @@ import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from fuzz.campaigns.campaign import TARGETS  # noqa: E402
-from fuzz.corpus.seeds import OUT, build_corpus  # noqa: E402
+from fuzz.campaigns.campaign import TARGETS
+from fuzz.corpus.seeds import OUT, build_corpus
 
 TARGET_PER_CORE = 25_000
 

@@ -32,8 +32,6 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
 from fuzz.campaigns.campaign import Campaign  # noqa: E402
 from fuzz.inputs.codec import decode  # noqa: E402
 from fuzz.corpus.seeds import build_corpus  # noqa: E402
@@ -41,9 +39,10 @@ from fuzz.judging.judge import Judge  # noqa: E402
 from fuzz.triage.run import Options  # noqa: E402
 from fuzz.triage.run import run as triage  # noqa: E402
 from kvmsim import load_scenario  # noqa: E402
+from kvmsim.checkout import ROOT  # noqa: E402
 from kvmsim.backend import PLUGINS_ENV, load_plugins  # noqa: E402
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = ROOT
 MODULES = {"g1": ("kvmsim/g1_legacy.py", "G1Legacy"), "g2": ("kvmsim/g2_noref.py", "G2Noref"),
            "g2f": ("kvmsim/g2f_posted.py", "G2fPosted"), "g3": ("kvmsim/g3_merged.py", "G3Merged")}
 # The unmutated generation each mutated one is compared with (the realistic pair).

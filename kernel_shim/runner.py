@@ -21,6 +21,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from kvmsim.checkout import ROOT
 from kvmsim.scenario import Scenario
 
 from . import guest_code as g
@@ -84,7 +85,7 @@ class Runner:
         os.ftruncate(fd, size)
         proc = subprocess.Popen([sys.executable, "-m", "kernel_shim.worker", str(fd)], stdin=subprocess.PIPE,
                                 stdout=subprocess.PIPE, pass_fds=(fd,), close_fds=True,
-                                cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+                                cwd=ROOT)
         hva = k.mmap(0, size, k.PROT_READ, k.MAP_SHARED, fd, 0)
         view = memoryview((ctypes.c_char * size).from_address(hva)).cast("B")
         w = Worker(proc, fd, view, hva)

@@ -38,9 +38,9 @@ starting with prefix), ``{prefix: text}``.  ``when`` keys: ``op.<arg>``, ``ctx.<
 
 from __future__ import annotations
 
-import os
 import re
 from dataclasses import dataclass, field
+from importlib import resources
 from typing import Any
 
 from kvmsim.scenario import OP_SCHEMAS
@@ -52,7 +52,8 @@ FAMILIES = ("g1", "g2", "g2s", "g2f", "g3", "host")
 # Bug rows of the spec and the sketch's literal bugs: never catalogued as known.
 BUG_IDS = frozenset({"S2", "S4", "S5", "S6", "S8", "D12b", "D22", "D23", "D24"})
 _SPEC_ID = re.compile(r"^D([1-9]|1[0-9]|2[0-8])b?$")
-DEFAULT_PATH = os.path.join(os.path.dirname(__file__), "catalogue.yaml")
+# The bundled catalogue, package data of ``oracles`` (pyproject.toml).
+DEFAULT_PATH = str(resources.files("oracles").joinpath("catalogue.yaml"))
 
 
 class CatalogueError(ScenarioError):

@@ -39,15 +39,15 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from kvmsim.checkout import ROOT
+
+REPO = Path(ROOT)
 TOOLS_BIN = REPO / ".venv-cflite" / "bin"
 LOCAL_COMPILE = REPO / "tools" / "cflite"
 WORKFLOWS = REPO / ".github" / "workflows"
 SHELL_SCRIPTS = [REPO / ".clusterfuzzlite" / "build.sh", LOCAL_COMPILE / "compile_python_fuzzer"]
 PLANT_PAIRS = "sim:g2~sim:g2s-literal"
 RUN_TIMEOUT = 600
-
-sys.path.insert(0, str(REPO))
 
 
 class CheckError(Exception):

@@ -16,9 +16,7 @@ written only where ``PFNDIFF_ARTIFACTS`` is set.
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
-
-from fuzz.targets.atheris_compat import fuzz, instrumented  # noqa: E402
+from fuzz.targets.atheris_compat import fuzz, instrumented
 
 with instrumented():
     import kvmsim.g1_legacy  # noqa: F401,E402  (every generation, instrumented)
@@ -29,8 +27,8 @@ with instrumented():
     import kvmsim.sim_backend  # noqa: F401,E402
     from fuzz.inputs import codec  # noqa: F401,E402
 
-from fuzz.judging import crash  # noqa: E402
-from fuzz.judging.engine import Checker, parse_pairs  # noqa: E402
+from fuzz.judging import crash
+from fuzz.judging.engine import Checker, parse_pairs
 
 
 def main() -> None:

@@ -2,12 +2,7 @@
 """libFuzzer target that does nothing: the baseline for bench/throughput.py (the cost of
 atheris and libFuzzer themselves)."""
 
-import os
-import sys
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
-
-from fuzz.targets.atheris_compat import fuzz  # noqa: E402
+from fuzz.targets.atheris_compat import fuzz
 
 
 def test_one_input(data: bytes) -> None:

@@ -38,3 +38,18 @@ def test_a_patched_copy_runs_as_its_own_backend(tmp_path):
     real = get_backend("sim:g3").run(sc).records[0].api["result"]
     copy = get_backend("sim:g3-test").run(sc).records[0].api["result"]
     assert real == "ERR_FAULT" and copy == "pfn"
+
+
+def test_real_host_backends_register_through_the_entry_point_hook():
+    """The model's registry names only its own classes; ``host``, ``host:emulated`` and the
+    ``qemu:`` family come from kernel_shim's function in the ``pfndiff.backends`` group."""
+    from importlib.metadata import entry_points
+
+    from kvmsim.backend import HOOKS_GROUP, PREFIXES, REGISTRY, backend_names
+    assert [ep.value for ep in entry_points(group=HOOKS_GROUP)] == ["kernel_shim.plugin:register_backends"]
+    names = backend_names()
+    assert {"host", "host:emulated"} <= set(names) and PREFIXES["qemu"][0].startswith("kernel_shim.")
+    assert all(REGISTRY[n][0].startswith("kvmsim.") for n in names if n.startswith("sim:"))
+    with open(os.path.join(HERE, "..", "..", "kvmsim", "backend.py"), encoding="utf-8") as fh:
+        assert "kernel_shim" not in fh.read()
+    assert get_backend("qemu:6.1").name == "qemu:6.1"
