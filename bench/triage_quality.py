@@ -33,14 +33,14 @@ import time
 from dataclasses import dataclass, field
 
 from fuzz.campaigns.campaign import Campaign  # noqa: E402
-from fuzz.inputs.codec import decode  # noqa: E402
 from fuzz.corpus.seeds import build_corpus  # noqa: E402
+from fuzz.inputs.codec import decode  # noqa: E402
 from fuzz.judging.judge import Judge  # noqa: E402
 from fuzz.triage.run import Options  # noqa: E402
 from fuzz.triage.run import run as triage  # noqa: E402
 from kvmsim import load_scenario  # noqa: E402
-from kvmsim.checkout import ROOT  # noqa: E402
 from kvmsim.backend import PLUGINS_ENV, load_plugins  # noqa: E402
+from kvmsim.checkout import ROOT  # noqa: E402
 
 REPO = ROOT
 MODULES = {"g1": ("kvmsim/g1_legacy.py", "G1Legacy"), "g2": ("kvmsim/g2_noref.py", "G2Noref"),

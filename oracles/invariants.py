@@ -15,7 +15,7 @@ from typing import Any
 from kvmsim.scenario import Scenario
 from kvmsim.trace import Trace
 
-from .normalise import _is_page_name
+from .normalise import is_page_name
 
 # Invariants whose fields are one violation seen through different op classes (an x86 fault shows
 # a writable mapping as its SPTE, a lookup as its writable flag), and what that violation is: a
@@ -59,7 +59,7 @@ def check_trace(sc: Scenario, trace: Trace, ctxs: Callable[[], list[dict[str, An
         if kind == "lookup" and api.get("result") != "pfn" and (api.get("held") or api.get("pinned")):
             f = "api.held" if api.get("held") else "api.pinned"
             out.append(Violation("inv:no-ref-on-error", i, kind, f, api[f[4:]]))
-        if kind == "gfn_to_page" and not _is_page_name(api.get("result")) and api.get("held"):
+        if kind == "gfn_to_page" and not is_page_name(api.get("result")) and api.get("held"):
             out.append(Violation("inv:no-ref-on-error", i, kind, "api.held", api["held"]))
         if kind == "vcpu_map" and api.get("ret", 0) != 0 and (api.get("held") or api.get("pinned")):
             f = "api.held" if api.get("held") else "api.pinned"

@@ -79,7 +79,7 @@ def _bad_page(r: dict[str, Any]) -> bool:
 
 def _writable_on_success(r: dict[str, Any]) -> bool:
     changed = False
-    if r.get("api.result") != "pfn" and not _is_page_name(r.get("api.result")):
+    if r.get("api.result") != "pfn" and not is_page_name(r.get("api.result")):
         for k in ("api.writable", "api.map_writable"):
             if k in r and r[k] is not NA:
                 r[k] = NA
@@ -87,7 +87,7 @@ def _writable_on_success(r: dict[str, Any]) -> bool:
     return changed
 
 
-def _is_page_name(v: Any) -> bool:
+def is_page_name(v: Any) -> bool:
     return isinstance(v, str) and v not in ("NULL", "ERR_PTR_BAD_PAGE") and not v.startswith(("ERR_", "HVA_"))
 
 

@@ -223,9 +223,9 @@ def check_runs(out: Path, target: str, work: Path) -> str:
 
 def planted_inputs(pairs: str = PLANT_PAIRS) -> list[Planted]:
     """Two seeds whose finding has one root cause, one seed of another cause (seeds in name order)."""
-    from fuzz.judging import crash
-    from fuzz.inputs.codec import decode
     from fuzz.corpus.seeds import encode_seed, seed_files
+    from fuzz.inputs.codec import decode
+    from fuzz.judging import crash
     from fuzz.judging.engine import Checker, parse_pairs
     checker = Checker(parse_pairs(pairs), None)
     by_cause: dict[str, list[Planted]] = {}

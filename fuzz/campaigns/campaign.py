@@ -20,15 +20,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from fuzz.campaigns import history
+from fuzz.inputs.codec import libfuzzer_dictionary
+from fuzz.judging import artifacts as art
+from fuzz.judging import crash as crash_mode
+from kvmsim.checkout import ROOT
 from kvmsim.realised import Coverage
 from kvmsim.yamlsrc import ScenarioError
 from oracles.signature import signature_id
-
-from fuzz.judging import artifacts as art
-from fuzz.judging import crash as crash_mode
-from fuzz.campaigns import history
-from fuzz.inputs.codec import libfuzzer_dictionary
-from kvmsim.checkout import ROOT
 
 REPO = ROOT
 TARGETS = {"diff": os.path.join(REPO, "fuzz", "targets", "diff_target.py"),

@@ -7,11 +7,10 @@ import argparse
 import signal
 import sys
 
-from kvmsim import BackendError, ScenarioError
-
 from fuzz.cli import backends, corpus, diff, host, kernels, report, triage
 from fuzz.cli import fuzz as campaign
 from fuzz.cli.common import EXIT_USAGE, Commands, Parser, UsageError, os_error_line
+from kvmsim import BackendError, ScenarioError
 
 COMMANDS: Commands = {**backends.COMMANDS, **diff.COMMANDS, **campaign.COMMANDS, **corpus.COMMANDS,
                       **triage.COMMANDS, **report.COMMANDS, **host.COMMANDS, **kernels.COMMANDS}

@@ -6,11 +6,11 @@ import argparse
 import json
 import sys
 
+from fuzz.cli.common import EXIT_USAGE, Commands
+from fuzz.judging.quirks import LITERAL, QUIRKS
+from fuzz.triage.report import flow_text, kvm_view
 from kvmsim import BackendError, ScenarioError, backend_names, get_backend, load_scenario
 from kvmsim.trace import Trace
-
-from fuzz.cli.common import EXIT_USAGE, Commands
-from fuzz.triage.report import flow_text, kvm_view
 
 
 def format_trace(trace: Trace) -> str:
@@ -52,7 +52,7 @@ def cmd_backends(args: argparse.Namespace) -> int:
         desc = r.get("description", "")
         note = "" if r["available"] else f"  [unavailable: {r['reason']}]"
         print(f"{r['name']:<{width}}  {desc}{note}")
-    print("\nsim:g2s-literal:Q1,Q2 enables only the named sketch quirks (S2 S4 S5 S6 S8).")
+    print(f"\n{LITERAL}:Q1,Q2 enables only the named sketch quirks ({' '.join(QUIRKS)}).")
     return 0
 
 

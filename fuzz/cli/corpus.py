@@ -8,9 +8,6 @@ import argparse
 import os
 import sys
 
-from kvmsim import dump_scenario
-from kvmsim.yamlsrc import MAX_INPUT_BYTES, read_bytes
-
 from fuzz.campaigns.campaign import TARGETS
 from fuzz.cli.common import EXIT_USAGE, Commands, UsageError, output_dir
 from fuzz.corpus import seeds as corpus
@@ -19,6 +16,8 @@ from fuzz.corpus.seeds import NoSeeds, build_corpus, seeds_dir
 from fuzz.inputs.codec import decode, libfuzzer_dictionary
 from fuzz.judging.artifacts import content_mismatch
 from fuzz.judging.engine import parse_pairs
+from kvmsim import dump_scenario
+from kvmsim.yamlsrc import MAX_INPUT_BYTES, read_bytes
 
 
 def cmd_corpus(args: argparse.Namespace) -> int:

@@ -13,13 +13,12 @@ from typing import Any
 
 import yaml
 
+from fuzz.cli.common import Commands
 from kvmsim import BackendError, get_backend, load_scenario
 from oracles.catalogue import DEFAULT_PATH, load_catalogue
 from oracles.diff import Divergence
 from oracles.normalise import API_LEVEL, VMM_LEVEL
 from oracles.pair import compare_pair
-
-from fuzz.cli.common import Commands
 
 
 def _val(v: Any) -> str:

@@ -6,14 +6,13 @@ import argparse
 import os
 import sys
 
-from kvmsim import BackendError, get_backend
-
 from fuzz.campaigns.campaign import BUNDLED_CORPUS, Campaign
-from fuzz.cli.common import UsageError, output_dir, output_file, Commands
+from fuzz.cli.common import Commands, UsageError, output_dir, output_file
 from fuzz.cli.report import report_after
 from fuzz.corpus.seeds import NoSeeds, build_corpus
 from fuzz.triage.known import causes_known
 from fuzz.triage.minimize import minimised_size
+from kvmsim import BackendError, get_backend
 
 DEFAULT_PAIRS = [("sim:g2", "sim:g3"), ("sim:g2", "sim:g2s-literal")]
 

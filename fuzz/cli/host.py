@@ -7,7 +7,7 @@ import argparse
 import json
 
 from fuzz.campaigns import progress
-from fuzz.cli.common import UsageError, Commands
+from fuzz.cli.common import Commands, UsageError
 from kvmsim.backend import BackendError, get_backend
 from kvmsim.scenario import load_scenario
 
@@ -21,9 +21,8 @@ def cmd_host(args: argparse.Namespace) -> int:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from kvmsim.scenario import dump_scenario
-
     from kernel_shim.sweep import sweep
+    from kvmsim.scenario import dump_scenario
     if args.runs < 1:
         raise UsageError("pfndiff host sweep: --runs must be at least 1")
     host = get_backend("host" if args.path == "native-cpl3" else "host:emulated")

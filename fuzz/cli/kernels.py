@@ -8,11 +8,10 @@ import json
 import sys
 
 from fuzz.campaigns import progress
-from fuzz.cli.common import UsageError, Commands
+from fuzz.cli.common import Commands, UsageError
+from kernel_shim.kernels.cache import cached_kernels, kernels_dir
 from kvmsim import load_scenario
 from kvmsim.backend import get_backend
-
-from kernel_shim.kernels.cache import cached_kernels, kernels_dir
 
 
 def cmd_kernels(args: argparse.Namespace) -> int:

@@ -8,8 +8,8 @@ import argparse
 import sys
 
 from fuzz.campaigns import progress
+from fuzz.cli.common import EXIT_USAGE, Commands, output_file
 from fuzz.judging.artifacts import atomic_write
-from fuzz.cli.common import EXIT_USAGE, output_file, Commands
 
 
 def write_report(inputs: list[str], out: str, corpus: list[str] | None = None, triage: bool = True) -> str:

@@ -6,27 +6,25 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import Any
 from dataclasses import dataclass
-
-
-from kvmsim.scenario import Scenario, dump_scenario
-from kvmsim.yamlsrc import ScenarioError
+from typing import Any
 
 from fuzz.campaigns import progress
-
-from fuzz.triage import run as triage_run
-from fuzz.judging.artifacts import atomic_write, is_sidecar, load_corpus_entry, read_yaml_doc
+from fuzz.cli.common import EXIT_USAGE, Commands, UsageError, output_dir, output_file
 from fuzz.cli.diff import add_exit_zero, exit_status
-from fuzz.cli.common import EXIT_USAGE, UsageError, output_dir, output_file, Commands
 from fuzz.cli.report import report_after
+from fuzz.corpus.seeds import REGRESSIONS
 from fuzz.inputs.codec import EncodeError, encode
+from fuzz.judging.artifacts import atomic_write, is_sidecar, load_corpus_entry, read_yaml_doc
 from fuzz.judging.judge import Judge, Pair
+from fuzz.judging.rootcause import RootCauser
+from fuzz.triage import run as triage_run
+from fuzz.triage.cluster import HOST_RUNS, ArtifactError, JudgeCache, judge_artifact, load_artifact
 from fuzz.triage.minimize import Interrupted as MinimizeInterrupted
 from fuzz.triage.minimize import minimize
 from fuzz.triage.report import explain, partner, side_by_side
-from fuzz.judging.rootcause import RootCauser
-from fuzz.triage.cluster import HOST_RUNS, ArtifactError, JudgeCache, judge_artifact, load_artifact
+from kvmsim.scenario import Scenario, dump_scenario
+from kvmsim.yamlsrc import ScenarioError
 
 
 def _override(args: argparse.Namespace, cmd: str) -> list[Pair] | None:
@@ -49,7 +47,7 @@ def cmd_triage(args: argparse.Namespace) -> int:
         output_file(args.report, "--report")                  # (inside -o it is made with the output)
     promote = None
     if args.promote:
-        promote = args.promote_dir or triage_run.REGRESSIONS
+        promote = args.promote_dir or REGRESSIONS
     opts = triage_run.Options(args.dirs, args.out, args.join, fmts or ("md",), _override(args, "triage"),
                               args.runs, not args.no_minimize, promote)
     try:

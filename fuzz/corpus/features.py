@@ -27,13 +27,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from fuzz.inputs.codec import decode
+from fuzz.judging.judge import Judge, Pair
 from kvmsim.scenario import Op, Scenario
 from kvmsim.trace import OpRecord
 from oracles.diff import Divergence
 from oracles.signature import event_class, op_class, value_class
-
-from fuzz.inputs.codec import decode
-from fuzz.judging.judge import Judge, Pair
 
 SIM_BACKENDS = ("sim:g1", "sim:g2", "sim:g2s", "sim:g2s-literal", "sim:g2f", "sim:g3")
 DEFAULT_PAIRS: list[Pair] = [("sim:g2", "sim:g3"), ("sim:g2", "sim:g2s-literal")]

@@ -23,12 +23,11 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from fuzz.campaigns import progress
-from kvmsim.yamlsrc import MAX_INPUT_BYTES, ScenarioError, read_bytes
-
-from fuzz.judging.artifacts import atomic_write
 from fuzz.campaigns.campaign import REPO, TARGETS
 from fuzz.corpus.features import DEFAULT_PAIRS, Feature, FeatureExtractor
+from fuzz.judging.artifacts import atomic_write
 from fuzz.judging.judge import Pair
+from kvmsim.yamlsrc import MAX_INPUT_BYTES, ScenarioError, read_bytes
 
 MERGE_TIMEOUT = 3600
 _MERGE_LINE = re.compile(r"MERGE-OUTER: (\d+) new files with (\d+) new features added; (\d+) new coverage edges")

@@ -15,11 +15,10 @@ import os
 import shutil
 import tempfile
 
-from kvmsim.yamlsrc import ScenarioError
-
-from fuzz.judging.artifacts import load_corpus_entry
 from fuzz.inputs.codec import EncodeError, decode, encode
+from fuzz.judging.artifacts import load_corpus_entry
 from kvmsim.checkout import ROOT
+from kvmsim.yamlsrc import ScenarioError
 
 REPO = ROOT
 SEEDS = os.path.join(REPO, "corpus", "seeds")

@@ -36,8 +36,24 @@ from kvmsim.constants import INTERNAL_SLOT_IDS, KVM_USER_MEM_SLOTS
 from kvmsim.mm import HANDLERS
 from kvmsim.pfndb import PAGE_KINDS, ZERO
 from kvmsim.scenario import (
-    HOST_LEVELS, MAP_STATES, MAX_GFN, MAX_SLOT_PAGES, MAX_VMA_PAGES, OP_SCHEMAS, PROTS, REMAPS, SIGNALS, F, Op,
-    PageSpec, PteSpec, Scenario, SlotSpec, VmaSpec, WorldSpec, validate,
+    HOST_LEVELS,
+    MAP_STATES,
+    MAX_GFN,
+    MAX_SLOT_PAGES,
+    MAX_VMA_PAGES,
+    OP_SCHEMAS,
+    PROTS,
+    REMAPS,
+    SIGNALS,
+    F,
+    Op,
+    PageSpec,
+    PteSpec,
+    Scenario,
+    SlotSpec,
+    VmaSpec,
+    WorldSpec,
+    validate,
 )
 from kvmsim.yamlsrc import ScenarioError
 

@@ -16,10 +16,9 @@ from typing import Any
 
 import yaml
 
+from fuzz.inputs import schema
 from kvmsim.scenario import Scenario, scenario_from_node
 from kvmsim.yamlsrc import MAX_YAML_BYTES, Node, ScenarioError, load_yaml, plain
-
-from fuzz.inputs import schema
 
 SIGNATURE_DIR = "by-signature"      # one marker per signature: the first artifact wins
 STATS_DIR = ".stats"                # per-process counters, aggregated by the campaign

@@ -24,10 +24,9 @@ import re
 import types
 from collections.abc import Callable
 
+from fuzz.judging.rootcause import RootCause, root_cause
 from kvmsim.scenario import Scenario
 from oracles.diff import Divergence, report_order
-
-from fuzz.judging.rootcause import RootCause, root_cause
 
 ENV = "PFNDIFF_CRASH"
 LINE_CAP = 80                  # ClusterFuzz's LINE_LENGTH_CAP for crash-state lines

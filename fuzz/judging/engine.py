@@ -16,13 +16,6 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from kvmsim.backend import BackendError
-from kvmsim.realised import Coverage
-from kvmsim.scenario import Scenario, dump_scenario
-from kvmsim.trace import Trace
-from oracles.catalogue import Catalogue
-from oracles.diff import Divergence
-
 from fuzz.inputs.codec import VERSION as CODEC_VERSION
 from fuzz.inputs.codec import decode
 from fuzz.judging import artifacts as art
@@ -30,6 +23,12 @@ from fuzz.judging import crash as crash_mode
 from fuzz.judging.judge import Judge, spec_ids
 from fuzz.judging.quirks import quirks_of
 from fuzz.judging.rootcause import RootCauser
+from kvmsim.backend import BackendError
+from kvmsim.realised import Coverage
+from kvmsim.scenario import Scenario, dump_scenario
+from kvmsim.trace import Trace
+from oracles.catalogue import Catalogue
+from oracles.diff import Divergence
 
 STATS_EVERY = 2.0
 

@@ -15,6 +15,7 @@ import traceback
 from dataclasses import dataclass, field
 from typing import Any
 
+from fuzz.judging.quirks import quirks_of
 from kvmsim import get_backend
 from kvmsim.backend import Backend, BackendError
 from kvmsim.realised import Coverage
@@ -24,8 +25,6 @@ from oracles.catalogue import Catalogue, load_catalogue
 from oracles.context import op_contexts
 from oracles.diff import Divergence, check_invariants, report_order
 from oracles.pair import compare_pair
-
-from fuzz.judging.quirks import quirks_of
 
 Pair = tuple[str, str]          # (left, right); right == "" for a single-backend (invariant) check
 

@@ -37,6 +37,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from fuzz.judging.quirks import LITERAL, QUIRK_ROWS, QUIRK_TITLES, QUIRKS, quirks_of, with_quirks
 from kvmsim import get_backend
 from kvmsim.backend import Backend
 from kvmsim.constants import ERRNO_NAMES, is_error_noslot_pfn, pfn_class
@@ -46,9 +47,6 @@ from oracles.catalogue import Catalogue, family, load_catalogue
 from oracles.diff import Divergence, check_invariants, compare
 from oracles.invariants import ONE_VIOLATION
 from oracles.signature import event_class, make_signature
-
-from fuzz.judging.quirks import LITERAL, QUIRK_ROWS, QUIRK_TITLES, QUIRKS, quirks_of, with_quirks
-
 
 
 @dataclass(frozen=True)

@@ -22,17 +22,23 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from kvmsim.backend import BackendError
-from kvmsim.scenario import Scenario, loads_scenario
-from kvmsim.yamlsrc import MAX_INPUT_BYTES, ScenarioError, read_bytes
-from kvmsim.trace import Trace
-from oracles.catalogue import load_catalogue
-from oracles.diff import Divergence
-
-from fuzz.judging.artifacts import content_mismatch, is_sidecar, load_corpus_entry, read_stats, read_twin, read_yaml_doc
 from fuzz.inputs.codec import VERSION, EncodeError, decode, encode
+from fuzz.judging.artifacts import (
+    content_mismatch,
+    is_sidecar,
+    load_corpus_entry,
+    read_stats,
+    read_twin,
+    read_yaml_doc,
+)
 from fuzz.judging.judge import Judge, Judgement, Pair, pairs_from_sidecar
 from fuzz.judging.rootcause import RootCause, RootCauser, make
+from kvmsim.backend import BackendError
+from kvmsim.scenario import Scenario, loads_scenario
+from kvmsim.trace import Trace
+from kvmsim.yamlsrc import MAX_INPUT_BYTES, ScenarioError, read_bytes
+from oracles.catalogue import load_catalogue
+from oracles.diff import Divergence
 
 HOST_RUNS = 10                     # default re-runs of an artifact on a real-host backend
 SIDECAR_GRACE = 2.0                # seconds: a just-written crash file may still be awaiting its sidecar

@@ -12,13 +12,12 @@ import json
 import os
 from typing import Any
 
-from kvmsim.yamlsrc import MAX_JSON_BYTES, ScenarioError, read_text
-
+from fuzz.corpus.seeds import REGRESSIONS
 from fuzz.judging.artifacts import read_stats
 from kvmsim.checkout import ROOT
+from kvmsim.yamlsrc import MAX_JSON_BYTES, ScenarioError, read_text
 
 REPO = ROOT
-REGRESSIONS = os.path.join(REPO, "corpus", "regressions")
 
 
 def causes_in_regressions(directory: str = REGRESSIONS) -> dict[str, str]:

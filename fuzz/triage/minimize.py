@@ -14,11 +14,10 @@ import copy
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, fields
 
-from kvmsim.scenario import OP_SCHEMAS, Op, PteSpec, Scenario, VmaSpec, WorldSpec, validate
-from kvmsim.yamlsrc import ScenarioError
-
 from fuzz.inputs.codec import EncodeError, decode, encode
 from fuzz.judging.judge import Judge
+from kvmsim.scenario import OP_SCHEMAS, Op, PteSpec, Scenario, VmaSpec, WorldSpec, validate
+from kvmsim.yamlsrc import ScenarioError
 
 Predicate = Callable[[Scenario], bool]
 MAX_CHECKS = 4000                     # a bound per minimisation (each check: one run per backend)

@@ -12,12 +12,11 @@ from typing import Any
 
 import yaml
 
+from fuzz.judging.rootcause import QUIRK_ROWS, quirks_of
 from kvmsim.scenario import OP_SCHEMAS, Scenario
 from kvmsim.trace import OpRecord, Trace
 from oracles.catalogue import Catalogue
 from oracles.diff import Divergence
-
-from fuzz.judging.rootcause import QUIRK_ROWS, quirks_of
 
 COL = 54
 MARK = ">>"

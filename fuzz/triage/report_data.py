@@ -18,19 +18,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-
+from fuzz.campaigns import history
+from fuzz.corpus.features import Feature
+from fuzz.corpus.merge import MergeError, corpus_stats
+from fuzz.inputs import schema
+from fuzz.judging.artifacts import read_stats
+from fuzz.triage.cluster import ArtifactError, list_inputs, load_artifact
 from kvmsim.scenario import Scenario, loads_scenario
 from kvmsim.trace import Trace
 from kvmsim.yamlsrc import ScenarioError
 from oracles.catalogue import Catalogue, load_catalogue
-
-from fuzz.campaigns import history
-
-from fuzz.inputs import schema
-from fuzz.judging.artifacts import read_stats
-from fuzz.corpus.merge import MergeError, corpus_stats
-from fuzz.corpus.features import Feature
-from fuzz.triage.cluster import ArtifactError, list_inputs, load_artifact
 
 MAX_JSON = 64 << 20            # bytes read from one triage.json / kernels JSON / view.json
 MAX_TEXT = 4 << 20              # bytes read from one repro.yaml
@@ -197,8 +194,8 @@ def _rerun_view(sc: Scenario, rec: dict[str, Any], cat: Catalogue) -> tuple[dict
     """A triage output from before views were stored: re-run the reproducer where that is exact
     (simulated backends are deterministic); a real kernel's traces are not made up."""
     from fuzz.judging.judge import Judge
-    from fuzz.triage.report import view
     from fuzz.judging.rootcause import RootCauser
+    from fuzz.triage.report import view
     tags = sc.tags or {}
     pairs = [tuple((str(p).split("~") + [""])[:2]) for p in tags.get("pairs") or []]
     if not pairs or any(n and not n.startswith("sim:") for p in pairs for n in p):

@@ -14,12 +14,11 @@ import math
 import time
 from typing import Any
 
-from kvmsim.trace import Trace
-
-from fuzz.triage import report_plots as plots
 from fuzz.corpus.features import SIM_BACKENDS
+from fuzz.triage import report_plots as plots
 from fuzz.triage.report import flatten, op_line
 from fuzz.triage.report_data import SPEC_ORDER, ClusterView, ReportData
+from kvmsim.trace import Trace
 
 GENERATIONS = [b.removeprefix("sim:") for b in SIM_BACKENDS]
 # Decision tables of the spec, by the op classes whose cells fall in them.

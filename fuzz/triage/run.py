@@ -15,28 +15,29 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from fuzz.campaigns import progress
+from fuzz.campaigns.outdir import OutputDir
+from fuzz.inputs import schema
+from fuzz.inputs.codec import EncodeError, encode
+from fuzz.judging.artifacts import atomic_write, host_info
+from fuzz.judging.judge import Judge, Pair, spec_ids
+from fuzz.triage import formats
+from fuzz.triage.cluster import (
+    HOST_RUNS,
+    ArtifactError,
+    Cluster,
+    JudgeCache,
+    Verdict,
+    cluster,
+    judge_artifact,
+    list_inputs,
+    load_artifact,
+)
+from fuzz.triage.minimize import MinResult, minimize
+from fuzz.triage.report import explain, partner, side_by_side, view
 from kvmsim.scenario import Scenario, dump_scenario
 from kvmsim.yamlsrc import MAX_JSON_BYTES, ScenarioError, read_text
 
-from fuzz.triage import formats
-
-from fuzz.campaigns import progress
-
-from fuzz.inputs import schema
-from fuzz.judging.artifacts import atomic_write, host_info
-from fuzz.inputs.codec import EncodeError, encode
-from fuzz.campaigns.outdir import OutputDir
-from fuzz.judging.judge import Judge, Pair
-from fuzz.triage.minimize import MinResult, minimize
-from fuzz.judging.judge import spec_ids
-from fuzz.triage.report import explain, partner, side_by_side, view
-from fuzz.triage.cluster import (
-    HOST_RUNS, ArtifactError, Cluster, JudgeCache, Verdict, cluster, judge_artifact, list_inputs, load_artifact,
-)
-from kvmsim.checkout import ROOT
-
-REPO = ROOT
-REGRESSIONS = os.path.join(REPO, "corpus", "regressions")
 FORMATS = ("md", "json", "junit", "sarif")
 HOST_MIN_CHECKS = 200                 # minimising on a real host costs a VM per check
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import os
 
-from kvmsim.checkout import ROOT
 from fuzz.inputs.codec import encode
 from fuzz.judging.engine import Checker
 from kvmsim import load_scenario, loads_scenario
+from kvmsim.checkout import ROOT
 from kvmsim.scenario import Scenario
 
 SEEDS = os.path.join(ROOT, "corpus", "seeds")

@@ -10,11 +10,11 @@ import sys
 import pytest
 import yaml
 
-from kvmsim.checkout import ROOT
 from fuzz.campaigns.campaign import TARGETS
 from fuzz.cli import main
 from fuzz.inputs.codec import encode
 from kvmsim import load_scenario
+from kvmsim.checkout import ROOT
 
 SEEDS = os.path.join(ROOT, "corpus", "seeds")
 

@@ -9,11 +9,11 @@ import shutil
 
 import pytest
 
-from kvmsim.checkout import ROOT
 from fuzz.cli import main
-from fuzz.inputs.codec import decode, encode
 from fuzz.corpus.seeds import build_corpus
+from fuzz.inputs.codec import decode, encode
 from kvmsim import load_scenario
+from kvmsim.checkout import ROOT
 
 SEEDS = os.path.join(ROOT, "corpus", "seeds")
 

@@ -14,10 +14,10 @@ import tracemalloc
 
 import pytest
 import yaml
-from kvmsim.checkout import ROOT
 from findings import D10, D10_PAIR, SEEDS, d10_other, find, seed
 
 from fuzz.cli import main
+from kvmsim.checkout import ROOT
 
 README = os.path.join(ROOT, "README.md")
 UNWRITABLE = "/proc/pfndiff-no-such-dir/x"          # cannot be created, even by root

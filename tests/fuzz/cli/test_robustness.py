@@ -24,10 +24,10 @@ import tracemalloc
 from typing import Any
 
 import yaml
+from findings import D10_PAIR, SEEDS, d10_other, find
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_hostile_input import bomb_text
-from findings import D10_PAIR, SEEDS, d10_other, find
 
 from fuzz.cli import main
 

@@ -11,9 +11,9 @@ import pytest
 from findings import SEEDS
 
 from fuzz.cli import main
-from fuzz.inputs.codec import encode
-from fuzz.corpus.merge import CorpusInput, read_corpus, semantic_cover
 from fuzz.corpus.features import DEFAULT_PAIRS, FeatureExtractor, cell
+from fuzz.corpus.merge import CorpusInput, read_corpus, semantic_cover
+from fuzz.inputs.codec import encode
 from kvmsim import get_backend, load_scenario, loads_scenario
 
 

@@ -10,13 +10,24 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from kvmsim.checkout import ROOT
 from fuzz.inputs import codec
 from fuzz.inputs.codec import EncodeError, decode, encode
 from kvmsim import Op, load_scenario, make_op
+from kvmsim.checkout import ROOT
 from kvmsim.scenario import (
-    HOST_LEVELS, MAP_STATES, OP_SCHEMAS, PROTS, REMAPS, SIGNALS, PageSpec, PteSpec, Scenario, SlotSpec, VmaSpec,
-    WorldSpec, validate,
+    HOST_LEVELS,
+    MAP_STATES,
+    OP_SCHEMAS,
+    PROTS,
+    REMAPS,
+    SIGNALS,
+    PageSpec,
+    PteSpec,
+    Scenario,
+    SlotSpec,
+    VmaSpec,
+    WorldSpec,
+    validate,
 )
 from kvmsim.yamlsrc import ScenarioError
 

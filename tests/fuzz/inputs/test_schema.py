@@ -11,9 +11,9 @@ import pytest
 import yaml
 from findings import D10_PAIR, REGRESSIONS, SEEDS, d10_other, find
 
+from fuzz.cli import main
 from fuzz.inputs import schema
 from fuzz.judging.artifacts import load_corpus_entry, read_sidecar
-from fuzz.cli import main
 from kvmsim import ScenarioError
 
 

@@ -9,11 +9,11 @@ import traceback
 
 import pytest
 
-from kvmsim.checkout import ROOT
-from fuzz.judging import crash
-from fuzz.inputs.codec import decode
 from fuzz.corpus.seeds import encode_seed, seed_files
+from fuzz.inputs.codec import decode
+from fuzz.judging import crash
 from fuzz.judging.engine import Checker, parse_pairs
+from kvmsim.checkout import ROOT
 from oracles.diff import Divergence
 
 REPO = ROOT

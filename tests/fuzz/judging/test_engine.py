@@ -9,10 +9,10 @@ import os
 import pytest
 import yaml
 
-from kvmsim.checkout import ROOT
 from fuzz.inputs.codec import encode
 from fuzz.judging.engine import Checker, parse_pairs
 from kvmsim import load_scenario
+from kvmsim.checkout import ROOT
 
 SEEDS = os.path.join(ROOT, "corpus", "seeds")
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from kvmsim.checkout import ROOT
 from fuzz.judging.judge import Judge
 from fuzz.judging.rootcause import RootCause, RootCauser, parting_decision, quirks_of, with_quirks
 from kvmsim import loads_scenario
+from kvmsim.checkout import ROOT
 from oracles.catalogue import Catalogue
 
 RAM = """

@@ -13,7 +13,7 @@ from findings import D10, D10_PAIR, d10_other, find, seed
 from fuzz.cli import main
 from fuzz.inputs.codec import decode, encode
 from fuzz.judging.judge import Judge
-from fuzz.triage.minimize import minimize, shrink_bytes, shows_signature
+from fuzz.triage.minimize import minimize, shows_signature, shrink_bytes
 from kvmsim import loads_scenario
 
 WARN_ACCESS = "diff:api sim:g2~sim:g2s-literal access events []>[WARN:__kvm_follow_pfn:!FOLL_GET && !mmu_seq]"

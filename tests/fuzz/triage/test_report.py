@@ -202,9 +202,8 @@ def test_a_bad_report_path_fails_before_any_work(tmp_path, capsys):
 def test_kernel_comparisons_fill_the_d_row_matrix(tmp_path):
     """A `kernels compare --json` file: here of the two model generations a legacy and a merged
     kernel are compared against (the same matrix code; no QEMU needed)."""
-    from kernel_shim.kernels.compare import build_matrix
-
     from fuzz.triage.report_data import gather
+    from kernel_shim.kernels.compare import build_matrix
     m = build_matrix(["sim:g1", "sim:g3"], jobs=1)
     f = tmp_path / "kernels.json"
     f.write_text(json.dumps(m.to_dict(), default=str))

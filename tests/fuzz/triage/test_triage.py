@@ -9,9 +9,9 @@ import shutil
 import yaml
 from findings import D10, D10_OTHER, D10_PAIR, SEEDS, d10_other, find, seed
 
-from fuzz.triage import cluster as tr
 from fuzz.cli import main
 from fuzz.inputs.codec import decode
+from fuzz.triage import cluster as tr
 from kvmsim.trace import Trace
 
 
@@ -212,8 +212,8 @@ def test_a_sidecar_naming_an_unknown_backend_is_one_line(tmp_path, capsys):
 def test_a_host_like_backend_is_rerun_and_a_flaky_artifact_labelled(tmp_path):
     """A non-simulated backend is re-run --runs times; an artifact that shows its signature in some
     runs only is kept and labelled flaky, with the reliability figure."""
-    from kvmsim import get_backend
     from fuzz.judging.judge import Judge
+    from kvmsim import get_backend
     paths = find(tmp_path / "c", [D10_PAIR], [seed(D10)])
     good, bad = get_backend("sim:g2"), get_backend("sim:g2s-literal")
     calls = {"n": 0}

@@ -13,10 +13,10 @@ from pathlib import Path
 import jsonschema
 import junitparser
 import pytest
-from kvmsim.checkout import ROOT
 from findings import D10, D10_PAIR, find, seed
 
 from fuzz.cli import main
+from kvmsim.checkout import ROOT
 
 SCHEMA = os.path.join(ROOT, "tests", "data", "sarif-2.1.0.json")
 
