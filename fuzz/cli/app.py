@@ -57,6 +57,3 @@ def main(argv: list[str] | None = None) -> int:
         print(str(e) or "pfndiff: interrupted", file=sys.stderr)
         return 130
 
-
-if __name__ == "__main__":
-    sys.exit(main())
