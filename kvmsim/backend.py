@@ -133,6 +133,8 @@ def _plugins_from_env() -> None:
 
 def backend_names() -> list[str]:
     _load_hooks()
+    if os.environ.get(PLUGINS_ENV):
+        _plugins_from_env()
     return list(REGISTRY)
 
 

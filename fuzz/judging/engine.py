@@ -144,6 +144,8 @@ class Checker:
                 now: float) -> dict[str, Any]:
         first = fresh[0]
         backends = [first.left] + ([first.right] if first.right else [])
+        catalogue = self.catalogue
+        assert catalogue is not None
         causes = {d.signature: (self.stats[d.signature].cause or self.cause_of(sc, d, divs).to_dict()) for d in fresh}
         return {
             "signature": first.signature, "id": first.sig_id,
@@ -155,7 +157,7 @@ class Checker:
                                    "args": sc.ops[first.index].args if first.index < len(sc.ops) else None},
             "field": first.field, "fields": first.fields,
             "observations": {first.left: first.left_obs, **({first.right: first.right_obs} if first.right else {})},
-            "spec_ids": spec_ids(first, causes[first.signature], self.catalogue),
+            "spec_ids": spec_ids(first, causes[first.signature], catalogue),
             "spec_ids_involved": self.catalogue_rows(divs),
             "quirks_enabled": sorted({q for n in traces for q in quirks_of(n)}),
             "divergences": [d.to_dict() for d in divs],
