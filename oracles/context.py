@@ -256,11 +256,11 @@ def _event_hvas(sc: Scenario, v: VmaSpec, kind: str, a: dict[str, Any]) -> tuple
     base = sc.vma_start(v)
     if kind in ("munmap", "mprotect"):
         return base, base + (v.pages << PAGE_SHIFT)
-    pages = range(a["page"], min(a["page"] + a.get("count", 1), v.pages))
+    pages: range | None = range(a["page"], min(a["page"] + a.get("count", 1), v.pages))
     if kind == "madvise":
         pages = _madvised_pages(v, a["page"], a["count"])
-        if pages is None:
-            return None
+    if pages is None:
+        return None
     return base + (pages.start << PAGE_SHIFT), base + (max(pages.start, pages.stop) << PAGE_SHIFT)
 
 

@@ -33,8 +33,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from kvmsim.constants import INTERNAL_SLOT_IDS, KVM_USER_MEM_SLOTS
-from kvmsim.mm import HANDLERS
-from kvmsim.pfndb import PAGE_KINDS, ZERO
 from kvmsim.scenario import (
     HOST_LEVELS,
     MAP_STATES,
@@ -55,6 +53,7 @@ from kvmsim.scenario import (
     WorldSpec,
     validate,
 )
+from kvmsim.scenario.vocabulary import HANDLERS, PAGE_KINDS, ZERO
 from kvmsim.yamlsrc import ScenarioError
 
 VERSION = 2             # 2: names kept out of the mutated bytes (a checksummed names record); 1 still decodes
