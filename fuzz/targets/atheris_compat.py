@@ -17,8 +17,10 @@ import atheris
 # cost speed).  atheris 3.0.0 selects by top-level package and excludes by exact module name.
 # PFNDIFF_INSTRUMENT=all instruments everything in both packages.
 INCLUDE = ("kvmsim", "fuzz")
-EXCLUDE = ("kvmsim.scenario", "kvmsim.yamlsrc", "kvmsim.trace", "kvmsim.backend", "kvmsim.sim_backend",
-           "kvmsim.constants", "kvmsim.generation", "kvmsim.executor", "kvmsim.world")
+SCENARIO_FORMAT = ("kvmsim.scenario", "kvmsim.scenario.schema", "kvmsim.scenario.vocabulary", "kvmsim.scenario.load",
+                   "kvmsim.scenario.validate", "kvmsim.scenario.replay", "kvmsim.scenario.dump")
+EXCLUDE = SCENARIO_FORMAT + ("kvmsim.yamlsrc", "kvmsim.trace", "kvmsim.backend", "kvmsim.sim_backend",
+                             "kvmsim.constants", "kvmsim.generation", "kvmsim.executor", "kvmsim.world")
 
 
 @contextmanager
