@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from kvmsim.backend import Backend
@@ -9,9 +10,14 @@ from kvmsim.scenario import Scenario
 from kvmsim.trace import OpRecord, Trace
 
 from . import quirks
+from .faultpath import session
 from .host_exec import Options
 from .probe import probe
 from .runner import Runner, WorkerError
+
+
+# PFNDIFF_FAULTPATH=0: no fault-path tracing on this host (records carry no ``fault`` part).
+FAULT_PATH = os.environ.get("PFNDIFF_FAULTPATH", "1") != "0"
 
 
 class HostBackend(Backend):
@@ -28,6 +34,8 @@ class HostBackend(Backend):
         self.path = path
         self.opts = Options(cpl=3 if path == "native-cpl3" else 0, resolve_io=resolve_io, region_v1=region_v1)
         self.runner = Runner(timeout=timeout)
+        self._tracing: Any = None
+        self._traced = False
 
     def description(self) -> str:
         p = probe()
@@ -54,21 +62,40 @@ class HostBackend(Backend):
                            real: Trace) -> dict[str, str]:
         return quirks.explain_divergence(sc, index, fields, model, real)
 
+    def _trace(self) -> Any:
+        """The fault-path tracing of the native path (tracepoints: this host has no kprobes), set
+        up before the first execution starts the worker; None where it cannot be."""
+        if not self._traced:
+            self._traced = True
+            if FAULT_PATH and self.path == "native-cpl3" and self.runner.worker is None:
+                self._tracing = session.acquire()
+        return self._tracing
+
     def run(self, scenario: Scenario) -> Trace:
         p = probe()
+        tracing = self._trace()
+        if tracing is not None:
+            from .faultpath import tracefs
+            tracefs.clear(tracing)
         try:
             out = self.runner.execute(scenario, self.opts)
         except WorkerError as e:
             out = {"records": [{"index": i, "op": op.kind, "vmm": {"outcome": "crash", "data": None, "exits": []}}
                                for i, op in enumerate(scenario.ops)], "meta": {"lost": "crash", "reason": str(e)}}
+        if tracing is not None and "lost" not in out["meta"]:
+            session.attach_faults(out, scenario, tracing)
         meta = {"generation": p.generation, "kernel": p.kernel, "version": self.version(), "path": self.path}
         meta.update(out["meta"])
         meta["quirks"] = quirks.applicable(scenario)
-        recs = [OpRecord(r["index"], r["op"], r.get("api"), r.get("vmm")) for r in out["records"]]
+        recs = [OpRecord(r["index"], r["op"], r.get("api"), r.get("vmm"), fault=r.get("fault")) for r in out["records"]]
         return Trace(self.name, recs, meta)
 
     def close(self) -> None:
         self.runner.close()
+        self._traced = False
+        if self._tracing is not None:
+            self._tracing = None
+            session.release()
 
     def __del__(self) -> None:
         try:

@@ -67,6 +67,16 @@ _ALL = [
 QUIRKS: dict[str, str] = {q.name: q.summary for q in _ALL}
 
 
+def _fault_quirks() -> None:
+    """The fault-path quirks (kernel_shim/faultpath/quirks.py) are named quirks too."""
+    from .faultpath.quirks import FAULT_QUIRKS
+    for name, summary in FAULT_QUIRKS.items():
+        QUIRKS.setdefault(name, summary)
+
+
+_fault_quirks()
+
+
 def applicable(sc: Scenario) -> list[str]:
     """Quirks that shape how this scenario is realised on this host."""
     out = ["pvm-shadow-paging"] if _pvm() else []
@@ -186,6 +196,12 @@ def explain_divergence(sc: Scenario, index: int, fields: list[str], model: Any, 
     path = real.meta.get("path", "native-cpl3")
     out = {}
     for f in fields:
+        if f.startswith("fault."):
+            from .faultpath.quirks import explain_fault
+            q = explain_fault(sc, index, f, model.records[index].fault or [], real.records[index].fault or [],
+                              real.meta, _vma_at(sc, index)[0])
+            if q is not None:
+                out[f] = f"quirk:{q}"
         if f.startswith("vmm."):
             key = f[4:]
             q = explain(sc, _Field(index, sc.ops[index].kind, key, lv.get(key), rv.get(key)), lv, rv, path, real.meta,

@@ -183,6 +183,7 @@ class Executor:
     def op_access(self, op: Op, rec: OpRecord) -> None:
         w = self.w
         vmm, api = guest_access(self.gen, w, op.gpa, op.write, op.value)
+        rec.fault = api.pop("fault_path")
         d = _deltas(w)
         api.update({"leaked": d["refs"], "accessed": d["accessed"], "dirty": d["dirty"]})
         rec.vmm, rec.api = vmm, api

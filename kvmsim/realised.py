@@ -91,7 +91,7 @@ def as_realised(model: Trace, real: Trace, sc: Scenario, run: Callable[[Scenario
     for new, orig in enumerate(where):
         if orig is not None and new < len(t.records):
             r = t.records[new]
-            recs[orig] = OpRecord(orig, r.op, r.api, r.vmm, r.events)
+            recs[orig] = OpRecord(orig, r.op, r.api, r.vmm, r.events, r.fault)
     out = [r if r is not None else OpRecord(i, sc.ops[i].kind) for i, r in enumerate(recs)]
     return Trace(t.backend, out, {**t.meta, "realised_as": real.backend, "not_run": len(skip)})
 
@@ -124,23 +124,32 @@ class Coverage:
     left: int = 0
     right: int = 0
     compared: int = 0
+    fault_accesses: int = 0         # accesses whose fault-path records were compared (oracles/faultpath.py)
+    fault_fields: int = 0           # fault-path fields compared (both sides observed them)
 
     def add(self, other: Coverage) -> None:
         self.ops += other.ops
         self.left += other.left
         self.right += other.right
         self.compared += other.compared
+        self.fault_accesses += other.fault_accesses
+        self.fault_fields += other.fault_fields
 
     def text(self, left: str, right: str) -> str:
+        fault = (f"; fault path: {self.fault_fields} fields of {self.fault_accesses} accesses compared"
+                 if self.fault_accesses else "")
         return (f"{self.compared} of {self.ops} ops compared ({left} observed {self.left}, "
-                f"{right} observed {self.right})")
+                f"{right} observed {self.right}){fault}")
 
     def summary(self, left: str, right: str) -> str:
         """``text``, led by NOTHING compared when no op was observed on both sides."""
         return self.text(left, right) if self.compared else f"NOTHING compared: {self.text(left, right)}"
 
     def to_dict(self) -> dict[str, Any]:
-        return {"ops": self.ops, "left": self.left, "right": self.right, "compared": self.compared}
+        d = {"ops": self.ops, "left": self.left, "right": self.right, "compared": self.compared}
+        if self.fault_accesses:
+            d.update(fault_accesses=self.fault_accesses, fault_fields=self.fault_fields)
+        return d
 
 
 def coverage(left: Trace, right: Trace, api: bool) -> Coverage:

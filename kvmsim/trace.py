@@ -5,6 +5,8 @@ Every record has two levels:
 * ``api`` — what the KVM API did (sim backends only): the returned pfn class, ``writable``,
   ``hva``, the page returned, per-page reference and pin deltas before and after the caller's
   canonical release, accessed/dirty changes, async/NEEDS_IO, x86 ``RET_PF_*`` results.
+* ``fault`` — an access's fault path (``fault_record.py``): the model's, and a real kernel's as far
+  as its tracing shows it; compared separately from both levels (``oracles/faultpath.py``).
 * ``vmm`` — what a VMM using /dev/kvm sees (every backend, including a real host): data read,
   the exits ``KVM_RUN`` returned (``MMIO``, ``EINTR``, ``EFAULT``…), signals, dirty-log bits.
 
@@ -27,6 +29,7 @@ class OpRecord:
     api: dict[str, Any] | None = None
     vmm: dict[str, Any] | None = None
     events: list[str] = field(default_factory=list)
+    fault: list[dict[str, Any]] | None = None     # an access's fault path, one entry per fault (fault_record.py)
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {"index": self.index, "op": self.op}
@@ -36,11 +39,13 @@ class OpRecord:
             d["vmm"] = self.vmm
         if self.events:
             d["events"] = list(self.events)
+        if self.fault is not None:
+            d["fault"] = self.fault
         return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> OpRecord:
-        return cls(d["index"], d["op"], d.get("api"), d.get("vmm"), list(d.get("events", [])))
+        return cls(d["index"], d["op"], d.get("api"), d.get("vmm"), list(d.get("events", [])), d.get("fault"))
 
 
 @dataclass

@@ -15,6 +15,7 @@ from .constants import (
     APIC_ACCESS_PAGE_PRIVATE_MEMSLOT, EINTR, ERRNO_NAMES, PAGE_SHIFT, RET_PF_EMULATE, RET_PF_FIXED, RET_PF_RETRY,
     VM_READ, VM_WRITE, ret_name,
 )
+from .fault_record import fault_entry
 from .generation import Fault, Generation
 from .memslot import gfn_to_hva_many
 from .mm import HWPOISON, NEEDS_IO, PRESENT_RO, PRESENT_RW, fixup_user_fault, lookup_pte
@@ -25,13 +26,15 @@ MAX_ENTRIES = 8          # guest entries per access before the model calls it a 
 
 
 def guest_access(gen: Generation, w: World, gpa: int, write: bool, value: int) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Returns (vmm observation, api diagnostics)."""
+    """Returns (vmm observation, api diagnostics); the api's ``fault_path`` is the access's
+    fault-path record (``OpRecord.fault``), one entry per fault."""
     gfn, off = gpa >> PAGE_SHIFT, gpa & 0xFF8
     as_id = w.vcpu.as_id
     exits: list[str] = []
     faults: list[str] = []
     vmm: dict[str, Any] = {"outcome": "stall", "data": None, "exits": exits}
-    api: dict[str, Any] = {"faults": faults}
+    path: list[dict[str, Any]] = []
+    api: dict[str, Any] = {"faults": faults, "fault_path": path}
     if w.task.signal == "fatal":
         vmm["outcome"] = "killed"                  # SIGKILL ends the VMM: it sees no exit at all
         return vmm, api
@@ -50,8 +53,9 @@ def guest_access(gen: Generation, w: World, gpa: int, write: bool, value: int) -
             break
         f = Fault(gfn, write, slot=w.slot_for(gfn, vcpu=True))
         w.task.waited = False
-        r, _ = page_fault(gen, w, f)
+        r, spte = page_fault(gen, w, f)
         faults.append(ret_name(r))
+        path.append(fault_entry(f, r, spte))
         if w.task.signals_sent:
             exits.append("EINTR")                  # SIGBUS pending: the vCPU loop exits
             vmm["outcome"] = "sigbus"

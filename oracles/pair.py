@@ -18,7 +18,9 @@ from kvmsim.trace import Trace
 
 from .catalogue import Catalogue
 from .diff import Divergence, compare, level_for
+from .faultpath import compare_faults
 from .normalise import API_LEVEL
+from .signature import make_signature, op_class
 
 # (scenario, op index, fields, model trace, real trace) -> field -> "quirk:<name>"
 Explain = Callable[[Scenario, int, list[str], Trace, Trace], dict[str, str]]
@@ -36,9 +38,33 @@ def compare_pair(sc: Scenario, left: Trace, right: Trace, cat: Catalogue, run: C
     real = None
     if is_model(lt.backend) != is_model(rt.backend):
         model, real = (lt, rt) if is_model(lt.backend) else (rt, lt)
+    cov = coverage(lt, rt, level == API_LEVEL)
+    if real is not None:
+        divs.extend(_fault_divergences(sc, lt, rt, model, real, cov))
     if real is not None and explain is not None and any(not d.known for d in divs):
         for d in divs:
             if d.oracle.startswith("diff:") and not d.known and d.index < len(sc.ops):
                 d.explained.update(explain(sc, d.index, [f for f in d.fields if f not in d.explained],
                                                       model, real))
-    return divs, coverage(lt, rt, level == API_LEVEL), lt, rt
+    return divs, cov, lt, rt
+
+
+def _fault_divergences(sc: Scenario, lt: Trace, rt: Trace, model: Trace, real: Trace, cov: Coverage) -> list[Divergence]:
+    """The fault-path comparison (oracles/faultpath.py) as divergences ``diff:fault``, one per
+    access, and its counts in the coverage."""
+    fc = compare_faults(model, real)
+    cov.fault_accesses += fc.accesses
+    cov.fault_fields += fc.fields
+    by_op: dict[int, list] = {}
+    for fd in fc.differences:
+        by_op.setdefault(fd.index, []).append(fd)
+    out = []
+    for i, fds in sorted(by_op.items()):
+        left = {fd.field: (fd.model if lt is model else fd.real) for fd in fds}
+        right = {fd.field: (fd.real if lt is model else fd.model) for fd in fds}
+        fields = [fd.field for fd in fds]
+        d = Divergence("diff:fault", lt.backend, rt.backend, i, sc.ops[i].kind, fields, fields[0], left, right)
+        d.signature = make_signature(d.oracle, lt.backend, rt.backend, op_class(sc.ops[i].kind, sc.ops[i].args),
+                                     fields[0], left[fields[0]], right[fields[0]])
+        out.append(d)
+    return out

@@ -14,6 +14,7 @@ from kvmsim.scenario import Op, Scenario
 
 from .. import guest_code as g
 from .. import kvm_ioctl as k
+from ..faultpath import marker
 from .memory import HostMemory
 from .state import Pending, TaskState
 
@@ -46,6 +47,8 @@ class AccessBatches:
             if why is not None:
                 break
             a = ops[j].args
+            if marker.ENABLED and any(p.gpa >> 12 == a["gpa"] >> 12 for p in batch):
+                break                        # traced: one access per page and batch, so faults attribute
             batch.append(Pending(j, a["gpa"], self.va[a["gpa"]], a["write"], a["value"]))
             j += 1
             if self.task.signal != "none":

@@ -12,6 +12,7 @@ from kvmsim.scenario import Scenario
 from .. import guest_code as g
 from .. import kvm_ioctl as k
 from .. import layout
+from ..faultpath import marker
 from .batches import AccessBatches
 from .events import Events
 from .memory import HostMemory
@@ -101,6 +102,7 @@ class Execution:
         """Run op i (an access: the batch starting there); the index of the next op to run."""
         op, batches = self.sc.ops[i], self.batches
         assert batches is not None
+        marker.mark(i)                              # fault-path tracing: what follows is op i's
         if op.kind != "access":
             batches.forget()
             self.records.append(self.events.record(i, op))

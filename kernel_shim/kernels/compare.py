@@ -29,6 +29,7 @@ from oracles.diff import compare as diff_traces
 from oracles.normalise import VMM_LEVEL
 from oracles.pair import compare_pair
 
+from ..faultpath.rows import by_row, fault_status, format_rows
 from ..quirks import explain_divergence
 
 REPO = ROOT
@@ -114,6 +115,7 @@ class Row:
     cells: dict[str, str] = field(default_factory=dict)
     model_mismatch: dict[str, list[str]] = field(default_factory=dict)     # backend -> fields
     model_quirks: dict[str, list[str]] = field(default_factory=dict)       # backend -> fields a named quirk explains
+    fault: dict[str, str] = field(default_factory=dict)                    # backend -> fault-path status (faultpath/rows.py)
     differences: list[Difference] = field(default_factory=list)
 
     @property
@@ -166,8 +168,9 @@ class Matrix:
         return {"columns": self.columns, "seconds": self.seconds, "boots": self.boots,
                 "total_seconds": self.total_seconds, "unavailable": self.unavailable,
                 "compared": [{"left": a, "right": b, **c.to_dict()} for (a, b), c in self.compared.items()],
+                "fault_path_rows": by_row(self.rows, self.columns),
                 "rows": [{"scenario": os.path.basename(r.file), "spec": r.tags, "cells": r.cells,
-                          "model_mismatch": r.model_mismatch,
+                          "model_mismatch": r.model_mismatch, "fault_path": r.fault,
                           "differences": [vars(d) for d in r.differences]} for r in self.rows]}
 
 
@@ -226,6 +229,7 @@ def build_matrix(backends: list[str], files: list[str] | None = None, jobs: int 
                 diffs, cov, _, _ = compare_pair(sc, model_traces[fam][i], t, cat, lambda b, s: models[b[4:]].run(s),
                                                 level=VMM_LEVEL, explain=explain_divergence)
                 compared.setdefault((f"sim:{fam}", n), Coverage()).add(cov)
+                row.fault[n] = fault_status(diffs, cov.fault_fields)
                 row.model_quirks[n] = [f"op{d.index}:{d.field} ({', '.join(d.entries)})" for d in diffs if d.known]
                 if any(not d.known for d in diffs):
                     row.model_mismatch[n] = [f"op{d.index}:{d.field}" for d in diffs if not d.known]
@@ -275,6 +279,7 @@ def format_matrix(m: Matrix, width: int = 28) -> str:
     lines.append(f"{blank} of {len(m.rows)} scenarios have API-level ops only (·): nothing compared there")
     for (a, b), c in m.compared.items():
         lines.append(f"  {a} vs {b}: {c.summary(a, b)}")
+    lines.extend(format_rows(by_row(m.rows, m.columns), m.columns))
     for c in m.columns:
         boots = ", ".join(f"{b:.1f}s" for b in m.boots.get(c, [])) or "-"
         lines.append(f"  {c}: {m.seconds.get(c, 0):.1f}s (boots: {boots})")

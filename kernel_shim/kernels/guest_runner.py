@@ -26,6 +26,7 @@ from kernel_shim import worker
 from kernel_shim.runner import Runner, Worker, WorkerError
 from kernel_shim.worker import read_msg, write_msg
 
+from ..faultpath import session, tracefs
 from . import guest_pfnmap
 
 PORT_NAME = "pfndiff.ctl"
@@ -143,6 +144,8 @@ def main() -> int:
     if why_kvm is not None:
         write_msg(fd, {"ready": False, "release": release, "kvm": why_kvm})
         return 1
+    tracing = session.acquire(release)              # once per boot (every batch of scenarios), before
+                                                    # the worker is forked: it writes the markers
     runner = GuestRunner(timeout=30.0)
     try:
         runner.worker = runner.start()              # the worker's Python start-up is part of the boot
@@ -150,7 +153,8 @@ def main() -> int:
         write_msg(fd, {"ready": False, "release": release, "kvm": f"worker did not start: {e}"})
         return 1
     write_msg(fd, {"ready": True, "release": release, "generation": generation_of(release), "kvm": None,
-                   "pfnmap": pfnmap, "uptime_at_start": t_start, "uptime": _uptime()})
+                   "pfnmap": pfnmap, "uptime_at_start": t_start, "uptime": _uptime(),
+                   "fault_path": tracing.info() if tracing is not None else None})
     try:
         while True:
             req = read_msg(fd)
@@ -159,6 +163,8 @@ def main() -> int:
             sc, opts, timeout = req
             runner.timeout = timeout
             t0 = time.monotonic()
+            if tracing is not None:
+                tracefs.clear(tracing)
             try:
                 out = runner.execute(sc, opts)
             except WorkerError as e:
@@ -167,10 +173,14 @@ def main() -> int:
                 out = {"error": traceback.format_exc(limit=6)}
             if "records" in out:
                 out["meta"]["quirks"] = guest_quirks(sc)
+                if tracing is not None:
+                    session.attach_faults(out, sc, tracing)
                 out["meta"]["guest_seconds"] = round(time.monotonic() - t0, 6)
             write_msg(fd, out)
     finally:
         runner.close()
+        if tracing is not None:
+            session.release()
     return 0
 
 

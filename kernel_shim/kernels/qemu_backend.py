@@ -151,7 +151,7 @@ class QemuBackend(Backend):
             return self._lost(sc, "crash", str(reply["error"]).strip().splitlines()[-1], {**meta, "serial": serial})
         meta.update(reply["meta"])
         meta["serial"] = serial
-        recs = [OpRecord(r["index"], r["op"], r.get("api"), r.get("vmm")) for r in reply["records"]]
+        recs = [OpRecord(r["index"], r["op"], r.get("api"), r.get("vmm"), fault=r.get("fault")) for r in reply["records"]]
         return Trace(self.name, recs, meta)
 
     def _lost(self, sc: Scenario, outcome: str, why: str, meta: dict[str, Any]) -> Trace:
