@@ -2,9 +2,11 @@
 """Triage quality: plant bugs into copies of the generation modules, fuzz, triage, and check
 that each planted bug is found in a realistic pair and becomes exactly one cluster.
 
-Each bug is a one-line change of a decision in one generation module (g1, g2, g2f, g3).  The
+Each bug is a one-line change of a decision of one generation (g1, g2, g2f, g3): in its module,
+or in the GUP-era path it builds on (``kvmsim/gup_era.py``), as that generation alone uses it.  The
 real modules are never edited: a patched copy is written to a temporary directory, loaded under
-its own module name and registered as a backend (``sim:g3-b16``; ``kvmsim.backend.load_plugins``,
+its own module name and registered as a backend (a patched GUP-era path is loaded first under a
+name of its own and imported by that generation's copy alone) (``sim:g3-b16``; ``kvmsim.backend.load_plugins``,
 passed to the campaign's libFuzzer processes through ``PFNDIFF_BACKEND_PLUGINS``).  Bugs are run in
 mixtures of four, one per module; each mutated generation is compared with an *unmutated other*
 generation, catalogue on (the realistic pair: a developer compares their new generation with the
@@ -45,6 +47,9 @@ from kvmsim.checkout import ROOT  # noqa: E402
 REPO = ROOT
 MODULES = {"g1": ("kvmsim/g1_legacy.py", "G1Legacy"), "g2": ("kvmsim/g2_noref.py", "G2Noref"),
            "g2f": ("kvmsim/g2f_posted.py", "G2fPosted"), "g3": ("kvmsim/g3_merged.py", "G3Merged")}
+# The GUP-era path G1 and G2 build on (``from . import gup_era``): bugs in its shared lines are planted
+# into a copy that only the mutated generation's copy imports.
+GUP_ERA = "gup_era"
 # The unmutated generation each mutated one is compared with (the realistic pair).
 OTHER = {"g1": "sim:g2", "g2": "sim:g3", "g2f": "sim:g3", "g3": "sim:g2"}
 
@@ -62,40 +67,49 @@ class Bug:
     first_s: float | None = None
     equivalent: bool = False
     shared: bool = False                 # one of its clusters is also another bug's
+    module: str = ""                     # the line is in kvmsim/<module>.py, which the generation imports
 
 
 BUGS = [
     # g1 (v6.3/6.4)
     Bug("b01", "g1", "if n == -EINTR:\n        return KVM_PFN_ERR_SIGPENDING",
-        "if n == -EAGAIN:\n        return KVM_PFN_ERR_SIGPENDING", "slow GUP: -EINTR no longer SIGPENDING"),
-    Bug("b02", "g1", "if writable_out is not None and slot.readonly:",
-        "if writable_out is not None and slot.readonly and write_fault:", "RO slot offers RW to read lookups"),
-    Bug("b03", "g1", "if write_fault and not pte.writable:\n        return 0, KVM_PFN_ERR_RO_FAULT             # success",
-        "if not pte.writable:\n        return 0, KVM_PFN_ERR_RO_FAULT             # success",
-        "remapped read of a RO PTE says RO_FAULT"),
+        "if n == -11:                               # -EAGAIN (kvmsim.constants)\n        return KVM_PFN_ERR_SIGPENDING",
+        "slow GUP: -EINTR no longer SIGPENDING (-EAGAIN is)",
+        module=GUP_ERA),
+    Bug("b02", "g1", "if writable_out is not None and slot is not None and slot.readonly:",
+        "if writable_out is not None and slot is not None and slot.readonly and write_fault:",
+        "RO slot offers RW to read lookups", module=GUP_ERA),
+    Bug("b03", "g1", "if write_fault and not pte.writable:\n        return 0, KVM_PFN_ERR_RO_FAULT, False      # success",
+        "if not pte.writable:\n        return 0, KVM_PFN_ERR_RO_FAULT, False      # success",
+        "remapped read of a RO PTE says RO_FAULT", module=GUP_ERA),
     Bug("b04", "g1", "async_out.value = True                 # \"needs I/O\"",
-        "async_out.value = False                # \"needs I/O\"", "never signals needs-I/O (behaves like no async)"),
+        "async_out.value = False                # \"needs I/O\"", "never signals needs-I/O (behaves like no async)",
+        module=GUP_ERA),
     Bug("b05", "g1", "if pg is not None and not w.db.get_unless_zero(pg):    # under the PTE lock",
         "if pg is not None and w.db.get_unless_zero(pg):    # under the PTE lock",
         "remapped refcounted pages refused, refcount-0 accepted"),
     # g2 (noref v6)
-    Bug("b06", "g2", "        page_out.value = pg\n        return pg.pfn",
-        "        page_out.value = None\n        return pg.pfn", "slow path hands back no *page"),
-    Bug("b07", "g2", "        writable_out.value = pte.writable\n    return 0, pte.page.pfn",
-        "        writable_out.value = True\n    return 0, pte.page.pfn", "remapped: always writable"),
+    Bug("b06", "g2", "page_out.value = pg                    # the slow path's *page",
+        "page_out.value = None                  # the slow path's *page", "slow path hands back no *page",
+        module=GUP_ERA),
+    Bug("b07", "g2", "        writable_out.value = pte.writable\n    assert pte.page is not None",
+        "        writable_out.value = True\n    assert pte.page is not None", "remapped: always writable",
+        module=GUP_ERA),
     Bug("b08", "g2", "(FOLL_NOWAIT if async_out is not None else 0)", "(FOLL_NOWAIT if async_out is None else 0)",
-        "NOWAIT inverted"),
-    Bug("b09", "g2", "if n == -EHWPOISON or (async_out is None and _probe_hwpoison(w, hva)):",
-        "if n == -EHWPOISON:", "no hwpoison probe (the probe GUP faults pages in: not equivalent)"),
-    Bug("b10", "g2", "    page_out.value = None                          # set on entry (§3.2)",
-        "    pass                                           # set on entry (§3.2)", "*page not reset on entry"),
+        "NOWAIT inverted", module=GUP_ERA),
+    Bug("b09", "g2", "if n == -EHWPOISON or (async_out is None and probe_hwpoison(w, hva)):",
+        "if n == -EHWPOISON:", "no hwpoison probe (the probe GUP faults pages in: not equivalent)",
+        module=GUP_ERA),
+    Bug("b10", "g2", "        page_out.value = None                      # set on entry (§3.2)",
+        "        pass                                       # set on entry (§3.2)", "*page not reset on entry",
+        module=GUP_ERA),
     # g2f (kvm_follow_pfn v11)
     Bug("b11", "g2f", "if not kfp.flags & FOLL_GET and not kfp.guarded_by_mmu_notifier:",
         "if not kfp.flags & FOLL_GET and kfp.guarded_by_mmu_notifier:", "guard inverted"),
     Bug("b12", "g2f", "    if not kfp.flags & FOLL_GET:\n        w.db.put(pg)",
         "    if kfp.flags & FOLL_GET:\n        w.db.put(pg)", "drops the reference a FOLL_GET caller wanted"),
-    Bug("b13", "g2f", "    if kfp.slot.readonly:\n        kfp.try_map_writable = False",
-        "    if not kfp.slot.readonly:\n        kfp.try_map_writable = False", "RO-slot check inverted"),
+    Bug("b13", "g2f", "    if kfp.slot is not None and kfp.slot.readonly:\n        kfp.try_map_writable = False",
+        "    if kfp.slot is not None and not kfp.slot.readonly:\n        kfp.try_map_writable = False", "RO-slot check inverted"),
     Bug("b14", "g2f", "if kfp.refcounted_page is None and not kfp.guarded_by_mmu_notifier and not w.allow_unsafe_mappings:",
         "if kfp.refcounted_page is None and not kfp.guarded_by_mmu_notifier and w.allow_unsafe_mappings:",
         "unguarded remapped pfns accepted without allow_unsafe_mappings (behaves like G1)"),
@@ -118,22 +132,46 @@ MIXTURES = {f"m{i + 1}": [b for b in BUGS if int(b.id[1:]) % 5 == (i + 1) % 5] f
 
 def plant(bugs: list[Bug], tmp: str) -> str:
     """Write the patched copies and the plugin file; returns the plugin file's path."""
-    specs = []
+    specs: list[dict[str, str]] = []
     for b in bugs:
         rel, cls = MODULES[b.gen]
-        with open(os.path.join(REPO, rel), encoding="utf-8") as fh:
-            src = fh.read()
-        if src.count(b.old) != 1:
-            raise SystemExit(f"{b.id}: the line to change occurs {src.count(b.old)} times in {rel}")
-        path = os.path.join(tmp, f"planted_{b.id}.py")
-        with open(path, "w", encoding="utf-8") as fh:
-            fh.write(src.replace(b.old, b.new))
+        src = _read(rel)
+        if b.module:                             # the line is in a module the generation imports
+            copy = f"_planted_{b.id}_{b.module}"
+            path = _write(tmp, copy, _patched(b, f"kvmsim/{b.module}.py"))
+            specs.append({"module": f"kvmsim.{copy}", "file": path})
+            imp = f"from . import {b.module}\n"
+            if src.count(imp) != 1:
+                raise SystemExit(f"{b.id}: {rel} does not import {b.module} as `{imp.strip()}`")
+            src = src.replace(imp, f"from . import {copy} as {b.module}\n")
+        else:
+            src = _patched(b, rel)
+        path = _write(tmp, f"planted_{b.id}", src)
         b.backend = f"sim:{b.gen}-{b.id}"
         specs.append({"backend": b.backend, "module": f"kvmsim._planted_{b.id}", "file": path, "class": cls})
     plugins = os.path.join(tmp, "plugins.json")
     with open(plugins, "w", encoding="utf-8") as fh:
         json.dump(specs, fh)
     return plugins
+
+
+def _read(rel: str) -> str:
+    with open(os.path.join(REPO, rel), encoding="utf-8") as fh:
+        return fh.read()
+
+
+def _patched(b: Bug, rel: str) -> str:
+    src = _read(rel)
+    if src.count(b.old) != 1:
+        raise SystemExit(f"{b.id}: the line to change occurs {src.count(b.old)} times in {rel}")
+    return src.replace(b.old, b.new)
+
+
+def _write(tmp: str, name: str, src: str) -> str:
+    path = os.path.join(tmp, f"{name}.py")
+    with open(path, "w", encoding="utf-8") as fh:
+        fh.write(src)
+    return path
 
 
 def pair_of(b: Bug) -> tuple[str, str]:

@@ -100,6 +100,8 @@ def _load_hooks() -> None:
 # this variable lists {"backend": "sim:g3-b16", "module": "kvmsim._planted_b16", "file": PATH,
 # "class": "G3Merged"}; each file is loaded under its module name and registered as a sim backend,
 # so campaigns, their libFuzzer workers and triage (separate processes) all see the same backends.
+# An entry without "backend" only loads its module (a patched copy of a module a generation builds
+# on, e.g. kvmsim.gup_era, that a later entry's copy imports under that name).
 PLUGINS_ENV = "PFNDIFF_BACKEND_PLUGINS"
 
 
@@ -120,6 +122,8 @@ def load_plugins(path: str) -> list[str]:
             m = importlib.util.module_from_spec(spec)
             sys.modules[mod] = m
             spec.loader.exec_module(m)
+        if "backend" not in sp:
+            continue
         register(sp["backend"], "kvmsim.sim_backend:SimBackend", generation=f"{mod}:{sp['class']}")
         names.append(sp["backend"])
     return names

@@ -1,5 +1,6 @@
 """G2s SKETCH: Sean Christopherson's "very, *very* rough sketch" of ``kvm_follow_pfn()``
-(reply to v6 1/4, 22 May 2023) (spec §4), on top of the G2 noref functions.
+(reply to v6 1/4, 22 May 2023) (spec §4), on top of the G2 noref functions (``g2_noref``) and the
+GUP-era path the sketch leaves as it was (``gup_era``).
 
 Two modes (spec §4.3, §9):
 
@@ -26,20 +27,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from . import g2_noref, gup_era
 from .constants import (
     EFAULT, EINVAL, FOLL_GET, FOLL_INTERRUPTIBLE, FOLL_NOWAIT, FOLL_WRITE, KVM_HVA_ERR_BAD, KVM_HVA_ERR_RO_BAD,
-    KVM_PFN_ERR_FAULT, KVM_PFN_ERR_NEEDS_IO, KVM_PFN_ERR_RO_FAULT, KVM_PFN_NOSLOT, RET_PF_CONTINUE,
-    is_error_noslot_pfn,
+    KVM_PFN_ERR_FAULT, KVM_PFN_ERR_NEEDS_IO, KVM_PFN_ERR_RO_FAULT, KVM_PFN_NOSLOT, is_error_noslot_pfn,
 )
-from .g1_legacy import kvm_release_page, kvm_release_pfn
-from .g2_noref import G2Noref, gfn_to_pfn_noref_memslot, kvm_release_pfn_noref_clean, legacy_shim
-from .generation import UNINIT, Fault, HostMap, Lookup, Out
+from .g2_noref import gfn_to_pfn_noref_memslot, kvm_release_pfn_noref_clean, legacy_shim
+from .generation import UNINIT, Fault, Generation, HostMap, Lookup, Out, PageResult
 from .memslot import Memslot
-from .page_flags import kvm_set_page_accessed, kvm_set_page_dirty
+from .page_flags import kvm_set_page_accessed
 from .pfndb import Page
 from .scenario import Op
 from .world import Spte, World
-from .x86 import try_async_pf
 
 QUIRKS = ("S2", "S4", "S5", "S6", "S8")
 # S9: KVM_PFN_ERR_FAULT_MINOR is undefined in the mail; the model gives it NEEDS_IO's value.
@@ -59,10 +58,10 @@ class Foll:
     writable: bool = False
 
 
-class G2sSketch(G2Noref):
-    name = "g2s"
-    title = "kvm_follow_pfn sketch from review, intended reading (May 2023, never code)"
-    spec = "§4.1-§4.2"
+class G2sSketch(Generation, name="g2s", spec="§4.1-§4.2",
+                title="kvm_follow_pfn sketch from review, intended reading (May 2023, never code)",
+                builds_on=(g2_noref, gup_era)):
+    """§4: the sketch's ``kvm_follow_pfn`` on G2's noref functions, intended or literal (quirks)."""
 
     def __init__(self, quirks: frozenset[str] = frozenset()) -> None:
         unknown = set(quirks) - set(QUIRKS)
@@ -129,7 +128,10 @@ class G2sSketch(G2Noref):
         pfn = legacy_shim(w, slot, op.gfn, True, op.interruptible, Out(False) if op.nowait else None, op.write,
                           writable, hva)
         return Lookup("gfn_to_pfn_memslot_atomic (shim)", pfn, None, writable.value if writable else None,
-                      hva.value, None, lambda: kvm_release_pfn(w, pfn, False))
+                      hva.value, None, lambda: gup_era.kvm_release_pfn(w, pfn, False))
+
+    def gfn_to_page(self, w: World, op: Op) -> PageResult:
+        return g2_noref.shim_gfn_to_page(w, op.gfn)       # unconverted: G2's shim
 
     def vcpu_map(self, w: World, op: Op) -> tuple[int, HostMap]:
         """Sketch ``kvm_vcpu_map``: kmap only a page the API returned (S13), memremap only with
@@ -148,45 +150,40 @@ class G2sSketch(G2Noref):
         return 0, m
 
     def vcpu_unmap(self, w: World, m: HostMap, dirty: bool) -> None:
-        if m.hva is None:
-            return
-        if dirty:
-            w.mark_page_dirty(w.slot_for(m.gfn, vcpu=True), m.gfn)
-        if m.page is not None:                     # only a GUP page carries the FOLL_GET reference
-            kvm_release_page(w, m.page, dirty)
-        m.hva = m.page = None
+        def release() -> None:
+            if m.page is not None:                 # only a GUP page carries the FOLL_GET reference
+                gup_era.kvm_release_page(w, m.page, dirty)
+        gup_era.kvm_vcpu_unmap(w, m, dirty, release)
 
     # --- x86 ------------------------------------------------------------------------------------
-    def _faultin(self, w: World, f: Fault) -> int:
-        r = self._visibility(w, f)
-        if r is not None:
-            return r
-        foll = Foll(None if "S6" in self.quirks else f.slot, f.gfn, FOLL_NOWAIT | (FOLL_WRITE if f.write else 0),
+    def faultin(self, w: World, f: Fault) -> int:
+        return gup_era.kvm_faultin_pfn(w, f, self.faultin_lookup)
+
+    def faultin_lookup(self, w: World, f: Fault, sync: bool) -> tuple[int, bool]:
+        """``__kvm_follow_pfn(&foll)`` first; the second attempt through ``kvm_follow_pfn`` (S3/S4:
+        the public entry with FOLL_GET|FOLL_WRITE forced, with S4; else the caller's flags)."""
+        foll = Foll(None if "S6" in self.quirks else f.slot, f.gfn,
+                    (FOLL_INTERRUPTIBLE if sync else FOLL_NOWAIT) | (FOLL_WRITE if f.write else 0),
                     f.mmu_seq, guarded=True)
-        f.attempts.append("__kvm_follow_pfn")
-        f.pfn = self.follow_pfn_core(w, foll)
-        if not is_error_noslot_pfn(f.pfn):
-            return self._success(f, foll)
-        if f.pfn != KVM_PFN_ERR_FAULT_MINOR:
-            return RET_PF_CONTINUE
-        r = try_async_pf(w, f)
-        if r is not None:
-            return r
-        flags = (foll.flags | FOLL_INTERRUPTIBLE) & ~FOLL_NOWAIT
-        f.attempts.append("kvm_follow_pfn")
-        if "S4" in self.quirks:                    # S3/S4: the public entry, FOLL_GET|FOLL_WRITE forced
-            f.pfn, foll = self.kvm_follow_pfn(w, f.gfn, flags, foll)
+        if not sync:
+            f.attempts.append("__kvm_follow_pfn")
+            pfn = self.follow_pfn_core(w, foll)
+        elif "S4" in self.quirks:
+            f.attempts.append("kvm_follow_pfn")
+            pfn, foll = self.kvm_follow_pfn(w, f.gfn, foll.flags, foll)
         else:
-            foll.flags = flags
-            f.pfn = self.follow_pfn_core(w, foll)
-        if not is_error_noslot_pfn(f.pfn):
-            return self._success(f, foll)
-        return RET_PF_CONTINUE
+            f.attempts.append("kvm_follow_pfn")
+            pfn = self.follow_pfn_core(w, foll)
+        if not is_error_noslot_pfn(pfn):
+            self._success(f, foll)
+        return pfn, not sync and pfn == KVM_PFN_ERR_FAULT_MINOR
 
     @staticmethod
-    def _success(f: Fault, foll: Foll) -> int:
+    def _success(f: Fault, foll: Foll) -> None:
         f.hva, f.page, f.map_writable = foll.hva, foll.page, foll.writable
-        return RET_PF_CONTINUE
+
+    def is_stale(self, w: World, f: Fault) -> bool:
+        return f.slot is not None and w.notifier.retry_hva(f.mmu_seq, f.hva)   # G2's, unchanged (§3.4)
 
     def finish(self, w: World, f: Fault, r: int) -> None:
         if "S8" in self.quirks:                    # v6 2/4's exit path, unchanged by the sketch
@@ -194,12 +191,11 @@ class G2sSketch(G2Noref):
         elif f.page is not None and not is_error_noslot_pfn(f.pfn):
             kvm_set_page_accessed(w, f.page)       # no reference is held on either attempt
 
+    def huge_ok(self, f: Fault) -> bool:
+        return f.page is not None                  # G2's D16, unchanged
+
     def spte_zapped(self, w: World, spte: Spte) -> None:
-        if spte.page is not None:                  # is_refcounted_page_pte (§4.1 item 6)
-            if spte.accessed:
-                kvm_set_page_accessed(w, spte.page)
-            if spte.dirty:
-                kvm_set_page_dirty(w, spte.page)
+        gup_era.spte_zapped_by_page(w, spte)       # is_refcounted_page_pte (§4.1 item 6)
 
 
 def _memremap_ok(w: World, pfn: int) -> bool:

@@ -19,17 +19,18 @@ from .constants import (
     APIC_ACCESS_PAGE_PRIVATE_MEMSLOT, EAGAIN, EFAULT, EHWPOISON, EINTR, EINVAL, FOLL_HONOR_NUMA_FAULT,
     FOLL_HWPOISON, FOLL_INTERRUPTIBLE, FOLL_NOWAIT, FOLL_WRITE, KVM_HVA_ERR_RO_BAD, KVM_PFN_ERR_FAULT,
     KVM_PFN_ERR_HWPOISON, KVM_PFN_ERR_NEEDS_IO, KVM_PFN_ERR_RO_FAULT, KVM_PFN_ERR_SIGPENDING, KVM_PFN_NOSLOT,
-    RET_PF_CONTINUE, RET_PF_EMULATE, RET_PF_RETRY, VM_REMAPPED, is_error_noslot_pfn, is_error_pfn,
-    is_noslot_pfn, kvm_is_error_hva,
+    RET_PF_CONTINUE, RET_PF_EMULATE, RET_PF_RETRY, is_error_noslot_pfn, is_error_pfn, is_noslot_pfn,
+    kvm_is_error_hva,
 )
 from .generation import Fault, Generation, HostMap, Lookup, Out, PageResult
 from .memslot import Memslot, gfn_to_hva_many
-from .mm import RemapPte, follow_remapped_pte, gup_fast_only, gup_slow, vma_is_valid
+from .mm import RemapPte, Vma, follow_remapped_pte, gup_fast_only, gup_slow
 from .page_flags import kvm_set_page_accessed, kvm_set_page_dirty
 from .pfndb import Page
 from .scenario import Op
+from .vma_walk import hva_to_pfn_vma
 from .world import World
-from .x86 import kvm_handle_error_pfn, kvm_handle_noslot_fault, try_async_pf
+from .x86 import faultin_attempts, kvm_handle_error_pfn, kvm_handle_noslot_fault
 
 
 @dataclass
@@ -72,7 +73,7 @@ def kvm_follow_pfn(w: World, kfp: Kfp) -> int:
         return KVM_PFN_ERR_RO_FAULT
     if kvm_is_error_hva(kfp.hva):
         return KVM_PFN_NOSLOT
-    if kfp.slot.readonly and kfp.map_writable is not None:
+    if kfp.slot is not None and kfp.slot.readonly and kfp.map_writable is not None:
         kfp.map_writable.value = False
         kfp.map_writable = None
     return hva_to_pfn(w, kfp)
@@ -110,7 +111,7 @@ def _pin_user_pages_fast(w: World, hva: int) -> tuple[int, Page | None]:
 def hva_to_pfn_slow(w: World, kfp: Kfp) -> tuple[int, int]:
     flags = FOLL_HWPOISON | FOLL_HONOR_NUMA_FAULT | kfp.flags
     n, pg = gup_slow(w, kfp.hva, flags, pin=kfp.pin)
-    if n != 1:
+    if n != 1 or pg is None:
         return n, 0
     if kfp.map_writable is not None and kfp.pin:
         w.warn_once("hva_to_pfn_slow:map_writable && pin")     # no upgrade for pins
@@ -123,7 +124,7 @@ def hva_to_pfn_slow(w: World, kfp: Kfp) -> tuple[int, int]:
     return 1, kvm_resolve_pfn(w, kfp, pg, None, bool(flags & FOLL_WRITE))
 
 
-def hva_to_pfn_remapped(w: World, vma, kfp: Kfp) -> tuple[int, int]:
+def hva_to_pfn_remapped(w: World, vma: Vma, kfp: Kfp) -> tuple[int, int]:
     if kfp.pin and not w.allow_unsafe_mappings:
         return -EINVAL, 0                          # pins never resolve through VM_PFNMAP (K3)
     write = bool(kfp.flags & FOLL_WRITE)
@@ -149,18 +150,8 @@ def hva_to_pfn(w: World, kfp: Kfp) -> int:
         return KVM_PFN_ERR_SIGPENDING              # D13
     if n == -EHWPOISON:
         return KVM_PFN_ERR_HWPOISON                # no separate probe any more (D14)
-    while True:
-        vma = w.mm.find(kfp.hva)
-        if vma is None:
-            return KVM_PFN_ERR_FAULT
-        if vma.flags & VM_REMAPPED:
-            r, pfn = hva_to_pfn_remapped(w, vma, kfp)
-            if r == -EAGAIN:
-                continue
-            return KVM_PFN_ERR_FAULT if r < 0 else pfn
-        if kfp.flags & FOLL_NOWAIT and vma_is_valid(vma, bool(kfp.flags & FOLL_WRITE)):
-            return KVM_PFN_ERR_NEEDS_IO
-        return KVM_PFN_ERR_FAULT
+    return hva_to_pfn_vma(w, kfp.hva, bool(kfp.flags & FOLL_WRITE), bool(kfp.flags & FOLL_NOWAIT),
+                          lambda vma: hva_to_pfn_remapped(w, vma, kfp))
 
 
 # --- §6.3 public entry points ---------------------------------------------------------------------
@@ -193,10 +184,8 @@ def kvm_prefetch_pages(w: World, slot: Memslot | None, gfn: int) -> Page | None:
     return gup_fast_only(w, hva, write=True)
 
 
-class G3Merged(Generation):
-    name = "g3"
-    title = "kvm_follow_pfn as merged in Linux 6.13"
-    spec = "§6"
+class G3Merged(Generation, name="g3", spec="§6", title="kvm_follow_pfn as merged in Linux 6.13"):
+    """§6: v6.13's ``kvm_follow_pfn``; shares only the VMA walk and the x86 skeleton."""
 
     def lookup(self, w: World, op: Op) -> Lookup:
         slot = w.slot_for(op.gfn, op.vcpu)
@@ -269,7 +258,7 @@ class G3Merged(Generation):
                 return RET_PF_EMULATE
         if w.notifier.retry_gfn(f.mmu_seq, f.gfn):
             return RET_PF_RETRY                    # pre-check before GUP (v6.8+)
-        r = self._faultin(w, f)
+        r = faultin_attempts(w, f, self.faultin_lookup)   # __kvm_mmu_faultin_pfn
         if r != RET_PF_CONTINUE:
             return r
         if is_error_pfn(f.pfn):
@@ -283,26 +272,16 @@ class G3Merged(Generation):
             return RET_PF_RETRY
         return RET_PF_CONTINUE
 
-    def _faultin(self, w: World, f: Fault) -> int:
-        """``__kvm_mmu_faultin_pfn``."""
-        foll = FOLL_WRITE if f.write else 0
-        f.pfn = self._gup(w, f, foll | FOLL_NOWAIT)
-        if f.pfn != KVM_PFN_ERR_NEEDS_IO:
-            return RET_PF_CONTINUE
-        r = try_async_pf(w, f)
-        if r is not None:
-            return r
-        f.pfn = self._gup(w, f, foll | FOLL_INTERRUPTIBLE)
-        return RET_PF_CONTINUE
-
-    @staticmethod
-    def _gup(w: World, f: Fault, flags: int) -> int:
+    def faultin_lookup(self, w: World, f: Fault, sync: bool) -> tuple[int, bool]:
+        """One ``__kvm_faultin_pfn`` call of ``__kvm_mmu_faultin_pfn``: FOLL_NOWAIT first,
+        FOLL_INTERRUPTIBLE on the second try."""
+        flags = (FOLL_WRITE if f.write else 0) | (FOLL_INTERRUPTIBLE if sync else FOLL_NOWAIT)
         f.attempts.append("__kvm_faultin_pfn")
         writable, page = Out(False), Out(None)
         pfn = kvm_faultin_pfn_(w, f.slot, f.gfn, flags, writable, page)
         f.map_writable, f.page = bool(writable.value), page.value
         f.hva = gfn_to_hva_many(f.slot, f.gfn, f.write)
-        return pfn
+        return pfn, pfn == KVM_PFN_ERR_NEEDS_IO
 
     def is_stale(self, w: World, f: Fault) -> bool:
         return f.slot is not None and w.notifier.retry_gfn(f.mmu_seq, f.gfn)

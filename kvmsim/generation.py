@@ -1,9 +1,12 @@
 """What every API generation provides, and the small types their code shares.
 
-A generation module (g1_legacy, g2_noref, g2s_sketch, g2f_posted, g3_merged) implements its own
-gfn→pfn core side by side with its spec section, maps the generation-neutral ops onto its own
-entry points (documented in each ``lookup``), and supplies the x86 fault-path pieces that
-``x86.page_fault`` strings together.
+A generation module (g1_legacy, g2_noref, g2s_sketch, g2f_posted, g3_merged) holds only its own
+decisions, side by side with its spec section: it maps the generation-neutral ops onto its own entry
+points (documented in each ``lookup``) and supplies the x86 fault-path steps that ``x86.page_fault``
+strings together (``faultin`` → ``x86.faultin_attempts`` → ``faultin_lookup``; ``is_stale``;
+``finish``).  What the pre-6.13 generations share lives once in ``gup_era`` and the VMA walk every
+generation keeps in ``vma_walk``; a generation composes those functions (``builds_on`` names the
+modules), it does not inherit another generation's behaviour.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 from .constants import KVM_PFN_NOSLOT
@@ -105,6 +109,16 @@ class Generation(ABC):
     name: str = ""
     title: str = ""
     spec: str = ""
+    # The modules besides its own whose functions make this generation's decisions (root-cause
+    # analysis records the calls made in them).
+    builds_on: tuple[ModuleType, ...] = ()
+
+    def __init_subclass__(cls, *, name: str, title: str, spec: str, builds_on: tuple[ModuleType, ...] = (),
+                          **kwargs: Any) -> None:
+        """A generation states what it is in its class statement: its backend name, title, spec
+        section and the modules it builds on."""
+        super().__init_subclass__(**kwargs)
+        cls.name, cls.title, cls.spec, cls.builds_on = name, title, spec, builds_on
 
     # --- raw API ------------------------------------------------------------------------
     @abstractmethod
@@ -124,6 +138,11 @@ class Generation(ABC):
     @abstractmethod
     def faultin(self, w: World, f: Fault) -> int:
         """``kvm_faultin_pfn`` (``kvm_mmu_faultin_pfn`` in G3): RET_PF_* or -errno."""
+
+    @abstractmethod
+    def faultin_lookup(self, w: World, f: Fault, sync: bool) -> tuple[int, bool]:
+        """One gfn→pfn lookup of the fault path (``x86.faultin_attempts``): the first (``sync``
+        False: may not wait for I/O) or the synchronous, interruptible second; (pfn, needs I/O)."""
 
     @abstractmethod
     def is_stale(self, w: World, f: Fault) -> bool:

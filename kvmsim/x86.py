@@ -1,9 +1,10 @@
 """The x86 MMU pieces every generation shares (spec §2.7, §6.4): error-pfn and no-slot
-handling, async #PF, the SPTE "map" step, and the ``direct_page_fault`` skeleton that strings a
+handling, async #PF and the two fault-in lookups around it, the SPTE "map" step, and the ``direct_page_fault`` skeleton that strings a
 generation's ``faultin``/``is_stale``/``finish`` together."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 
 from .constants import (
     EFAULT, EINTR, FOLL_WRITE, HPAGE_PAGES, KVM_PFN_NOSLOT, KVM_PFN_ERR_HWPOISON, KVM_PFN_ERR_RO_FAULT, PAGE_SHIFT,
@@ -65,6 +66,25 @@ def try_async_pf(w: World, f: Fault) -> int | None:
     if n == 1 and pg is not None:
         w.db.put(pg)
     return RET_PF_RETRY
+
+
+# A generation's one gfn->pfn lookup of the fault path (``Generation.faultin_lookup``): the first
+# (``sync`` False: may not wait for I/O) or the synchronous, interruptible second; (pfn, needs I/O).
+FaultinLookup = Callable[[World, Fault, bool], tuple[int, bool]]
+
+
+def faultin_attempts(w: World, f: Fault, lookup: FaultinLookup) -> int:
+    """The two lookups of ``__kvm_faultin_pfn`` (§2.7; ``__kvm_mmu_faultin_pfn`` in G3, §6.4):
+    one that may not wait for I/O and, when it needs I/O, async #PF or a synchronous,
+    interruptible second lookup."""
+    f.pfn, needs_io = lookup(w, f, False)
+    if not needs_io:
+        return RET_PF_CONTINUE                     # success or a terminal error
+    r = try_async_pf(w, f)
+    if r is not None:
+        return r
+    f.pfn, _ = lookup(w, f, True)
+    return RET_PF_CONTINUE
 
 
 def huge_level(w: World, gen: Generation, f: Fault) -> int:

@@ -155,12 +155,14 @@ def ret_class(v: Any) -> str:
 
 def generation_modules(backend: Backend) -> set[str]:
     """The modules whose functions are the generation's decisions: those of its class hierarchy,
-    plus the shared x86 skeleton."""
+    the modules it builds on (``Generation.builds_on``: the GUP-era path, G2's noref functions),
+    plus the x86 skeleton and the VMA walk every generation shares."""
     gen = getattr(backend, "gen", None)
     if gen is None:
         return set()
     mods = {c.__module__ for c in type(gen).__mro__ if c.__module__ not in ("builtins", "abc")}
-    return mods | {"kvmsim.x86"}
+    mods |= {m.__name__ for m in getattr(gen, "builds_on", ())}
+    return mods | {"kvmsim.x86", "kvmsim.vma_walk"}
 
 
 Call = tuple[str, str, tuple[str, ...]]     # function, return class, the generation functions it called
