@@ -30,7 +30,7 @@ from .world import Spte, World
 from .x86 import FaultinLookup, faultin_attempts, kvm_handle_error_pfn, kvm_handle_noslot_fault
 
 # A generation's ``hva_to_pfn_remapped(w, vma, hva, write_fault, writable_out)``: (0 or -errno, pfn).
-Remapped = Callable[[World, Vma, int, bool, Out | None], tuple[int, int]]
+RemappedStep = Callable[[World, Vma, int, bool, Out | None], tuple[int, int]]
 
 
 # --- §2.4 refcounted-page classification and release helpers ------------------------------------
@@ -126,7 +126,7 @@ def memslot_prelude(slot: Memslot | None, gfn: int, write_fault: bool, writable_
 
 
 def hva_to_pfn(w: World, hva: int, atomic: bool, interruptible: bool, async_out: Out | None,
-               write_fault: bool, writable_out: Out | None, remapped: Remapped,
+               write_fault: bool, writable_out: Out | None, remapped: RemappedStep,
                page_out: Out | None = None) -> int:
     """``hva_to_pfn`` (§2.3) with the caller's remapped step; G2's noref entry points pass
     ``page_out`` (``*page``, §3.2): set on entry, then to the page GUP handed back."""
