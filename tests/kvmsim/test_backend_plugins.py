@@ -53,3 +53,39 @@ def test_real_host_backends_register_through_the_entry_point_hook():
     with open(os.path.join(HERE, "..", "..", "kvmsim", "backend.py"), encoding="utf-8") as fh:
         assert "kernel_shim" not in fh.read()
     assert get_backend("qemu:6.1").name == "qemu:6.1"
+
+
+RO_SLOT = """
+version: 1
+world:
+  vmas: [{name: ram, pages: 1, state: present_rw}]
+  memslots: [{id: 0, gfn: 0x100, pages: 1, vma: ram, readonly: true}]
+ops:
+  - lookup: {gfn: 0x100, try_writable: true}
+"""
+
+
+def test_a_patched_shared_module_is_used_by_the_one_generation_copy_that_imports_it(tmp_path):
+    """A plugin entry without "backend" only loads a module: a patched copy of the GUP-era path,
+    imported by one generation's copy under the shared module's name; the others keep the original."""
+    kv = os.path.join(HERE, "..", "..", "kvmsim")
+    shared = open(os.path.join(kv, "gup_era.py"), encoding="utf-8").read()
+    old = "if writable_out is not None and slot is not None and slot.readonly:"
+    assert shared.count(old) == 1
+    (tmp_path / "gup_era_copy.py").write_text(shared.replace(old, old[:-1] + " and write_fault:"))
+    g1 = open(os.path.join(kv, "g1_legacy.py"), encoding="utf-8").read()
+    imp = "from . import gup_era\n"
+    assert g1.count(imp) == 1
+    (tmp_path / "g1_copy.py").write_text(g1.replace(imp, "from . import _test_gup_era_copy as gup_era\n"))
+    plugins = tmp_path / "plugins.json"
+    plugins.write_text(json.dumps([
+        {"module": "kvmsim._test_gup_era_copy", "file": str(tmp_path / "gup_era_copy.py")},
+        {"backend": "sim:g1-shared-test", "module": "kvmsim._test_g1_copy", "file": str(tmp_path / "g1_copy.py"),
+         "class": "G1Legacy"}]))
+    assert load_plugins(str(plugins)) == ["sim:g1-shared-test"]
+    sc = loads_scenario(RO_SLOT, "t.yaml")
+    copy = get_backend("sim:g1-shared-test")
+    assert [m.__name__ for m in copy.gen.builds_on] == ["kvmsim._test_gup_era_copy"]
+    assert copy.run(sc).records[0].api["writable"] is True                 # I1 broken in the copy only
+    assert get_backend("sim:g1").run(sc).records[0].api["writable"] is False
+    assert get_backend("sim:g2").run(sc).records[0].api["writable"] is False
