@@ -123,6 +123,16 @@ def guest_quirks(sc: Any) -> list[str]:
     return out
 
 
+def _faultpath_wanted() -> bool:
+    """``pfndiff.faultpath=0`` on the kernel command line (``PFNDIFF_FAULTPATH=0`` on the host) turns
+    fault-path tracing off."""
+    try:
+        with open("/proc/cmdline") as fh:
+            return "pfndiff.faultpath=0" not in fh.read().split()
+    except OSError:
+        return True
+
+
 def _uptime() -> float:
     try:
         with open("/proc/uptime") as fh:
@@ -144,8 +154,8 @@ def main() -> int:
     if why_kvm is not None:
         write_msg(fd, {"ready": False, "release": release, "kvm": why_kvm})
         return 1
-    tracing = session.acquire(release)              # once per boot (every batch of scenarios), before
-                                                    # the worker is forked: it writes the markers
+    tracing = session.acquire(release) if _faultpath_wanted() else None   # once per boot (every batch of
+                                                    # scenarios), before the worker is forked: it writes the markers
     runner = GuestRunner(timeout=30.0)
     try:
         runner.worker = runner.start()              # the worker's Python start-up is part of the boot
