@@ -98,6 +98,7 @@ class Fault:
     page: Page | None = None                   # G2 fault->page; G3 fault->refcounted_page
     mmu_seq: int = 0
     attempts: list[str] = field(default_factory=list)   # api calls made, for the trace
+    results: list[int] = field(default_factory=list)    # what each call returned (where recorded)
     async_pf: str | None = None               # "queued" | "halt" when async #PF took over
     mmio_spte: bool = False
     noslot: bool = False                       # the path decided "no slot" without a gfn->pfn call

@@ -78,12 +78,14 @@ def faultin_attempts(w: World, f: Fault, lookup: FaultinLookup) -> int:
     one that may not wait for I/O and, when it needs I/O, async #PF or a synchronous,
     interruptible second lookup."""
     f.pfn, needs_io = lookup(w, f, False)
+    f.results.append(f.pfn)                        # the fault-path record's per-call result
     if not needs_io:
         return RET_PF_CONTINUE                     # success or a terminal error
     r = try_async_pf(w, f)
     if r is not None:
         return r
     f.pfn, _ = lookup(w, f, True)
+    f.results.append(f.pfn)
     return RET_PF_CONTINUE
 
 

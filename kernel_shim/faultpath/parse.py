@@ -11,7 +11,7 @@ is a plain "no" (no SPTE, no async #PF...).
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from kvmsim.constants import HPAGE_PAGES, pfn_class
@@ -76,94 +76,107 @@ def _call(e: Event, layout: str) -> dict[str, Any]:
     kv = dict(KV.findall(e.body))
     if layout == "merged":
         foll = _hex(kv.get("foll", "0"))
-        return {"nowait": bool(foll & FOLL_NOWAIT), "interruptible": bool(foll & FOLL_INTERRUPTIBLE)}
+        return {"nowait": bool(foll & FOLL_NOWAIT), "interruptible": bool(foll & FOLL_INTERRUPTIBLE), "result": None}
     nowait = _hex(kv.get("async", "0")) != 0
-    return {"nowait": nowait, "interruptible": kv.get("intr", "0") not in ("0", "0x0")}
+    return {"nowait": nowait, "interruptible": kv.get("intr", "0") not in ("0", "0x0"), "result": None}
 
 
-def fault_records(text: str, sc: Scenario, info: dict[str, Any]) -> dict[int, list[dict[str, Any]]]:
-    """op index -> the access's faults, for every access op a marker covered."""
-    seen = {tp: True for tp in info.get("tracepoints", [])}
-    seen["entry_point"] = info.get("entry_point") is not None
-    seen["map_writable"] = bool(info.get("map_writable"))
-    layout = info.get("layout") or ""
-    # Without the #NPF tracepoint (PVM) faults have no boundaries: an access gets one summary entry,
-    # built from the SPTE events on its gfn, and only when there is one (no event: no fault, or a
-    # fault that installed nothing, which cannot be told apart).
-    bounded = "kvm/kvm_page_fault" in seen
-    if not bounded:
-        seen = {k: v for k, v in seen.items() if k in ("kvmmmu/kvm_mmu_set_spte", "kvmmmu/mark_mmio_spte")}
-        if not seen:
-            return {}
-    ops = sc.ops
-    out: dict[int, list[dict[str, Any]]] = {}
-    batch: dict[int, int] = {}              # gfn -> op index, for the batch being read
-    cur: dict[str, Any] | None = None
-    cur_gfn = -1
-    vmm = -1                                # the VMM's pid (its markers'): other processes' events are not ours
-    for e in events(text):
-        if e.name == "tracing_mark_write":
-            m = re.search(r"pfndiff op (\d+)", e.body)
-            if not m:
-                continue
-            i, vmm = int(m[1]), e.pid
-            batch = {}
-            cur = None
-            j = i
-            while j < len(ops) and ops[j].kind == "access":
-                g = ops[j].args["gpa"] >> 12
-                if g in batch:
-                    break
-                batch[g] = j
-                if bounded:
-                    out.setdefault(j, [])
-                j += 1
-            continue
-        if e.pid != vmm:
-            continue
-        if not bounded and "kvmmmu/" + e.name in seen:
-            g = _field(e.body, "gfn")
-            if g in batch and (cur is None or cur_gfn != g):
-                cur_gfn, cur = g, new_fault(NOT_OBSERVABLE, seen)      # type: ignore[arg-type]
-                cur["count"] = NOT_OBSERVABLE
-                out[batch[g]] = [cur]
-        if e.name == "kvm_page_fault":
-            addr, code = _field(e.body, "address"), _field(e.body, "error_code")
-            if addr is None or (addr >> 12) not in batch:
-                cur = None
-                continue
-            cur_gfn = addr >> 12
-            cur = new_fault(bool((code or 0) & PFERR_WRITE), seen)
-            out.setdefault(batch[cur_gfn], []).append(cur)
-            continue
-        if cur is None:
-            continue
-        if e.name == "pfn_in":
+@dataclass
+class _Reader:
+    """The state of one pass over a scenario's events (``fault_records``)."""
+    sc: Scenario
+    seen: dict[str, Any]
+    layout: str
+    bounded: bool
+    out: dict[int, list[dict[str, Any]]] = field(default_factory=dict)
+    batch: dict[int, int] = field(default_factory=dict)      # gfn -> op index, for the batch being read
+    cur: dict[str, Any] | None = None                        # the fault being read
+    cur_gfn: int = -1
+    vmm: int = -1                   # the VMM's pid (its markers'): other processes' events are not ours
+
+    def marker(self, e: Event) -> None:
+        m = re.search(r"pfndiff op (\d+)", e.body)
+        if not m:
+            return
+        i, self.vmm, self.batch, self.cur = int(m[1]), e.pid, {}, None
+        ops = self.sc.ops
+        while i < len(ops) and ops[i].kind == "access" and ops[i].args["gpa"] >> 12 not in self.batch:
+            self.batch[ops[i].args["gpa"] >> 12] = i
+            if self.bounded:
+                self.out.setdefault(i, [])
+            i += 1
+
+    def start(self, gfn: int | None, write: Any) -> None:
+        """A new fault on ``gfn`` (None: not one of the batch's accesses; its events are dropped)."""
+        if gfn is None or gfn not in self.batch:
+            self.cur = None
+            return
+        self.cur_gfn, self.cur = gfn, new_fault(write, self.seen)
+        if self.bounded:
+            self.out[self.batch[gfn]].append(self.cur)
+        else:
+            self.cur["count"] = NOT_OBSERVABLE
+            self.out[self.batch[gfn]] = [self.cur]
+
+    def detail(self, e: Event) -> None:
+        """An event inside the current fault."""
+        cur = self.cur
+        assert cur is not None
+        if e.name == "pfn_in" and cur["calls"] != NOT_OBSERVABLE:
             kv = dict(KV.findall(e.body))
-            if "gfn" in kv and _hex(kv["gfn"]) == cur_gfn and cur["calls"] != NOT_OBSERVABLE:
-                cur["calls"].append(_call(e, layout))
-        elif e.name == "pfn_out":
-            if cur["calls"] == NOT_OBSERVABLE or not cur["calls"]:
-                continue
+            if "gfn" in kv and _hex(kv["gfn"]) == self.cur_gfn:
+                cur["calls"].append(_call(e, self.layout))
+        elif e.name == "pfn_out" and cur["calls"] != NOT_OBSERVABLE and cur["calls"]:
             kv = dict(KV.findall(e.body))
-            ret = _hex(kv.get("ret", "0"))
-            cur["result"] = pfn_class(ret)
-            if seen["map_writable"]:
+            cur["result"] = cur["calls"][-1]["result"] = pfn_class(_hex(kv.get("ret", "0")))
+            if self.seen.get("map_writable"):
                 cur["map_writable"] = kv.get("wr", "0") not in ("0", "0x0") if cur["result"] == "pfn" else None
         elif e.name == "kvm_mmu_set_spte" and cur["spte"] != NOT_OBSERVABLE:
             gfn, spte, level = _field(e.body, "gfn"), _field(e.body, "spte"), _field(e.body, "level")
             pages = LEVEL_PAGES.get(level or 1, 1)
-            if gfn is not None and spte is not None and gfn <= cur_gfn < gfn + pages:
+            if gfn is not None and spte is not None and gfn <= self.cur_gfn < gfn + pages:
                 cur["spte"] = {"writable": bool(spte & PT_WRITABLE), "level": pages}
         elif e.name == "mark_mmio_spte" and cur["mmio_spte"] != NOT_OBSERVABLE:
-            if _field(e.body, "gfn") == cur_gfn:
-                cur["mmio_spte"] = True
-        elif e.name == "kvm_emulate_insn" and cur["emulated"] != NOT_OBSERVABLE:
-            cur["emulated"] = True
-        elif e.name == "kvm_try_async_get_page" and cur["async_pf"] != NOT_OBSERVABLE:
-            cur["async_pf"] = "queued"
-        elif e.name == "kvm_async_pf_repeated_fault" and cur["async_pf"] != NOT_OBSERVABLE:
-            cur["async_pf"] = "halt"
-        elif e.name == "fast_page_fault":
-            cur["fast"] = True
-    return out
+            cur["mmio_spte"] = cur["mmio_spte"] or _field(e.body, "gfn") == self.cur_gfn
+        elif e.name in EVENT_VALUES and cur[EVENT_VALUES[e.name][0]] != NOT_OBSERVABLE:
+            key, value = EVENT_VALUES[e.name]
+            cur[key] = value
+
+
+# Events that set one field of the current fault to one value.
+EVENT_VALUES = {"kvm_emulate_insn": ("emulated", True), "kvm_try_async_get_page": ("async_pf", "queued"),
+                "kvm_async_pf_repeated_fault": ("async_pf", "halt")}
+SPTE_EVENTS = ("kvmmmu/kvm_mmu_set_spte", "kvmmmu/mark_mmio_spte")
+
+
+def fault_records(text: str, sc: Scenario, info: dict[str, Any]) -> dict[int, list[dict[str, Any]]]:
+    """op index -> the access's faults, for every access op a marker covered.
+
+    Without the #NPF tracepoint (PVM) faults have no boundaries: an access gets one summary entry,
+    built from the SPTE events on its gfn, and only when there is one (no event: no fault, or a
+    fault that installed nothing, which cannot be told apart)."""
+    seen = {tp: True for tp in info.get("tracepoints", [])}
+    seen["entry_point"] = info.get("entry_point") is not None
+    seen["map_writable"] = bool(info.get("map_writable"))
+    bounded = "kvm/kvm_page_fault" in seen
+    if not bounded:
+        seen = {k: v for k, v in seen.items() if k in SPTE_EVENTS}
+        if not seen:
+            return {}
+    r = _Reader(sc, seen, info.get("layout") or "", bounded)
+    for e in events(text):
+        if e.name == "tracing_mark_write":
+            r.marker(e)
+        elif e.pid != r.vmm:
+            continue
+        elif e.name == "kvm_page_fault":
+            addr, code = _field(e.body, "address"), _field(e.body, "error_code")
+            r.start(None if addr is None else addr >> 12, bool((code or 0) & PFERR_WRITE))
+        else:
+            if not bounded and "kvmmmu/" + e.name in seen:
+                g = _field(e.body, "gfn")
+                if g is not None and g in r.batch and (r.cur is None or r.cur_gfn != g):
+                    r.start(g, NOT_OBSERVABLE)
+            if r.cur is not None:
+                r.detail(e)
+    return r.out

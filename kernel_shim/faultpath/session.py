@@ -51,7 +51,7 @@ def attach_faults(out: dict[str, Any], sc: Scenario, t: tracefs.Tracing) -> None
         vmm = r.get("vmm") or {}
         if r["op"] == "access" and r["index"] in faults and vmm.get("outcome") not in (None, "timeout", "crash", "killed"):
             r["fault"] = faults[r["index"]]
-    out["meta"]["fault_path"] = {"entry_point": info["entry_point"], "not_observable": sorted(info["not_observable"])}
+    out["meta"]["fault_path"] = {"entry_point": t.entry_point, "not_observable": sorted(t.missing)}
 
 
 @atexit.register

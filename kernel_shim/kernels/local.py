@@ -184,7 +184,7 @@ def _busybox() -> tuple[bytes, str]:
     return bb, f"busybox-static {v}"
 
 
-def check_name(name: str, release: str) -> str:
+def check_name(name: str) -> str:
     if not NAME_RE.fullmatch(name):
         raise AddError(f"--name {name!r}: use letters, digits, '.', '_' or '-' (at most 40)")
     for e in cached_kernels():
@@ -206,7 +206,7 @@ def add_kernel(path: str, name: str | None = None, modules: str | None = None,
     if not elf.startswith(ELF_MAGIC) or elf[4] != 2 or struct.unpack_from("<H", elf, 18)[0] != 62:
         raise AddError(f"{image_path}: not an x86-64 kernel image")
     release = elf_release(elf)
-    name = check_name(name or f"{release.split('-')[0].split('+')[0]}-local", release)
+    name = check_name(name or f"{release.split('-')[0].split('+')[0]}-local")
     mod_root = Path(modules).expanduser() if modules else (src if src.is_dir() else None)
     if mod_root is not None and not mod_root.is_dir():
         raise AddError(f"--modules {mod_root}: not a directory")

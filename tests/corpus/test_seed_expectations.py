@@ -18,6 +18,8 @@ SEEDS = sorted((Path(__file__).resolve().parents[2] / "corpus" / "seeds").glob("
 
 def _field(rec: OpRecord, path: str) -> Any:
     level, _, key = path.partition(".")
+    if level == "fault":                            # an access's fault path: its last fault's field
+        return (rec.fault or [{}])[-1].get(key)
     return (getattr(rec, level) or {}).get(key)
 
 

@@ -59,12 +59,12 @@ def test_parse_attributes_faults_to_accesses():
     assert sorted(recs) == [0, 1]
     w = recs[0]
     assert len(w) == 2 and w[0]["spte"] is None and w[1]["spte"] == {"writable": True, "level": 1}
-    assert w[1] == {"write": True, "calls": [{"nowait": True, "interruptible": False}], "result": "pfn",
+    assert w[1] == {"write": True, "calls": [{"nowait": True, "interruptible": False, "result": "pfn"}], "result": "pfn",
                     "map_writable": True, "async_pf": None, "spte": {"writable": True, "level": 1},
                     "mmio_spte": False, "emulated": False}
     (r,) = recs[1]                                   # pid 77's fault is not the VMM's
-    assert r["write"] is False and r["calls"] == [{"nowait": True, "interruptible": False},
-                                                  {"nowait": False, "interruptible": True}]
+    assert r["write"] is False and r["calls"] == [{"nowait": True, "interruptible": False, "result": "ERR_NEEDS_IO"},
+                                                  {"nowait": False, "interruptible": True, "result": "pfn"}]
     assert r["result"] == "pfn" and r["map_writable"] is False and r["spte"] == {"writable": False, "level": 1}
 
 
@@ -135,3 +135,5 @@ def test_corpus_fault_paths_agree_with_the_model_or_a_named_quirk(suite):
     assert cov.fault_accesses >= 15 and cov.fault_fields > 6 * cov.fault_accesses, cov
     assert quirks <= set(QUIRKS)
     assert "own-invalidation-retry" in quirks
+    d01 = traces[[sc.name for sc in scs].index("d01-vmm-needs-io-access")]           # D1, seen in the kernel
+    assert d01.records[0].fault[-1]["calls"][0]["result"] == ("ERR_FAULT" if k.generation == "g1" else "ERR_NEEDS_IO")

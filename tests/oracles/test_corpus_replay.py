@@ -36,6 +36,8 @@ def _known_specs(divs) -> set[str]:
 def _raw(trace, op: int, field: str):
     rec = trace.records[op]
     level, _, key = field.partition(".")
+    if level == "fault":                            # an access's fault path: its last fault's field
+        return (rec.fault or [{}])[-1].get(key)
     part = getattr(rec, level) or {}
     return part.get(key)
 
