@@ -137,3 +137,29 @@ def test_corpus_fault_paths_agree_with_the_model_or_a_named_quirk(suite):
     assert "own-invalidation-retry" in quirks
     d01 = traces[[sc.name for sc in scs].index("d01-vmm-needs-io-access")]           # D1, seen in the kernel
     assert d01.records[0].fault[-1]["calls"][0]["result"] == ("ERR_FAULT" if k.generation == "g1" else "ERR_NEEDS_IO")
+
+
+def test_per_row_status_of_kernels_compare():
+    from kernel_shim.faultpath.rows import by_row, fault_status
+    from kernel_shim.kernels.compare import Row
+    from oracles.diff import Divergence
+
+    def div(known: bool) -> Divergence:
+        return Divergence("diff:fault", "sim:g1", "qemu:6.1", 0, "access", ["fault.calls"], "fault.calls", {}, {},
+                          {"fault.calls": "quirk:uninterruptible-fault-before-6.2"} if known else {})
+    assert fault_status([], 0) == "-" and fault_status([], 7) == "=model"
+    assert fault_status([div(True)], 7) == "=model (uninterruptible-fault-before-6.2)"
+    assert fault_status([div(True), div(False)], 7) == "≠model"
+    a, b = Row("a.yaml", loads_scenario(TEXT_SEED.format("D1"))), Row("b.yaml", loads_scenario(TEXT_SEED.format("D1")))
+    a.fault, b.fault = {"qemu:6.1": "=model", "qemu:7.2": "-"}, {"qemu:6.1": "≠model", "qemu:7.2": "-"}
+    assert by_row([a, b], ["qemu:6.1", "qemu:7.2"]) == {"D1": {"qemu:6.1": "≠model", "qemu:7.2": "-"}}
+
+
+TEXT_SEED = """
+tags: {{spec: [{}]}}
+world:
+  vmas: [{{name: ram, pages: 1}}]
+  memslots: [{{id: 0, gfn: 0x100, pages: 1, vma: ram}}]
+ops:
+  - access: {{gpa: 0x100000}}
+"""
