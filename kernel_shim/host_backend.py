@@ -15,7 +15,6 @@ from .host_exec import Options
 from .probe import probe
 from .runner import Runner, WorkerError
 
-
 # PFNDIFF_FAULTPATH=0: no fault-path tracing on this host (records carry no ``fault`` part).
 FAULT_PATH = os.environ.get("PFNDIFF_FAULTPATH", "1") != "0"
 

@@ -5,8 +5,15 @@ from __future__ import annotations
 from typing import Any
 
 from .constants import (
-    KVM_MEM_LOG_DIRTY_PAGES, KVM_MEM_READONLY, KVM_MEMSLOT_INVALID, PAGE_SHIFT, PAGE_SIZE, VM_WRITE,
-    kvm_is_error_hva, pfn_class, ret_name,
+    KVM_MEM_LOG_DIRTY_PAGES,
+    KVM_MEM_READONLY,
+    KVM_MEMSLOT_INVALID,
+    PAGE_SHIFT,
+    PAGE_SIZE,
+    VM_WRITE,
+    kvm_is_error_hva,
+    pfn_class,
+    ret_name,
 )
 from .generation import UNINIT, Fault, Generation, HostMap, KernelBug
 from .memslot import Memslot

@@ -27,7 +27,6 @@ from .mm import Vma
 from .scenario import Op
 from .world import Spte, World
 
-
 # --- §2.2, §2.3 ---------------------------------------------------------------------------------
 
 def gfn_to_pfn_memslot(w: World, slot: Memslot | None, gfn: int, atomic: bool, interruptible: bool,

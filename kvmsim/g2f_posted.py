@@ -18,9 +18,23 @@ from dataclasses import dataclass
 
 from . import gup_era
 from .constants import (
-    EFAULT, EHWPOISON, EINTR, FOLL_GET, FOLL_HWPOISON, FOLL_INTERRUPTIBLE, FOLL_NOWAIT, FOLL_WRITE,
-    KVM_HVA_ERR_RO_BAD, KVM_PFN_ERR_FAULT, KVM_PFN_ERR_HWPOISON, KVM_PFN_ERR_NEEDS_IO, KVM_PFN_ERR_RO_FAULT,
-    KVM_PFN_ERR_SIGPENDING, KVM_PFN_NOSLOT, is_error_noslot_pfn, kvm_is_error_hva,
+    EFAULT,
+    EHWPOISON,
+    EINTR,
+    FOLL_GET,
+    FOLL_HWPOISON,
+    FOLL_INTERRUPTIBLE,
+    FOLL_NOWAIT,
+    FOLL_WRITE,
+    KVM_HVA_ERR_RO_BAD,
+    KVM_PFN_ERR_FAULT,
+    KVM_PFN_ERR_HWPOISON,
+    KVM_PFN_ERR_NEEDS_IO,
+    KVM_PFN_ERR_RO_FAULT,
+    KVM_PFN_ERR_SIGPENDING,
+    KVM_PFN_NOSLOT,
+    is_error_noslot_pfn,
+    kvm_is_error_hva,
 )
 from .generation import Fault, Generation, HostMap, Lookup, PageResult
 from .memslot import Memslot, gfn_to_hva_many

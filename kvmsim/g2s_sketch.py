@@ -29,8 +29,19 @@ from dataclasses import dataclass
 
 from . import g2_noref, gup_era
 from .constants import (
-    EFAULT, EINVAL, FOLL_GET, FOLL_INTERRUPTIBLE, FOLL_NOWAIT, FOLL_WRITE, KVM_HVA_ERR_BAD, KVM_HVA_ERR_RO_BAD,
-    KVM_PFN_ERR_FAULT, KVM_PFN_ERR_NEEDS_IO, KVM_PFN_ERR_RO_FAULT, KVM_PFN_NOSLOT, is_error_noslot_pfn,
+    EFAULT,
+    EINVAL,
+    FOLL_GET,
+    FOLL_INTERRUPTIBLE,
+    FOLL_NOWAIT,
+    FOLL_WRITE,
+    KVM_HVA_ERR_BAD,
+    KVM_HVA_ERR_RO_BAD,
+    KVM_PFN_ERR_FAULT,
+    KVM_PFN_ERR_NEEDS_IO,
+    KVM_PFN_ERR_RO_FAULT,
+    KVM_PFN_NOSLOT,
+    is_error_noslot_pfn,
 )
 from .g2_noref import gfn_to_pfn_noref_memslot, kvm_release_pfn_noref_clean, legacy_shim
 from .generation import UNINIT, Fault, Generation, HostMap, Lookup, Out, PageResult

@@ -14,10 +14,28 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from .constants import (
-    APIC_ACCESS_PAGE_PRIVATE_MEMSLOT, EFAULT, EHWPOISON, EINTR, EINVAL, FOLL_HWPOISON, FOLL_INTERRUPTIBLE,
-    FOLL_NOWAIT, FOLL_WRITE, KVM_HVA_ERR_RO_BAD, KVM_PFN_ERR_FAULT, KVM_PFN_ERR_HWPOISON, KVM_PFN_ERR_NEEDS_IO,
-    KVM_PFN_ERR_RO_FAULT, KVM_PFN_ERR_SIGPENDING, KVM_PFN_NOSLOT, RET_PF_CONTINUE, RET_PF_EMULATE,
-    RET_PF_RETRY, is_error_noslot_pfn, is_error_pfn, kvm_is_error_hva,
+    APIC_ACCESS_PAGE_PRIVATE_MEMSLOT,
+    EFAULT,
+    EHWPOISON,
+    EINTR,
+    EINVAL,
+    FOLL_HWPOISON,
+    FOLL_INTERRUPTIBLE,
+    FOLL_NOWAIT,
+    FOLL_WRITE,
+    KVM_HVA_ERR_RO_BAD,
+    KVM_PFN_ERR_FAULT,
+    KVM_PFN_ERR_HWPOISON,
+    KVM_PFN_ERR_NEEDS_IO,
+    KVM_PFN_ERR_RO_FAULT,
+    KVM_PFN_ERR_SIGPENDING,
+    KVM_PFN_NOSLOT,
+    RET_PF_CONTINUE,
+    RET_PF_EMULATE,
+    RET_PF_RETRY,
+    is_error_noslot_pfn,
+    is_error_pfn,
+    kvm_is_error_hva,
 )
 from .generation import Fault, HostMap, KernelBug, Lookup, Out
 from .memslot import Memslot, gfn_to_hva_many

@@ -6,8 +6,13 @@ from bisect import bisect_left, bisect_right
 from dataclasses import dataclass
 
 from .constants import (
-    KVM_HVA_ERR_BAD, KVM_HVA_ERR_RO_BAD, KVM_MEM_LOG_DIRTY_PAGES, KVM_MEM_READONLY, KVM_MEMSLOT_INVALID,
-    KVM_USER_MEM_SLOTS, PAGE_SHIFT,
+    KVM_HVA_ERR_BAD,
+    KVM_HVA_ERR_RO_BAD,
+    KVM_MEM_LOG_DIRTY_PAGES,
+    KVM_MEM_READONLY,
+    KVM_MEMSLOT_INVALID,
+    KVM_USER_MEM_SLOTS,
+    PAGE_SHIFT,
 )
 
 

@@ -13,13 +13,35 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from .constants import (
-    EAGAIN, EFAULT, EHWPOISON, EINTR, EINVAL, FOLL_HWPOISON, FOLL_INTERRUPTIBLE, FOLL_NOWAIT, FOLL_WRITE,
-    PAGE_SHIFT, PAGE_SIZE, VM_READ, VM_REMAPPED, VM_SHARED, VM_WRITE,
+    EAGAIN,
+    EFAULT,
+    EHWPOISON,
+    EINTR,
+    EINVAL,
+    FOLL_HWPOISON,
+    FOLL_INTERRUPTIBLE,
+    FOLL_NOWAIT,
+    FOLL_WRITE,
+    PAGE_SHIFT,
+    PAGE_SIZE,
+    VM_READ,
+    VM_REMAPPED,
+    VM_SHARED,
+    VM_WRITE,
 )
 from .pfndb import Page, PfnDB
 from .scenario.vocabulary import (  # noqa: F401 - the mm's words, re-exported for its users
-    H_DROPS_LOCK, H_FAILS, H_POPULATES, HANDLERS, HWPOISON, NEEDS_IO, PAGE_STATES, PRESENT_RO, PRESENT_RW,
-    RESIDENT, UNPOPULATED,
+    H_DROPS_LOCK,
+    H_FAILS,
+    H_POPULATES,
+    HANDLERS,
+    HWPOISON,
+    NEEDS_IO,
+    PAGE_STATES,
+    PRESENT_RO,
+    PRESENT_RW,
+    RESIDENT,
+    UNPOPULATED,
 )
 
 if TYPE_CHECKING:

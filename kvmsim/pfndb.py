@@ -11,7 +11,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from .scenario.vocabulary import (  # noqa: F401 - the page kinds, re-exported for their users
-    NO_STRUCT_PAGE, NORMAL, PAGE_KINDS, REFCOUNT0, RESERVED, ZERO, ZONE_DEVICE,
+    NO_STRUCT_PAGE,
+    NORMAL,
+    PAGE_KINDS,
+    REFCOUNT0,
+    RESERVED,
+    ZERO,
+    ZONE_DEVICE,
 )
 
 ZERO_PFN = 0x1000

@@ -12,8 +12,16 @@ from __future__ import annotations
 from typing import Any
 
 from .constants import (
-    APIC_ACCESS_PAGE_PRIVATE_MEMSLOT, EINTR, ERRNO_NAMES, PAGE_SHIFT, RET_PF_EMULATE, RET_PF_FIXED, RET_PF_RETRY,
-    VM_READ, VM_WRITE, ret_name,
+    APIC_ACCESS_PAGE_PRIVATE_MEMSLOT,
+    EINTR,
+    ERRNO_NAMES,
+    PAGE_SHIFT,
+    RET_PF_EMULATE,
+    RET_PF_FIXED,
+    RET_PF_RETRY,
+    VM_READ,
+    VM_WRITE,
+    ret_name,
 )
 from .fault_record import fault_entry
 from .generation import Fault, Generation

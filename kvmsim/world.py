@@ -10,8 +10,16 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from .constants import (
-    INTERNAL_SLOT_IDS, KVM_MEM_LOG_DIRTY_PAGES, KVM_MEM_READONLY, PAGE_SHIFT, VM_IO, VM_MIXEDMAP, VM_PFNMAP,
-    VM_READ, VM_SHARED, VM_WRITE,
+    INTERNAL_SLOT_IDS,
+    KVM_MEM_LOG_DIRTY_PAGES,
+    KVM_MEM_READONLY,
+    PAGE_SHIFT,
+    VM_IO,
+    VM_MIXEDMAP,
+    VM_PFNMAP,
+    VM_READ,
+    VM_SHARED,
+    VM_WRITE,
 )
 from .memslot import Memslot, Memslots
 from .mm import HWPOISON, Mm, PageEntry, RemapPte, Vma

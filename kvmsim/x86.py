@@ -7,8 +7,20 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from .constants import (
-    EFAULT, EINTR, FOLL_WRITE, HPAGE_PAGES, KVM_PFN_NOSLOT, KVM_PFN_ERR_HWPOISON, KVM_PFN_ERR_RO_FAULT, PAGE_SHIFT,
-    RET_PF_CONTINUE, RET_PF_EMULATE, RET_PF_FIXED, RET_PF_RETRY, is_error_noslot_pfn, is_sigpending_pfn,
+    EFAULT,
+    EINTR,
+    FOLL_WRITE,
+    HPAGE_PAGES,
+    KVM_PFN_ERR_HWPOISON,
+    KVM_PFN_ERR_RO_FAULT,
+    KVM_PFN_NOSLOT,
+    PAGE_SHIFT,
+    RET_PF_CONTINUE,
+    RET_PF_EMULATE,
+    RET_PF_FIXED,
+    RET_PF_RETRY,
+    is_error_noslot_pfn,
+    is_sigpending_pfn,
 )
 from .generation import Fault, Generation
 from .memslot import gfn_to_hva_in_slot

@@ -20,9 +20,8 @@ from typing import Any
 
 from kernel_shim import guest_code as g
 from kernel_shim import kvm_ioctl as k
-from kernel_shim import quirks
+from kernel_shim import quirks, worker
 from kernel_shim.probe import generation_of, kvm_unusable
-from kernel_shim import worker
 from kernel_shim.runner import Runner, Worker, WorkerError
 from kernel_shim.worker import read_msg, write_msg
 

@@ -169,8 +169,8 @@ def _busybox() -> tuple[bytes, str]:
         if p.is_file():
             return p.read_bytes(), e.busybox
     try:
-        from .fetch import BUSYBOX_SUITE, FetchError, _members
         from .apt_private import AptError, PrivateApt
+        from .fetch import BUSYBOX_SUITE, FetchError, _members
         apt = PrivateApt(BUSYBOX_SUITE)
         apt.update()
         v = apt.candidate("busybox-static")

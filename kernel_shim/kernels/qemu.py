@@ -25,9 +25,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kernel_shim.worker import read_msg, write_msg
+from kvmsim.checkout import ROOT
 
 from .cache import KernelEntry
-from kvmsim.checkout import ROOT
 
 REPO = ROOT
 QEMU = "qemu-system-x86_64"

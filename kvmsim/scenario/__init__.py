@@ -8,9 +8,29 @@ from .dump import HEX_FIELDS, HexInt, dump_scenario, scenario_to_dict
 from .load import load_scenario, loads_scenario, scenario_from_node
 from .replay import LiveSlot, LiveVma, MemoryMap, SlotTable, memory_at, replay
 from .schema import (
-    API_OPS, HOST_LEVELS, MAP_STATES, MAX_GFN, MAX_SLOT_PAGES, MAX_VMA_PAGES, OP_SCHEMAS, PROTS, REMAPS,
-    SCENARIO_VERSION, SIGNALS, VMA_BASE, VMA_STRIDE, VMM_OPS, F, Op, PageSpec, PteSpec, Scenario, SlotSpec, VmaSpec,
-    WorldSpec, make_op,
+    API_OPS,
+    HOST_LEVELS,
+    MAP_STATES,
+    MAX_GFN,
+    MAX_SLOT_PAGES,
+    MAX_VMA_PAGES,
+    OP_SCHEMAS,
+    PROTS,
+    REMAPS,
+    SCENARIO_VERSION,
+    SIGNALS,
+    VMA_BASE,
+    VMA_STRIDE,
+    VMM_OPS,
+    F,
+    Op,
+    PageSpec,
+    PteSpec,
+    Scenario,
+    SlotSpec,
+    VmaSpec,
+    WorldSpec,
+    make_op,
 )
 from .validate import validate
 

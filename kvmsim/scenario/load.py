@@ -10,8 +10,24 @@ from typing import Any
 from ..constants import INTERNAL_SLOT_IDS, KVM_USER_MEM_SLOTS
 from ..yamlsrc import MAX_YAML_BYTES, Node, ScenarioError, parse, plain, read_text, show
 from .schema import (
-    HOST_LEVELS, MAP_STATES, MAX_GFN, MAX_SLOT_PAGES, MAX_VMA_PAGES, OP_SCHEMAS, PROTS, REMAPS, SCENARIO_VERSION,
-    SIGNALS, F, Op, PageSpec, PteSpec, Scenario, SlotSpec, VmaSpec, WorldSpec,
+    HOST_LEVELS,
+    MAP_STATES,
+    MAX_GFN,
+    MAX_SLOT_PAGES,
+    MAX_VMA_PAGES,
+    OP_SCHEMAS,
+    PROTS,
+    REMAPS,
+    SCENARIO_VERSION,
+    SIGNALS,
+    F,
+    Op,
+    PageSpec,
+    PteSpec,
+    Scenario,
+    SlotSpec,
+    VmaSpec,
+    WorldSpec,
 )
 from .validate import validate
 from .vocabulary import DECLARABLE_KINDS, HANDLERS, NO_STRUCT_PAGE, UNPOPULATED

@@ -10,7 +10,6 @@ import pytest
 from kernel_shim.probe import kvm_unusable
 
 
-
 def pytest_collection_modifyitems(config, items):
     why = kvm_unusable()
     here = Path(__file__).parent

@@ -8,7 +8,6 @@ import subprocess
 import sys
 
 import pytest
-
 from shim_helpers import need_backing, run, vmm
 
 

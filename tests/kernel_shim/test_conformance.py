@@ -4,13 +4,13 @@ of the model bugs reported to the model's maintainers (listed here until the mod
 from __future__ import annotations
 
 import pytest
+from shim_helpers import SCENARIOS
 
 from kernel_shim.conformance import compare
 from kernel_shim.probe import probe
 from kernel_shim.sweep import sweep
 from kvmsim.backend import get_backend
 from kvmsim.scenario import Scenario, load_scenario
-from shim_helpers import SCENARIOS
 
 
 def reported_model_bug(sc: Scenario, d) -> bool:

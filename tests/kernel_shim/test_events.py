@@ -156,9 +156,10 @@ ops:
 
 
 def test_memslot_ioctl_v1_and_v2_agree(host):
+    from shim_helpers import SCENARIOS
+
     from kernel_shim.host_backend import HostBackend
     from kvmsim.scenario import load_scenario
-    from shim_helpers import SCENARIOS
     v1 = HostBackend(region_v1=True)
     try:
         for name in ("memslots.yaml", "readonly_slot.yaml", "prot.yaml"):

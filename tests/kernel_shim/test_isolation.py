@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import time
 
+from shim_helpers import fd_count, map_count, need_backing, run, vmm, worker_pid
 
 from kernel_shim.host_backend import HostBackend
-from shim_helpers import fd_count, map_count, need_backing, run, vmm, worker_pid
 
 HANG = """
 world:

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from test_kernels import HANDFUL
 
 from kernel_shim.kernels.cache import KernelEntry, cached_kernels, find_kernel
 from kernel_shim.kernels.compare import kernel_family, realisable_only
@@ -21,8 +22,6 @@ from kvmsim.scenario import loads_scenario
 from oracles.catalogue import load_catalogue
 from oracles.diff import compare
 from oracles.normalise import VMM_LEVEL
-
-from test_kernels import HANDFUL
 
 PFNDIFF = os.path.join(os.path.dirname(sys.executable), "pfndiff")
 

@@ -6,11 +6,19 @@ from __future__ import annotations
 import gzip
 import lzma
 from pathlib import Path
+
 import pytest
 
 from kernel_shim.kernels.apt_private import AptError, PrivateApt
 from kernel_shim.kernels.cache import generation_of, short_name
-from kernel_shim.kernels.initramfs import INIT, InitramfsError, ModuleSet, build_cpio, build_initramfs, modinfo
+from kernel_shim.kernels.initramfs import (
+    INIT,
+    InitramfsError,
+    ModuleSet,
+    build_cpio,
+    build_initramfs,
+    modinfo,
+)
 from kernel_shim.kernels.vmlinux import VmlinuxError, extract_vmlinux
 from oracles.catalogue import family
 

@@ -11,7 +11,6 @@ from scenario_strategies import B_GFN, scenarios
 
 from kvmsim import loads_scenario
 
-
 B_GFNS = (B_GFN, B_GFN + 1)     # the VM_PFNMAP vma of scenario_strategies
 
 

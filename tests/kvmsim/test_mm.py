@@ -12,10 +12,24 @@ import pytest
 from helpers import GFN, host_scenario, vma
 
 from kvmsim.constants import (
-    EAGAIN, EFAULT, EHWPOISON, EINTR, FOLL_HWPOISON, FOLL_INTERRUPTIBLE, FOLL_NOWAIT, FOLL_WRITE,
+    EAGAIN,
+    EFAULT,
+    EHWPOISON,
+    EINTR,
+    FOLL_HWPOISON,
+    FOLL_INTERRUPTIBLE,
+    FOLL_NOWAIT,
+    FOLL_WRITE,
 )
 from kvmsim.mm import (
-    NEEDS_IO, PRESENT_RO, PRESENT_RW, UNPOPULATED, fixup_user_fault, gup_fast_only, gup_slow, lookup_pte,
+    NEEDS_IO,
+    PRESENT_RO,
+    PRESENT_RW,
+    UNPOPULATED,
+    fixup_user_fault,
+    gup_fast_only,
+    gup_slow,
+    lookup_pte,
     vma_is_valid,
 )
 from kvmsim.world import World

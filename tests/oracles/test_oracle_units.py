@@ -242,9 +242,9 @@ def test_a_host_counts_as_its_kernel_generation_for_the_catalogue():
 # --- the catalogue cuts both ways -------------------------------------------------------------------
 
 def test_an_expected_divergence_that_does_not_appear_is_a_finding(tmp_path):
+    from kvmsim import get_backend, loads_scenario
     from oracles.catalogue import load_catalogue
     from oracles.diff import compare
-    from kvmsim import get_backend, loads_scenario
     # an entry that claims G3 fails every lookup of normal memory: G1 and G3 agree instead
     p = tmp_path / "cat.yaml"
     p.write_text("""
