@@ -199,7 +199,7 @@ def explain_divergence(sc: Scenario, index: int, fields: list[str], model: Any, 
         if f.startswith("fault."):
             from .faultpath.quirks import explain_fault
             q = explain_fault(sc, index, f, model.records[index].fault or [], real.records[index].fault or [],
-                              real.meta, _vma_at(sc, index)[0])
+                              real.meta, lambda: _vma_at(sc, index)[0])
             if q is not None:
                 out[f] = f"quirk:{q}"
         if f.startswith("vmm."):

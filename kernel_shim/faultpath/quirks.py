@@ -7,6 +7,7 @@ the scenario's name.  ``kernel_shim.quirks.explain_divergence`` asks here for ``
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import Any
 
 from kvmsim.scenario import Scenario
@@ -49,9 +50,10 @@ def _needs_io(sc: Scenario, index: int, vma: Any) -> bool:
 
 
 def explain_fault(sc: Scenario, index: int, field: str, model: list[dict[str, Any]], real: list[dict[str, Any]],
-                  meta: dict[str, Any], vma: Any) -> str | None:
+                  meta: dict[str, Any], vma: Callable[[], Any]) -> str | None:
     """The quirk that explains one differing ``fault.*`` field of access ``index`` (``meta``: the
-    real trace's), or None."""
+    real trace's; ``vma()``: the VMA spec behind the access, computed only when a rule needs it:
+    it replays the scenario), or None."""
     if not model or not real:
         return None
     release = str(meta.get("kernel", ""))
@@ -71,7 +73,7 @@ def explain_fault(sc: Scenario, index: int, field: str, model: list[dict[str, An
             and [c["nowait"] for c in r["calls"]] == [c["nowait"] for c in m["calls"]] \
             and not any(c["interruptible"] for c in r["calls"]):
         return "uninterruptible-fault-before-6.2"
-    if field in ("fault.map_writable", "fault.spte") and not write and _needs_io(sc, index, vma):
+    if field in ("fault.map_writable", "fault.spte") and not write and _needs_io(sc, index, vma()):
         rw = r.get("map_writable") if field == "fault.map_writable" else (r.get("spte") or {}).get("writable")
         mw = m.get("map_writable") if field == "fault.map_writable" else (m.get("spte") or {}).get("writable")
         if rw is True and mw is False:

@@ -13,7 +13,7 @@ fields that need it are marked not observable):
   where return probes can read entry arguments (``$argN``), ``*writable`` = ``map_writable``.
 
 Why once per batch: creating probe events and enabling tracepoints costs milliseconds each;
-per scenario only the buffer is read and cleared.  Why a tracefs instance of its own
+per scenario the events are consumed from ``trace_pipe`` (resetting the buffer would wait for an RCU grace period).  Why a tracefs instance of its own
 (``instances/pfndiff-<pid>-<n>``): its buffer, marker and event switches are this process's, so other
 tracing on the machine (another pfndiff, a developer's ``trace-cmd``) neither sees nor disturbs
 them; events of other processes are dropped by pid when parsed.  Everything this module creates
@@ -71,6 +71,7 @@ class Tracing:
     map_writable: bool = False
     missing: dict[str, str] = field(default_factory=dict)      # what -> why not observable
     symbols: list[str] = field(default_factory=list)            # of the entry points, those kallsyms lists
+    pipe: int | None = None                                     # trace_pipe, read without blocking
 
     def info(self) -> dict[str, object]:
         return {"tracefs": self.root, "tracepoints": list(self.tracepoints), "entry_point": self.entry_point,
@@ -188,7 +189,7 @@ def open_tracing(release: str | None = None, kprobes: bool = True) -> Tracing | 
                 _remove_probes(t)
     if t.entry_point is None:
         t.missing.setdefault("map_writable", "needs the entry point's probe")
-    clear(t)
+    reset(t)
     _write(os.path.join(root, "tracing_on"), "1")
     return t
 
@@ -218,19 +219,38 @@ def _remove_probes(t: Tracing) -> None:
         _write(os.path.join(t.top, "kprobe_events"), f"-:{GROUP}/{name}\n", append=True)
 
 
-def clear(t: Tracing) -> None:
+def reset(t: Tracing) -> None:
+    """Empty the buffer by resetting it: waits for an RCU grace period (tens of milliseconds under
+    TCG), so only at set-up and tear-down; per scenario ``read`` consumes instead."""
     _write(os.path.join(t.root, "trace"), "")
 
 
+def clear(t: Tracing) -> None:
+    """Drop whatever the buffer holds (events between scenarios), by consuming it."""
+    read(t)
+
+
 def read(t: Tracing, limit: int = 4 << 20) -> str:
-    """The buffer's text (bounded), then empty it."""
-    try:
-        with open(os.path.join(t.root, "trace"), errors="replace") as fh:
-            text = fh.read(limit)
-    except OSError:
-        text = ""
-    clear(t)
-    return text
+    """The events since the last read (bounded), consumed from ``trace_pipe`` without blocking."""
+    if t.pipe is None:
+        try:
+            t.pipe = os.open(os.path.join(t.root, "trace_pipe"), os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        except OSError:
+            return ""
+    chunks: list[bytes] = []
+    size = 0
+    while size < limit:
+        try:
+            b = os.read(t.pipe, 1 << 16)
+        except BlockingIOError:
+            break
+        except OSError:
+            break
+        if not b:
+            break
+        chunks.append(b)
+        size += len(b)
+    return b"".join(chunks).decode(errors="replace")
 
 
 def close(t: Tracing) -> None:
@@ -241,7 +261,10 @@ def close(t: Tracing) -> None:
         _write(os.path.join(root, "events", tp, "enable"), "0")
     if t.entry_point is not None:
         _remove_probes(t)
-    clear(t)
+    if t.pipe is not None:
+        os.close(t.pipe)
+        t.pipe = None
+    reset(t)
     try:
         os.rmdir(root)
     except OSError:
