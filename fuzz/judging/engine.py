@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,7 +21,7 @@ from fuzz.inputs.codec import VERSION as CODEC_VERSION
 from fuzz.inputs.codec import decode
 from fuzz.judging import artifacts as art
 from fuzz.judging import crash as crash_mode
-from fuzz.judging.judge import Judge, spec_ids
+from fuzz.judging.judge import Judge, Judgement, spec_ids
 from fuzz.judging.quirks import quirks_of
 from fuzz.judging.rootcause import RootCauser
 from kvmsim.backend import BackendError
@@ -72,6 +73,7 @@ class Checker:
     stats: dict[str, SigStat] = field(default_factory=dict)
     crash: bool = False               # raise for an unknown divergence (fuzz.judging.crash) instead of going on
     compared: dict[str, Coverage] = field(default_factory=dict)     # pair -> ops observed and compared
+    observe: Callable[[Scenario, Judgement], None] | None = None     # sees every judgement (semantic feedback)
     _last_flush: float = 0.0
 
     def __post_init__(self) -> None:
@@ -90,6 +92,8 @@ class Checker:
         self.execs += 1
         sc = decode(data)
         j = self.judge.compare(sc, *self.judge.run(sc, only=self.order))
+        if self.observe is not None:
+            self.observe(sc, j)
         for (left, right), cov in j.coverage.items():
             self.compared.setdefault(f"{left}~{right}", Coverage()).add(cov)
         divs = j.found

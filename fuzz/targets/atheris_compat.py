@@ -1,6 +1,12 @@
 """The only module that touches atheris.  Why: atheris' API (instrumentation hooks, Setup/Fuzz,
-what happens at exit) changes between releases; pinning it behind three functions keeps the
-targets and the campaign runner independent of the installed version (pyproject pins 3.0.0).
+what happens at exit, its internal coverage counters) changes between releases; pinning it behind
+a few functions keeps the targets and the campaign runner independent of the installed version
+(pyproject pins 3.0.0).
+
+Feedback (``PFNDIFF_FEEDBACK``): ``semantic`` guides libFuzzer by pfndiff's own features (the
+decision-table cell each op reached per generation, each oracle outcome; fuzz.corpus.features),
+each feature one libFuzzer counter; ``bytecode`` by edges of the instrumented Python bytecode of
+the generations and the codec; ``both``.  See ``DEFAULT_FEEDBACK`` for the default and why.
 """
 
 from __future__ import annotations
@@ -23,12 +29,61 @@ EXCLUDE = SCENARIO_FORMAT + ("kvmsim.yamlsrc", "kvmsim.trace", "kvmsim.backend",
                              "kvmsim.constants", "kvmsim.generation", "kvmsim.executor", "kvmsim.world")
 
 
+FEEDBACK_ENV = "PFNDIFF_FEEDBACK"
+FEEDBACK_MODES = ("semantic", "bytecode", "both")
+DEFAULT_FEEDBACK = "semantic"
+
+
+def feedback() -> str:
+    """The feedback mode this process fuzzes with (an unknown value is a one-line error)."""
+    mode = os.environ.get(FEEDBACK_ENV, "") or DEFAULT_FEEDBACK
+    if mode not in FEEDBACK_MODES:
+        raise SystemExit(f"error: {FEEDBACK_ENV}={mode!r}: expected one of {', '.join(FEEDBACK_MODES)}")
+    return mode
+
+
+def bytecode_feedback() -> bool:
+    return feedback() in ("bytecode", "both")
+
+
+def semantic_feedback() -> bool:
+    return feedback() in ("semantic", "both")
+
+
 @contextmanager
 def instrumented() -> Iterator[None]:
-    """Imports inside this block get coverage instrumentation."""
+    """Imports inside this block get coverage instrumentation (only when bytecode feedback is on)."""
+    if not bytecode_feedback():
+        yield
+        return
     exclude = [] if os.environ.get("PFNDIFF_INSTRUMENT") == "all" else list(EXCLUDE)
     with atheris.instrument_imports(include=list(INCLUDE), exclude=exclude):
         yield
+
+
+class FeatureCounters:
+    """One libFuzzer coverage counter per distinct feature; ``hit`` bumps it, so libFuzzer keeps an
+    input that reaches a new feature or a feature a new number of times.  The counters are
+    reserved up front (before ``fuzz``): atheris registers counters reserved later with libFuzzer
+    only some inputs afterwards, which would credit a new feature to the wrong input.  Features
+    take slots in the order first seen; past ``size`` they share slots (hash of the feature)."""
+
+    def __init__(self, size: int = 1 << 14) -> None:
+        self.base = atheris._reserve_counter()
+        for _ in range(size - 1):
+            atheris._reserve_counter()
+        self.size = size
+        self.ids: dict[object, int] = {}
+
+    def hit(self, feature: object) -> None:
+        idx = self.ids.get(feature)
+        if idx is None:
+            slot = len(self.ids) if len(self.ids) < self.size else hash(feature) % self.size
+            idx = self.ids[feature] = self.base + slot
+        atheris._trace_branch(idx)
+
+    def __len__(self) -> int:
+        return len(self.ids)
 
 
 def fuzz(test_one_input: Callable[[bytes], None], argv: list[str] | None = None) -> None:

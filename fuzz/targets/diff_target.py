@@ -16,7 +16,7 @@ written only where ``PFNDIFF_ARTIFACTS`` is set.
 import os
 import sys
 
-from fuzz.targets.atheris_compat import fuzz, instrumented
+from fuzz.targets.atheris_compat import FeatureCounters, fuzz, instrumented, semantic_feedback
 
 with instrumented():
     import kvmsim.g1_legacy  # noqa: F401,E402  (every generation, instrumented)
@@ -28,7 +28,26 @@ with instrumented():
     from fuzz.inputs import codec  # noqa: F401,E402
 
 from fuzz.judging import crash
+from fuzz.judging.cells import cell, outcome
 from fuzz.judging.engine import Checker, parse_pairs
+from fuzz.judging.judge import Judgement
+from kvmsim.scenario import Scenario
+
+
+def semantic_observer(counters: FeatureCounters):
+    """Feeds each judgement's features to libFuzzer: the cell every op record of every trace
+    reached (per backend) and every oracle outcome (per pair or backend)."""
+    def observe(sc: Scenario, j: Judgement) -> None:
+        ops = sc.ops
+        for name, t in j.traces.items():
+            for rec in t.records:
+                if rec.index < len(ops):
+                    c = cell(ops[rec.index], rec)
+                    if c is not None:
+                        counters.hit((name, c))
+        for d in j.found:
+            counters.hit((d.left, d.right, outcome(d)))
+    return observe
 
 
 def main() -> None:
@@ -54,6 +73,8 @@ def main() -> None:
     if artifacts:
         os.makedirs(artifacts, exist_ok=True)
     checker = Checker(parse_pairs(pairs), artifacts, crash=crashing)
+    if semantic_feedback():
+        checker.observe = semantic_observer(FeatureCounters())
     if t0:
         checker.t0 = t0
 

@@ -75,3 +75,33 @@ def test_campaign_ends_with_a_findings_table(tmp_path, capsys):
     assert len(rows) == 1 and rows[0].startswith("known") and "corpus/regressions" in rows[0], out
     assert re.search(r"sim:g2 vs sim:g2s-literal:S8: [1-9]\d* of \d+ ops compared", out), out
     assert os.listdir(tmp_path / "c")                  # the working corpus grew
+
+
+def _inited_cov(tmp_path, seeds: list[str], feedback: str) -> int:
+    """libFuzzer's coverage count after reading a corpus of these seeds (no mutation)."""
+    corpus = tmp_path / f"corpus-{len(seeds)}-{feedback}"
+    corpus.mkdir()
+    for i, n in enumerate(seeds):
+        (corpus / str(i)).write_bytes(encode(load_scenario(os.path.join(SEEDS, n))))
+    env = env_for(str(tmp_path / "art"), "sim:g2~sim:g3")
+    env["PFNDIFF_FEEDBACK"] = feedback
+    r = subprocess.run([TARGETS["diff"], "-runs=0", str(corpus)], env=env, capture_output=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    m = re.search(rb"INITED cov: (\d+)", r.stderr)
+    assert m, r.stderr[-2000:]
+    return int(m.group(1))
+
+
+@pytest.mark.slow
+def test_semantic_feedback_counts_a_new_feature_as_coverage(tmp_path):
+    one = ["d04-remapped-refcounted.yaml"]
+    two = one + ["d24-sketch-ownership.yaml"]          # an x86_fault cell the first seed never reaches
+    assert _inited_cov(tmp_path, two, "semantic") > _inited_cov(tmp_path, one, "semantic")
+
+
+def test_an_unknown_feedback_mode_is_a_one_line_error(tmp_path):
+    env = env_for(str(tmp_path / "art"), "sim:g2~sim:g3")
+    env["PFNDIFF_FEEDBACK"] = "edges"
+    r = subprocess.run([TARGETS["diff"], "-runs=0"], env=env, capture_output=True, timeout=300)
+    assert r.returncode != 0
+    assert r.stderr.decode().strip().splitlines() == ["error: PFNDIFF_FEEDBACK='edges': expected one of semantic, bytecode, both"]
