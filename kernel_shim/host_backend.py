@@ -83,7 +83,8 @@ class HostBackend(Backend):
                                for i, op in enumerate(scenario.ops)], "meta": {"lost": "crash", "reason": str(e)}}
         if tracing is not None and "lost" not in out["meta"]:
             session.attach_faults(out, scenario, tracing)
-        meta = {"generation": p.generation, "kernel": p.kernel, "version": self.version(), "path": self.path}
+        meta: dict[str, Any] = {"generation": p.generation, "kernel": p.kernel, "version": self.version(),
+                                "path": self.path}
         meta.update(out["meta"])
         meta["quirks"] = quirks.applicable(scenario)
         recs = [OpRecord(r["index"], r["op"], r.get("api"), r.get("vmm"), fault=r.get("fault")) for r in out["records"]]

@@ -62,7 +62,7 @@ def kvm_unusable() -> str | None:
 
 
 def read_params() -> dict[str, str]:
-    out = {}
+    out: dict[str, str] = {}
     try:
         names = sorted(os.listdir(PARAMS))
     except OSError:

@@ -19,7 +19,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import IO, Any
 
 from kvmsim.checkout import ROOT
 from kvmsim.scenario import Scenario
@@ -38,11 +38,23 @@ class WorkerError(Exception):
 
 @dataclass
 class Worker:
-    proc: subprocess.Popen
+    proc: subprocess.Popen[bytes]
     shim_fd: int
     view: memoryview
     hva: int
     executions: int = 0
+
+    @property
+    def requests(self) -> IO[bytes]:
+        """The child's stdin (``Runner.start`` always opens it as a pipe)."""
+        assert self.proc.stdin is not None, "Runner.start opens the worker with stdin=PIPE"
+        return self.proc.stdin
+
+    @property
+    def replies(self) -> IO[bytes]:
+        """The child's stdout (``Runner.start`` always opens it as a pipe)."""
+        assert self.proc.stdout is not None, "Runner.start opens the worker with stdout=PIPE"
+        return self.proc.stdout
 
     def close(self, kill: bool = False) -> bool:
         """Stop the child; returns False when it could not be reaped (stuck in the kernel)."""
@@ -51,7 +63,7 @@ class Worker:
             if kill:
                 self.proc.kill()
             else:
-                self.proc.stdin.close()
+                self.requests.close()
             try:
                 self.proc.wait(timeout=KILL_GRACE)
             except subprocess.TimeoutExpired:
@@ -61,7 +73,7 @@ class Worker:
                 except subprocess.TimeoutExpired:
                     reaped = False
         finally:
-            for f in (self.proc.stdin, self.proc.stdout):
+            for f in (self.requests, self.replies):
                 try:
                     f.close()
                 except OSError:
@@ -97,7 +109,7 @@ class Runner:
         return w
 
     def _recv(self, w: Worker, timeout: float) -> Any:
-        fd = w.proc.stdout.fileno()
+        fd = w.replies.fileno()
         r, _, _ = select.select([fd], [], [], timeout)
         if not r:
             return TimeoutError()
@@ -114,7 +126,7 @@ class Runner:
         w.executions += 1
         t0 = time.monotonic()
         try:
-            write_msg(w.proc.stdin.fileno(), (sc, opts))
+            write_msg(w.requests.fileno(), (sc, opts))
         except (BrokenPipeError, OSError):
             return self._lost(sc, "crash", "the worker died before the request")
         reply = self._recv(w, self.timeout)

@@ -311,6 +311,7 @@ class Executor:
     def op_memslot_create(self, op: Op, rec: OpRecord) -> None:
         w = self.w
         v = w.mm.by_name(op.vma)
+        assert v is not None, "validated scenario: a memslot is created over an existing VMA"
         flags = (KVM_MEM_READONLY if op.readonly else 0) | (KVM_MEM_LOG_DIRTY_PAGES if op.log_dirty else 0)
         w.slots.add(Memslot(op.slot, op.as_id, op.gfn, op.pages, v.start + (op.offset << PAGE_SHIFT), flags))
         rec.vmm = {"ret": 0}

@@ -104,7 +104,13 @@ def kvm_resolve_pfn(w: World, kfp: Kfp, page: Page | None, pte: RemapPte | None,
         w.warn_once("kvm_resolve_pfn:page xor pte")
     if kfp.map_writable is not None:
         kfp.map_writable.value = writable
-    pfn = pte.page.pfn if pte is not None else page.pfn
+    if pte is not None:
+        assert pte.page is not None, "a present PTE maps a frame"
+        pfn = pte.page.pfn
+    else:
+        assert page is not None, "kvm_resolve_pfn: every caller passes a page or a pte"
+        pfn = page.pfn
+    assert kfp.refcounted_page is not None, "hva_to_pfn returns early when refcounted_page is NULL"
     kfp.refcounted_page.value = page               # NULL for every remapped pfn (K3)
     return pfn
 

@@ -57,7 +57,8 @@ def realised_scenario(sc: Scenario, skip: set[int]) -> tuple[Scenario, list[int 
     ends (``host_exec``: as in the model), so one that met a pending signal becomes
     ``signal: none``: the model's signal state then follows the host's."""
     pending = sc.world.signal == "pending"
-    ops, where = [], []
+    ops: list[Op] = []
+    where: list[int | None] = []
     for i, op in enumerate(sc.ops):
         if i in skip and _bookkept(op):
             ops.append(op)

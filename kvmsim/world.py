@@ -7,6 +7,7 @@ op being executed.  Generations only read and change it through the model's prim
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from .constants import (
@@ -80,8 +81,8 @@ class World:
         self.dirty: dict[tuple[int, int], set[int]] = {}
         self.events: list[str] = []
         self.warned: set[str] = set()
-        self.race_hook = None           # called by fault paths right after GUP (race_invalidate)
-        self.on_zap = None              # the generation's SPTE A/D propagation (D17)
+        self.race_hook: Callable[[], None] | None = None    # called by fault paths right after GUP (race_invalidate)
+        self.on_zap: Callable[[World, Spte], None] | None = None    # the generation's SPTE A/D propagation (D17)
 
     # --- events ----------------------------------------------------------------------
     def warn_once(self, site: str) -> None:

@@ -64,6 +64,7 @@ def try_async_pf(w: World, f: Fault) -> int | None:
         f.async_pf = "halt"                                 # KVM_REQ_APF_HALT
         return RET_PF_RETRY
     f.async_pf = "queued"
+    assert f.slot is not None, "try_async_pf: only a lookup in a memslot can need I/O"
     hva = gfn_to_hva_in_slot(f.slot, f.gfn)
     signal, w.task.signal = w.task.signal, "none"           # the worker is a kthread
     # async_pf_execute: get_user_pages_remote(mm, addr, 1, FOLL_WRITE, NULL, &locked) — always a

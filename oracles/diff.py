@@ -11,7 +11,8 @@ are explained).  Single-trace invariant violations become divergences of their o
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import dataclasses
+from dataclasses import dataclass
 from typing import Any
 
 from kvmsim.scenario import Scenario
@@ -43,7 +44,7 @@ class Divergence:
     field: str
     left_obs: dict[str, Any]
     right_obs: dict[str, Any]
-    explained: dict[str, str] = field(default_factory=dict)
+    explained: dict[str, str] = dataclasses.field(default_factory=dict)   # `field` is a column name here
     signature: str = ""
 
     @property

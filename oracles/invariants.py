@@ -73,7 +73,7 @@ def check_trace(sc: Scenario, trace: Trace, ctxs: Callable[[], list[dict[str, An
             else:
                 out.append(Violation("inv:ro-slot-not-writable", i, kind, "api.writable", True))
     # every map was unmapped and nothing crashed: KVM must hold nothing at the end
-    still_open: set[str] = set()
+    still_open: set[str | None] = set()
     for r in trace.records:
         api = _api(r)
         if r.op == "vcpu_map" and api.get("ret") == 0:

@@ -51,10 +51,15 @@ class PrivateApt:
         if not os.path.exists(KEYRING):
             raise AptError(f"{KEYRING} is missing (install debian-archive-keyring)")
 
+    @property
+    def directory(self) -> Path:
+        """The suite's private apt tree (``root``, which ``__post_init__`` always fills in)."""
+        assert self.root is not None, "__post_init__ sets root"
+        return self.root
+
     # --- configuration ---------------------------------------------------------------------
     def _layout(self) -> None:
-        r = self.root
-        assert r is not None
+        r = self.directory
         for d in ("etc/sources.list.d", "etc/preferences.d", "state/lists/partial",
                   "cache/archives/partial", "downloads"):
             (r / d).mkdir(parents=True, exist_ok=True)
@@ -68,8 +73,7 @@ class PrivateApt:
         (r / "etc" / "sources.list").write_text("\n".join(lines) + "\n")
 
     def options(self) -> list[str]:
-        r = self.root
-        assert r is not None
+        r = self.directory
         opts = {
             "Dir::Etc::SourceList": r / "etc" / "sources.list",
             "Dir::Etc::SourceParts": r / "etc" / "sources.list.d",
@@ -144,8 +148,7 @@ class PrivateApt:
     def download(self, name: str, version: str) -> Path:
         """The .deb of ``name=version``, downloaded once into the suite's cache."""
         self._layout()
-        assert self.root is not None
-        dest = self.root / "downloads"
+        dest = self.directory / "downloads"
         fname = f"{name}_{version.replace(':', '%3a')}_"
         hits = [p for p in dest.glob(f"{glob_escape(fname)}*.deb")]
         if hits:

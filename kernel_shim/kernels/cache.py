@@ -93,7 +93,7 @@ class KernelEntry:
 
 def cached_kernels() -> list[KernelEntry]:
     """Every complete kernel in the cache (manifest, vmlinux, busybox and modules present), oldest first."""
-    out = []
+    out: list[KernelEntry] = []
     root = kernels_dir()
     if not root.is_dir():
         return out

@@ -96,7 +96,10 @@ class Difference:
     known: bool
 
     def text(self, tags: list[str], equal: str = "") -> str:
-        seed = f"seed tags: {','.join(tags)}" if tags else (f"the seed expects equal: {equal}" if equal else "no seed tags")
+        if tags:
+            seed = f"seed tags: {','.join(tags)}"
+        else:
+            seed = f"the seed expects equal: {equal}" if equal else "no seed tags"
         why = (f"catalogued {','.join(self.entries)} = {','.join(self.spec)}" if self.known
                else f"uncatalogued ({seed})")
         return (f"{self.left} vs {self.right} op {self.op} {self.field}: "
@@ -115,7 +118,7 @@ class Row:
     cells: dict[str, str] = field(default_factory=dict)
     model_mismatch: dict[str, list[str]] = field(default_factory=dict)     # backend -> fields
     model_quirks: dict[str, list[str]] = field(default_factory=dict)       # backend -> fields a named quirk explains
-    fault: dict[str, str] = field(default_factory=dict)                    # backend -> fault-path status (faultpath/rows.py)
+    fault: dict[str, str] = field(default_factory=dict)    # backend -> fault-path status (faultpath/rows.py)
     differences: list[Difference] = field(default_factory=list)
 
     @property
@@ -179,14 +182,8 @@ def _run_all(b: Backend, scs: list[Scenario]) -> list[Trace]:
     return many(scs) if many is not None else [b.run(sc) for sc in scs]
 
 
-def build_matrix(backends: list[str], files: list[str] | None = None, jobs: int = 2,
-                 catalogue: Catalogue | None = None, on_done: Callable[[str], None] | None = None) -> Matrix:
-    """Run every seed on every backend (each QEMU kernel in one boot, ``jobs`` at a time);
-    ``on_done(backend)`` is called as each backend finishes (progress; from worker threads)."""
-    t0 = time.monotonic()
-    files = files or seed_files()
-    scs = [load_scenario(f) for f in files]
-    cat = catalogue or load_catalogue()
+def _available(backends: list[str]) -> tuple[dict[str, Backend], dict[str, str]]:
+    """The backends that can run here, and why each other one cannot."""
     live: dict[str, Backend] = {}
     unavailable: dict[str, str] = {}
     for n in backends:
@@ -196,7 +193,12 @@ def build_matrix(backends: list[str], files: list[str] | None = None, jobs: int 
             live[n] = b
         else:
             unavailable[n] = why
-    models = {f: get_backend(f"sim:{f}") for f in ("g1", "g3")}
+    return live, unavailable
+
+
+def _run_live(live: dict[str, Backend], scs: list[Scenario], jobs: int,
+              on_done: Callable[[str], None] | None) -> tuple[dict[str, list[Trace]], dict[str, float]]:
+    """Every scenario on every live backend, ``jobs`` backends at a time; (traces, seconds) by backend."""
     traces: dict[str, list[Trace]] = {}
     seconds: dict[str, float] = {}
 
@@ -213,36 +215,66 @@ def build_matrix(backends: list[str], files: list[str] | None = None, jobs: int 
                 on_done(name)
 
     with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
-        for f in [pool.submit(job, n) for n in live]:
-            f.result()
+        for fut in [pool.submit(job, n) for n in live]:
+            fut.result()
+    return traces, seconds
+
+
+def _check_against_model(row: Row, name: str, t: Trace, fam: str, model: Trace, cat: Catalogue,
+                         rerun: Callable[[str, Scenario], Trace],
+                         compared: dict[tuple[str, str], Coverage]) -> None:
+    """One kernel's trace of ``row``'s scenario against the trace of its own generation's model."""
+    diffs, cov, _, _ = compare_pair(row.scenario, model, t, cat, rerun, level=VMM_LEVEL, explain=explain_divergence)
+    compared.setdefault((f"sim:{fam}", name), Coverage()).add(cov)
+    row.fault[name] = fault_status(diffs, cov.fault_fields)
+    row.model_quirks[name] = [f"op{d.index}:{d.field} ({', '.join(d.entries)})" for d in diffs if d.known]
+    if any(not d.known for d in diffs):
+        row.model_mismatch[name] = [f"op{d.index}:{d.field}" for d in diffs if not d.known]
+
+
+def _legacy_vs_merged(row: Row, traces: dict[str, Trace], cols: list[str], cat: Catalogue,
+                      compared: dict[tuple[str, str], Coverage]) -> None:
+    """Every legacy kernel's trace of ``row``'s scenario against every merged kernel's; one
+    difference per (op, field), from the first pair naming it."""
+    legacy = [n for n in cols if kernel_family(n) == "g1"]
+    merged = [n for n in cols if kernel_family(n) == "g3"]
+    seen: set[tuple[int, str]] = set()
+    for a in legacy:
+        for b in merged:
+            compared.setdefault((a, b), Coverage()).add(coverage(traces[a], traces[b], api=False))
+            for d in divergences(row.scenario, traces[a], traces[b], cat):
+                if (d.op, d.field) not in seen:
+                    seen.add((d.op, d.field))
+                    row.differences.append(d)
+
+
+def build_matrix(backends: list[str], files: list[str] | None = None, jobs: int = 2,
+                 catalogue: Catalogue | None = None, on_done: Callable[[str], None] | None = None) -> Matrix:
+    """Run every seed on every backend (each QEMU kernel in one boot, ``jobs`` at a time);
+    ``on_done(backend)`` is called as each backend finishes (progress; from worker threads)."""
+    t0 = time.monotonic()
+    files = files or seed_files()
+    scs = [load_scenario(f) for f in files]
+    cat = catalogue or load_catalogue()
+    live, unavailable = _available(backends)
+    models = {f: get_backend(f"sim:{f}") for f in ("g1", "g3")}
+    traces, seconds = _run_live(live, scs, jobs, on_done)
     model_traces = {f: [m.run(sc) for sc in scs] for f, m in models.items()}
+
+    def rerun(b: str, s: Scenario) -> Trace:
+        return models[b[4:]].run(s)
+
     cols = [n for n in backends if n in traces]
     rows = []
     compared: dict[tuple[str, str], Coverage] = {}
-    for i, (f, sc) in enumerate(zip(files, scs)):
-        row = Row(f, sc)
+    for i, (path, sc) in enumerate(zip(files, scs)):
+        row = Row(path, sc)
         for n in cols:
-            t = traces[n][i]
-            row.cells[n] = cell(t)
+            row.cells[n] = cell(traces[n][i])
             fam = model_family(n)
             if fam in model_traces:                   # the model runs the ops this kernel ran
-                diffs, cov, _, _ = compare_pair(sc, model_traces[fam][i], t, cat, lambda b, s: models[b[4:]].run(s),
-                                                level=VMM_LEVEL, explain=explain_divergence)
-                compared.setdefault((f"sim:{fam}", n), Coverage()).add(cov)
-                row.fault[n] = fault_status(diffs, cov.fault_fields)
-                row.model_quirks[n] = [f"op{d.index}:{d.field} ({', '.join(d.entries)})" for d in diffs if d.known]
-                if any(not d.known for d in diffs):
-                    row.model_mismatch[n] = [f"op{d.index}:{d.field}" for d in diffs if not d.known]
-        legacy = [n for n in cols if kernel_family(n) == "g1"]
-        merged = [n for n in cols if kernel_family(n) == "g3"]
-        seen: set[tuple[int, str]] = set()
-        for a in legacy:
-            for b in merged:
-                compared.setdefault((a, b), Coverage()).add(coverage(traces[a][i], traces[b][i], api=False))
-                for d in divergences(sc, traces[a][i], traces[b][i], cat):
-                    if (d.op, d.field) not in seen:       # one line per difference, first pair naming it
-                        seen.add((d.op, d.field))
-                        row.differences.append(d)
+                _check_against_model(row, n, traces[n][i], fam, model_traces[fam][i], cat, rerun, compared)
+        _legacy_vs_merged(row, {n: traces[n][i] for n in cols}, cols, cat, compared)
         rows.append(row)
     boots = {n: list(getattr(live[n], "boots", [])) for n in cols}
     return Matrix(cols, rows, seconds, boots, round(time.monotonic() - t0, 2), unavailable, compared)
@@ -250,7 +282,8 @@ def build_matrix(backends: list[str], files: list[str] | None = None, jobs: int 
 
 def format_matrix(m: Matrix, width: int = 28) -> str:
     name_w = max([len(os.path.basename(r.file)[:-5]) for r in m.rows] + [8])
-    head = f"{'scenario':<{name_w}}  " + "  ".join(f"{c:<{width}}" for c in m.columns) + "  difference (legacy vs merged)"
+    head = (f"{'scenario':<{name_w}}  " + "  ".join(f"{c:<{width}}" for c in m.columns)
+            + "  difference (legacy vs merged)")
     lines = [head, "-" * len(head)]
     ndiff = nmodel = 0
     for r in m.rows:
@@ -272,13 +305,14 @@ def format_matrix(m: Matrix, width: int = 28) -> str:
             lines.append(f"  ≠model {os.path.basename(r.file)[:-5]} on {c}: {', '.join(fields)}")
         for c, fields in r.model_quirks.items():
             if fields:
-                lines.append(f"  =model but for a named quirk: {os.path.basename(r.file)[:-5]} on {c}: {', '.join(fields)}")
+                lines.append(f"  =model but for a named quirk: {os.path.basename(r.file)[:-5]} on {c}: "
+                             f"{', '.join(fields)}")
     lines.append(f"{len(m.rows)} scenarios; {ndiff} with legacy/merged differences; {nmodel} with a kernel that "
                  f"differs from its model")
     blank = sum(1 for r in m.rows if all(v == "·" for v in r.cells.values()))
     lines.append(f"{blank} of {len(m.rows)} scenarios have API-level ops only (·): nothing compared there")
-    for (a, b), c in m.compared.items():
-        lines.append(f"  {a} vs {b}: {c.summary(a, b)}")
+    for (a, b), cov in m.compared.items():
+        lines.append(f"  {a} vs {b}: {cov.summary(a, b)}")
     lines.extend(format_rows(by_row(m.rows, m.columns), m.columns))
     for c in m.columns:
         boots = ", ".join(f"{b:.1f}s" for b in m.boots.get(c, [])) or "-"

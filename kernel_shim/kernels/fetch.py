@@ -122,7 +122,7 @@ def fetch_suite(suite: str, log: Callable[[str], None] = print, update: bool = T
             debs[n] = apt.download(n, v)
         bb_apt = apt if suite == BUSYBOX_SUITE else PrivateApt(BUSYBOX_SUITE)
         bb_name = "busybox-static"
-        if bb_apt is not apt and not any((bb_apt.root / "state" / "lists").glob("*Packages*")):
+        if bb_apt is not apt and not any((bb_apt.directory / "state" / "lists").glob("*Packages*")):
             bb_apt.update()
         bb_v = bb_apt.candidate(bb_name)
         if bb_v is None:
