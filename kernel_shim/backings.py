@@ -124,7 +124,8 @@ class Backing:
         try:
             self.addr = k.mmap(self.addr, self.length, PROTS["rw"], FIXED | flags)
         except OSError as e:
-            raise Unrealisable(f"no 2 MiB hugetlb page available ({e.strerror}; reserve with vm.nr_hugepages)") from None
+            raise Unrealisable(f"no 2 MiB hugetlb page available ({e.strerror}; "
+                               "reserve with vm.nr_hugepages)") from None
 
     def _create_pfnmap(self) -> None:
         """Perf ring buffers laid side by side.  A buffer is one control page followed by 2^k data

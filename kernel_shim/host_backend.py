@@ -38,7 +38,8 @@ class HostBackend(Backend):
 
     def description(self) -> str:
         p = probe()
-        gen = {"g3": "g3: merged kvm_follow_pfn, ≥ 6.13", "g1": "g1: legacy gfn_to_pfn, ≤ 6.12"}.get(p.generation or "", "?")
+        gen = {"g3": "g3: merged kvm_follow_pfn, ≥ 6.13",
+               "g1": "g1: legacy gfn_to_pfn, ≤ 6.12"}.get(p.generation or "", "?")
         caps = " ".join(n.removeprefix("KVM_CAP_") for n, v in p.caps.items() if v) or "-"
         unsafe = p.params.get("allow_unsafe_mappings", "absent")
         return (f"Linux {p.kernel} via /dev/kvm ({gen}), {self.path} fault path, VMM level only; "

@@ -128,7 +128,9 @@ class Mm:
     def add(self, vma: Vma) -> Vma:
         self._sync()
         i = bisect_right(self._starts, vma.start)
-        if (i > 0 and self._sorted[i - 1].end > vma.start) or (i < len(self._sorted) and self._sorted[i].start < vma.end):
+        overlaps_prev = i > 0 and self._sorted[i - 1].end > vma.start
+        overlaps_next = i < len(self._sorted) and self._sorted[i].start < vma.end
+        if overlaps_prev or overlaps_next:
             self._overlaps = True
         self._starts.insert(i, vma.start)
         self._sorted.insert(i, vma)

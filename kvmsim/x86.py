@@ -1,6 +1,6 @@
 """The x86 MMU pieces every generation shares (spec §2.7, §6.4): error-pfn and no-slot
-handling, async #PF and the two fault-in lookups around it, the SPTE "map" step, and the ``direct_page_fault`` skeleton that strings a
-generation's ``faultin``/``is_stale``/``finish`` together."""
+handling, async #PF and the two fault-in lookups around it, the SPTE "map" step, and the
+``direct_page_fault`` skeleton that strings a generation's ``faultin``/``is_stale``/``finish`` together."""
 
 from __future__ import annotations
 

@@ -192,7 +192,8 @@ def _scalar(ev: yaml.ScalarEvent, loader: Any, line: int, file: str) -> Any:
         if tag == "tag:yaml.org,2002:timestamp":     # a date-like plain scalar stays text
             tag = "tag:yaml.org,2002:str"
     if tag not in _SCALAR_TAGS:
-        raise ScenarioError(f"unsupported YAML tag {_short(ev.tag or tag)} (only plain scalars, lists and mappings)", line, file)
+        raise ScenarioError(f"unsupported YAML tag {_short(ev.tag or tag)} (only plain scalars, lists and mappings)",
+                            line, file)
     if tag == "tag:yaml.org,2002:str":                # the common cases without building a node
         return ev.value
     if tag == "tag:yaml.org,2002:null":

@@ -128,7 +128,8 @@ class Catalogue:
                 self._by_op.setdefault((e.oracle, op), []).append(e)
 
     def explain(self, oracle: str, op_kind: str, fams: tuple[str, str], fields: list[str],
-                obs: tuple[dict[str, Any], dict[str, Any]], args: dict[str, Any], ctx: dict[str, Any]) -> dict[str, str]:
+                obs: tuple[dict[str, Any], dict[str, Any]], args: dict[str, Any],
+                ctx: dict[str, Any]) -> dict[str, str]:
         """field -> entry id for every differing field some applicable entry explains."""
         out: dict[str, str] = {}
         if fams[0] == fams[1]:

@@ -173,7 +173,8 @@ def compare(sc: Scenario, left: Trace, right: Trace, cat: Catalogue, level: str 
     return out
 
 
-def check_invariants(sc: Scenario, trace: Trace, cat: Catalogue, ctxs: list[dict[str, Any]] | None = None) -> list[Divergence]:
+def check_invariants(sc: Scenario, trace: Trace, cat: Catalogue,
+                     ctxs: list[dict[str, Any]] | None = None) -> list[Divergence]:
     """Invariant violations of one trace, each matched against the catalogue's inv:* entries."""
     cache: list[list[dict[str, Any]]] = [ctxs] if ctxs is not None else []
 

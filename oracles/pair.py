@@ -49,7 +49,8 @@ def compare_pair(sc: Scenario, left: Trace, right: Trace, cat: Catalogue, run: C
     return divs, cov, lt, rt
 
 
-def _fault_divergences(sc: Scenario, lt: Trace, rt: Trace, model: Trace, real: Trace, cov: Coverage) -> list[Divergence]:
+def _fault_divergences(sc: Scenario, lt: Trace, rt: Trace, model: Trace, real: Trace,
+                       cov: Coverage) -> list[Divergence]:
     """The fault-path comparison (oracles/faultpath.py) as divergences ``diff:fault``, one per
     access, and its counts in the coverage."""
     fc = compare_faults(model, real)

@@ -178,7 +178,8 @@ def _busybox() -> tuple[bytes, str]:
             raise AddError(f"busybox-static is not in {BUSYBOX_SUITE}")
         bb = _members(apt.download("busybox-static", v), lambda n: n == "bin/busybox").get("bin/busybox")
     except (AptError, FetchError) as e:
-        raise AddError(f"no busybox cached and none fetched ({e}); run `pfndiff kernels fetch --suite bookworm`") from None
+        raise AddError(f"no busybox cached and none fetched ({e}); "
+                       "run `pfndiff kernels fetch --suite bookworm`") from None
     if bb is None:
         raise AddError("busybox-static has no bin/busybox")
     return bb, f"busybox-static {v}"

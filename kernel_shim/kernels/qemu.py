@@ -84,7 +84,8 @@ class QemuSession:
             if any(c.isspace() for c in p):
                 raise QemuError(f"the {what} path {p!r} contains white space (it goes on the kernel command line)")
         append = (f"console=ttyS0 panic=-1 loglevel=4 printk.time=1 nokaslr mitigations=off "
-                  f"pfndiff.py={py} pfndiff.repo={repo} pfndiff.path={path} pfndiff.flags={','.join(self.python_flags)}")
+                  f"pfndiff.py={py} pfndiff.repo={repo} pfndiff.path={path} "
+                  f"pfndiff.flags={','.join(self.python_flags)}")
         if os.environ.get("PFNDIFF_FAULTPATH", "1") == "0":
             append += " pfndiff.faultpath=0"                 # no fault-path tracing in the guest
         # phys-bits=48: the shim's guests use GPAs up to 2^48 (as on a real host); TCG's default

@@ -6,8 +6,8 @@ it, from any ``qemu:`` backend object naming that kernel (a ``pfndiff kernels co
 whole ``pfndiff fuzz`` campaign, the many judges of ``pfndiff triage``); ``run_many`` is the
 explicit batch.  A scenario that hangs in the guest is ended by the guest's own deadline and
 becomes the observation of the op that was running; a guest lost altogether (host deadline,
-crash) gives every op of the scenario that outcome, and the next scenario boots a fresh guest.  Each trace carries the kernel
-messages printed while it ran (``meta.serial``), so a finding's sidecar keeps them.
+crash) gives every op of the scenario that outcome, and the next scenario boots a fresh guest.  Each trace
+carries the kernel messages printed while it ran (``meta.serial``), so a finding's sidecar keeps them.
 """
 
 from __future__ import annotations
@@ -151,7 +151,8 @@ class QemuBackend(Backend):
             return self._lost(sc, "crash", str(reply["error"]).strip().splitlines()[-1], {**meta, "serial": serial})
         meta.update(reply["meta"])
         meta["serial"] = serial
-        recs = [OpRecord(r["index"], r["op"], r.get("api"), r.get("vmm"), fault=r.get("fault")) for r in reply["records"]]
+        recs = [OpRecord(r["index"], r["op"], r.get("api"), r.get("vmm"), fault=r.get("fault"))
+                for r in reply["records"]]
         return Trace(self.name, recs, meta)
 
     def _lost(self, sc: Scenario, outcome: str, why: str, meta: dict[str, Any]) -> Trace:

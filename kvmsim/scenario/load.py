@@ -240,7 +240,8 @@ def _read_slot(r: _Reader, n: Node) -> SlotSpec:
         sid = r.int_(m["id"], "memslot.id", 0, KVM_USER_MEM_SLOTS - 1)
     else:
         raise r.err("a memslot needs 'id' (or 'internal')", n.line)
-    return SlotSpec(sid, r.int_(m["gfn"], "memslot.gfn", 0, MAX_GFN), r.int_(m["pages"], "memslot.pages", 1, MAX_SLOT_PAGES),
+    return SlotSpec(sid, r.int_(m["gfn"], "memslot.gfn", 0, MAX_GFN),
+                    r.int_(m["pages"], "memslot.pages", 1, MAX_SLOT_PAGES),
                     r.str_(m["vma"], "memslot.vma"), r.field(m, "offset", "int", 0, "memslot", hi=MAX_VMA_PAGES),
                     r.field(m, "readonly", "bool", False, "memslot"), r.field(m, "log_dirty", "bool", False, "memslot"),
                     r.field(m, "as_id", "int", 0, "memslot", hi=1), internal, n.line)

@@ -132,7 +132,8 @@ def test_the_kernel_part_of_a_scenario_ignores_what_no_kernel_reads(host):
     from kernel_shim.kernels.reuse import kernel_part, reaches_kernel, unrun_records
     from kvmsim.scenario import load_scenario, loads_scenario
     sc = load_scenario(str(SEEDS / "eq-normal-present.yaml"))
-    other_api_args = loads_scenario((SEEDS / "eq-normal-present.yaml").read_text().replace("write: true}", "write: false}"))
+    text = (SEEDS / "eq-normal-present.yaml").read_text()
+    other_api_args = loads_scenario(text.replace("write: true}", "write: false}"))
     assert [op.kind for op in sc.ops] == [op.kind for op in other_api_args.ops] and sc.ops != other_api_args.ops
     assert kernel_part(sc, 1) == kernel_part(other_api_args, 1) != kernel_part(sc, 2)
     other_access = loads_scenario((SEEDS / "eq-normal-present.yaml").read_text().replace("0x1234", "0x4321"))

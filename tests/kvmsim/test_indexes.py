@@ -59,12 +59,15 @@ def test_vma_lookup_and_direct_edits():
 def test_overlap_errors_still_name_both_sides():
     with pytest.raises(ScenarioError, match="memslot 2 .*overlaps memslot 1"):
         loads_scenario("world:\n  vmas: [{name: a, pages: 8}, {name: b, pages: 8}]\n  memslots:\n"
-                       "    - {id: 1, gfn: 0x10, pages: 8, vma: a}\n    - {id: 2, gfn: 0x17, pages: 1, vma: b}\nops: []\n")
+                       "    - {id: 1, gfn: 0x10, pages: 8, vma: a}\n"
+                       "    - {id: 2, gfn: 0x17, pages: 1, vma: b}\nops: []\n")
     with pytest.raises(ScenarioError, match="vma 'b' overlaps vma 'a'"):
         loads_scenario("world:\n  vmas: [{name: a, pages: 8, start: 0x100000}, {name: b, pages: 1, start: 0x107000}]\n"
                        "ops: []\n")
     with pytest.raises(ScenarioError, match="memslot_move: memslot 2 would overlap memslot 1"):
         loads_scenario("world:\n  vmas: [{name: a, pages: 8}]\n  memslots:\n"
-                       "    - {id: 1, gfn: 0x10, pages: 4, vma: a}\n    - {id: 2, gfn: 0x20, pages: 4, vma: a, offset: 4}\n"
-                       "ops:\n  - memslot_delete: {slot: 1}\n  - memslot_create: {slot: 1, gfn: 0x30, pages: 4, vma: a}\n"
+                       "    - {id: 1, gfn: 0x10, pages: 4, vma: a}\n"
+                       "    - {id: 2, gfn: 0x20, pages: 4, vma: a, offset: 4}\n"
+                       "ops:\n  - memslot_delete: {slot: 1}\n"
+                       "  - memslot_create: {slot: 1, gfn: 0x30, pages: 4, vma: a}\n"
                        "  - memslot_move: {slot: 2, gfn: 0x32}\n")

@@ -41,7 +41,8 @@ def test_the_model_write_protects_pages_it_has_not_touched_yet() -> None:
     trace = get_backend("sim:g1").run(sc)
     last = trace.records[-1].api
     assert last["writable"] is True and last["result"] == "pfn"   # a write lookup breaks the protection
-    fast = loads_scenario(SC.replace("lookup: {gfn: 0x100, write: true}", "lookup: {gfn: 0x100, atomic: true, write: true}"))
+    fast = loads_scenario(SC.replace("lookup: {gfn: 0x100, write: true}",
+                                     "lookup: {gfn: 0x100, atomic: true, write: true}"))
     assert get_backend("sim:g1").run(fast).records[-1].api["result"] == "ERR_FAULT"   # fast GUP needs a writable PTE
 
 

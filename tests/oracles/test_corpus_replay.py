@@ -67,7 +67,8 @@ def test_seed_shows_exactly_its_tagged_divergences(path, pair):
         assert specs <= AMBIENT, f"expected-equal seed shows catalogued changes {specs - AMBIENT}:\n{report}"
     else:
         tagged = set(tags.get("known", []))
-        assert specs - AMBIENT == tagged - AMBIENT, f"known divergences {sorted(specs)} != tagged {sorted(tagged)}:\n{report}"
+        assert specs - AMBIENT == tagged - AMBIENT, \
+            f"known divergences {sorted(specs)} != tagged {sorted(tagged)}:\n{report}"
         if tags.get("bugs"):
             assert unknown, f"bug seed {tags['bugs']} produced no finding:\n{report}"
         else:

@@ -161,7 +161,8 @@ def test_vmm_level_ignores_api_differences():
 def test_host_traces_are_compared_at_vmm_level():
     sc = loads_scenario(S8.replace("x86_fault: {gfn: 0x100, write: true}", "access: {gpa: 0x100000}"))
     sim = get_backend("sim:g3").run(sc)
-    host = Trace("host", [OpRecord(0, "access", {"not_observable": "host"}, {"outcome": "efault", "exits": ["EFAULT"]})])
+    host = Trace("host", [OpRecord(0, "access", {"not_observable": "host"},
+                                   {"outcome": "efault", "exits": ["EFAULT"]})])
     divs = compare(sc, sim, host, CAT)
     assert [d.oracle for d in divs] == ["diff:vmm"] and divs[0].field == "vmm.outcome" and not divs[0].known
 
