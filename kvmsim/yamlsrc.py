@@ -17,6 +17,7 @@ import gc
 import os
 import re
 import stat
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -86,23 +87,20 @@ def show(v: Any, limit: int = 60) -> str:
         if isinstance(x, Node):
             x = x.value
         if isinstance(x, dict):
-            emit("{")
-            for i, (k, val) in enumerate(x.items()):
-                emit((", " if i else "") + f"{k!r}: ")
-                walk(val)
-                if budget[0] <= 0:
-                    return
-            emit("}")
+            walk_items("{", ((f"{k!r}: ", val) for k, val in x.items()), "}")
         elif isinstance(x, list):
-            emit("[")
-            for i, val in enumerate(x):
-                emit(", " if i else "")
-                walk(val)
-                if budget[0] <= 0:
-                    return
-            emit("]")
+            walk_items("[", (("", val) for val in x), "]")
         else:
             emit(repr(x))
+
+    def walk_items(opening: str, items: Iterator[tuple[str, Any]], closing: str) -> None:
+        emit(opening)
+        for i, (prefix, val) in enumerate(items):
+            emit((", " if i else "") + prefix)
+            walk(val)
+            if budget[0] <= 0:
+                return
+        emit(closing)
 
     def emit(s: str) -> None:
         out.append(s[: budget[0]])
@@ -223,88 +221,108 @@ def parse(text: str, file: str = "<scenario>") -> Node:
 
 
 def _compose(loader: Any, file: str) -> Node:
-    def err(problem: str, line: int) -> ScenarioError:
-        return ScenarioError(problem, line, file)
+    return _Composer(loader, file).run()
 
-    anchors: dict[str, tuple[Node, int]] = {}
-    open_anchors: set[str] = set()
-    stack: list[_Open] = []
-    nodes = aliases = alias_nodes = 0
-    root: Node | None = None
-    documents = 0
 
-    def attach(n: Node, size: int, line: int, anchor: str | None) -> None:
-        nonlocal root
-        if anchor is not None:
-            if anchor in anchors or anchor in open_anchors:
-                raise err(f"bad YAML: duplicate anchor &{anchor}", line)
-            anchors[anchor] = (n, size)
-        if not stack:
-            root = n
+class _Composer:
+    """Builds the node tree from the parser's events, one bounded step per event kind: aliases
+    are counted by the nodes they stand for, nesting and node counts are capped."""
+
+    def __init__(self, loader: Any, file: str) -> None:
+        self.loader, self.file = loader, file
+        self.anchors: dict[str, tuple[Node, int]] = {}
+        self.open_anchors: set[str] = set()
+        self.stack: list[_Open] = []
+        self.nodes = self.aliases = self.alias_nodes = 0
+        self.root: Node | None = None
+        self.documents = 0
+
+    def err(self, problem: str, line: int) -> ScenarioError:
+        return ScenarioError(problem, line, self.file)
+
+    def run(self) -> Node:
+        while self.loader.check_event():
+            ev = self.loader.get_event()
+            line = ev.start_mark.line + 1 if ev.start_mark is not None else 0
+            self.event(ev, line)
+        if self.root is None:
+            raise self.err("empty document", 1)
+        return self.root
+
+    def event(self, ev: Any, line: int) -> None:
+        if isinstance(ev, (yaml.StreamStartEvent, yaml.StreamEndEvent, yaml.DocumentEndEvent)):
             return
-        top = stack[-1]
+        if isinstance(ev, yaml.DocumentStartEvent):
+            self.documents += 1
+            if self.documents > 1:
+                raise self.err("bad YAML: expected a single document, found another", line)
+            return
+        if isinstance(ev, yaml.AliasEvent):
+            self.alias(ev, line)
+            return
+        self.count(1, line)
+        if isinstance(ev, yaml.ScalarEvent):
+            self.attach(Node(_scalar(ev, self.loader, line, self.file), line), 1, line, ev.anchor)
+        elif isinstance(ev, (yaml.SequenceStartEvent, yaml.MappingStartEvent)):
+            self.open_collection(ev, line)
+        elif isinstance(ev, (yaml.SequenceEndEvent, yaml.MappingEndEvent)):
+            done = self.stack.pop()
+            if done.anchor is not None:
+                self.open_anchors.discard(done.anchor)
+            self.attach(done.node, done.size, done.node.line, done.anchor)
+
+    def count(self, size: int, line: int) -> None:
+        self.nodes += size
+        if self.nodes > MAX_NODES:
+            raise self.err(f"YAML document has more than {MAX_NODES} nodes", line)
+
+    def alias(self, ev: Any, line: int) -> None:
+        if ev.anchor in self.open_anchors:
+            raise self.err(f"bad YAML: alias *{ev.anchor} refers to a collection that contains it", line)
+        if ev.anchor not in self.anchors:
+            raise self.err(f"bad YAML: undefined alias *{ev.anchor}", line)
+        n, size = self.anchors[ev.anchor]
+        self.aliases += 1
+        self.alias_nodes += size
+        self.nodes += size
+        if self.aliases > MAX_ALIASES or self.alias_nodes > MAX_ALIAS_NODES:
+            raise self.err(f"YAML aliases expand beyond the limit ({MAX_ALIASES} aliases standing for at most "
+                           f"{MAX_ALIAS_NODES} nodes)", line)
+        self.count(0, line)
+        self.attach(n, size, line, None)
+
+    def open_collection(self, ev: Any, line: int) -> None:
+        if ev.tag not in _COLLECTION_TAGS:
+            raise self.err(f"unsupported YAML tag {_short(ev.tag)} (only plain scalars, lists and mappings)", line)
+        if len(self.stack) >= MAX_DEPTH:
+            raise self.err(f"YAML nested deeper than {MAX_DEPTH}", line)
+        if self.stack and isinstance(self.stack[-1].node.value, dict) and self.stack[-1].key is _NO_KEY:
+            raise self.err("mapping keys must be plain scalars", line)
+        self.stack.append(_Open(Node([] if isinstance(ev, yaml.SequenceStartEvent) else {}, line), ev.anchor))
+        if ev.anchor is not None:
+            self.open_anchors.add(ev.anchor)
+
+    def attach(self, n: Node, size: int, line: int, anchor: str | None) -> None:
+        if anchor is not None:
+            if anchor in self.anchors or anchor in self.open_anchors:
+                raise self.err(f"bad YAML: duplicate anchor &{anchor}", line)
+            self.anchors[anchor] = (n, size)
+        if not self.stack:
+            self.root = n
+            return
+        top = self.stack[-1]
         top.size += size
         if isinstance(top.node.value, list):
             top.node.value.append(n)
         elif top.key is _NO_KEY:
             if isinstance(n.value, (dict, list)):
-                raise err("mapping keys must be plain scalars", line)
+                raise self.err("mapping keys must be plain scalars", line)
             if n.value in top.node.value:
-                raise err(f"duplicate key {n.value!r}", line)
+                raise self.err(f"duplicate key {n.value!r}", line)
             top.key, top.key_line = n.value, line
         else:
             top.node.value[top.key] = n
             top.key = _NO_KEY
-
-    while loader.check_event():
-        ev = loader.get_event()
-        line = ev.start_mark.line + 1 if ev.start_mark is not None else 0
-        if isinstance(ev, (yaml.StreamStartEvent, yaml.StreamEndEvent, yaml.DocumentEndEvent)):
-            continue
-        if isinstance(ev, yaml.DocumentStartEvent):
-            documents += 1
-            if documents > 1:
-                raise err("bad YAML: expected a single document, found another", line)
-            continue
-        if isinstance(ev, yaml.AliasEvent):
-            if ev.anchor in open_anchors:
-                raise err(f"bad YAML: alias *{ev.anchor} refers to a collection that contains it", line)
-            if ev.anchor not in anchors:
-                raise err(f"bad YAML: undefined alias *{ev.anchor}", line)
-            n, size = anchors[ev.anchor]
-            aliases += 1
-            alias_nodes += size
-            nodes += size
-            if aliases > MAX_ALIASES or alias_nodes > MAX_ALIAS_NODES:
-                raise err(f"YAML aliases expand beyond the limit ({MAX_ALIASES} aliases standing for at most "
-                          f"{MAX_ALIAS_NODES} nodes)", line)
-            if nodes > MAX_NODES:
-                raise err(f"YAML document has more than {MAX_NODES} nodes", line)
-            attach(n, size, line, None)
-            continue
-        nodes += 1
-        if nodes > MAX_NODES:
-            raise err(f"YAML document has more than {MAX_NODES} nodes", line)
-        if isinstance(ev, yaml.ScalarEvent):
-            attach(Node(_scalar(ev, loader, line, file), line), 1, line, ev.anchor)
-        elif isinstance(ev, (yaml.SequenceStartEvent, yaml.MappingStartEvent)):
-            if ev.tag not in _COLLECTION_TAGS:
-                raise err(f"unsupported YAML tag {_short(ev.tag)} (only plain scalars, lists and mappings)", line)
-            if len(stack) >= MAX_DEPTH:
-                raise err(f"YAML nested deeper than {MAX_DEPTH}", line)
-            if stack and isinstance(stack[-1].node.value, dict) and stack[-1].key is _NO_KEY:
-                raise err("mapping keys must be plain scalars", line)
-            stack.append(_Open(Node([] if isinstance(ev, yaml.SequenceStartEvent) else {}, line), ev.anchor))
-            if ev.anchor is not None:
-                open_anchors.add(ev.anchor)
-        elif isinstance(ev, (yaml.SequenceEndEvent, yaml.MappingEndEvent)):
-            done = stack.pop()
-            if done.anchor is not None:
-                open_anchors.discard(done.anchor)
-            attach(done.node, done.size, done.node.line, done.anchor)
-    if root is None:
-        raise err("empty document", 1)
-    return root
 
 
 def load_yaml(path: str, limit: int = MAX_YAML_BYTES, what: str = "YAML file") -> Node:
