@@ -39,12 +39,13 @@ starting with prefix), ``{prefix: text}``.  ``when`` keys: ``op.<arg>``, ``ctx.<
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
 
 from kvmsim.scenario import OP_SCHEMAS
-from kvmsim.yamlsrc import MAX_YAML_BYTES, ScenarioError, parse, plain, read_text
+from kvmsim.yamlsrc import MAX_YAML_BYTES, Node, ScenarioError, parse, plain, read_text
 
 from .normalise import NA
 
@@ -137,20 +138,25 @@ class Catalogue:
         for e in self._by_op.get((oracle, op_kind), ()):
             for side in self._orientations(e, fams):
                 oa, ob = obs[side], obs[1 - side]
-                if not self._when(e, oa, ob, args, ctx):
-                    continue
-                for f in fields:
-                    if f in out:
-                        continue
-                    if e.explains is None:
-                        out[f] = e.id
-                        continue
-                    for name, c in e.explains:
-                        if name != f:
-                            continue
-                        if c == "*" or (cond(c.get("a", "*"), oa.get(f)) and cond(c.get("b", "*"), ob.get(f))):
-                            out[f] = e.id
+                if self._when(e, oa, ob, args, ctx):
+                    self._explain_fields(e, fields, oa, ob, out)
         return out
+
+    @staticmethod
+    def _explain_fields(e: Entry, fields: list[str], oa: dict[str, Any], ob: dict[str, Any],
+                        out: dict[str, str]) -> None:
+        """Credit ``e`` with each field not yet explained whose values it states (or all, for '*')."""
+        for f in fields:
+            if f in out:
+                continue
+            if e.explains is None:
+                out[f] = e.id
+                continue
+            for name, c in e.explains:
+                if name != f:
+                    continue
+                if c == "*" or (cond(c.get("a", "*"), oa.get(f)) and cond(c.get("b", "*"), ob.get(f))):
+                    out[f] = e.id
 
     def expecting(self, op_kind: str, fams: tuple[str, str]) -> bool:
         """Could some entry assert a divergence for this op and pair (cheap pre-check)?"""
@@ -243,6 +249,11 @@ def _bad_cond(c: Any) -> str | None:
     return None
 
 
+_ENTRY_FIELDS = {"id", "spec", "title", "oracle", "a", "b", "ops", "when", "explains", "note", "ambient", "taints",
+                 "expect"}
+_Err = Callable[[str, int], CatalogueError]
+
+
 def load_catalogue(path: str = DEFAULT_PATH) -> Catalogue:
     """Read and check the catalogue; raises CatalogueError naming FILE:LINE."""
     try:
@@ -260,76 +271,113 @@ def load_catalogue(path: str = DEFAULT_PATH) -> Catalogue:
         raise err("'entries' must be a list", items.line)
     entries: list[Entry] = []
     seen: set[str] = set()
-    allowed = {"id", "spec", "title", "oracle", "a", "b", "ops", "when", "explains", "note", "ambient", "taints",
-               "expect"}
     for n in items.value:
-        if not isinstance(n.value, dict):
-            raise err("each entry must be a mapping", n.line)
-        m = n.value
-        for k, v in m.items():
-            if k not in allowed:
-                raise err(f"unknown field {k!r} in entry (expected one of: {', '.join(sorted(allowed))})", v.line)
-        for req in ("id", "spec", "title", "a", "ops"):
-            if req not in m:
-                raise err(f"entry needs {req!r}", n.line)
-        eid = str(m["id"].value)
-        if eid in seen:
-            raise err(f"duplicate entry id {eid!r}", m["id"].line)
-        seen.add(eid)
-        spec = str(m["spec"].value)
-        if spec in BUG_IDS:
-            raise err(f"entry {eid}: {spec} is a bug, never a known divergence", m["spec"].line)
-        if not _SPEC_ID.match(spec):
-            raise err(f"entry {eid}: spec must be a §7 row D1..D28, got {spec!r}", m["spec"].line)
-        oracle = str(m["oracle"].value) if "oracle" in m else "diff"
-        if oracle != "diff" and not oracle.startswith("inv:"):
-            raise err(f"entry {eid}: oracle must be 'diff' or 'inv:<name>'", m["oracle"].line)
-        fams: list[frozenset[str]] = []
-        for side in ("a", "b"):
-            vals = plain(m[side]) if side in m else []
-            if not isinstance(vals, list) or any(v not in FAMILIES for v in vals):
-                raise err(f"entry {eid}: {side} must be a list of {', '.join(FAMILIES)}", m[side].line)
-            fams.append(frozenset(vals))
-        if oracle == "diff" and not fams[1]:
-            raise err(f"entry {eid}: a diff entry needs both sides 'a' and 'b'", n.line)
-        ops = plain(m["ops"])
-        if ops == "*":
-            ops = list(OP_SCHEMAS)
-        if not isinstance(ops, list) or any(not isinstance(o, str) or o not in OP_SCHEMAS for o in ops):
-            raise err(f"entry {eid}: ops must be a list of op kinds", m["ops"].line)
-        when = plain(m["when"]) if "when" in m else {}
-        if not isinstance(when, dict) or any(not str(k).startswith(("op.", "ctx.", "a.", "b.")) for k in when):
-            raise err(f"entry {eid}: when keys must start with op., ctx., a. or b.", m["when"].line)
-        for k, c in when.items():
-            if (bad := _bad_cond(c)) is not None:
-                raise err(f"entry {eid}: when.{k}: {bad}", m["when"].line)
-        explains: tuple[tuple[str, Any], ...] | None = None
-        if "explains" in m:
-            ex = plain(m["explains"])
-            if ex != "*":
-                if not isinstance(ex, dict):
-                    raise err(f"entry {eid}: explains must be a mapping of field to condition, or '*'",
-                              m["explains"].line)
-                for f, c in ex.items():
-                    if not (f == "events" or str(f).startswith(("api.", "vmm."))):
-                        raise err(f"entry {eid}: unknown field {f!r} in explains", m["explains"].line)
-                    if c != "*" and not (isinstance(c, dict) and set(c) <= {"a", "b"}):
-                        raise err(f"entry {eid}: explains.{f} must be '*' or {{a: cond, b: cond}}", m["explains"].line)
-                    for side, sc in (c.items() if isinstance(c, dict) else ()):
-                        if (bad := _bad_cond(sc)) is not None:
-                            raise err(f"entry {eid}: explains.{f}.{side}: {bad}", m["explains"].line)
-                explains = tuple(ex.items())
-        else:
-            raise err(f"entry {eid}: needs 'explains' (a mapping, or '*')", n.line)
-        expect = plain(m["expect"]) if "expect" in m else True
-        if not isinstance(expect, (bool, dict)) or (isinstance(expect, dict) and any(
-                not k.startswith(("op.", "ctx.", "a.", "b.")) for k in expect)):
-            raise err(f"entry {eid}: expect must be true, false, or a mapping of further conditions "
-                      "(op., ctx., a., b.)", m["expect"].line)
-        expects = tuple((f, c["a"], c["b"]) for f, c in (explains or ()) if expect is not False and oracle == "diff"
-                        and isinstance(c, dict) and "a" in c and "b" in c and "*" not in (c["a"], c["b"]))
-        expect_when = tuple(expect.items()) if isinstance(expect, dict) else ()
-        entries.append(Entry(eid, spec, str(m["title"].value), oracle, fams[0], fams[1], frozenset(ops),
-                             tuple(when.items()), explains, bool(m["ambient"].value) if "ambient" in m else False,
-                             bool(m["taints"].value) if "taints" in m else True, n.line, expects, expect_when))
+        entries.append(_entry(n, seen, err))
     return Catalogue(entries, path)
+
+
+def _entry(n: Node, seen: set[str], err: _Err) -> Entry:
+    """One checked entry; the checks run in the order the fields are documented."""
+    m = _entry_fields(n, err)
+    eid = str(m["id"].value)
+    if eid in seen:
+        raise err(f"duplicate entry id {eid!r}", m["id"].line)
+    seen.add(eid)
+    spec = _spec(m, eid, err)
+    oracle = str(m["oracle"].value) if "oracle" in m else "diff"
+    if oracle != "diff" and not oracle.startswith("inv:"):
+        raise err(f"entry {eid}: oracle must be 'diff' or 'inv:<name>'", m["oracle"].line)
+    fams = _families(m, eid, err)
+    if oracle == "diff" and not fams[1]:
+        raise err(f"entry {eid}: a diff entry needs both sides 'a' and 'b'", n.line)
+    ops = _ops(m, eid, err)
+    when = _when(m, eid, err)
+    if "explains" not in m:
+        raise err(f"entry {eid}: needs 'explains' (a mapping, or '*')", n.line)
+    explains = _explains(m, eid, err)
+    expect = _expect(m, eid, err)
+    expects = tuple((f, c["a"], c["b"]) for f, c in (explains or ()) if expect is not False and oracle == "diff"
+                    and isinstance(c, dict) and "a" in c and "b" in c and "*" not in (c["a"], c["b"]))
+    expect_when = tuple(expect.items()) if isinstance(expect, dict) else ()
+    return Entry(eid, spec, str(m["title"].value), oracle, fams[0], fams[1], frozenset(ops),
+                 tuple(when.items()), explains, bool(m["ambient"].value) if "ambient" in m else False,
+                 bool(m["taints"].value) if "taints" in m else True, n.line, expects, expect_when)
+
+
+def _entry_fields(n: Node, err: _Err) -> dict[str, Node]:
+    if not isinstance(n.value, dict):
+        raise err("each entry must be a mapping", n.line)
+    m = n.value
+    for k, v in m.items():
+        if k not in _ENTRY_FIELDS:
+            raise err(f"unknown field {k!r} in entry (expected one of: {', '.join(sorted(_ENTRY_FIELDS))})", v.line)
+    for req in ("id", "spec", "title", "a", "ops"):
+        if req not in m:
+            raise err(f"entry needs {req!r}", n.line)
+    return m
+
+
+def _spec(m: dict[str, Node], eid: str, err: _Err) -> str:
+    spec = str(m["spec"].value)
+    if spec in BUG_IDS:
+        raise err(f"entry {eid}: {spec} is a bug, never a known divergence", m["spec"].line)
+    if not _SPEC_ID.match(spec):
+        raise err(f"entry {eid}: spec must be a §7 row D1..D28, got {spec!r}", m["spec"].line)
+    return spec
+
+
+def _families(m: dict[str, Node], eid: str, err: _Err) -> list[frozenset[str]]:
+    fams: list[frozenset[str]] = []
+    for side in ("a", "b"):
+        vals = plain(m[side]) if side in m else []
+        if not isinstance(vals, list) or any(v not in FAMILIES for v in vals):
+            raise err(f"entry {eid}: {side} must be a list of {', '.join(FAMILIES)}", m[side].line)
+        fams.append(frozenset(vals))
+    return fams
+
+
+def _ops(m: dict[str, Node], eid: str, err: _Err) -> list[str]:
+    ops = plain(m["ops"])
+    if ops == "*":
+        ops = list(OP_SCHEMAS)
+    if not isinstance(ops, list) or any(not isinstance(o, str) or o not in OP_SCHEMAS for o in ops):
+        raise err(f"entry {eid}: ops must be a list of op kinds", m["ops"].line)
+    return ops
+
+
+def _when(m: dict[str, Node], eid: str, err: _Err) -> dict[str, Any]:
+    when = plain(m["when"]) if "when" in m else {}
+    if not isinstance(when, dict) or any(not str(k).startswith(("op.", "ctx.", "a.", "b.")) for k in when):
+        raise err(f"entry {eid}: when keys must start with op., ctx., a. or b.", m["when"].line)
+    for k, c in when.items():
+        if (bad := _bad_cond(c)) is not None:
+            raise err(f"entry {eid}: when.{k}: {bad}", m["when"].line)
+    return when
+
+
+def _explains(m: dict[str, Node], eid: str, err: _Err) -> tuple[tuple[str, Any], ...] | None:
+    """None for ``explains: '*'`` (every differing field)."""
+    ex = plain(m["explains"])
+    if ex == "*":
+        return None
+    line = m["explains"].line
+    if not isinstance(ex, dict):
+        raise err(f"entry {eid}: explains must be a mapping of field to condition, or '*'", line)
+    for f, c in ex.items():
+        if not (f == "events" or str(f).startswith(("api.", "vmm."))):
+            raise err(f"entry {eid}: unknown field {f!r} in explains", line)
+        if c != "*" and not (isinstance(c, dict) and set(c) <= {"a", "b"}):
+            raise err(f"entry {eid}: explains.{f} must be '*' or {{a: cond, b: cond}}", line)
+        for side, sc in (c.items() if isinstance(c, dict) else ()):
+            if (bad := _bad_cond(sc)) is not None:
+                raise err(f"entry {eid}: explains.{f}.{side}: {bad}", line)
+    return tuple(ex.items())
+
+
+def _expect(m: dict[str, Node], eid: str, err: _Err) -> bool | dict[str, Any]:
+    expect = plain(m["expect"]) if "expect" in m else True
+    if not isinstance(expect, (bool, dict)) or (isinstance(expect, dict) and any(
+            not k.startswith(("op.", "ctx.", "a.", "b.")) for k in expect)):
+        raise err(f"entry {eid}: expect must be true, false, or a mapping of further conditions "
+                  "(op., ctx., a., b.)", m["expect"].line)
+    return expect

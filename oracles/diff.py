@@ -112,56 +112,13 @@ def compare(sc: Scenario, left: Trace, right: Trace, cat: Catalogue, level: str 
         return []                         # the common case when fuzzing: nothing to normalise
     if ctxs is None:
         ctxs = op_contexts(sc)
-    out: list[Divergence] = []
-    tainted: dict[Any, str] = {}          # gfn or host page -> entry id of a known divergence that changed it
+    walk = _Walk(sc, left, right, cat, level, fams, expecting, ctxs)
     for lrec, rrec in zip(left.records, right.records):
         if _raw_same(lrec, rrec):
-            i = lrec.index
-            gfn = ctxs[i].get("ctx.gfn")
-            op = sc.ops[i]
-            if expecting[i] and _cascade(ctxs[i], tainted) is None:
-                out.extend(_missing(sc, i, left, right, lrec, rrec, level, fams, cat, ctxs[i]))
-            if gfn is not None and gfn not in tainted:
-                cause = cat.applies(op.kind, fams, op.args, ctxs[lrec.index])
-                if cause is not None:
-                    _taint(tainted, ctxs[i], cause)
-            continue
-        ln, lfired = normalise(lrec, level)
-        rn, rfired = normalise(rrec, level)
-        i = lrec.index
-        op = sc.ops[i]
-        ctx = ctxs[i]
-        if "vmm.*" in ln or "vmm.*" in rn:      # one side observed nothing at the VMM level
-            ln = {k: v for k, v in ln.items() if not k.startswith("vmm.")}
-            rn = {k: v for k, v in rn.items() if not k.startswith("vmm.")}
-        keys = set(ln) | set(rn)
-        diff = [k for k in keys if not _same(ln.get(k, _MISSING), rn.get(k, _MISSING))]
-        for rule in RULES:
-            if rule.reports and (rule.name in lfired) != (rule.name in rfired) \
-                    and ln.get("api.result") == rn.get("api.result"):
-                pseudo = f"api.result ({rule.name})"
-                diff.append(pseudo)
-                ln[pseudo] = (lrec.api or {}).get("result")
-                rn[pseudo] = (rrec.api or {}).get("result")
-        if expecting[i] and _cascade(ctx, tainted) is None:
-            out.extend(_missing(sc, i, left, right, lrec, rrec, level, fams, cat, ctx, (ln, rn)))
-        if not diff:
-            continue
-        diff = _order(diff)
-        explained = cat.explain("diff", op.kind, fams, diff, (ln, rn), op.args, ctx)
-        cause = _cascade(ctx, tainted)
-        if cause is not None:
-            for f in diff:
-                if f not in explained and f != "events":
-                    explained[f] = f"{cause} (cascade)"
-        first = next((f for f in diff if f not in explained), diff[0])
-        d = Divergence(f"diff:{level}", left.backend, right.backend, i, op.kind, diff, first,
-                       {k: ln.get(k) for k in diff if k in ln}, {k: rn.get(k) for k in diff if k in rn}, explained)
-        d.signature = make_signature(d.oracle, left.backend, right.backend, op_class(op.kind, op.args), first,
-                                     ln.get(first), rn.get(first))
-        if d.known and "ctx.gfn" in ctx:
-            _taint(tainted, ctx, d.entries[0].replace(" (cascade)", ""))
-        out.append(d)
+            walk.same_record(lrec, rrec)
+        else:
+            walk.different_record(lrec, rrec)
+    out = walk.out
     if invariants and level == API_LEVEL:
         seen: set[str] = set()
         for t in (left, right):
@@ -171,6 +128,85 @@ def compare(sc: Scenario, left: Trace, right: Trace, cat: Catalogue, level: str 
             out.extend(check_invariants(sc, t, cat, ctxs))
     out.sort(key=lambda d: (d.index, d.oracle != f"diff:{level}"))
     return out
+
+
+@dataclass
+class _Walk:
+    """The op-by-op walk of ``compare`` over two traces, and what it carries from op to op: the
+    divergences so far and the gfns or host pages a known divergence changed (``tainted``)."""
+    sc: Scenario
+    left: Trace
+    right: Trace
+    cat: Catalogue
+    level: str
+    fams: tuple[str, str]
+    expecting: list[bool]
+    ctxs: list[dict[str, Any]]
+    out: list[Divergence] = dataclasses.field(default_factory=list)
+    tainted: dict[Any, str] = dataclasses.field(default_factory=dict)   # gfn or host page -> entry id
+
+    def same_record(self, lrec: Any, rrec: Any) -> None:
+        """Identical records: only an expected divergence that did not appear, or a taint."""
+        i = lrec.index
+        gfn = self.ctxs[i].get("ctx.gfn")
+        op = self.sc.ops[i]
+        if self.expecting[i] and _cascade(self.ctxs[i], self.tainted) is None:
+            self.out.extend(_missing(self.sc, i, self.left, self.right, lrec, rrec, self.level, self.fams, self.cat,
+                                     self.ctxs[i]))
+        if gfn is not None and gfn not in self.tainted:
+            cause = self.cat.applies(op.kind, self.fams, op.args, self.ctxs[lrec.index])
+            if cause is not None:
+                _taint(self.tainted, self.ctxs[i], cause)
+
+    def different_record(self, lrec: Any, rrec: Any) -> None:
+        i = lrec.index
+        ctx = self.ctxs[i]
+        ln, rn, diff = _normalised_difference(lrec, rrec, self.level)
+        if self.expecting[i] and _cascade(ctx, self.tainted) is None:
+            self.out.extend(_missing(self.sc, i, self.left, self.right, lrec, rrec, self.level, self.fams, self.cat,
+                                     ctx, (ln, rn)))
+        if not diff:
+            return
+        d = self.divergence(i, _order(diff), ln, rn)
+        if d.known and "ctx.gfn" in ctx:
+            _taint(self.tainted, ctx, d.entries[0].replace(" (cascade)", ""))
+        self.out.append(d)
+
+    def divergence(self, i: int, diff: list[str], ln: dict[str, Any], rn: dict[str, Any]) -> Divergence:
+        """The divergence at op ``i``, its fields explained by the catalogue or by an earlier cause."""
+        op, ctx = self.sc.ops[i], self.ctxs[i]
+        explained = self.cat.explain("diff", op.kind, self.fams, diff, (ln, rn), op.args, ctx)
+        cause = _cascade(ctx, self.tainted)
+        if cause is not None:
+            for f in diff:
+                if f not in explained and f != "events":
+                    explained[f] = f"{cause} (cascade)"
+        first = next((f for f in diff if f not in explained), diff[0])
+        d = Divergence(f"diff:{self.level}", self.left.backend, self.right.backend, i, op.kind, diff, first,
+                       {k: ln.get(k) for k in diff if k in ln}, {k: rn.get(k) for k in diff if k in rn}, explained)
+        d.signature = make_signature(d.oracle, self.left.backend, self.right.backend, op_class(op.kind, op.args),
+                                     first, ln.get(first), rn.get(first))
+        return d
+
+
+def _normalised_difference(lrec: Any, rrec: Any, level: str) -> tuple[dict[str, Any], dict[str, Any], list[str]]:
+    """Both records normalised at ``level`` and the fields that differ (unordered), with a
+    pseudo-field for each reporting rule that fired on one side only."""
+    ln, lfired = normalise(lrec, level)
+    rn, rfired = normalise(rrec, level)
+    if "vmm.*" in ln or "vmm.*" in rn:      # one side observed nothing at the VMM level
+        ln = {k: v for k, v in ln.items() if not k.startswith("vmm.")}
+        rn = {k: v for k, v in rn.items() if not k.startswith("vmm.")}
+    keys = set(ln) | set(rn)
+    diff = [k for k in keys if not _same(ln.get(k, _MISSING), rn.get(k, _MISSING))]
+    for rule in RULES:
+        if rule.reports and (rule.name in lfired) != (rule.name in rfired) \
+                and ln.get("api.result") == rn.get("api.result"):
+            pseudo = f"api.result ({rule.name})"
+            diff.append(pseudo)
+            ln[pseudo] = (lrec.api or {}).get("result")
+            rn[pseudo] = (rrec.api or {}).get("result")
+    return ln, rn, diff
 
 
 def check_invariants(sc: Scenario, trace: Trace, cat: Catalogue,

@@ -42,37 +42,62 @@ def check_trace(sc: Scenario, trace: Trace, ctxs: Callable[[], list[dict[str, An
     crashed = False
     for rec in trace.records:
         api = _api(rec)
-        i, kind = rec.index, rec.op
         if "skipped" in api:
             crashed = True
             continue
         bad = [e for e in rec.events if e.startswith(("WARN:", "BUG:", "CORRUPT:"))]
         if bad:
-            out.append(Violation("inv:no-warn-bug", i, kind, "events", bad))
+            out.append(Violation("inv:no-warn-bug", rec.index, rec.op, "events", bad))
         if "oops" in api:
             crashed = True
-            out.append(Violation("inv:no-warn-bug", i, kind, "api.oops", api["oops"]))
+            out.append(Violation("inv:no-warn-bug", rec.index, rec.op, "api.oops", api["oops"]))
             continue
-        for f in ("leaked", "pins_leaked"):
-            if api.get(f):
-                out.append(Violation("inv:no-leak", i, kind, "api." + f, api[f]))
-        if kind == "lookup" and api.get("result") != "pfn" and (api.get("held") or api.get("pinned")):
-            f = "api.held" if api.get("held") else "api.pinned"
-            out.append(Violation("inv:no-ref-on-error", i, kind, f, api[f[4:]]))
-        if kind == "gfn_to_page" and not is_page_name(api.get("result")) and api.get("held"):
-            out.append(Violation("inv:no-ref-on-error", i, kind, "api.held", api["held"]))
-        if kind == "vcpu_map" and api.get("ret", 0) != 0 and (api.get("held") or api.get("pinned")):
-            f = "api.held" if api.get("held") else "api.pinned"
-            out.append(Violation("inv:no-ref-on-error", i, kind, f, api[f[4:]]))
-        spte = api.get("spte")
-        w_spte = kind == "x86_fault" and isinstance(spte, dict) and spte.get("writable")
-        w_lookup = kind == "lookup" and api.get("result") == "pfn" and api.get("writable") is True
-        if (w_spte or w_lookup) and ctxs()[i].get("ctx.slot") == "ro":
-            if w_spte:
-                out.append(Violation("inv:ro-slot-not-writable", i, kind, "api.spte", spte))
-            else:
-                out.append(Violation("inv:ro-slot-not-writable", i, kind, "api.writable", True))
+        out.extend(_leaks(rec.index, rec.op, api))
+        out.extend(_refs_on_error(rec.index, rec.op, api))
+        out.extend(_writable_in_ro_slot(rec.index, rec.op, api, ctxs))
     # every map was unmapped and nothing crashed: KVM must hold nothing at the end
+    still_open = _maps_still_open(sc, trace)
+    leaked = any(v.oracle == "inv:no-leak" for v in out)
+    if not crashed and not leaked and not still_open:
+        for key in ("refs_held_at_end", "pins_held_at_end"):
+            if trace.meta.get(key):
+                out.append(Violation("inv:balanced-at-end", len(sc.ops), "end", "meta." + key, trace.meta[key]))
+    return out
+
+
+def _leaks(i: int, kind: str, api: dict[str, Any]) -> list[Violation]:
+    return [Violation("inv:no-leak", i, kind, "api." + f, api[f]) for f in ("leaked", "pins_leaked") if api.get(f)]
+
+
+def _refs_on_error(i: int, kind: str, api: dict[str, Any]) -> list[Violation]:
+    """A failed lookup, gfn_to_page or vcpu_map must not leave a reference or a pin behind."""
+    out: list[Violation] = []
+    if kind == "lookup" and api.get("result") != "pfn" and (api.get("held") or api.get("pinned")):
+        f = "api.held" if api.get("held") else "api.pinned"
+        out.append(Violation("inv:no-ref-on-error", i, kind, f, api[f[4:]]))
+    if kind == "gfn_to_page" and not is_page_name(api.get("result")) and api.get("held"):
+        out.append(Violation("inv:no-ref-on-error", i, kind, "api.held", api["held"]))
+    if kind == "vcpu_map" and api.get("ret", 0) != 0 and (api.get("held") or api.get("pinned")):
+        f = "api.held" if api.get("held") else "api.pinned"
+        out.append(Violation("inv:no-ref-on-error", i, kind, f, api[f[4:]]))
+    return out
+
+
+def _writable_in_ro_slot(i: int, kind: str, api: dict[str, Any],
+                         ctxs: Callable[[], list[dict[str, Any]]]) -> list[Violation]:
+    """A writable SPTE or a writable pfn in a read-only memslot."""
+    spte = api.get("spte")
+    w_spte = kind == "x86_fault" and isinstance(spte, dict) and spte.get("writable")
+    w_lookup = kind == "lookup" and api.get("result") == "pfn" and api.get("writable") is True
+    if not (w_spte or w_lookup) or ctxs()[i].get("ctx.slot") != "ro":
+        return []
+    if w_spte:
+        return [Violation("inv:ro-slot-not-writable", i, kind, "api.spte", spte)]
+    return [Violation("inv:ro-slot-not-writable", i, kind, "api.writable", True)]
+
+
+def _maps_still_open(sc: Scenario, trace: Trace) -> set[str | None]:
+    """The handles of successful vcpu_maps the scenario never unmapped."""
     still_open: set[str | None] = set()
     for r in trace.records:
         api = _api(r)
@@ -80,9 +105,4 @@ def check_trace(sc: Scenario, trace: Trace, ctxs: Callable[[], list[dict[str, An
             still_open.add(api.get("handle"))
         elif r.op == "vcpu_unmap":
             still_open.discard(sc.ops[r.index].args["handle"])
-    leaked = any(v.oracle == "inv:no-leak" for v in out)
-    if not crashed and not leaked and not still_open:
-        for key in ("refs_held_at_end", "pins_held_at_end"):
-            if trace.meta.get(key):
-                out.append(Violation("inv:balanced-at-end", len(sc.ops), "end", "meta." + key, trace.meta[key]))
-    return out
+    return still_open

@@ -31,16 +31,7 @@ def value_class(v: Any) -> str:
     if isinstance(v, int):
         return "0" if v == 0 else ("neg" if v < 0 else "int")
     if isinstance(v, str):
-        if v in _WORDS or _TOKEN.match(v):
-            return v
-        if v.startswith(("WARN:", "BUG:", "CORRUPT:")):
-            return event_class(v)
-        m = _SKIPPED.match(v)
-        if m:                             # "the execution ended at op 3 (killed)" -> after-killed
-            return "after-" + (m.group(1) or m.group(2) or "end").split("(")[0].split(":")[0].strip()
-        if v.startswith("<") and v.endswith(">"):
-            return v[1:-1]                # <uninitialised>: an out-parameter never written (D26)
-        return v if _NAME.match(v) else "page"      # a page as the trace names it
+        return _string_class(v)
     if isinstance(v, dict):
         if v and all(k in _STRUCT_KEYS for k in v):
             return "{" + ",".join(f"{k}={value_class(x)}" for k, x in sorted(v.items())) + "}"
@@ -54,6 +45,20 @@ def value_class(v: Any) -> str:
                 items.append(c)
         return "[" + ",".join(items) + "]"
     return repr(v)
+
+
+def _string_class(v: str) -> str:
+    """A result word or token as it is, an event by its class, a page by the word ``page``."""
+    if v in _WORDS or _TOKEN.match(v):
+        return v
+    if v.startswith(("WARN:", "BUG:", "CORRUPT:")):
+        return event_class(v)
+    m = _SKIPPED.match(v)
+    if m:                                 # "the execution ended at op 3 (killed)" -> after-killed
+        return "after-" + (m.group(1) or m.group(2) or "end").split("(")[0].split(":")[0].strip()
+    if v.startswith("<") and v.endswith(">"):
+        return v[1:-1]                    # <uninitialised>: an out-parameter never written (D26)
+    return v if _NAME.match(v) else "page"          # a page as the trace names it
 
 
 def event_class(e: str) -> str:
