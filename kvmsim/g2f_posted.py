@@ -84,6 +84,23 @@ def refcounted(w: World, kfp: Kfp, pg: Page) -> int:
     return pg.pfn
 
 
+def _hva_to_pfn_slow(w: World, kfp: Kfp, hva: int, write: bool) -> tuple[int, int | None]:
+    """``hva_to_pfn_slow`` (v11): GUP, then for a read the opportunistic RW upgrade if
+    ``try_map_writable``; (GUP's result, the pfn or None when GUP got no page)."""
+    n, pg = gup_slow(w, hva, FOLL_HWPOISON | (kfp.flags & (FOLL_WRITE | FOLL_NOWAIT | FOLL_INTERRUPTIBLE)))
+    if n != 1 or pg is None:
+        return n, None
+    if write:
+        kfp.writable = True
+    elif kfp.try_map_writable:
+        wpg = gup_fast_only(w, hva, write=True)
+        if wpg is not None:
+            kfp.writable = True
+            w.db.put(pg)
+            pg = wpg
+    return n, refcounted(w, kfp, pg)
+
+
 def hva_to_pfn(w: World, kfp: Kfp) -> int:
     """§5.1: G1's ``hva_to_pfn`` with v11's WARN, writable rules, ``refcounted()`` for GUP pages
     and NEEDS_IO in place of ``*async``."""
@@ -97,17 +114,9 @@ def hva_to_pfn(w: World, kfp: Kfp) -> int:
             return refcounted(w, kfp, pg)
     if kfp.atomic:
         return KVM_PFN_ERR_FAULT
-    n, pg = gup_slow(w, hva, FOLL_HWPOISON | (kfp.flags & (FOLL_WRITE | FOLL_NOWAIT | FOLL_INTERRUPTIBLE)))
-    if n == 1 and pg is not None:
-        if write:
-            kfp.writable = True
-        elif kfp.try_map_writable:
-            wpg = gup_fast_only(w, hva, write=True)
-            if wpg is not None:
-                kfp.writable = True
-                w.db.put(pg)
-                pg = wpg
-        return refcounted(w, kfp, pg)
+    n, pfn = _hva_to_pfn_slow(w, kfp, hva, write)
+    if pfn is not None:
+        return pfn
     if n == -EINTR:
         return KVM_PFN_ERR_SIGPENDING
     if n == -EHWPOISON or (not kfp.flags & FOLL_NOWAIT and gup_era.probe_hwpoison(w, hva)):

@@ -268,9 +268,9 @@ class G3Merged(Generation, name="g3", spec="§6", title="kvm_follow_pfn as merge
         m.hva = m.page = m.pinned_page = None
 
     # --- x86 (§6.4) -----------------------------------------------------------------------------
-    def faultin(self, w: World, f: Fault) -> int:
-        """``kvm_mmu_faultin_pfn``."""
-        f.mmu_seq = w.notifier.seq
+    @staticmethod
+    def faultin_slot_checks(w: World, f: Fault) -> int | None:
+        """``kvm_mmu_faultin_pfn``'s memslot checks before any lookup; None: go on."""
         slot = f.slot
         if slot is None:
             return kvm_handle_noslot_fault(w, f)
@@ -282,6 +282,14 @@ class G3Merged(Generation, name="g3", spec="§6", title="kvm_follow_pfn as merge
                 return kvm_handle_noslot_fault(w, f)
             if not w.vcpu.apicv:
                 return RET_PF_EMULATE
+        return None
+
+    def faultin(self, w: World, f: Fault) -> int:
+        """``kvm_mmu_faultin_pfn``."""
+        f.mmu_seq = w.notifier.seq
+        r = self.faultin_slot_checks(w, f)
+        if r is not None:
+            return r
         if w.notifier.retry_gfn(f.mmu_seq, f.gfn):
             return RET_PF_RETRY                    # pre-check before GUP (v6.8+)
         r = faultin_attempts(w, f, self.faultin_lookup)   # __kvm_mmu_faultin_pfn

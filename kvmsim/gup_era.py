@@ -143,6 +143,40 @@ def memslot_prelude(slot: Memslot | None, gfn: int, write_fault: bool, writable_
     return hva, None, writable_out
 
 
+def _hva_to_pfn_fast(w: World, hva: int, write_fault: bool, writable_out: Out | None,
+                     page_out: Out | None) -> int | None:
+    """``hva_to_pfn_fast``: GUP-fast for a writable page, tried only when RW is acceptable;
+    None: go on to the slow path."""
+    if not (write_fault or writable_out is not None):
+        return None
+    pg = gup_fast_only(w, hva, write=True)
+    if pg is None:
+        return None
+    if writable_out is not None:
+        writable_out.value = True
+    if page_out is not None:
+        page_out.value = pg
+    return pg.pfn
+
+
+def _hva_to_pfn_slow(w: World, hva: int, flags: int, write_fault: bool, writable_out: Out | None,
+                     page_out: Out | None) -> tuple[int, int | None]:
+    """``hva_to_pfn_slow``: GUP, then for a read the opportunistic RW upgrade; (GUP's result,
+    the pfn or None when GUP got no page)."""
+    n, pg = gup_slow(w, hva, flags)
+    if n != 1 or pg is None:
+        return n, None
+    if not write_fault and writable_out is not None:   # opportunistic RW upgrade
+        wpg = gup_fast_only(w, hva, write=True)
+        if wpg is not None:
+            writable_out.value = True
+            w.db.put(pg)
+            pg = wpg                               # the upgrade swaps *page
+    if page_out is not None:
+        page_out.value = pg                        # the slow path's *page
+    return n, pg.pfn
+
+
 def hva_to_pfn(w: World, hva: int, atomic: bool, interruptible: bool, async_out: Out | None,
                write_fault: bool, writable_out: Out | None, remapped: RemappedStep,
                page_out: Out | None = None) -> int:
@@ -153,31 +187,18 @@ def hva_to_pfn(w: World, hva: int, atomic: bool, interruptible: bool, async_out:
     if atomic and async_out is not None:
         w.bug("hva_to_pfn:BUG_ON(atomic && async)")
         raise KernelBug("BUG_ON(atomic && async)")
-    if write_fault or writable_out is not None:    # fast path only when RW is acceptable
-        pg = gup_fast_only(w, hva, write=True)
-        if pg is not None:
-            if writable_out is not None:
-                writable_out.value = True
-            if page_out is not None:
-                page_out.value = pg
-            return pg.pfn
+    pfn = _hva_to_pfn_fast(w, hva, write_fault, writable_out, page_out)
+    if pfn is not None:
+        return pfn
     if atomic:
         return KVM_PFN_ERR_FAULT                   # writable left untouched (I6)
     if writable_out is not None:
         writable_out.value = write_fault           # pre-set; stays on failure (D12)
     flags = FOLL_HWPOISON | (FOLL_WRITE if write_fault else 0) | (FOLL_NOWAIT if async_out is not None else 0) \
         | (FOLL_INTERRUPTIBLE if interruptible else 0)
-    n, pg = gup_slow(w, hva, flags)
-    if n == 1 and pg is not None:
-        if not write_fault and writable_out is not None:   # opportunistic RW upgrade
-            wpg = gup_fast_only(w, hva, write=True)
-            if wpg is not None:
-                writable_out.value = True
-                w.db.put(pg)
-                pg = wpg                           # the upgrade swaps *page
-        if page_out is not None:
-            page_out.value = pg                    # the slow path's *page
-        return pg.pfn
+    n, pfn = _hva_to_pfn_slow(w, hva, flags, write_fault, writable_out, page_out)
+    if pfn is not None:
+        return pfn
     if n == -EINTR:
         return KVM_PFN_ERR_SIGPENDING
     # classify the failure (n == 0, -EAGAIN, -EFAULT, -EHWPOISON)

@@ -193,37 +193,42 @@ class Mm:
     def handle_fault(self, vma: Vma, idx: int, e: PageEntry, write: bool) -> None:
         """``handle_mm_fault`` for a normal VMA page that is not (suitably) mapped yet.
         Callers have checked VMA permissions, signals, hwpoison and NOWAIT."""
-        db = self.db
         if e.state == NEEDS_IO:                       # I/O completes: page is resident again
             pg = self._new_page(vma, idx)
             if e.saved:
                 pg.data.update(e.saved)
             e.page, e.saved, e.state = pg, None, RESIDENT
         if e.state == UNPOPULATED:
-            if not write and not vma.shared:
-                e.page, e.state, e.cow = db.zero, PRESENT_RO, True   # read: map the zero page
-                return
-            e.page = self._new_page(vma, idx)       # write, or a shared (page-cache) read fault
-            e.state = PRESENT_RW if write or (vma.shared and vma.flags & VM_WRITE) else PRESENT_RO
-            e.cow = False
-            return
-        if e.state == RESIDENT:
+            self._fault_unpopulated(vma, idx, e, write)
+        elif e.state == RESIDENT:
             if write or (vma.shared and vma.flags & VM_WRITE):
                 e.state = PRESENT_RW
             else:
                 e.state, e.cow = PRESENT_RO, False       # exclusive page: a later write reuses it
+        elif e.state == PRESENT_RO and write:
+            self._write_fault_on_ro(vma, idx, e)
+
+    def _fault_unpopulated(self, vma: Vma, idx: int, e: PageEntry, write: bool) -> None:
+        """``do_anonymous_page`` / ``do_fault`` (shared, page cache): a first touch."""
+        if not write and not vma.shared:
+            e.page, e.state, e.cow = self.db.zero, PRESENT_RO, True   # read: map the zero page
             return
-        if e.state == PRESENT_RO and write:
-            if vma.shared or not e.cow:
-                e.state = PRESENT_RW                      # write-protect fault: same page
-                return
-            old = e.page                                  # COW break: private copy
-            new = self._new_page(vma, idx)
-            if old is not None:
-                new.data.update(old.data)
-                if old is not db.zero:
-                    db.mm_put(old)
-            e.page, e.state, e.cow = new, PRESENT_RW, False
+        e.page = self._new_page(vma, idx)       # write, or a shared (page-cache) read fault
+        e.state = PRESENT_RW if write or (vma.shared and vma.flags & VM_WRITE) else PRESENT_RO
+        e.cow = False
+
+    def _write_fault_on_ro(self, vma: Vma, idx: int, e: PageEntry) -> None:
+        """``do_wp_page``: reuse the page (shared, or exclusive) or break COW into a private copy."""
+        if vma.shared or not e.cow:
+            e.state = PRESENT_RW                      # write-protect fault: same page
+            return
+        old = e.page                                  # COW break: private copy
+        new = self._new_page(vma, idx)
+        if old is not None:
+            new.data.update(old.data)
+            if old is not self.db.zero:
+                self.db.mm_put(old)
+        e.page, e.state, e.cow = new, PRESENT_RW, False
 
     def read(self, pg: Page, offset: int) -> int:
         return pg.data.get(offset, 0)
@@ -276,22 +281,24 @@ class Mm:
                 if e.state in (PRESENT_RW, PRESENT_RO, RESIDENT):
                     self.db.mm_put(e.page)
             e.page, e.state = None, NEEDS_IO
-        elif state == HWPOISON:
-            if e.page is None or e.page is self.db.zero:
-                e.page = self._new_page(vma, idx)
-            e.page.hwpoison = True
-            e.state = HWPOISON
-        elif state == RESIDENT:
-            if e.page is None or e.page is self.db.zero:
-                e.page = self._new_page(vma, idx)
-            e.state = RESIDENT
         elif state == UNPOPULATED:
             if e.page is not None and e.page is not self.db.zero and e.state in (PRESENT_RW, PRESENT_RO, RESIDENT):
                 self.db.mm_put(e.page)
             e.page, e.state = None, UNPOPULATED
         else:
-            if e.page is None or e.page is self.db.zero:
-                e.page = self._new_page(vma, idx)
+            self._set_backed_state(vma, idx, e, state)
+
+    def _set_backed_state(self, vma: Vma, idx: int, e: PageEntry, state: str) -> None:
+        """A state with a page of its own behind it (poisoned, resident, or mapped): a page
+        is allocated if there is none (or only the zero page)."""
+        if e.page is None or e.page is self.db.zero:
+            e.page = self._new_page(vma, idx)
+        if state == HWPOISON:
+            e.page.hwpoison = True
+            e.state = HWPOISON
+        elif state == RESIDENT:
+            e.state = RESIDENT
+        else:
             e.state = state
             self.fit(vma, e)
 
@@ -329,6 +336,25 @@ def gup_fast_only(w: World, hva: int, write: bool = True, pin: bool = False) -> 
     return None
 
 
+def _gup_refuses_vma(vma: Vma, write: bool) -> bool:
+    """``check_vma_flags``: GUP refuses VM_IO/VM_PFNMAP and an access the VMA does not allow."""
+    if vma.remapped:
+        return True
+    return bool((write and not vma.flags & VM_WRITE) or (not write and not vma.flags & VM_READ))
+
+
+def _wait_for_io(w: World, flags: int) -> int | None:
+    """A page that needs I/O: not waited for under FOLL_NOWAIT (0), interrupted by a pending
+    signal under FOLL_INTERRUPTIBLE (-EINTR), else waited for (None: go on)."""
+    if flags & FOLL_NOWAIT:
+        return 0                                   # fault not started to completion
+    if flags & FOLL_INTERRUPTIBLE and w.task.signal == "pending":
+        w.task.signal_consumed = True
+        return -EINTR
+    w.note_wait()
+    return None
+
+
 def gup_slow(w: World, hva: int, flags: int, pin: bool = False) -> tuple[int, Page | None]:
     """``get_user_pages_unlocked`` / ``pin_user_pages_unlocked`` for one page.
     Returns (1, page) or (0 | -errno, None).  Order follows mm/gup.c ``__get_user_pages``:
@@ -339,9 +365,7 @@ def gup_slow(w: World, hva: int, flags: int, pin: bool = False) -> tuple[int, Pa
         return -EAGAIN, None                       # mmap_read_lock_killable interrupted (D13)
     vma = w.mm.find(hva)
     write = bool(flags & FOLL_WRITE)
-    if vma is None or vma.remapped:
-        return -EFAULT, None                       # GUP refuses VM_IO/VM_PFNMAP
-    if (write and not vma.flags & VM_WRITE) or (not write and not vma.flags & VM_READ):
+    if vma is None or _gup_refuses_vma(vma, write):
         return -EFAULT, None
     if task.signal == "fatal":
         return -EINTR, None
@@ -350,12 +374,9 @@ def gup_slow(w: World, hva: int, flags: int, pin: bool = False) -> tuple[int, Pa
     if e.state == HWPOISON:
         return (-EHWPOISON if flags & FOLL_HWPOISON else -EFAULT), None
     if e.state == NEEDS_IO:
-        if flags & FOLL_NOWAIT:
-            return 0, None                         # fault not started to completion
-        if flags & FOLL_INTERRUPTIBLE and task.signal == "pending":
-            task.signal_consumed = True
-            return -EINTR, None
-        w.note_wait()
+        r = _wait_for_io(w, flags)
+        if r is not None:
+            return r, None
     if not (e.state == PRESENT_RW or (e.state == PRESENT_RO and not write)):
         w.mm.handle_fault(vma, idx, e, write)
     pg = e.page

@@ -33,6 +33,24 @@ from .x86 import page_fault
 MAX_ENTRIES = 8          # guest entries per access before the model calls it a stall
 
 
+def _access_through_spte(w: World, as_id: int, gfn: int, off: int, write: bool, value: int,
+                         vmm: dict[str, Any]) -> bool:
+    """The access done by the hardware through a present SPTE that allows it (no exit; a read
+    puts what it read in ``vmm["data"]``); False: the access faults."""
+    spte = w.sptes.get((as_id, gfn))
+    if spte is None or not (spte.writable or not write):
+        return False
+    pg = w.db.lookup(spte.pfn)
+    spte.accessed = True
+    if write:
+        spte.dirty = True
+        if pg is not None:
+            pg.data[off] = value
+    else:
+        vmm["data"] = pg.data.get(off, 0) if pg is not None else 0
+    return True
+
+
 def guest_access(gen: Generation, w: World, gpa: int, write: bool, value: int) -> tuple[dict[str, Any], dict[str, Any]]:
     """Returns (vmm observation, api diagnostics); the api's ``fault_path`` is the access's
     fault-path record (``OpRecord.fault``), one entry per fault."""
@@ -47,16 +65,7 @@ def guest_access(gen: Generation, w: World, gpa: int, write: bool, value: int) -
         vmm["outcome"] = "killed"                  # SIGKILL ends the VMM: it sees no exit at all
         return vmm, api
     for _ in range(MAX_ENTRIES):
-        spte = w.sptes.get((as_id, gfn))
-        if spte is not None and (spte.writable or not write):
-            pg = w.db.lookup(spte.pfn)
-            spte.accessed = True
-            if write:
-                spte.dirty = True
-                if pg is not None:
-                    pg.data[off] = value
-            else:
-                vmm["data"] = pg.data.get(off, 0) if pg is not None else 0
+        if _access_through_spte(w, as_id, gfn, off, write, value, vmm):
             vmm["outcome"] = "ok"
             break
         f = Fault(gfn, write, slot=w.slot_for(gfn, vcpu=True))
