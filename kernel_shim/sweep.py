@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import random
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,10 +23,10 @@ from .probe import probe
 A, B, C, NOSLOT = 0x100, 0x200, 0x300, 0x500
 
 
-def random_scenario(rng: random.Random, n_ops: int = 12, madvise_all: bool = True) -> Scenario | None:
-    """One random scenario over three VMAs (normal, pfnmap, maybe hugetlb), or None if invalid."""
-    have = probe().backings
-    states = ["present_rw", "present_ro", "unpopulated"] + (["needs_io"] if have.get("userfaultfd") is None else [])
+def _random_memory(rng: random.Random, have: dict[str, Any],
+                   states: list[str]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The VMAs and memslots: a normal VMA always, a pfnmap and a 2 MiB hugetlb one where the host
+    can back them.  ``states`` gains ``resident`` when the normal VMA is shared."""
     shared = rng.random() < 0.4
     if shared:
         states.append("resident")
@@ -44,37 +45,49 @@ def random_scenario(rng: random.Random, n_ops: int = 12, madvise_all: bool = Tru
     if have.get("hugetlb_2m") is None and rng.random() < 0.3:
         vmas.append({"name": "c", "pages": 512, "host_level": "2m", "state": rng.choice(["present_rw", "unpopulated"])})
         slots.append({"id": 2, "gfn": 0x400, "pages": 512, "vma": "c", "log_dirty": rng.random() < 0.5})
+    return vmas, slots
+
+
+@dataclass(frozen=True)
+class _Draw:
+    """What one random op is drawn from (after its kind's draw and the VMA's)."""
+    rng: random.Random
+    vma: str
+    gpas: list[int]
+    states: list[str]
+    madvise_all: bool
+
+
+# (upper bound of the kind's draw, the op); past the last bound: munmap of the drawn VMA
+_OPS: list[tuple[float, Callable[[_Draw], dict[str, Any]]]] = [
+    (0.55, lambda d: {"access": {"gpa": d.rng.choice(d.gpas) + 8 * d.rng.randint(0, 3),
+                                 "write": d.rng.random() < 0.5, "value": d.rng.randint(1, 255)}}),
+    (0.62, lambda d: {"madvise": {"vma": d.vma if d.madvise_all else "a", "page": 0, "count": d.rng.randint(1, 4)}}),
+    (0.68, lambda d: {"mprotect": {"vma": d.vma, "prot": d.rng.choice(["rw", "r", "none"])}}),
+    (0.72, lambda d: {"page_state": {"vma": "a", "page": d.rng.randint(0, 3), "state": d.rng.choice(d.states)}}),
+    (0.76, lambda d: {"signal": {"kind": "fatal" if d.rng.random() < 0.03 else "pending"}}),
+    (0.82, lambda d: {"get_dirty_log": {"slot": 0}}),
+    (0.86, lambda d: {"memslot_move": {"slot": 0, "gfn": d.rng.choice([A, C])}}),
+    (0.90, lambda d: {"memslot_flags": {"slot": 0, "log_dirty": d.rng.random() < 0.5}}),
+    (0.94, lambda d: {"memslot_create": {"slot": 7, "gfn": 0x600, "pages": 2, "vma": "a", "offset": 2,
+                                         "readonly": d.rng.random() < 0.3}}),
+    (0.97, lambda d: {"memslot_delete": {"slot": 0}}),
+]
+
+
+def random_scenario(rng: random.Random, n_ops: int = 12, madvise_all: bool = True) -> Scenario | None:
+    """One random scenario over three VMAs (normal, pfnmap, maybe hugetlb), or None if invalid."""
+    have = probe().backings
+    states = ["present_rw", "present_ro", "unpopulated"] + (["needs_io"] if have.get("userfaultfd") is None else [])
+    vmas, slots = _random_memory(rng, have, states)
     gpas = [A << 12, (A + 1) << 12, (A + 3) << 12, B << 12, (B + 1) << 12, NOSLOT << 12, C << 12]
     if any(v["name"] == "c" for v in vmas):
         gpas += [0x400000, 0x410000]
     ops: list[dict[str, Any]] = []
     for _ in range(n_ops):
         r = rng.random()
-        v = rng.choice(vmas)["name"]
-        if r < 0.55:
-            ops.append({"access": {"gpa": rng.choice(gpas) + 8 * rng.randint(0, 3), "write": rng.random() < 0.5,
-                                   "value": rng.randint(1, 255)}})
-        elif r < 0.62:
-            ops.append({"madvise": {"vma": v if madvise_all else "a", "page": 0, "count": rng.randint(1, 4)}})
-        elif r < 0.68:
-            ops.append({"mprotect": {"vma": v, "prot": rng.choice(["rw", "r", "none"])}})
-        elif r < 0.72:
-            ops.append({"page_state": {"vma": "a", "page": rng.randint(0, 3), "state": rng.choice(states)}})
-        elif r < 0.76:
-            ops.append({"signal": {"kind": "fatal" if rng.random() < 0.03 else "pending"}})
-        elif r < 0.82:
-            ops.append({"get_dirty_log": {"slot": 0}})
-        elif r < 0.86:
-            ops.append({"memslot_move": {"slot": 0, "gfn": rng.choice([A, C])}})
-        elif r < 0.90:
-            ops.append({"memslot_flags": {"slot": 0, "log_dirty": rng.random() < 0.5}})
-        elif r < 0.94:
-            ops.append({"memslot_create": {"slot": 7, "gfn": 0x600, "pages": 2, "vma": "a", "offset": 2,
-                                           "readonly": rng.random() < 0.3}})
-        elif r < 0.97:
-            ops.append({"memslot_delete": {"slot": 0}})
-        else:
-            ops.append({"munmap": {"vma": v}})
+        d = _Draw(rng, rng.choice(vmas)["name"], gpas, states, madvise_all)
+        ops.append(next((make(d) for limit, make in _OPS if r < limit), {"munmap": {"vma": d.vma}}))
     world: dict[str, Any] = {"vmas": vmas, "memslots": slots}
     if rng.random() < 0.1:
         world["signal"] = "pending"
