@@ -157,13 +157,18 @@ class _Reader:
         return b
 
     def varint(self) -> int:
+        data, pos, n = self.data, self.pos, self.n
         v = shift = 0
         while shift < 70:
-            b = self.byte()
+            if pos >= n:                  # past the end: 0, as ``byte`` reads it
+                break
+            b = data[pos]
+            pos += 1
             v |= (b & 0x7F) << shift
             if not b & 0x80:
                 break
             shift += 7
+        self.pos = pos
         return v & ((1 << 64) - 1)
 
     def enum(self, choices: tuple) -> str:
@@ -431,19 +436,24 @@ def _slot(r: _Reader, st: _State) -> None:
     w.memslots.append(SlotSpec(sid, gfn, pages, v.name, offset, readonly, log_dirty, as_id, internal))
 
 
-def _op_record(r: _Reader, st: _State, code: int) -> None:
+def _layout(code: int) -> tuple[str, dict[str, object], list[F], list[F]]:
+    """(kind, default args, bool fields, other fields) of an opcode, in layout order."""
     kind, layout = OP_LAYOUTS[code]
     schema = {f.name: f for f in OP_SCHEMAS[kind]}
     fields = [schema[n] for n in layout if n in schema]
-    args = {f.name: f.default for f in OP_SCHEMAS[kind]}
-    bools = [f for f in fields if f.type == "bool"]
+    return (kind, {f.name: f.default for f in OP_SCHEMAS[kind]},
+            [f for f in fields if f.type == "bool"], [f for f in fields if f.type != "bool"])
+
+
+def _op_record(r: _Reader, st: _State, code: int) -> None:
+    kind, defaults, bools, others = _LAYOUTS[code]
+    args = dict(defaults)
     if bools:
         mask = r.varint()
         for i, f in enumerate(bools):
             args[f.name] = bool(mask >> i & 1)
-    for f in fields:
-        if f.type != "bool":
-            args[f.name] = _read_field(r, st, kind, f)
+    for f in others:
+        args[f.name] = _read_field(r, st, kind, f)
     if len(st.ops) >= MAX_OPS:
         raise _Drop
     if kind == "vcpu_map":
@@ -479,6 +489,8 @@ def _read_field(r: _Reader, st: _State, kind: str, f: F):
         raise _Drop
     return s
 
+
+_LAYOUTS = {code: _layout(code) for code in OP_LAYOUTS}      # built once: decoding is the hot path
 
 _RECORDS: dict[int, Callable[[_Reader, _State], None]] = {
     OP_META: _meta, OP_EMPTY_WORLD: _empty, OP_WORLD: _world, OP_PAGE: _page, OP_VMA: _vma,

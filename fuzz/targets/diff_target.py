@@ -34,19 +34,32 @@ from fuzz.judging.judge import Judgement
 from kvmsim.scenario import Scenario
 
 
-def semantic_observer(counters: FeatureCounters):
+def semantic_observer(counters: FeatureCounters, keep: int = 2048):
     """Feeds each judgement's features to libFuzzer: the cell every op record of every trace
-    reached (per backend) and every oracle outcome (per pair or backend)."""
-    def observe(sc: Scenario, j: Judgement) -> None:
+    reached (per backend) and every oracle outcome (per pair or backend).  A judgement the
+    checker remembered (the same scenario again) reuses the features found the first time."""
+    seen: dict[int, tuple[Judgement, list[object]]] = {}
+
+    def features(sc: Scenario, j: Judgement) -> list[object]:
         ops = sc.ops
+        out: list[object] = []
         for name, t in j.traces.items():
             for rec in t.records:
                 if rec.index < len(ops):
                     c = cell(ops[rec.index], rec)
                     if c is not None:
-                        counters.hit((name, c))
-        for d in j.found:
-            counters.hit((d.left, d.right, outcome(d)))
+                        out.append((name, c))
+        out.extend((d.left, d.right, outcome(d)) for d in j.found)
+        return out
+
+    def observe(sc: Scenario, j: Judgement) -> None:
+        got = seen.get(id(j))
+        if got is None or got[0] is not j:
+            if len(seen) >= keep:
+                del seen[next(iter(seen))]
+            got = seen[id(j)] = (j, features(sc, j))
+        for f in got[1]:
+            counters.hit(f)
     return observe
 
 
