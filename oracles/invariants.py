@@ -21,6 +21,16 @@ from .normalise import is_page_name
 # a writable mapping as its SPTE, a lookup as its writable flag), and what that violation is: a
 # root cause names it, so the op class that showed it does not split one bug.
 ONE_VIOLATION = {"inv:ro-slot-not-writable": "writable mapping of a read-only memslot"}
+# Checks that state one rule: KVM's references to a page balance (a leak is a put too few, an
+# underflow a put too many, a reference kept on an error or at the end a put too few).  One
+# refcounting decision shows as a leak on one path and an underflow on another, so a root cause
+# names the rule, not the check that saw it first.
+REFERENCE_RULE = "unbalanced page references"
+REFERENCE_CHECKS = frozenset({"inv:no-leak", "inv:no-ref-on-error", "inv:balanced-at-end"})
+REFERENCE_EVENTS = ("BUG:refcount_underflow",)
+# The spec rows an invariant states (§7: D12b's row says no generation maps a read-only memslot
+# writable).
+INVARIANT_SPEC = {"inv:ro-slot-not-writable": ("D12b",)}
 
 
 @dataclass

@@ -45,7 +45,13 @@ from kvmsim.scenario import Scenario
 from kvmsim.trace import Trace
 from oracles.catalogue import Catalogue, family, load_catalogue
 from oracles.diff import Divergence, check_invariants, compare
-from oracles.invariants import ONE_VIOLATION
+from oracles.invariants import (
+    INVARIANT_SPEC,
+    ONE_VIOLATION,
+    REFERENCE_CHECKS,
+    REFERENCE_EVENTS,
+    REFERENCE_RULE,
+)
 from oracles.signature import event_class, make_signature
 
 
@@ -211,17 +217,19 @@ _SKIP = {"__init__", "__post_init__", "release", "nothing"}
 
 
 def _results_differ(a: str, b: str) -> bool:
-    """Return classes differ, or the same out-parameters were written differently (functions of
-    one name in two generations may take different out-parameters: those are not a decision)."""
+    """Return classes differ, or an out-parameter both sides take was written differently
+    (functions of one name in two generations may take different out-parameters, e.g. G2's
+    ``*page``: one that only one side has is not a decision, but ``*async`` on both sides is)."""
     ra, _, oa = a.partition("[")
     rb, _, ob = b.partition("[")
     if ra != rb:
         return True
-    return _out_names(oa) == _out_names(ob) and oa != ob
+    la, lb = _outs(oa), _outs(ob)
+    return any(la[k] != lb[k] for k in la.keys() & lb.keys())
 
 
-def _out_names(outs: str) -> list[str]:
-    return [x.split("=")[0] for x in outs.rstrip("]").split(",") if x]
+def _outs(outs: str) -> dict[str, str]:
+    return dict((x.split("=", 1) + [""])[:2] for x in outs.rstrip("]").split(",") if x)
 
 
 def _out_params(frame: Any) -> str:
@@ -328,8 +336,7 @@ class RootCauser:
         of its backends breaks an invariant is that violation's consequence (a leak, a WARN): it
         gets the violation's cause, so one bug is one cause whichever oracle saw it."""
         if d.right and others:
-            inv = next((x for x in others if not x.right and x.oracle.startswith("inv:") and not x.known
-                        and x.index == d.index and x.left in (d.left, d.right)), None)
+            inv = self._violation_for(d, others)
             if inv is not None:
                 return self.cause(sc, inv)
         if d.oracle == "exception" or d.oracle.startswith("nondeterministic"):
@@ -358,14 +365,32 @@ class RootCauser:
         return self._decision(sc, d)
 
     def _invariant(self, d: Divergence) -> RootCause:
-        fam = family(d.left)
+        # the backend itself, not its family (as for decisions): a patched copy of a generation
+        # breaks rules in its own places; a simulated generation's name is its family
+        fam = _short(d.left) if d.left.startswith("sim:") else family(d.left)
         v = d.left_obs.get(d.field)
         # an invariant some op classes break through different fields is one violation: keyed by
         # what it states, not by the field the op class shows it in (never the op class)
         what = _most_severe([event_class(e) for e in v]) if isinstance(v, list) and v else \
             ONE_VIOLATION.get(d.oracle, d.field)
-        key = f"{d.oracle} {fam} {what}"
-        return make("invariant", key, f"{d.oracle} on {fam}: {what}", (), fam)
+        oracle = d.oracle
+        if oracle in REFERENCE_CHECKS or what.startswith(REFERENCE_EVENTS):
+            oracle, what = "inv:references", REFERENCE_RULE
+        key = f"{oracle} {fam} {what}"
+        return make("invariant", key, f"{oracle} on {fam}: {what}", INVARIANT_SPEC.get(oracle, ()), fam)
+
+    @staticmethod
+    def _violation_for(d: Divergence, others: list[Divergence]) -> Divergence | None:
+        """The invariant violation a pair difference is a consequence of: one of its backends breaks
+        an invariant at the same op, or (two generations, not the literal sketch, whose quirks are
+        told apart exactly by ablation) later in the same run, as a reference handed out wrongly
+        at a map shows as a leak or an underflow at the unmap."""
+        invs = [x for x in others if not x.right and x.oracle.startswith("inv:") and not x.known
+                and x.left in (d.left, d.right) and x.index >= d.index]
+        same = next((x for x in invs if x.index == d.index), None)
+        if same is not None or any(b.startswith(LITERAL) for b in (d.left, d.right)):
+            return same
+        return min(invs, key=lambda x: x.index, default=None)
 
     @staticmethod
     def _event_site(d: Divergence) -> str | None:
