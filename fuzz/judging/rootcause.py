@@ -19,8 +19,9 @@ How a cause is found, in order:
                kernel function at which they part ways), e.g. ``hva_to_pfn_remapped: pfn |
                ERR_FAULT``.  Without such a function: the first unexplained field, without its
                op class.
-``invariant``  one trace breaks an invariant: the invariant, the generation and the WARN/BUG site
-               (never the op class).
+``invariant``  one trace breaks an invariant: the invariant, the backend and the WARN/BUG site
+               (never the op class); leaks, underflows and references kept on an error or at
+               the end are one rule (unbalanced page references).
 ``missing``    a catalogue entry whose conditions hold did not show on the two sides
                (``expected D6 missing``); the entry is the cause.
 ``exception``  a backend or oracle raised: the exception type and where.
