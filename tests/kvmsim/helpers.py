@@ -7,6 +7,7 @@ gfn ``GFN``; ``host(state)`` names the host conditions the spec's outcome tables
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import yaml
@@ -55,56 +56,56 @@ def run(backend: str, sc: Scenario) -> Trace:
 
 # --- host states used by the outcome tables ------------------------------------------------------
 
+# named host state -> (page 0's VMA keywords, world keywords, pre ops); see host()
+_STATES: dict[str, tuple[dict[str, Any], dict[str, Any], list[Any]]] = {
+    "resident_shared": ({"shared": True, "page_states": {0: "resident"}}, {}, []),  # page cache, MAP_SHARED rw
+    "needs_io_signal": ({"page_states": {0: "needs_io"}}, {"signal": "pending"}, []),
+    "needs_io_fatal": ({"page_states": {0: "needs_io"}}, {"signal": "fatal"}, []),
+    "unpopulated_fatal": ({"page_states": {0: "unpopulated"}}, {"signal": "fatal"}, []),
+    # killable mmap-lock acquisition interrupted
+    "eagain": ({"page_states": {0: "needs_io"}}, {"signal": "fatal", "mmap_lock_contended": True}, []),
+    "no_vma": ({"page_states": {0: "present_rw"}}, {}, [{"munmap": {"vma": "ram"}}]),
+    "ro_vma": ({"prot": "r", "page_states": {0: "present_ro"}}, {}, []),          # VMA without VM_WRITE
+    "ro_vma_needs_io": ({"prot": "r", "page_states": {0: "needs_io"}}, {}, []),
+    "none_vma": ({"prot": "none", "page_states": {0: "needs_io"}}, {}, []),        # PROT_NONE: no VM_READ
+    # D19: PG_reserved page in a normal VMA
+    "reserved_mixedmap": ({"remap": "mixedmap", "page_states": {0: {"state": "present_rw", "page": "rsv"}}},
+                          {"pages": [{"name": "rsv", "kind": "reserved"}]}, []),
+}
+_NORMAL = {"present_rw", "present_ro", "unpopulated", "resident", "needs_io", "hwpoison"}
+
+
+def _remap_vma(state: str) -> dict[str, Any]:
+    """``remap:<frame kind>[:ro][:absent-<handler>]``: a VM_PFNMAP VMA of that frame kind."""
+    parts = state.split(":")[1:]
+    kind, rest = parts[0], parts[1:]
+    pte: dict[str, Any] = {}
+    if "ro" in rest:
+        pte["writable"] = False
+    for r in rest:
+        if r.startswith("absent-"):
+            pte["present"] = False
+            pte["handler"] = r[len("absent-"):]
+    v = vma(remap="pfnmap", frames=kind)
+    if pte:
+        v["ptes"] = {0: pte}
+    return v
+
+
 def host(state: str, ro_slot: bool = False) -> dict[str, Any]:
     """World keywords (vmas, memslots, pages, world flags) plus ``pre`` ops for a named host state
     at gfn ``GFN`` (page 0 of ``ram``)."""
     s = {"readonly": True} if ro_slot else {}
     out: dict[str, Any] = {"memslots": [slot(**s)], "pre": []}
-    normal = {"present_rw", "present_ro", "unpopulated", "resident", "needs_io", "hwpoison"}
-    if state in normal:
+    if state in _NORMAL:
         out["vmas"] = [vma(page_states={0: state})]
-    elif state == "resident_shared":            # page-cache page of a MAP_SHARED rw mapping
-        out["vmas"] = [vma(shared=True, page_states={0: "resident"})]
-    elif state == "needs_io_signal":
-        out["vmas"] = [vma(page_states={0: "needs_io"})]
-        out["signal"] = "pending"
-    elif state == "needs_io_fatal":
-        out["vmas"] = [vma(page_states={0: "needs_io"})]
-        out["signal"] = "fatal"
-    elif state == "unpopulated_fatal":
-        out["vmas"] = [vma(page_states={0: "unpopulated"})]
-        out["signal"] = "fatal"
-    elif state == "eagain":                      # killable mmap-lock acquisition interrupted
-        out["vmas"] = [vma(page_states={0: "needs_io"})]
-        out["signal"] = "fatal"
-        out["mmap_lock_contended"] = True
-    elif state == "no_vma":
-        out["vmas"] = [vma(page_states={0: "present_rw"})]
-        out["pre"] = [{"munmap": {"vma": "ram"}}]
-    elif state == "ro_vma":                     # VMA without VM_WRITE
-        out["vmas"] = [vma(prot="r", page_states={0: "present_ro"})]
-    elif state == "ro_vma_needs_io":
-        out["vmas"] = [vma(prot="r", page_states={0: "needs_io"})]
-    elif state == "none_vma":                   # PROT_NONE: no VM_READ
-        out["vmas"] = [vma(prot="none", page_states={0: "needs_io"})]
-    elif state == "reserved_mixedmap":          # D19: PG_reserved page in a normal VMA
-        out["pages"] = [{"name": "rsv", "kind": "reserved"}]
-        out["vmas"] = [vma(remap="mixedmap", page_states={0: {"state": "present_rw", "page": "rsv"}})]
+    elif state in _STATES:
+        vma_kw, world, pre = copy.deepcopy(_STATES[state])
+        out.update(world)
+        out["vmas"] = [vma(**vma_kw)]
+        out["pre"] = pre
     elif state.startswith("remap:"):
-        # remap:<frame kind>[:ro][:absent-<handler>]
-        parts = state.split(":")[1:]
-        kind, rest = parts[0], parts[1:]
-        pte: dict[str, Any] = {}
-        if "ro" in rest:
-            pte["writable"] = False
-        for r in rest:
-            if r.startswith("absent-"):
-                pte["present"] = False
-                pte["handler"] = r[len("absent-"):]
-        v = vma(remap="pfnmap", frames=kind)
-        if pte:
-            v["ptes"] = {0: pte}
-        out["vmas"] = [v]
+        out["vmas"] = [_remap_vma(state)]
     else:
         raise ValueError(state)
     return out

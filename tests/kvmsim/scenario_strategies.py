@@ -58,63 +58,82 @@ def _lookup(draw) -> dict[str, Any]:
                        "pin": draw(B), "try_writable": draw(B), "vcpu": draw(B)}}
 
 
+class _Stream:
+    """The ops drawn so far, and what later ops may close: vcpu_map handles, open invalidations."""
+
+    def __init__(self) -> None:
+        self.ops: list[dict[str, Any]] = []
+        self.handles: list[str] = []
+        self.open_ranges = 0
+
+
+def _vcpu_map(draw, gfn: int, s: _Stream) -> dict[str, Any] | None:
+    h = f"m{len(s.ops)}"
+    s.handles.append(h)
+    return {"vcpu_map": {"gfn": gfn, "writable": draw(B), "handle": h}}
+
+
+def _vcpu_unmap(draw, gfn: int, s: _Stream) -> dict[str, Any] | None:
+    if not s.handles:
+        return None
+    h = s.handles.pop(draw(st.integers(0, len(s.handles) - 1)))
+    return {"vcpu_unmap": {"handle": h, "dirty": draw(B)}}
+
+
+def _invalidate_begin(draw, gfn: int, s: _Stream) -> dict[str, Any] | None:
+    s.open_ranges += 1
+    return {"invalidate_begin": {"vma": draw(st.sampled_from(["a", "b"])), "page": 0}}
+
+
+def _invalidate_end(draw, gfn: int, s: _Stream) -> dict[str, Any] | None:
+    if not s.open_ranges:
+        return None
+    s.open_ranges -= 1
+    return {"invalidate_end": None}
+
+
+# op kind -> (draw, gfn, stream) -> the op, or None when nothing can be drawn for it now
+_OPS = {
+    "lookup": lambda draw, gfn, s: _lookup(draw),
+    "gfn_to_page": lambda draw, gfn, s: {"gfn_to_page": {"gfn": gfn, "write": draw(B)}},
+    "x86_fault": lambda draw, gfn, s: {"x86_fault": {"gfn": gfn, "write": draw(B), "prefetch": draw(B),
+                                                     "race_invalidate": draw(B)}},
+    "access": lambda draw, gfn, s: {"access": {"gpa": gfn << 12 | 0x10, "write": draw(B), "value": 7}},
+    "vcpu_map": _vcpu_map,
+    "vcpu_unmap": _vcpu_unmap,
+    "madvise": lambda draw, gfn, s: {"madvise": {"vma": draw(st.sampled_from(["a", "b"])), "page": 0, "count": 4}},
+    "mprotect": lambda draw, gfn, s: {"mprotect": {"vma": draw(st.sampled_from(["a", "b"])),
+                                                   "prot": draw(st.sampled_from(["none", "r", "rw"]))}},
+    "page_state": lambda draw, gfn, s: {"page_state": {"vma": "a", "page": draw(st.integers(0, 3)),
+                                                       "state": draw(st.sampled_from(STATES))}},
+    "pte": lambda draw, gfn, s: {"pte": {"vma": "b", "page": draw(st.integers(0, 1)), "present": draw(B),
+                                         "writable": draw(B),
+                                         "handler": draw(st.sampled_from(["populates", "drops_lock", "fails"]))}},
+    "invalidate_begin": _invalidate_begin,
+    "invalidate_end": _invalidate_end,
+    "signal": lambda draw, gfn, s: {"signal": {"kind": draw(st.sampled_from(["none", "pending", "fatal"]))}},
+    "mmap_lock": lambda draw, gfn, s: {"mmap_lock": {"contended": draw(B)}},
+    "memslot_invalidate": lambda draw, gfn, s: {"memslot_invalidate": {"slot": draw(st.integers(0, 1))}},
+}
+# lookups and faults weigh more: they are what the decision tables are about
+_KINDS = ["lookup", "lookup", "lookup", "gfn_to_page", "x86_fault", "x86_fault", "access", "vcpu_map", "vcpu_unmap",
+          "madvise", "mprotect", "page_state", "pte", "invalidate_begin", "invalidate_end", "signal", "mmap_lock",
+          "memslot_invalidate"]
+
+
 @st.composite
 def op_streams(draw, max_ops: int = 10) -> list[dict[str, Any]]:
-    ops: list[dict[str, Any]] = []
-    handles: list[str] = []
-    open_ranges = 0
+    s = _Stream()
     for _ in range(draw(st.integers(1, max_ops))):
-        kind = draw(st.sampled_from(["lookup", "lookup", "lookup", "gfn_to_page", "x86_fault", "x86_fault", "access",
-                                     "vcpu_map", "vcpu_unmap", "madvise", "mprotect", "page_state", "pte",
-                                     "invalidate_begin", "invalidate_end", "signal", "mmap_lock",
-                                     "memslot_invalidate"]))
+        kind = draw(st.sampled_from(_KINDS))
         gfn = draw(st.sampled_from(GFNS))
-        if kind == "lookup":
-            ops.append(_lookup(draw))
-        elif kind == "gfn_to_page":
-            ops.append({"gfn_to_page": {"gfn": gfn, "write": draw(B)}})
-        elif kind == "x86_fault":
-            ops.append({"x86_fault": {"gfn": gfn, "write": draw(B), "prefetch": draw(B),
-                                      "race_invalidate": draw(B)}})
-        elif kind == "access":
-            ops.append({"access": {"gpa": gfn << 12 | 0x10, "write": draw(B), "value": 7}})
-        elif kind == "vcpu_map":
-            h = f"m{len(ops)}"
-            handles.append(h)
-            ops.append({"vcpu_map": {"gfn": gfn, "writable": draw(B), "handle": h}})
-        elif kind == "vcpu_unmap":
-            if handles:
-                h = handles.pop(draw(st.integers(0, len(handles) - 1)))
-                ops.append({"vcpu_unmap": {"handle": h, "dirty": draw(B)}})
-        elif kind == "madvise":
-            ops.append({"madvise": {"vma": draw(st.sampled_from(["a", "b"])), "page": 0, "count": 4}})
-        elif kind == "mprotect":
-            ops.append({"mprotect": {"vma": draw(st.sampled_from(["a", "b"])),
-                                     "prot": draw(st.sampled_from(["none", "r", "rw"]))}})
-        elif kind == "page_state":
-            ops.append({"page_state": {"vma": "a", "page": draw(st.integers(0, 3)),
-                                       "state": draw(st.sampled_from(STATES))}})
-        elif kind == "pte":
-            ops.append({"pte": {"vma": "b", "page": draw(st.integers(0, 1)), "present": draw(B),
-                                "writable": draw(B),
-                                "handler": draw(st.sampled_from(["populates", "drops_lock", "fails"]))}})
-        elif kind == "invalidate_begin":
-            open_ranges += 1
-            ops.append({"invalidate_begin": {"vma": draw(st.sampled_from(["a", "b"])), "page": 0}})
-        elif kind == "invalidate_end":
-            if open_ranges:
-                open_ranges -= 1
-                ops.append({"invalidate_end": None})
-        elif kind == "signal":
-            ops.append({"signal": {"kind": draw(st.sampled_from(["none", "pending", "fatal"]))}})
-        elif kind == "mmap_lock":
-            ops.append({"mmap_lock": {"contended": draw(B)}})
-        elif kind == "memslot_invalidate":
-            ops.append({"memslot_invalidate": {"slot": draw(st.integers(0, 1))}})
-    keep_open = draw(st.integers(0, len(handles)))          # maps still open when the scenario ends
-    for h in handles[keep_open:]:
-        ops.append({"vcpu_unmap": {"handle": h, "dirty": False}})
-    return ops
+        op = _OPS[kind](draw, gfn, s)
+        if op is not None:
+            s.ops.append(op)
+    keep_open = draw(st.integers(0, len(s.handles)))          # maps still open when the scenario ends
+    for h in s.handles[keep_open:]:
+        s.ops.append({"vcpu_unmap": {"handle": h, "dirty": False}})
+    return s.ops
 
 
 @st.composite

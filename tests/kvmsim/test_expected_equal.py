@@ -190,6 +190,29 @@ A_GFNS = [0x100, 0x101, 0x102, 0x103, 0x300]
 B_GFNS = [0x200, 0x201]
 
 
+# op kind -> draw -> the op (lookups weigh more: they are what the decision tables are about)
+_CORE_OPS = {
+    "lookup": lambda draw: {"lookup": {"gfn": draw(st.sampled_from(A_GFNS)), "write": draw(B), "nowait": draw(B),
+                                       "interruptible": draw(B)}},
+    "remap_lookup": lambda draw: {"lookup": {"gfn": draw(st.sampled_from(B_GFNS)), "write": draw(B),
+                                             "nowait": draw(B), "interruptible": draw(B), "want_ref": False,
+                                             "guarded": True}},
+    "x86_fault": lambda draw: {"x86_fault": {"gfn": draw(st.sampled_from(A_GFNS + B_GFNS)), "write": draw(B),
+                                             "prefetch": draw(B)}},
+    "access": lambda draw: {"access": {"gpa": draw(st.sampled_from(A_GFNS + B_GFNS)) << 12 | 8, "write": draw(B),
+                                       "value": 3}},
+    "gfn_to_page": lambda draw: {"gfn_to_page": {"gfn": draw(st.sampled_from(A_GFNS))}},
+    "madvise": lambda draw: {"madvise": {"vma": draw(st.sampled_from(["a", "b"])), "page": 0, "count": 4}},
+    "mprotect": lambda draw: {"mprotect": {"vma": "a", "prot": draw(st.sampled_from(["none", "r", "rw"]))}},
+    "page_state": lambda draw: {"page_state": {"vma": "a", "page": draw(st.integers(0, 3)),
+                                               "state": draw(st.sampled_from(STATES))}},
+    "signal": lambda draw: {"signal": {"kind": draw(st.sampled_from(["none", "pending", "fatal"]))}},
+    "memslot_invalidate": lambda draw: {"memslot_invalidate": {"slot": draw(st.integers(0, 1))}},
+}
+_CORE_KINDS = ["lookup", "lookup", "remap_lookup", "x86_fault", "access", "gfn_to_page", "madvise", "mprotect",
+               "page_state", "signal", "memslot_invalidate"]
+
+
 @st.composite
 def core_scenarios(draw):
     a = {"name": "a", "pages": 4, "prot": draw(st.sampled_from(["rw", "rw", "r", "none"])), "shared": draw(B),
@@ -208,35 +231,7 @@ def core_scenarios(draw):
                           {"id": 1, "gfn": 0x200, "pages": 2, "vma": "b"}],
              "signal": draw(st.sampled_from(["none", "none", "pending", "fatal"])),
              "vcpu": {"async_pf": draw(B)}, "notifier": {"seq": draw(st.sampled_from([0, 3]))}}
-    ops = []
-    for _ in range(draw(st.integers(1, 8))):
-        k = draw(st.sampled_from(["lookup", "lookup", "remap_lookup", "x86_fault", "access", "gfn_to_page",
-                                  "madvise", "mprotect", "page_state", "signal", "memslot_invalidate"]))
-        if k == "lookup":
-            ops.append({"lookup": {"gfn": draw(st.sampled_from(A_GFNS)), "write": draw(B), "nowait": draw(B),
-                                   "interruptible": draw(B)}})
-        elif k == "remap_lookup":
-            ops.append({"lookup": {"gfn": draw(st.sampled_from(B_GFNS)), "write": draw(B), "nowait": draw(B),
-                                   "interruptible": draw(B), "want_ref": False, "guarded": True}})
-        elif k == "x86_fault":
-            ops.append({"x86_fault": {"gfn": draw(st.sampled_from(A_GFNS + B_GFNS)), "write": draw(B),
-                                      "prefetch": draw(B)}})
-        elif k == "access":
-            ops.append({"access": {"gpa": draw(st.sampled_from(A_GFNS + B_GFNS)) << 12 | 8, "write": draw(B),
-                                   "value": 3}})
-        elif k == "gfn_to_page":
-            ops.append({"gfn_to_page": {"gfn": draw(st.sampled_from(A_GFNS))}})
-        elif k == "madvise":
-            ops.append({"madvise": {"vma": draw(st.sampled_from(["a", "b"])), "page": 0, "count": 4}})
-        elif k == "mprotect":
-            ops.append({"mprotect": {"vma": "a", "prot": draw(st.sampled_from(["none", "r", "rw"]))}})
-        elif k == "page_state":
-            ops.append({"page_state": {"vma": "a", "page": draw(st.integers(0, 3)),
-                                       "state": draw(st.sampled_from(STATES))}})
-        elif k == "signal":
-            ops.append({"signal": {"kind": draw(st.sampled_from(["none", "pending", "fatal"]))}})
-        else:
-            ops.append({"memslot_invalidate": {"slot": draw(st.integers(0, 1))}})
+    ops = [_CORE_OPS[draw(st.sampled_from(_CORE_KINDS))](draw) for _ in range(draw(st.integers(1, 8)))]
     return {"version": 1, "world": world, "ops": ops}
 
 

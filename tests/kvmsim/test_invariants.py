@@ -14,44 +14,66 @@ from kvmsim import loads_scenario
 B_GFNS = (B_GFN, B_GFN + 1)     # the VM_PFNMAP vma of scenario_strategies
 
 
-def check_lookup(backend: str, args: dict, api: dict) -> None:
+def _check_legacy(args: dict, api: dict) -> None:
+    frame, page, held = api["frame"], api["page"], api["held"]
+    assert page is None                                                    # legacy API: no page out
+    assert set(held) <= ({frame} if frame else set()) and all(v == 1 for v in held.values()), api  # C1
+
+
+def _check_noref(args: dict, api: dict) -> None:                           # §3.4
     res, frame, page, held = api["result"], api["frame"], api["page"], api["held"]
-    call = api["call"]
-    assert (res == "pfn") == (frame is not None), api
+    if page not in (None, "<uninitialised>"):
+        assert res == "pfn" and frame == page and held == {page: 1}, api
+    else:
+        assert held == {}, api
+    if page == "<uninitialised>":
+        assert res in ("ERR_RO_FAULT", "NOSLOT"), api                      # D26: only early returns
+
+
+def _check_merged(args: dict, api: dict) -> None:                          # §6.6
+    res, frame, page, held = api["result"], api["frame"], api["page"], api["held"]
+    if page is not None:
+        assert res == "pfn" and frame == page and held == {page: 1}, api   # K1
+    else:
+        assert held == {}, api
+    if res != "pfn" and api["writable"] is not None:
+        assert api["writable"] is False, api                               # K4
+
+
+def _check_v11(args: dict, api: dict) -> None:                             # §5.1 (v11)
+    res, frame, page, held = api["result"], api["frame"], api["page"], api["held"]
+    if res != "pfn" and api["writable"] is not None:
+        # D12: reset on entry — but v11's remapped path sets writable = pte.writable before
+        # it refuses a pfn (§5.1 pseudo-code), so a remapped refusal may say true (as G1's I6)
+        remapped_refusal = res == "ERR_FAULT" and args["gfn"] in B_GFNS
+        assert api["writable"] is False or remapped_refusal, api
+    if page is not None:
+        assert frame == page
+        assert held == ({page: 1} if args["want_ref"] else {}), api        # D3
+
+
+def _check_pin(args: dict, api: dict) -> None:
+    assert api["held"] == api["pinned"], api                               # K2: a pin, never a bare ref
+
+
+# the lookup's entry point -> the contract its API states
+_CONTRACTS = {"__gfn_to_pfn_memslot": _check_legacy, "__gfn_to_pfn_memslot (shim)": _check_legacy,
+              "gfn_to_pfn_memslot_atomic (shim)": _check_legacy, "__gfn_to_pfn_noref_memslot": _check_noref,
+              "__kvm_faultin_pfn": _check_merged, "kvm_follow_pfn": _check_v11, "kvm_follow_pfn(.pin)": _check_pin}
+
+
+def check_lookup(backend: str, args: dict, api: dict) -> None:
+    res = api["result"]
+    assert (res == "pfn") == (api["frame"] is not None), api
     if res == "NOSLOT":
         assert api["writable"] in (False, None), api                       # I3
     if api.get("async"):
         assert res == "ERR_FAULT" and args["nowait"], api                  # I5
     if res == "ERR_NEEDS_IO":
         assert args["nowait"] and backend in ("sim:g2s", "sim:g2f", "sim:g3"), api   # K5, D1
-    if call in ("__gfn_to_pfn_memslot", "__gfn_to_pfn_memslot (shim)", "gfn_to_pfn_memslot_atomic (shim)"):
-        assert page is None                                                # legacy API: no page out
-        assert set(held) <= ({frame} if frame else set()) and all(v == 1 for v in held.values()), api  # C1
-    if call == "__gfn_to_pfn_noref_memslot":                              # §3.4
-        if page not in (None, "<uninitialised>"):
-            assert res == "pfn" and frame == page and held == {page: 1}, api
-        else:
-            assert held == {}, api
-        if page == "<uninitialised>":
-            assert res in ("ERR_RO_FAULT", "NOSLOT"), api                  # D26: only early returns
-    if call == "__kvm_faultin_pfn":                                        # §6.6
-        if page is not None:
-            assert res == "pfn" and frame == page and held == {page: 1}, api   # K1
-        else:
-            assert held == {}, api
-        if res != "pfn" and api["writable"] is not None:
-            assert api["writable"] is False, api                           # K4
-    if call == "kvm_follow_pfn":                                           # §5.1 (v11)
-        if res != "pfn" and api["writable"] is not None:
-            # D12: reset on entry — but v11's remapped path sets writable = pte.writable before
-            # it refuses a pfn (§5.1 pseudo-code), so a remapped refusal may say true (as G1's I6)
-            remapped_refusal = res == "ERR_FAULT" and args["gfn"] in B_GFNS
-            assert api["writable"] is False or remapped_refusal, api
-        if page is not None:
-            assert frame == page
-            assert held == ({page: 1} if args["want_ref"] else {}), api    # D3
-    if call == "kvm_follow_pfn(.pin)":
-        assert held == api["pinned"], api                                  # K2: a pin, never a bare ref
+    contract = _CONTRACTS.get(api["call"])
+    if contract is not None:
+        contract(args, api)
     assert api["leaked"] == {} or set(api["leaked"]) == {"rsv"}, api
 
 
