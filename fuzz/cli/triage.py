@@ -226,7 +226,7 @@ def cmd_repro(args: argparse.Namespace) -> int:
     print(dump_scenario(inp.scenario).rstrip())
     print()
     status = f"known ({', '.join(d.entries)})" if d.known else "NEW (no catalogue entry explains it)"
-    cause = RootCauser(judge.catalogue)(inp.scenario, d)
+    cause = RootCauser(judge.catalogue)(inp.scenario, d, j.unknown)
     print(f"root cause: {cause.id}  {cause.title}")
     print(f"signature: {sig}  [{d.sig_id}]  {status}")
     print(f"first differing op: [{d.index}] {d.op}, field {d.field} (all differing: {', '.join(d.fields)})")
@@ -234,7 +234,7 @@ def cmd_repro(args: argparse.Namespace) -> int:
     print(side_by_side(inp.scenario, left, right, d.index, d.fields, color=color))
     print()
     assert judge.catalogue is not None
-    rows = explain(d, judge.catalogue, [q for q in cause.spec if q.startswith("S")])
+    rows = explain(d, judge.catalogue, [q for q in cause.spec if q.startswith("S")], cause.stated_rows)
     print("spec rows:" if rows else "spec rows: none apply")
     for r in rows:
         print(f"  {r.id:<5} {r.text}")

@@ -72,6 +72,11 @@ class RootCause:
         return [q for q in self.spec if q in QUIRKS]
 
     @property
+    def stated_rows(self) -> tuple[str, ...]:
+        """The spec rows an invariant cause breaks (``inv:ro-slot-not-writable``: D12b's row)."""
+        return self.spec if self.kind == "invariant" else ()
+
+    @property
     def crash_state(self) -> str:
         """Three lines, like a ClusterFuzz crash state: kind, where, what."""
         lines = [f"pfndiff {self.kind} {self.pair}".strip(), *self.title.split(": ", 1)]

@@ -126,12 +126,17 @@ class SpecRow:
     text: str
 
 
-def explain(d: Divergence, cat: Catalogue, needed: list[str] | None = None) -> list[SpecRow]:
+def explain(d: Divergence, cat: Catalogue, needed: list[str] | None = None,
+            stated: tuple[str, ...] = ()) -> list[SpecRow]:
     """The spec rows that really apply to a divergence: catalogue entries whose conditions matched
-    and that explain some of its fields, and the literal sketch's quirks it needs (``needed``; all
-    enabled ones when not computed).  Entries whose conditions do not match are not listed."""
+    and that explain some of its fields, the literal sketch's quirks it needs (``needed``; all
+    enabled ones when not computed), and the bug rows its root cause breaks (``stated``, e.g. an
+    invariant's D12b).  Entries whose conditions do not match are not listed."""
     rows: list[SpecRow] = []
     seen: set[str] = set()
+    for row in stated:
+        seen.add(row)
+        rows.append(SpecRow(row, f"the root cause breaks what the §7 {row} row states (a bug row, never catalogued)"))
     for f, eid in d.explained.items():
         e = cat.by_id.get(eid.split(" (")[0])
         if e is not None and e.id not in seen:
@@ -165,7 +170,7 @@ def partner(backend: str, pairs: list[tuple[str, str]], traces: dict[str, Trace]
 
 
 def view(d: Divergence, traces: dict[str, Trace], pairs: list[tuple[str, str]], cat: Catalogue,
-         needed: list[str] | None) -> dict[str, Any]:
+         needed: list[str] | None, stated: tuple[str, ...] = ()) -> dict[str, Any]:
     """What a reader needs to see one divergence again without re-running it (a real kernel
     cannot be re-run for a report): both traces, the first differing op, the fields, the spec
     rows.  Plain JSON; ``pfndiff triage`` stores it per cluster, ``pfndiff report`` draws it."""
@@ -175,4 +180,4 @@ def view(d: Divergence, traces: dict[str, Trace], pairs: list[tuple[str, str]], 
             "left": d.left, "right": right.backend if right is not None else "",
             "mark": d.index, "op": d.op, "fields": list(d.fields),
             "traces": [t.to_dict() for t in (left, right) if t is not None],
-            "spec_rows": [[r.id, r.text] for r in explain(d, cat, needed)]}
+            "spec_rows": [[r.id, r.text] for r in explain(d, cat, needed, stated)]}

@@ -206,7 +206,7 @@ def _rerun_view(sc: Scenario, rec: dict[str, Any], cat: Catalogue) -> tuple[dict
     if d is None:
         return None, "the reproducer no longer shows its signature"
     cause = RootCauser(cat)(sc, d, j.unknown)                   # the quirks triage names: the cause's
-    return view(d, j.traces, pairs, cat, cause.quirks), ""                                      # type: ignore[arg-type]
+    return view(d, j.traces, pairs, cat, cause.quirks, cause.stated_rows), ""                                      # type: ignore[arg-type]
 
 
 # --- kernels compare ------------------------------------------------------------------------------------------

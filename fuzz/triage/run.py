@@ -222,7 +222,8 @@ def _do_cluster(c: Cluster, judges: JudgeCache, opts: Options,
     _write(os.path.join(cdir, "report.json"), json.dumps(rec, indent=2))
     if d is not None:                   # what `pfndiff report` draws without re-running a real kernel
         assert judge.catalogue is not None
-        _write(os.path.join(cdir, "view.json"), json.dumps(view(d, j.traces, rep.pairs, judge.catalogue, needed)))
+        _write(os.path.join(cdir, "view.json"), json.dumps(view(d, j.traces, rep.pairs, judge.catalogue, needed,
+                                                                   c.cause.stated_rows)))
     return rec, res, line
 
 
@@ -299,7 +300,8 @@ def cluster_md(c: Cluster, rec: dict[str, Any], sc: Scenario, j: Any, judge: Jud
     if d is not None:
         assert judge.catalogue is not None
         lines += ["## Spec rows", ""] + [f"- **{row.id}** {row.text}" for row in
-                                             explain(d, judge.catalogue, rec.get("needed_quirks"))] + [""]
+                                             explain(d, judge.catalogue, rec.get("needed_quirks"),
+                                                     c.cause.stated_rows)] + [""]
         left = j.traces.get(d.left)
         right = j.traces.get(d.right) if d.right else partner(d.left, judge.pairs, j.traces)
         if left is not None:
