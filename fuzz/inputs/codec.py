@@ -30,7 +30,7 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from kvmsim.constants import INTERNAL_SLOT_IDS, KVM_USER_MEM_SLOTS
 from kvmsim.scenario import (
@@ -201,7 +201,7 @@ class _State:
     structural: bool = False        # a page/vma/slot record was seen
     empty_marker: bool = False
     entries: int = 0
-    handles: list[str] | None = None
+    handles: list[str] = field(default_factory=list)
     version: int = VERSION
     names: list[str] | None = None   # v2: the checked names record (name, description, pages, vmas, handles)
     maps: int = 0                    # vcpu_map ops seen (v2: which handle name applies)
@@ -211,7 +211,7 @@ def decode(data: bytes) -> Scenario:
     """Any byte string -> a valid, bounded scenario.  Never raises."""
     r = _Reader(data)
     version = r.byte() if r.n else VERSION
-    st = _State(WorldSpec(), [], handles=[], version=1 if version == 1 else VERSION)   # unknown: the current one
+    st = _State(WorldSpec(), [], version=1 if version == 1 else VERSION)   # unknown: the current one
     if st.version >= 2 and r.pos < r.n and data[r.pos] == OP_NAMES:
         r.byte()
         st.names = _names_record(r, data)

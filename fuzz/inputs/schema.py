@@ -58,7 +58,7 @@ def _problem(e: jsonschema.ValidationError) -> str:
     """One short sentence: jsonschema's own messages repeat the whole (possibly huge) value."""
     got = show(e.instance, 40)
     if e.validator == "type":
-        want = e.validator_value if isinstance(e.validator_value, list) else [e.validator_value]
+        want: list[str] = e.validator_value if isinstance(e.validator_value, list) else [e.validator_value]
         return f"must be {' or '.join(_TYPES.get(t, t) for t in want)}, got {got}"
     if e.validator in ("maxItems", "minItems"):
         n = len(e.instance) if isinstance(e.instance, list) else "?"

@@ -152,7 +152,7 @@ def write_stats(artifacts: str, stats: dict[str, Any]) -> None:
 
 def read_stats(artifacts: str) -> list[dict[str, Any]]:
     d = os.path.join(artifacts, STATS_DIR)
-    out = []
+    out: list[dict[str, Any]] = []
     try:
         names = os.listdir(d)
     except OSError:

@@ -361,11 +361,11 @@ class RootCauser:
         if d.oracle.startswith("missing:"):
             eid = d.oracle.split(":", 1)[1]
             e = self.catalogue.by_id.get(eid) if self.catalogue else None
-            spec = e.spec if e else "?"
+            row = e.spec if e else "?"
             # keyed by the spec row: every entry of one row states the same intended change
             fams = f"{_short(d.left)}~{_short(d.right)}"
-            return make("missing", f"missing {spec} {fams}", f"expected {spec} missing: the change did not show on {fams}",
-                        (spec,), f"{family(d.left)}~{family(d.right)}")
+            return make("missing", f"missing {row} {fams}", f"expected {row} missing: the change did not show on {fams}",
+                        (row,), f"{family(d.left)}~{family(d.right)}")
         if not d.right:
             return self._invariant(d)
         return self._decision(sc, d)
