@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from typing import Any
 
 from fuzz.cli.common import EXIT_USAGE, Commands
 from fuzz.judging.quirks import LITERAL, QUIRKS
@@ -34,7 +35,7 @@ def format_trace(trace: Trace) -> str:
 # --- commands ------------------------------------------------------------------------------------
 
 def cmd_backends(args: argparse.Namespace) -> int:
-    rows = []
+    rows: list[dict[str, Any]] = []             # JSON rows
     for name in backend_names():
         try:
             b = get_backend(name)

@@ -7,7 +7,6 @@ import argparse
 import os
 import sys
 from dataclasses import dataclass
-from typing import Any
 
 from fuzz.campaigns import progress
 from fuzz.cli.common import EXIT_USAGE, Commands, UsageError, output_dir, output_file
@@ -16,7 +15,7 @@ from fuzz.cli.report import report_after
 from fuzz.corpus.seeds import REGRESSIONS
 from fuzz.inputs.codec import EncodeError, encode
 from fuzz.judging.artifacts import atomic_write, is_sidecar, load_corpus_entry, read_yaml_doc
-from fuzz.judging.judge import Judge, Pair
+from fuzz.judging.judge import Judge, Judgement, Pair
 from fuzz.judging.rootcause import RootCauser
 from fuzz.triage import run as triage_run
 from fuzz.triage.cluster import HOST_RUNS, ArtifactError, JudgeCache, judge_artifact, load_artifact
@@ -25,6 +24,7 @@ from fuzz.triage.minimize import minimize
 from fuzz.triage.report import explain, partner, side_by_side
 from kvmsim.scenario import Scenario, dump_scenario
 from kvmsim.yamlsrc import ScenarioError
+from oracles.diff import Divergence
 
 
 def _override(args: argparse.Namespace, cmd: str) -> list[Pair] | None:
@@ -138,7 +138,7 @@ def read_input(path: str, override: list[Pair] | None) -> Input:
     return Input(v.scenario, art.data, v.pairs, recorded if shown else (v.primary or None))
 
 
-def _pick(path: str, inp: Input, judge: Judge, wanted: str | None) -> tuple[object, str]:
+def _pick(path: str, inp: Input, judge: Judge, wanted: str | None) -> tuple[Judgement, str]:
     j = judge.judge(inp.scenario)
     if wanted:
         d = j.find(wanted) or _by_id(j.divs, wanted)
@@ -154,7 +154,7 @@ def _pick(path: str, inp: Input, judge: Judge, wanted: str | None) -> tuple[obje
     return j, d.signature
 
 
-def _by_id(divs: list, wanted: str) -> object | None:
+def _by_id(divs: list[Divergence], wanted: str) -> Divergence | None:
     """A divergence named by its printed id (12 hex digits, or a prefix of 6 or more)."""
     w = wanted.strip().lower()
     if len(w) < 6 or any(c not in "0123456789abcdef" for c in w):
@@ -162,7 +162,7 @@ def _by_id(divs: list, wanted: str) -> object | None:
     return next((d for d in divs if d.sig_id.startswith(w)), None)
 
 
-def _judged(args: argparse.Namespace, cmd: str) -> tuple[Any, Judge, Any, str, Any]:
+def _judged(args: argparse.Namespace, cmd: str) -> tuple[Input, Judge, Judgement, str, Divergence]:
     """Read one input, judge it, and pick the divergence to work on (minimize and repro)."""
     try:
         inp = read_input(args.file, _override(args, cmd))
@@ -170,7 +170,9 @@ def _judged(args: argparse.Namespace, cmd: str) -> tuple[Any, Judge, Any, str, A
     except (ArtifactError, ValueError) as e:
         raise UsageError(str(e)) from None                             # one line, exit 2
     j, sig = _pick(args.file, inp, judge, args.signature)
-    return inp, judge, j, sig, j.find(sig)                             # type: ignore[attr-defined]
+    d = j.find(sig)
+    assert d is not None                                               # _pick chose sig among j's divergences
+    return inp, judge, j, sig, d
 
 
 # --- minimize ------------------------------------------------------------------------------------------
@@ -218,7 +220,7 @@ def _setup_minimize(p: argparse.ArgumentParser) -> None:
 
 def cmd_repro(args: argparse.Namespace) -> int:
     inp, judge, j, sig, d = _judged(args, "repro")
-    traces = j.traces                                                  # type: ignore[attr-defined]
+    traces = j.traces
     left = traces[d.left]
     right = traces.get(d.right) if d.right else partner(d.left, judge.pairs, traces)
     color = sys.stdout.isatty() and not args.no_color
