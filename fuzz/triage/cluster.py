@@ -91,33 +91,49 @@ def list_inputs(paths: list[str], errors: list[str] | None = None) -> list[str]:
             raise ArtifactError(f"{p}: no such file or directory")
         if os.path.isfile(p):
             out.append(p[:-5] if p.endswith(".yaml") and os.path.isfile(p[:-5]) else p)
-            continue
-        if not os.path.isdir(p):
+        elif os.path.isdir(p):
+            out.extend(_inputs_under(p, errors))
+        else:
             raise ArtifactError(f"{p}: not a regular file or directory")
-        for root, dirs, files in os.walk(p):
-            for d in dirs:
-                if _CRASH.match(d):
-                    msg = f"{os.path.join(root, d)}: a directory named like an artifact (not triaged)"
-                    if errors is None:
-                        raise ArtifactError(msg)
-                    errors.append(msg)
-            dirs[:] = sorted(d for d in dirs if d not in _SKIP_DIRS and not d.startswith(".") and not _CRASH.match(d))
-            for f in sorted(files):
-                if f.endswith((".yaml", ".yml")) and not f.startswith(".") and f.rsplit(".", 1)[0] not in files:
-                    out.append(os.path.join(root, f))       # no raw twin: a scenario (e.g. a promoted reproducer)
-                    continue
-                if f.startswith(".") or f.endswith((".yaml", ".yml", ".json", ".log", ".md", ".xml", ".sarif", ".dict")):
-                    continue
-                full = os.path.join(root, f)
-                if not os.path.isfile(full):             # a FIFO or device would block or never end
-                    msg = f"{full}: not a regular file (not triaged)"
-                    if errors is None:
-                        raise ArtifactError(msg)
-                    errors.append(msg)
-                    continue
-                out.append(full)
-    seen: set[str] = set()
-    return [x for x in out if not (x in seen or seen.add(x))]
+    return list(dict.fromkeys(out))                     # each once, in the order first seen
+
+
+def _inputs_under(top: str, errors: list[str] | None) -> list[str]:
+    """The inputs in one directory tree, in sorted order, skipping the campaign's bookkeeping."""
+    out: list[str] = []
+    for root, dirs, files in os.walk(top):
+        for d in dirs:
+            if _CRASH.match(d):
+                _refuse(f"{os.path.join(root, d)}: a directory named like an artifact (not triaged)", errors)
+        dirs[:] = sorted(d for d in dirs if d not in _SKIP_DIRS and not d.startswith(".") and not _CRASH.match(d))
+        for f in sorted(files):
+            if _is_lone_scenario(f, files):
+                out.append(os.path.join(root, f))       # no raw twin: a scenario (e.g. a promoted reproducer)
+                continue
+            if _is_bookkeeping(f):
+                continue
+            full = os.path.join(root, f)
+            if not os.path.isfile(full):                 # a FIFO or device would block or never end
+                _refuse(f"{full}: not a regular file (not triaged)", errors)
+                continue
+            out.append(full)
+    return out
+
+
+def _is_lone_scenario(name: str, siblings: list[str]) -> bool:
+    return name.endswith((".yaml", ".yml")) and not name.startswith(".") and name.rsplit(".", 1)[0] not in siblings
+
+
+def _is_bookkeeping(name: str) -> bool:
+    """Sidecars, dotfiles, logs and reports: written next to the inputs, not inputs themselves."""
+    return name.startswith(".") or name.endswith((".yaml", ".yml", ".json", ".log", ".md", ".xml", ".sarif", ".dict"))
+
+
+def _refuse(msg: str, errors: list[str] | None) -> None:
+    """List a path that is not triaged in ``errors`` when the caller collects them, else raise."""
+    if errors is None:
+        raise ArtifactError(msg)
+    errors.append(msg)
 
 
 def load_scenario_input(path: str) -> Artifact:
@@ -171,7 +187,7 @@ def load_artifact(path: str) -> Artifact:
     if (problem := content_mismatch(path, data)) is not None:
         raise ArtifactError(problem)
     recorded = _recorded_scenario(sidecar, side_path)
-    if recorded is not None and recorded != decode(data):
+    if sidecar is not None and recorded is not None and recorded != decode(data):
         # The bytes are intact (name check above) but this codec decodes them differently, e.g. a
         # changed default world: triage what the campaign actually ran, and say so.
         return Artifact(path, data, sidecar, mtime, recorded,
