@@ -212,43 +212,63 @@ _VMA_DEFAULTS = {"start": None, "prot": "rw", "shared": False, "remap": "none", 
 
 
 def _simplify_world(sc: Scenario) -> Iterator[Scenario]:
-    w = sc.world
+    """Each world setting back to its default, in order: globals, VMAs, memslots, pages."""
+    yield from _simplify_world_globals(sc)
+    for i in range(len(sc.world.vmas)):
+        yield from _simplify_vma(sc, i)
+    for i in range(len(sc.world.memslots)):
+        yield from _simplify_memslot(sc, i)
+    yield from _simplify_pages(sc)
+
+
+def _simplify_world_globals(sc: Scenario) -> Iterator[Scenario]:
     for f in fields(WorldSpec):
         if f.name in ("pages", "vmas", "memslots"):
             continue
-        d = getattr(_WORLD_DEFAULTS, f.name)
-        if getattr(w, f.name) != d:
+        default = getattr(_WORLD_DEFAULTS, f.name)
+        if getattr(sc.world, f.name) != default:
             c = _copy(sc)
-            setattr(c.world, f.name, d)
+            setattr(c.world, f.name, default)
             yield c
-    for i, v in enumerate(w.vmas):
-        for k, d in _VMA_DEFAULTS.items():
-            if getattr(v, k) != d:
-                yield _with_vma(sc, i, **{k: d})
-        need = max([s.offset + s.pages for s in w.memslots if s.vma == v.name]
-                   + [k + 1 for k in (*v.page_states, *v.ptes)] + [1])
-        if need < v.pages:
-            yield _with_vma(sc, i, pages=need)
-        for k, (st, p) in v.page_states.items():
-            if p is not None:
-                yield _with_vma(sc, i, page_states={**v.page_states, k: (st, None)})
-        for k, x in v.ptes.items():
-            if not x.present or not x.writable or x.handler != "populates":
-                yield _with_vma(sc, i, ptes={**v.ptes, k: PteSpec(x.page)})
-    for i, s in enumerate(w.memslots):
-        for k in ("readonly", "log_dirty"):
-            if getattr(s, k):
-                c = _copy(sc)
-                setattr(c.world.memslots[i], k, False)
-                yield c
-        if s.pages > 1:
+
+
+def _simplify_vma(sc: Scenario, i: int) -> Iterator[Scenario]:
+    """Settings to defaults, the size down to what memslots and per-page records use, page
+    states without their pfns, PTEs to plain present+writable."""
+    v = sc.world.vmas[i]
+    for key, default in _VMA_DEFAULTS.items():
+        if getattr(v, key) != default:
+            yield _with_vma(sc, i, **{key: default})
+    need = max([s.offset + s.pages for s in sc.world.memslots if s.vma == v.name]
+               + [n + 1 for n in (*v.page_states, *v.ptes)] + [1])
+    if need < v.pages:
+        yield _with_vma(sc, i, pages=need)
+    for n, (state, pfn) in v.page_states.items():
+        if pfn is not None:
+            yield _with_vma(sc, i, page_states={**v.page_states, n: (state, None)})
+    for n, pte in v.ptes.items():
+        if not pte.present or not pte.writable or pte.handler != "populates":
+            yield _with_vma(sc, i, ptes={**v.ptes, n: PteSpec(pte.page)})
+
+
+def _simplify_memslot(sc: Scenario, i: int) -> Iterator[Scenario]:
+    slot = sc.world.memslots[i]
+    for flag in ("readonly", "log_dirty"):
+        if getattr(slot, flag):
             c = _copy(sc)
-            c.world.memslots[i].pages = 1
+            setattr(c.world.memslots[i], flag, False)
             yield c
-    for p_i, p in enumerate(w.pages):
-        if p.pfn is not None or not p.memremap_ok:
+    if slot.pages > 1:
+        c = _copy(sc)
+        c.world.memslots[i].pages = 1
+        yield c
+
+
+def _simplify_pages(sc: Scenario) -> Iterator[Scenario]:
+    for i, page in enumerate(sc.world.pages):
+        if page.pfn is not None or not page.memremap_ok:
             c = _copy(sc)
-            c.world.pages[p_i].pfn, c.world.pages[p_i].memremap_ok = None, True
+            c.world.pages[i].pfn, c.world.pages[i].memremap_ok = None, True
             yield c
 
 
