@@ -7,6 +7,7 @@ inside a fenced block, into the Markdown reports, and reads the same in both.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -95,7 +96,7 @@ def _cut(s: str, n: int) -> str:
     return s if len(s) <= n else s[: n - 1] + "…"
 
 
-def side_by_side(sc: Scenario, left: Trace, right: Trace | None, mark: int, fields: list[str] = (),
+def side_by_side(sc: Scenario, left: Trace, right: Trace | None, mark: int, fields: Sequence[str] = (),
                  color: bool = False) -> str:
     """Every op with both records in two columns.  ``mark`` is the first differing op (``>>``);
     a ``*`` flags each line whose value differs between the two sides (or a divergence field)."""

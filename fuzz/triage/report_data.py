@@ -14,7 +14,7 @@ import json
 import os
 import tempfile
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -255,36 +255,49 @@ class ReportData:
         cat = self.catalogue or load_catalogue()
         spec_of = {e.id: e.spec for e in cat.entries}
         out: dict[tuple[str, str], dict[str, int]] = {}
-
-        def add(row: str, col: str, kind: str, n: int = 1) -> None:
+        for row, col, kind, n in self._d_row_counts(spec_of):
             cell = out.setdefault((row, col), {"known": 0, "finding": 0, "kernel": 0})
             cell[kind] += n
+        return out
 
+    def _d_row_counts(self, spec_of: dict[str, str]) -> Iterator[tuple[str, str, str, int]]:
+        """(spec row, column, kind, count) from each source, campaigns first."""
         for c in self.campaigns:
-            for (_sig, pair), v in c.signature_counts().items():
-                if v["known"]:
-                    for row in {spec_of.get(e.split(" (")[0]) for e in v["entries"]} - {None}:
-                        add(row, pair, "known", v["count"])             # type: ignore[arg-type]
+            yield from _known_row_counts(c, spec_of)
             if not self.triages:                                          # findings count once: by cluster if triaged
                 for f in c.findings:
                     for row in f.spec_ids:
-                        add(row, f.pair or "?", "finding")
+                        yield row, f.pair or "?", "finding", 1
         for t in self.triages:
             for cv in t.clusters:
                 for row in cv.record.get("spec_ids") or []:
-                    add(str(row), str(cv.record.get("pair") or "?"), "finding")
+                    yield str(row), str(cv.record.get("pair") or "?"), "finding", 1
         for k in self.kernels:
-            for r in k.doc["rows"]:
-                seen: set[tuple[str, str]] = set()
-                for d in r.get("differences") or [] if isinstance(r, dict) else []:
-                    if not isinstance(d, dict):
-                        continue
-                    col = f"{d.get('left')}~{d.get('right')}"
-                    for row in d.get("spec") if isinstance(d.get("spec"), list) else []:
-                        if (str(row), col) not in seen:
-                            seen.add((str(row), col))
-                            add(str(row), col, "kernel")
-        return out
+            yield from _kernel_row_counts(k)
+
+
+def _known_row_counts(c: CampaignDir, spec_of: dict[str, str]) -> Iterator[tuple[str, str, str, int]]:
+    """Executions of catalogued divergences, per spec row of their entries."""
+    for (_sig, pair), v in c.signature_counts().items():
+        if v["known"]:
+            ids = [e.split(" (")[0] for e in v["entries"]]
+            for row in {spec_of[i] for i in ids if i in spec_of}:
+                yield row, pair, "known", v["count"]
+
+
+def _kernel_row_counts(k: KernelsMatrix) -> Iterator[tuple[str, str, str, int]]:
+    """Each kernel-compare scenario once per spec row its differences name, per kernel pair."""
+    for r in k.doc["rows"]:
+        seen: set[tuple[str, str]] = set()
+        for d in (r.get("differences") or []) if isinstance(r, dict) else []:
+            if not isinstance(d, dict):
+                continue
+            col = f"{d.get('left')}~{d.get('right')}"
+            spec = d.get("spec")
+            for row in spec if isinstance(spec, list) else []:
+                if (str(row), col) not in seen:
+                    seen.add((str(row), col))
+                    yield str(row), col, "kernel", 1
 
 
 def _classify(path: str) -> str:
@@ -351,7 +364,9 @@ def _pairs_of(data: ReportData) -> list[tuple[str, str]]:
 def _triage_here(dirs: list[str], cat: Catalogue, stage: Callable[..., Any] | None) -> TriageDir:
     from fuzz.triage import run as triage_run
     with tempfile.TemporaryDirectory(prefix="pfndiff-report-triage-") as tmp:
-        opts = triage_run.Options(dirs, tmp, err=lambda s: None, **({"stage": stage} if stage else {}))
+        opts = triage_run.Options(dirs, tmp, err=lambda s: None)
+        if stage:
+            opts.stage = stage
         try:
             triage_run.run(opts)
         except ArtifactError as e:

@@ -174,11 +174,11 @@ def tables_part(data: ReportData) -> str:
     rows: dict[tuple[str, ...], dict[str, int]] = {}
     paths: dict[tuple[tuple[str, ...], str], list[str]] = {}
     for (gen, text), n in cells.items():
-        key, path = _split(text)
-        row = rows.setdefault(tuple(key), {})
+        parts, path = _split(text)
+        row = rows.setdefault(tuple(parts), {})
         row[gen] = row.get(gen, 0) + n
         if path:
-            paths.setdefault((tuple(key), gen), []).append(path)
+            paths.setdefault((tuple(parts), gen), []).append(path)
     top = max(n for r in rows.values() for n in r.values())
     for tid, title, spec, _ops in TABLES:
         mine = sorted(k for k in rows if _table_of(" | ".join(k)) == tid)

@@ -123,8 +123,7 @@ def run(opts: Options) -> Outcome:
         what = "minimising and reporting clusters" if opts.minimize else "reporting clusters"
         with opts.stage(f"triage: {what}", len(clusters)) as st:
             for c in clusters:
-                rec, res, line = _do_cluster(c, judges, work,
-                                             lambda n, c=c: st.advance(0, f"{c.id}: {n} checks"))
+                rec, res, line = _do_cluster(c, judges, work, _checks_note(st, c.id))
                 records.append(rec)
                 minimized[c.id] = res
                 yaml_lines[c.id] = line
@@ -169,6 +168,11 @@ def _meta(opts: Options, paths: list[str], verdicts: list[Verdict], t0: float) -
 
 
 # --- one cluster -------------------------------------------------------------------------------------
+
+def _checks_note(st: progress.Stage, cluster_id: str) -> Callable[[int], None]:
+    """Progress while one cluster is minimised: the checks made so far."""
+    return lambda n: st.advance(0, f"{cluster_id}: {n} checks")
+
 
 def _do_cluster(c: Cluster, judges: JudgeCache, opts: Options,
                 on_check: Callable[[int], None] | None = None) -> tuple[dict[str, Any], MinResult | None, int]:
