@@ -200,8 +200,8 @@ def attribute(bugs: list[Bug], art_dir: str, tri_dir: str) -> None:
             if not sigs:
                 continue
             orig = f"sim:{b.gen}"
-            alt = [tuple(orig if n == b.backend else n for n in pair)]
-            j = Judge(alt).judge(sc)
+            left, right = (orig if n == b.backend else n for n in pair)
+            j = Judge([(left, right)]).judge(sc)
             renamed = c["signature"].replace(b.backend, orig)
             if renamed in j.signatures and not j.signatures[renamed]:
                 continue                              # shows without the bug: not this bug's

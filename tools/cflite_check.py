@@ -101,7 +101,7 @@ def lint(work: Path) -> list[str]:
     rc, out = run([str(TOOLS_BIN / "shellcheck"), *map(str, SHELL_SCRIPTS)], env, REPO, work / "shellcheck.log")
     if rc != 0:
         raise CheckError("shellcheck:\n" + out)
-    return [os.path.relpath(p, REPO) for p in [*workflows, *SHELL_SCRIPTS]]
+    return [os.path.relpath(p, REPO) for p in [*workflows, *map(str, SHELL_SCRIPTS)]]
 
 
 # --- 2./3. build and discovery -----------------------------------------------------------------------
