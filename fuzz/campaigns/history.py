@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -63,25 +64,9 @@ class Run:
 
 def read(artifacts: str) -> list[Run]:
     """Every campaign recorded in the directory, oldest first; unreadable lines are skipped."""
-    try:
-        with open(path_in(artifacts), "rb") as fh:
-            size = os.fstat(fh.fileno()).st_size
-            if size > MAX_BYTES:
-                fh.seek(size - MAX_BYTES)
-                fh.readline()                 # the first line is cut: drop it
-            raw = fh.read(MAX_BYTES)
-    except OSError:
-        return []
+    raw = _tail(artifacts)
     runs: dict[str, Run] = {}
-    for line in raw.split(b"\n"):
-        if not line or len(line) > MAX_LINE:
-            continue
-        try:
-            rec = json.loads(line)
-        except ValueError:
-            continue
-        if not isinstance(rec, dict) or not isinstance(rec.get("run"), str):
-            continue
+    for rec in _records(raw):
         r = runs.setdefault(rec["run"], Run(rec["run"]))
         kind = rec.get("event")
         if kind == "start":
@@ -95,3 +80,29 @@ def read(artifacts: str) -> list[Run]:
     for r in out:
         r.ticks.sort(key=lambda t: t.get("t", 0) if isinstance(t.get("t"), (int, float)) else 0)
     return sorted(out, key=lambda r: r.t0)
+
+
+def _tail(artifacts: str) -> bytes:
+    """The last MAX_BYTES of the history file from a line start (nothing if it cannot be read)."""
+    try:
+        with open(path_in(artifacts), "rb") as fh:
+            size = os.fstat(fh.fileno()).st_size
+            if size > MAX_BYTES:
+                fh.seek(size - MAX_BYTES)
+                fh.readline()                 # the first line is cut: drop it
+            return fh.read(MAX_BYTES)
+    except OSError:
+        return b""
+
+
+def _records(raw: bytes) -> Iterator[dict[str, Any]]:
+    """The lines that are JSON objects naming their run."""
+    for line in raw.split(b"\n"):
+        if not line or len(line) > MAX_LINE:
+            continue
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(rec, dict) and isinstance(rec.get("run"), str):
+            yield rec
