@@ -39,31 +39,14 @@ def _pair(text: str) -> tuple[str, str]:
 
 
 def cmd_fuzz(args: argparse.Namespace) -> int:
-    pairs: list[tuple[str, str]] = [_pair(p) for p in args.pair]
-    if args.left or args.right:
-        if not (args.left and args.right):
-            raise UsageError("pfndiff fuzz: --left and --right go together")
-        pairs.insert(0, (args.left, args.right))
-    pairs = pairs or list(DEFAULT_PAIRS)
-    for name in {n for p in pairs for n in p}:
-        reason = get_backend(name).available()
-        if reason is not None:
-            raise BackendError(f"backend {name} is not available here: {reason}")
+    pairs = _pairs(args)
+    _check_available(pairs)
     if args.time <= 0 or args.jobs <= 0:
         raise UsageError("pfndiff fuzz: --time and --jobs must be positive")
-    extra = [a for a in args.libfuzzer_args if a != "--"]
-    for a in extra:
-        if not a.startswith("-"):
-            raise UsageError(f"pfndiff fuzz: extra libFuzzer arguments must be flags, got {a!r}")
+    extra = _libfuzzer_flags(args.libfuzzer_args)
     output_dir(args.artifacts, "--artifacts")
     output_dir(args.corpus, "--corpus")
-    seeds = []
-    if not args.no_seeds:
-        try:
-            build_corpus()                # cheap, and never stale: the seeds may have changed
-        except NoSeeds as e:
-            raise UsageError(f"pfndiff fuzz: {e}; or --no-seeds") from None
-        seeds.append(os.path.join(BUNDLED_CORPUS, "diff"))
+    seeds = [] if args.no_seeds else [_bundled_seeds()]
     for j in args.join:
         if not os.path.exists(j):
             print(f"pfndiff fuzz: --join {j}: no such file or directory", file=sys.stderr)
@@ -78,6 +61,40 @@ def cmd_fuzz(args: argparse.Namespace) -> int:
     if args.report and rc in (0, 130):
         return report_after(args.report, [args.artifacts]) or rc
     return rc
+
+
+def _pairs(args: argparse.Namespace) -> list[tuple[str, str]]:
+    """--left/--right first, then each --pair; the default pairs when none is given."""
+    pairs: list[tuple[str, str]] = [_pair(p) for p in args.pair]
+    if args.left or args.right:
+        if not (args.left and args.right):
+            raise UsageError("pfndiff fuzz: --left and --right go together")
+        pairs.insert(0, (args.left, args.right))
+    return pairs or list(DEFAULT_PAIRS)
+
+
+def _check_available(pairs: list[tuple[str, str]]) -> None:
+    for name in {n for p in pairs for n in p}:
+        reason = get_backend(name).available()
+        if reason is not None:
+            raise BackendError(f"backend {name} is not available here: {reason}")
+
+
+def _libfuzzer_flags(given: list[str]) -> list[str]:
+    extra = [a for a in given if a != "--"]
+    for a in extra:
+        if not a.startswith("-"):
+            raise UsageError(f"pfndiff fuzz: extra libFuzzer arguments must be flags, got {a!r}")
+    return extra
+
+
+def _bundled_seeds() -> str:
+    """The bundled seed corpus, rebuilt first: cheap, and never stale (the seeds may have changed)."""
+    try:
+        build_corpus()
+    except NoSeeds as e:
+        raise UsageError(f"pfndiff fuzz: {e}; or --no-seeds") from None
+    return os.path.join(BUNDLED_CORPUS, "diff")
 
 
 def _setup(p: argparse.ArgumentParser) -> None:
