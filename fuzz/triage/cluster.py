@@ -251,46 +251,69 @@ def _same_traces(a: dict[str, Trace], b: dict[str, Trace]) -> list[str]:
     return [n for n in a if n not in b or a[n].to_dict() != b[n].to_dict()]
 
 
-def judge_artifact(art: Artifact, judges: JudgeCache, override: list[Pair] | None = None,
-                   host_runs: int = HOST_RUNS) -> Verdict:
-    if override:
-        pairs = override
-    elif art.sidecar is not None:
+def _artifact_pairs(art: Artifact) -> list[Pair]:
+    """The pairs an artifact was run on: its sidecar's, else its scenario tags' or its campaign's."""
+    if art.sidecar is not None:
         pairs = pairs_from_sidecar(art.sidecar)
         if not pairs:
             raise ArtifactError(f"{art.path}.yaml: the sidecar names no backends")
-    else:
-        pairs = art.tag_pairs or campaign_pairs(os.path.dirname(art.path))
-        if not pairs:
-            what = "its tags name no backend pair" if art.path.endswith((".yaml", ".yml")) else "no sidecar"
-            raise ArtifactError(f"{art.path}: {what}; give the backends with --left/--right")
+        return pairs
+    pairs = art.tag_pairs or campaign_pairs(os.path.dirname(art.path))
+    if not pairs:
+        what = "its tags name no backend pair" if art.path.endswith((".yaml", ".yml")) else "no sidecar"
+        raise ArtifactError(f"{art.path}: {what}; give the backends with --left/--right")
+    return pairs
+
+
+def _judge_for(art: Artifact, judges: JudgeCache, pairs: list[Pair], override: list[Pair] | None) -> Judge:
     try:
-        judge = judges.get(pairs)
+        return judges.get(pairs)
     except ArtifactError as e:
         where = f"{art.path}.yaml" if art.sidecar is not None and not override else art.path
         raise ArtifactError(f"{where}: {e}") from None
-    sc = art.scenario()
-    first = judge.judge(sc)
-    runs = SIM_RUNS if _sim_only(pairs) else host_runs
-    all_runs = [first]
-    note = art.note
+
+
+def _run(judge: Judge, sc: Scenario, runs: int, sim_only: bool) -> tuple[list[Judgement], list[str]]:
+    """``runs`` judgements of the input, and (simulated pairs only) the backends whose traces the
+    last run changed: a simulated backend must be deterministic."""
+    all_runs = [judge.judge(sc)]
     nondet: list[str] = []
     for _ in range(runs - 1):
         j = judge.judge(sc)
         all_runs.append(j)
-        if _sim_only(pairs):
-            nondet = _same_traces(first.traces, j.traces)
-    hits: dict[str, int] = {}
-    for j in all_runs:
-        for s in {d.signature for d in j.unknown}:
-            hits[s] = hits.get(s, 0) + 1
+        if sim_only:
+            nondet = _same_traces(all_runs[0].traces, j.traces)
+    return all_runs, nondet
+
+
+def _recorded_signatures(art: Artifact, only_pairs: list[Pair] | None) -> list[str]:
+    """The signatures the campaign recorded for the input (sidecar first, then scenario tags),
+    restricted to ``only_pairs`` when the backends are overridden."""
     recorded = [s["signature"] for s in (art.sidecar or {}).get("signatures") or [] if isinstance(s, dict)
                 and isinstance(s.get("signature"), str)]
     if art.sidecar and art.sidecar["signature"] not in recorded:
         recorded.insert(0, art.sidecar["signature"])
     recorded += [s for s in art.tag_signatures if s not in recorded]
-    if override:
-        recorded = [s for s in recorded if (s.split(" ") + [""])[1] in {f"{a}~{b}" if b else a for a, b in pairs}]
+    if only_pairs:
+        names = {f"{a}~{b}" if b else a for a, b in only_pairs}
+        recorded = [s for s in recorded if (s.split(" ") + [""])[1] in names]
+    return recorded
+
+
+def judge_artifact(art: Artifact, judges: JudgeCache, override: list[Pair] | None = None,
+                   host_runs: int = HOST_RUNS) -> Verdict:
+    pairs = override or _artifact_pairs(art)
+    judge = _judge_for(art, judges, pairs, override)
+    sc = art.scenario()
+    runs = SIM_RUNS if _sim_only(pairs) else host_runs
+    all_runs, nondet = _run(judge, sc, runs, _sim_only(pairs))
+    first = all_runs[0]
+    note = art.note
+    hits: dict[str, int] = {}
+    for j in all_runs:
+        for s in {d.signature for d in j.unknown}:
+            hits[s] = hits.get(s, 0) + 1
+    recorded = _recorded_signatures(art, pairs if override else None)
     fu = _usual_first(all_runs)
     if nondeterministic := nondet:
         primary = f"nondeterministic {','.join(sorted(nondeterministic))}"
