@@ -5,6 +5,8 @@ targets, because the diff target feeds them to libFuzzer as coverage (semantic f
 
 from __future__ import annotations
 
+from typing import Any
+
 from kvmsim.scenario import Op
 from kvmsim.trace import OpRecord
 from oracles.diff import Divergence
@@ -29,24 +31,7 @@ def cell(op: Op, rec: OpRecord) -> str | None:
     api = rec.api if isinstance(rec.api, dict) and "not_observable" not in rec.api else {}
     vmm = rec.vmm or {}
     k = op.kind
-    wr: object = "-"
-    path = ""
-    if k == "lookup":
-        result, wr, path = api.get("result"), api.get("writable"), api.get("call", "")
-    elif k == "gfn_to_page":
-        result, path = value_class(api.get("result")), api.get("call", "")
-    elif k == "vcpu_map":
-        result, path = api.get("ret"), api.get("method") or ""
-    elif k == "vcpu_unmap":
-        result = "released" if api.get("released") else "nothing"
-    elif k == "x86_fault":
-        result = f"{api.get('ret')}/{api.get('result')}"
-        wr, path = api.get("map_writable"), "+".join(api.get("calls") or [])
-    elif k == "access":
-        result, wr = vmm.get("outcome"), op.args.get("write", False)
-        path = "faults:" + value_class(api.get("faults") or [])
-    else:
-        result = "dirty" if vmm.get("dirty") else "clean"
+    result, wr, path = _reached(op, api, vmm)
     parts = [op_class(k, op.args), str(value_class(result) if not isinstance(result, str) else result),
              f"w={value_class(wr) if wr != '-' else '-'}"]
     if k not in ("access", "get_dirty_log", "vcpu_unmap") or api:
@@ -57,6 +42,26 @@ def cell(op: Op, rec: OpRecord) -> str | None:
     if ev:
         parts.append(",".join(ev))
     return " | ".join(parts)
+
+
+def _reached(op: Op, api: dict[str, Any], vmm: dict[str, Any]) -> tuple[object, object, str]:
+    """What the op's table row keys on: (result, writable or "-", the kernel path taken)."""
+    k = op.kind
+    if k == "lookup":
+        return api.get("result"), api.get("writable"), api.get("call", "")
+    if k == "gfn_to_page":
+        return value_class(api.get("result")), "-", api.get("call", "")
+    if k == "vcpu_map":
+        return api.get("ret"), "-", api.get("method") or ""
+    if k == "vcpu_unmap":
+        return ("released" if api.get("released") else "nothing"), "-", ""
+    if k == "x86_fault":
+        calls = "+".join(api.get("calls") or [])
+        return f"{api.get('ret')}/{api.get('result')}", api.get("map_writable"), calls
+    if k == "access":
+        faults = "faults:" + value_class(api.get("faults") or [])
+        return vmm.get("outcome"), op.args.get("write", False), faults
+    return ("dirty" if vmm.get("dirty") else "clean"), "-", ""
 
 
 def outcome(d: Divergence) -> str:
