@@ -34,7 +34,8 @@ def scenario(n: int, dirty_log: bool = True) -> str:
         slot = (0x100000, 0x200000, 0x300000)[i % 3]
         page = (i // 3) % 4
         write = i % 3 != 1 and i % 2 == 0
-        ops.append(f"  - access: {{gpa: {slot + page * 4096 + 8 * (i % 8):#x}, write: {str(write).lower()}, value: {i}}}")
+        gpa = slot + page * 4096 + 8 * (i % 8)
+        ops.append(f"  - access: {{gpa: {gpa:#x}, write: {str(write).lower()}, value: {i}}}")
     if dirty_log:
         ops.append("  - get_dirty_log: {slot: 0}")
     return WORLD + "\n".join(ops) + "\n"

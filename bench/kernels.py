@@ -63,7 +63,8 @@ def campaign_rate(k, seconds: int) -> dict[str, str | float]:
     last, and over the whole run (boot included)."""
     pair = f"sim:{k.generation}~qemu:{k.name}"
     with tempfile.TemporaryDirectory(prefix="pfndiff-bench-") as tmp:
-        cmd = [os.path.join(os.path.dirname(sys.executable), "pfndiff"), "fuzz", "--pair", pair, "--time", str(seconds), "--status-every", "5",
+        cmd = [os.path.join(os.path.dirname(sys.executable), "pfndiff"), "fuzz", "--pair", pair,
+               "--time", str(seconds), "--status-every", "5",
                "--corpus", os.path.join(tmp, "corpus"), "--artifacts", os.path.join(tmp, "artifacts")]
         r = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 300,
                            cwd=ROOT)

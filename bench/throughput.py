@@ -40,11 +40,13 @@ def run_target(name: str, seconds: int, pairs: str, corpus: str, feedback: str =
             env[FEEDBACK_ENV] = feedback
         t = time.time()
         r = subprocess.run([TARGETS[name], f"-max_total_time={seconds}", "-print_final_stats=1",
-                            f"-artifact_prefix={tmp}/", work, corpus], env=env, capture_output=True, timeout=seconds + 120)
+                            f"-artifact_prefix={tmp}/", work, corpus],
+                           env=env, capture_output=True, timeout=seconds + 120)
         wall = time.time() - t
         m = re.search(rb"stat::number_of_executed_units:\s*(\d+)", r.stderr)
         if r.returncode != 0 or not m:
-            sys.exit(f"throughput: {name} target failed (exit {r.returncode}): {r.stderr[-500:].decode(errors='replace')}")
+            tail = r.stderr[-500:].decode(errors="replace")
+            sys.exit(f"throughput: {name} target failed (exit {r.returncode}): {tail}")
         execs = int(m.group(1))
         rate = re.search(rb"stat::average_exec_per_sec:\s*(\d+)", r.stderr)
         return execs, float(rate.group(1)) if rate else execs / wall
