@@ -215,7 +215,8 @@ def check_runs(out: Path, target: str, work: Path) -> str:
                          f"{_coverage(plain)} (instrumentation lost in the bundle?)")
     rc, text = run([str(out / target), "-merge=1", str(merged), str(seeds)], env, d, d / "merge.log")
     if rc != 0 or "MERGE-OUTER: successful" not in text or not any(merged.iterdir()):
-        raise CheckError(f"{target} -merge=1: exit {rc}, no successful merge or an empty result (see {d / 'merge.log'})")
+        raise CheckError(f"{target} -merge=1: exit {rc}, no successful merge or an empty result "
+                         f"(see {d / 'merge.log'})")
     return f"{_coverage(plain)} on the seeds, as un-bundled; -merge=1 kept {len(list(merged.iterdir()))}"
 
 
@@ -236,7 +237,8 @@ def planted_inputs(pairs: str = PLANT_PAIRS) -> list[Planted]:
         if d is None:
             continue
         cause, parts = crash.crash_parts(decode(data), d, others=divs)
-        by_cause.setdefault(cause.id, []).append(Planted(os.path.basename(path), data, cause.id, crash.crash_state(parts)))
+        planted = Planted(os.path.basename(path), data, cause.id, crash.crash_state(parts))
+        by_cause.setdefault(cause.id, []).append(planted)
     twice = next((c for c, ps in by_cause.items() if len(ps) >= 2), None)
     other = next((c for c in by_cause if c != twice), None)
     if twice is None or other is None:
@@ -261,7 +263,8 @@ def check_planted(cmd: list[str], target: str, env: dict[str, str], planted: lis
         rc, _ = run([*cmd, "-runs=100", "-seed=1", f"-artifact_prefix={arts}/", str(corpus)], env, d, d / "output.log")
         crash_file = arts / ("crash-" + hashlib.sha1(p.data).hexdigest())
         if rc == 0 or not crash_file.is_file():
-            raise CheckError(f"planted {p.name}: exit {rc}, {crash_file.name} {'written' if crash_file.is_file() else 'missing'}")
+            written = "written" if crash_file.is_file() else "missing"
+            raise CheckError(f"planted {p.name}: exit {rc}, {crash_file.name} {written}")
         logs.append(d / "output.log")
     report = parse_crashes(target, logs)
     crashes = report["crashes"]

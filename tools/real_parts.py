@@ -40,8 +40,10 @@ APT_PARTS: list[AptPart] = [
     AptPart("zstd", "zstd", "unpacks zstd-compressed kernels (sid)"),
     AptPart("debian-archive-keyring", "/usr/share/keyrings/debian-archive-keyring.gpg",
             "verifies the Debian archive the kernels come from"),
-    AptPart("chromium", "chromium", "the real browser the report's page is checked in (tests/fuzz/triage/test_report.py)"),
-    AptPart("fonts-dejavu-core", "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf", "text in that browser's screenshots"),
+    AptPart("chromium", "chromium",
+            "the real browser the report's page is checked in (tests/fuzz/triage/test_report.py)"),
+    AptPart("fonts-dejavu-core", "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
+            "text in that browser's screenshots"),
 ]
 
 # Debian suites whose newest kernel the tests boot: 6.1 (legacy), 6.12 (last legacy), newest 7.x (merged).

@@ -27,7 +27,8 @@ def main(argv: list[str]) -> int:
             info = parser.parse(fh.read(MAX_LOG))
         crashes.append({"log": log, "crash_type": info.crash_type, "crash_state": info.crash_state.splitlines()})
     similar = [[i, j] for i, j in itertools.combinations(range(len(crashes)), 2)
-               if CrashComparer("\n".join(crashes[i]["crash_state"]), "\n".join(crashes[j]["crash_state"])).is_similar()]
+               if CrashComparer("\n".join(crashes[i]["crash_state"]),
+                                "\n".join(crashes[j]["crash_state"])).is_similar()]
     json.dump({"crashes": crashes, "similar": similar}, sys.stdout)
     return 0
 
