@@ -85,7 +85,8 @@ class Stage:
             frac = min(1.0, self.done / self.total)
             bar = "#" * int(frac * WIDTH) + "." * (WIDTH - int(frac * WIDTH))
             eta = _clock(elapsed / self.done * (self.total - self.done)) if 0 < self.done < self.total else "-"
-            text = f"{self.label} [{bar}] {self.done}/{self.total}{unit} {100 * frac:3.0f}%  {_clock(elapsed)} ETA {eta}"
+            text = (f"{self.label} [{bar}] {self.done}/{self.total}{unit} {100 * frac:3.0f}%  "
+                    f"{_clock(elapsed)} ETA {eta}")
         else:
             text = f"{self.label} {self.done}{unit}  {_clock(elapsed)}"
         return text + (f"  {self.note}" if self.note else "")
@@ -115,7 +116,8 @@ class Stage:
         elif self.mode == "lines":
             unit = f" {self.unit}" if self.unit else ""
             count = f"{self.done}/{self.total}" if self.total is not None else str(self.done)
-            self.stream.write(f"{self.label}: {count}{unit} in {elapsed:.1f}s" + (f"; {self.note}" if self.note else "") + "\n")
+            note = f"; {self.note}" if self.note else ""
+            self.stream.write(f"{self.label}: {count}{unit} in {elapsed:.1f}s{note}\n")
         self._closed = True
         self.stream.flush()
 

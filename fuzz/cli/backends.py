@@ -16,7 +16,8 @@ from kvmsim.trace import Trace
 
 def format_trace(trace: Trace) -> str:
     """Human-readable trace: one block per op."""
-    lines = [f"backend: {trace.backend}  ({', '.join(f'{k}={v}' for k, v in trace.meta.items() if not isinstance(v, dict))})"]
+    meta = ", ".join(f"{k}={v}" for k, v in trace.meta.items() if not isinstance(v, dict))
+    lines = [f"backend: {trace.backend}  ({meta})"]
     for r in trace.records:
         lines.append(f"[{r.index}] {r.op}")
         for level in ("api", "vmm"):

@@ -5,7 +5,8 @@ string must decode (deterministically, in one forward pass) into a *valid*, *sma
 and every scenario a person wrote must encode into bytes that decode back to it (``==``).
 
 Layout: ``VERSION`` byte, then (version 2) an optional names record with a checksum (see
-"names" below: names and descriptions never come from mutated bytes), then records.  A record is one opcode byte followed by its fields.
+"names" below: names and descriptions never come from mutated bytes), then records.  A record is
+one opcode byte followed by its fields.
 Unknown opcodes are skipped (one byte), so opcode numbers leave gaps: a new op or a new field
 layout gets a new number and old corpora keep decoding as before.  Reading past the end yields
 zeros.  Field encodings:

@@ -12,8 +12,8 @@ So the exception is raised from inside three functions generated for the finding
 the parts of its root cause (fuzz.judging.rootcause; ``crash_parts`` is the one place that decides them):
 the same cause gives the same state whatever the input, op class or field that shows it, and
 different causes give different states that share no frame (a digest of the cause is one of
-them) -- one ClusterFuzz testcase per cause, as one triage cluster per cause.  The exception message carries the cause, the signature and its id, the spec
-ids and the pairs on one line.
+them) -- one ClusterFuzz testcase per cause, as one triage cluster per cause.  The exception
+message carries the cause, the signature and its id, the spec ids and the pairs on one line.
 """
 
 from __future__ import annotations

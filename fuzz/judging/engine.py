@@ -1,6 +1,7 @@
 """One fuzz input, judged and recorded: decode, judge it on the campaign's pairs (``judge.Judge``:
 every backend run once, each pair compared, each trace's invariants checked), count known
-divergences, write an artifact for each signature not seen before.  Independent of the fuzzer runtime, so tests and ``pfndiff corpus`` use it directly.
+divergences, write an artifact for each signature not seen before.  Independent of the fuzzer
+runtime, so tests and ``pfndiff corpus`` use it directly.
 
 Why no crash for a finding (by default): the campaign must keep going and count; libFuzzer's own
 crash path would stop a non-fork run at the first finding and name nothing but the input.  So
@@ -141,8 +142,9 @@ class Checker:
             seen.add(d.signature)
             st = self.stats.get(d.signature)
             if st is None:
-                st = self.stats[d.signature] = SigStat(d.signature, d.known, f"{d.left}~{d.right}" if d.right else d.left,
-                                                       d.entries, 0, name, round(now, 3), self.execs)
+                label = f"{d.left}~{d.right}" if d.right else d.left
+                st = self.stats[d.signature] = SigStat(d.signature, d.known, label, d.entries, 0, name,
+                                                       round(now, 3), self.execs)
                 if not d.known:
                     new.append(d)
                     st.cause = self.cause_of(sc, d, divs).to_dict()

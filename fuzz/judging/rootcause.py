@@ -364,8 +364,9 @@ class RootCauser:
             row = e.spec if e else "?"
             # keyed by the spec row: every entry of one row states the same intended change
             fams = f"{_short(d.left)}~{_short(d.right)}"
-            return make("missing", f"missing {row} {fams}", f"expected {row} missing: the change did not show on {fams}",
-                        (row,), f"{family(d.left)}~{family(d.right)}")
+            return make("missing", f"missing {row} {fams}",
+                        f"expected {row} missing: the change did not show on {fams}", (row,),
+                        f"{family(d.left)}~{family(d.right)}")
         if not d.right:
             return self._invariant(d)
         return self._decision(sc, d)
