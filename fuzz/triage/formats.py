@@ -34,6 +34,10 @@ def _repro_pct(c: dict[str, Any]) -> str:
     return f"{r['hits']}/{r['runs']}"
 
 
+def _spec_ids(c: dict[str, Any]) -> str:
+    return ", ".join(c.get("spec_ids") or []) or "-"
+
+
 def table(records: list[dict[str, Any]], errors: list[str], meta: dict[str, Any]) -> str:
     """The terminal summary (also the body of summary.md, inside a code block)."""
     lines = [f"triage: {meta['artifacts']} artifact(s) -> {len([c for c in records if c['delta'] != 'vanished'])} "
@@ -42,7 +46,8 @@ def table(records: list[dict[str, Any]], errors: list[str], meta: dict[str, Any]
     if meta.get("joined"):
         counts = {k: sum(1 for c in records if c["delta"] == k) for k in ("new", "grew", "same", "vanished")}
         lines.append("joined with " + meta["joined"] + ": " + ", ".join(f"{v} {k}" for k, v in counts.items()))
-    hdr = f"{'id':<12}  {'delta':<8}  {'status':<16}  {'count':>5}  {'repro':>7}  {'ops':>3}  {'spec ids':<14}  root cause"
+    hdr = (f"{'id':<12}  {'delta':<8}  {'status':<16}  {'count':>5}  {'repro':>7}  {'ops':>3}  {'spec ids':<14}  "
+           "root cause")
     lines.append(hdr)
     for c in records:
         rep = c.get("reproducer") or {}
@@ -58,13 +63,14 @@ def summary_md(records: list[dict[str, Any]], errors: list[str], meta: dict[str,
     out = ["# pfndiff triage", "",
            f"{meta['artifacts']} artifact(s) from {', '.join(meta['inputs'])}; triaged on {meta['host']['kernel']} "
            f"({meta['host']['time']}).", ""]
-    out += ["| cluster | delta | status | count | reproducible | ops | spec ids | first seen | last seen | root cause: signature |",
+    out += ["| cluster | delta | status | count | reproducible | ops | spec ids | first seen | last seen "
+            "| root cause: signature |",
             "|---|---|---|---|---|---|---|---|---|---|"]
     for c in records:
         rep = c.get("reproducer") or {}
         link = f"[{c['id']}](clusters/{c['id']}/report.md)" if c["delta"] != "vanished" else c["id"]
-        out.append(f"| {link} | {c['delta']} | {c['status']} | {c['count']} | {_repro_pct(c)} | {rep.get('ops', '-')} | "
-                   f"{', '.join(c.get('spec_ids') or []) or '-'} | {c['first_seen']} | {c['last_seen']} | "
+        out.append(f"| {link} | {c['delta']} | {c['status']} | {c['count']} | {_repro_pct(c)} | "
+                   f"{rep.get('ops', '-')} | {_spec_ids(c)} | {c['first_seen']} | {c['last_seen']} | "
                    f"{_what(c)}: `{c['signature']}` |")
     if errors:
         out += ["", "## Unreadable artifacts (kept, not triaged)", ""] + [f"- `{e}`" for e in errors]
@@ -96,7 +102,7 @@ def junit(records: list[dict[str, Any]], errors: list[str], meta: dict[str, Any]
         case = ET.SubElement(suite, "testcase", classname="pfndiff.triage." + (c.get("pair") or "?").replace(".", "_"),
                              name=f"{c['id']} {_what(c)}", time="0")
         text = (f"{_what(c)}\n{c['signature']}\nstatus: {c['status']}, {c['count']} artifact(s), reproducible "
-                f"{_repro_pct(c)}\nspec ids: {', '.join(c.get('spec_ids') or []) or '-'}\n"
+                f"{_repro_pct(c)}\nspec ids: {_spec_ids(c)}\n"
                 f"reproducer: {(c.get('reproducer') or {}).get('yaml', '-')}")
         if failing(c):
             f = ET.SubElement(case, "failure", message=f"new divergence cluster {c['id']} (root cause): {_what(c)}",
@@ -125,7 +131,7 @@ def sarif(records: list[dict[str, Any]], errors: list[str], meta: dict[str, Any]
     for i, c in enumerate(records):
         rules.append({"id": c["id"], "name": "Divergence",
                       "shortDescription": {"text": _what(c)},
-                      "fullDescription": {"text": f"{c['signature']} (spec ids: {', '.join(c.get('spec_ids') or []) or '-'})"},
+                      "fullDescription": {"text": f"{c['signature']} (spec ids: {_spec_ids(c)})"},
                       "defaultConfiguration": {"level": "error"},
                       "properties": {"spec_ids": c.get("spec_ids") or [], "pair": c.get("pair") or ""}})
         level = "error" if failing(c) else "warning" if c["delta"] == "grew" and not c.get("known") else "note"

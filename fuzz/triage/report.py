@@ -153,7 +153,8 @@ def explain(d: Divergence, cat: Catalogue, needed: list[str] | None = None,
                 rows.insert(0, SpecRow(q, f"literal-sketch quirk {q} on {b}: without it the divergence disappears "
                                           f"(spec §4.3{', row ' + row if row else ''}; a bug, never catalogued)"))
             elif needed is None:
-                rows.append(SpecRow(q, f"literal-sketch quirk {q} is enabled on {b} (spec §4.3; a bug, never catalogued)"))
+                rows.append(SpecRow(q, f"literal-sketch quirk {q} is enabled on {b} "
+                                       "(spec §4.3; a bug, never catalogued)"))
     if d.field == "events" and any(str(v).startswith(("[WARN", "[BUG", "[CORRUPT")) for v in
                                    (*d.left_obs.values(), *d.right_obs.values())):
         rows.append(SpecRow("-", "a WARN/BUG/CORRUPT event is never a known divergence (DESIGN: bugs are findings)"))

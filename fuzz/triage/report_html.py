@@ -26,7 +26,8 @@ TABLES = [
     ("lookup", "hva → pfn lookups", "§2.6 (G1), §3.4 (G2), §4.2 (G2s), §5.1 (G2f), §6.7 (G3)", ("lookup",)),
     ("x86", "x86 fault path and guest accesses", "§2.7, §4.2, §6.4; §8 for what KVM_RUN returns",
      ("x86_fault", "access")),
-    ("page", "gfn_to_page, kvm_vcpu_map / unmap", "§2.8, §6.7 (g2p, map, map_ro)", ("gfn_to_page", "vcpu_map", "vcpu_unmap")),
+    ("page", "gfn_to_page, kvm_vcpu_map / unmap", "§2.8, §6.7 (g2p, map, map_ro)",
+     ("gfn_to_page", "vcpu_map", "vcpu_unmap")),
     ("dirty", "dirty log", "§8 (dirty-log bits)", ("get_dirty_log",)),
 ]
 CELL_PARTS = ["op", "result", "writable", "refs held / leaked", "guest faults / events"]
@@ -101,8 +102,10 @@ def campaign_part(data: ReportData) -> str:
     for fid, body, cap in (
             ("plot-execs", plots.campaign_series(runs, "exec_s", "executions per second", "exec/s"),
              "libFuzzer's exec/s (every backend of every pair runs once per execution)"),
-            ("plot-corpus", plots.campaign_series(runs, "corpus", "corpus size", "inputs"), "inputs in the working corpus"),
-            ("plot-coverage", plots.campaign_series(runs, "cov", "coverage", "edges", extra="ft", extra_label="features"),
+            ("plot-corpus", plots.campaign_series(runs, "corpus", "corpus size", "inputs"),
+             "inputs in the working corpus"),
+            ("plot-coverage",
+             plots.campaign_series(runs, "cov", "coverage", "edges", extra="ft", extra_label="features"),
              "code coverage edges (solid, left axis) and libFuzzer features (dashed, right axis)"),
             ("plot-findings", plots.findings_over_time(runs),
              "root causes of unknown divergences new to the user (solid) or already known from an earlier "
@@ -112,7 +115,8 @@ def campaign_part(data: ReportData) -> str:
         out.append(f'<figure id="{fid}">{body}<figcaption>{esc(cap)}</figcaption></figure>')
     out.append("</div>")
     out.append("<table id=\"runs\"><tr><th>run</th><th>directory</th><th>started (UTC)</th><th>pairs</th>"
-               "<th>seconds</th><th>executions</th><th>corpus</th><th>coverage</th><th>new causes</th><th>catalogued</th></tr>")
+               "<th>seconds</th><th>executions</th><th>corpus</th><th>coverage</th><th>new causes</th>"
+               "<th>catalogued</th></tr>")
     i = 0
     for c in data.campaigns:
         for r in c.runs:
@@ -122,7 +126,8 @@ def campaign_part(data: ReportData) -> str:
             out.append(f"<tr><td>{i}</td><td class=mono>{esc(c.path)}</td><td>{started}</td>"
                        f"<td class=mono>{esc(', '.join(r.start.get('pairs') or []))}</td>"
                        + "".join(f"<td class=n>{esc(last.get(k, '-'))}</td>" for k in ("t", "execs", "corpus", "cov"))
-                       + f"<td class=n>{esc(last.get('new', '-'))}</td><td class=n>{esc(last.get('known', '-'))}</td></tr>")
+                       + f"<td class=n>{esc(last.get('new', '-'))}</td>"
+                       + f"<td class=n>{esc(last.get('known', '-'))}</td></tr>")
     out.append("</table></section>")
     return "".join(out)
 
@@ -153,7 +158,8 @@ def _split(cell: str) -> tuple[list[str], str]:
 def tables_part(data: ReportData) -> str:
     out = ['<section id="tables"><h2>2. Decision tables reached by the corpus</h2>']
     if not data.cells:
-        out.append('<p class="note">No corpus among the inputs (give one with <code>--corpus DIR</code>).</p></section>')
+        out.append('<p class="note">No corpus among the inputs (give one with <code>--corpus DIR</code>).</p>'
+                   '</section>')
         return "".join(out)
     cells = {(gen, text): n for (kind, gen, text), n in data.cells.items() if kind == "cell"}
     seen = {k[0] for k in cells}                # campaign pairs may add variants (g2s-literal:S2,S4)
@@ -286,7 +292,8 @@ def trace_table(sc: Any, left: Trace, right: Trace | None, mark: int, fields: li
     if mark not in lrecs and mark not in rrecs:          # a difference in what is left at the end
         out.append('<tr class="op mark"><td>▶</td><td colspan=3>end of scenario</td></tr>')
         keys = ("refs_held_at_end", "pins_held_at_end")
-        values(mark, {k: str(left.meta.get(k)) for k in keys}, {k: str(right.meta.get(k)) for k in keys} if right else {})
+        values(mark, {k: str(left.meta.get(k)) for k in keys},
+               {k: str(right.meta.get(k)) for k in keys} if right else {})
     out.append("</table>")
     return "".join(out)
 
@@ -310,7 +317,8 @@ def cluster_section(cv: ClusterView, n: int) -> str:
            f'<h3>{n}. {esc(rec.get("title") or "Cluster")} <span class=mono>[{esc(rec["id"])}]</span> {status}</h3>'
            f'<p class=mono>{esc(rec["signature"])}</p>',
            "<table>",
-           f"<tr><th>pair</th><td class=mono>{esc(rec.get('pair', ''))}</td><th>artifacts</th><td>{esc(rec.get('count', ''))}</td>"
+           f"<tr><th>pair</th><td class=mono>{esc(rec.get('pair', ''))}</td>"
+           f"<th>artifacts</th><td>{esc(rec.get('count', ''))}</td>"
            f"<th>reproducible</th><td>{esc(r.get('hits', '?'))}/{esc(r.get('runs', '?'))} runs</td></tr>",
            f"<tr><th>reproducer</th><td colspan=3>{esc(rep.get('ops_before', '?'))} → {esc(rep.get('ops', '?'))} ops, "
            f"{esc(rep.get('size_before', '?'))} → {esc(rep.get('size', '?'))} bytes</td>"
@@ -347,8 +355,10 @@ def clusters_part(data: ReportData) -> str:
     for i, cv in enumerate(views, 1):
         rec = cv.record
         out.append(f"<tr><td>{i}</td><td><a href=\"#cluster-{esc(rec['id'])}\">{esc(rec['id'])}</a></td>"
-                   f"<td>{esc(rec.get('title') or '')}</td><td>{esc(rec.get('status', ''))}</td><td class=n>{esc(rec.get('count', ''))}</td>"
-                   f"<td>{esc(', '.join(rec.get('spec_ids') or []))}</td><td class=mono>{esc(rec['signature'])}</td></tr>")
+                   f"<td>{esc(rec.get('title') or '')}</td><td>{esc(rec.get('status', ''))}</td>"
+                   f"<td class=n>{esc(rec.get('count', ''))}</td>"
+                   f"<td>{esc(', '.join(rec.get('spec_ids') or []))}</td>"
+                   f"<td class=mono>{esc(rec['signature'])}</td></tr>")
     out.append("</table>")
     out += [cluster_section(cv, i) for i, cv in enumerate(views, 1)]
     out.append("</section>")

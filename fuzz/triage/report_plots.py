@@ -76,7 +76,8 @@ def findings_over_time(runs: list[history.Run]) -> str:
     directory already reported, and distinct known (catalogued) signatures."""
     fig = Figure(figsize=(5.2, 2.8))
     ax = fig.subplots()
-    styles = (("new", "new root causes", "#d62728", "-"), ("new_seen_before", "root causes already known", "#ff7f0e", "-."),
+    styles = (("new", "new root causes", "#d62728", "-"),
+              ("new_seen_before", "root causes already known", "#ff7f0e", "-."),
               ("known", "catalogued signatures", "#1f77b4", "--"))
     for i, r in enumerate(runs):
         for key, what, color, ls in styles:

@@ -266,8 +266,8 @@ def _record(c: Cluster, rep: Verdict, judge: Judge, res: MinResult | None, spec:
                        "ops_before": len(rep.scenario.ops), "size_before": len(rep.artifact.data),
                        "checks": res.checks if res else 0, "minimised": res is not None, "note": note},
         "members": [{"path": v.artifact.path, "status": v.status, "seen": v.artifact.seen,
-                     "signature": v.signature_for(c.id), "hits": v.hits.get(v.signature_for(c.id), 0), "runs": v.runs, **({"note": v.note} if v.note else {}),
-                     **({"also": v.also} if v.also else {})}
+                     "signature": v.signature_for(c.id), "hits": v.hits.get(v.signature_for(c.id), 0),
+                     "runs": v.runs, **({"note": v.note} if v.note else {}), **({"also": v.also} if v.also else {})}
                     for v in c.members],
         "also": sorted({s for v in c.members for s in v.also}),
     }
@@ -275,6 +275,8 @@ def _record(c: Cluster, rep: Verdict, judge: Judge, res: MinResult | None, spec:
 
 def cluster_md(c: Cluster, rec: dict[str, Any], sc: Scenario, j: Any, judge: Judge, text: str) -> str:
     d = j.find(c.signature)
+    catalogue = (f"known ({', '.join(d.entries)})" if d is not None and d.known
+                 else "new: no catalogue entry explains it")
     r = rec["reproducibility"]
     rep = rec["reproducer"]
     lines = [f"# Cluster {c.id}: {c.cause.title}", "",
@@ -283,7 +285,7 @@ def cluster_md(c: Cluster, rec: dict[str, Any], sc: Scenario, j: Any, judge: Jud
              *[f"- `{s}`" for s in c.signatures], "",
              "| | |", "|---|---|",
              f"| status | {rec['status']} |",
-             f"| catalogue | {'known (' + ', '.join(d.entries) + ')' if d is not None and d.known else 'new: no catalogue entry explains it'} |",
+             f"| catalogue | {catalogue} |",
              f"| delta | {rec['delta']} |",
              f"| artifacts | {rec['count']} |",
              f"| first seen / last seen | {rec['first_seen']} / {rec['last_seen']} |",
