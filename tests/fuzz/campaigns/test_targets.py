@@ -57,8 +57,8 @@ def test_diff_target_merge_mode(tmp_path):
     new.mkdir()
     for i, n in enumerate(("d04-remapped-refcounted.yaml", "d05-remapped-refcount0.yaml")):
         (new / str(i)).write_bytes(encode(load_scenario(os.path.join(SEEDS, n))))
-    r = subprocess.run([TARGETS["diff"], "-merge=1", str(old), str(new)], env=env_for(str(tmp_path / "a"), "sim:g1~sim:g3"),
-                       capture_output=True, timeout=300)
+    r = subprocess.run([TARGETS["diff"], "-merge=1", str(old), str(new)],
+                       env=env_for(str(tmp_path / "a"), "sim:g1~sim:g3"), capture_output=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     assert len(os.listdir(old)) >= 1
 
@@ -104,4 +104,5 @@ def test_an_unknown_feedback_mode_is_a_one_line_error(tmp_path):
     env["PFNDIFF_FEEDBACK"] = "edges"
     r = subprocess.run([TARGETS["diff"], "-runs=0"], env=env, capture_output=True, timeout=300)
     assert r.returncode != 0
-    assert r.stderr.decode().strip().splitlines() == ["error: PFNDIFF_FEEDBACK='edges': expected one of semantic, bytecode, both"]
+    assert r.stderr.decode().strip().splitlines() == [
+        "error: PFNDIFF_FEEDBACK='edges': expected one of semantic, bytecode, both"]

@@ -245,7 +245,8 @@ def test_sigint_to_a_background_triage_started_from_a_script(tmp_path):
     out, pidfile = tmp_path / "out", tmp_path / "pid"
     os.makedirs(out)
     (out / "keep.txt").write_text("a user's file")
-    script = (f'"{PFNDIFF}" triage "{_inputs(tmp_path)}" -o "{out}" --left sim:g2 --right sim:g2s-literal & echo $! > "{pidfile}"; wait $!; echo rc=$?')
+    script = (f'"{PFNDIFF}" triage "{_inputs(tmp_path)}" -o "{out}" --left sim:g2 --right sim:g2s-literal '
+              f'& echo $! > "{pidfile}"; wait $!; echo rc=$?')
     sh = subprocess.Popen(["sh", "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                           start_new_session=True)
     try:

@@ -81,15 +81,16 @@ def scenarios(draw) -> Scenario:
     vnames = draw(st.lists(NAMES, min_size=1, max_size=3, unique=True))
     for i, n in enumerate(vnames):
         v = VmaSpec(n, draw(st.integers(1, 20)), None, draw(st.sampled_from(PROTS)), draw(st.booleans()),
-                    draw(st.sampled_from(REMAPS)), draw(st.sampled_from(HOST_LEVELS)), draw(st.sampled_from(MAP_STATES)),
-                    frames=draw(st.sampled_from(codec.DECLARED_KINDS)))
+                    draw(st.sampled_from(REMAPS)), draw(st.sampled_from(HOST_LEVELS)),
+                    draw(st.sampled_from(MAP_STATES)), frames=draw(st.sampled_from(codec.DECLARED_KINDS)))
         if draw(st.booleans()):
             v.start = (0x10 + i * 0x1000) << 21
         for _ in range(draw(st.integers(0, 2))):
             idx = draw(st.integers(0, v.pages - 1))
             if v.remap in ("pfnmap", "io"):
                 v.ptes[idx] = PteSpec(draw(st.one_of(st.none(), st.sampled_from(pnames))) if pnames else None,
-                                      draw(st.booleans()), draw(st.booleans()), draw(st.sampled_from(("populates", "fails"))))
+                                      draw(st.booleans()), draw(st.booleans()),
+                                      draw(st.sampled_from(("populates", "fails"))))
             else:
                 v.page_states[idx] = (draw(st.sampled_from(MAP_STATES)), None)
         w.vmas.append(v)
@@ -180,8 +181,9 @@ def test_names_never_come_from_mutated_bytes():
 
 def test_version_1_bytes_still_decode_with_their_names():
     # an old corpus entry: names inside the records, scenario name in OP_META
-    old = bytes([1, codec.OP_META, 4]) + b"seed" + bytes([0, codec.OP_VMA, 3]) + b"ram" + bytes([2, 0, 0, 0, 0, 0, 0, 0]) \
-        + bytes([codec.OP_VMA, 3]) + b"\x03\xff\xfe" + bytes([1, 0, 0, 0, 0, 0, 0, 0])
+    old = (bytes([1, codec.OP_META, 4]) + b"seed"
+           + bytes([0, codec.OP_VMA, 3]) + b"ram" + bytes([2, 0, 0, 0, 0, 0, 0, 0])
+           + bytes([codec.OP_VMA, 3]) + b"\x03\xff\xfe" + bytes([1, 0, 0, 0, 0, 0, 0, 0]))
     sc = decode(old)
     assert sc.name == "seed" and [v.name for v in sc.world.vmas] == ["ram", "vma1"]   # garbage name: derived
 

@@ -146,7 +146,8 @@ def test_cause_ids_do_not_depend_on_hash_randomisation(causer):
     import os
     import subprocess
     import sys
-    code = ("import json,sys\nfrom fuzz.judging import crash\nfrom fuzz.judging.judge import Judge\nfrom kvmsim import loads_scenario\n"
+    code = ("import json,sys\nfrom fuzz.judging import crash\nfrom fuzz.judging.judge import Judge\n"
+            "from kvmsim import loads_scenario\n"
             "sc = loads_scenario(sys.stdin.read(), 't.yaml')\nj = Judge([('sim:g2f', 'sim:g3')]).judge(sc)\n"
             "c, parts = crash.crash_parts(sc, crash.primary(j.divs), others=j.divs)\n"
             "print(json.dumps([c.id, crash.crash_state(parts)]))\n")

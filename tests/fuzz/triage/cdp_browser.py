@@ -120,7 +120,8 @@ class _Cdp:
         self.proc.wait(timeout=10)
 
 
-_BOXES_JS = """JSON.stringify(Object.fromEntries(%s.map(sel => [sel, Array.from(document.querySelectorAll(sel)).map(e => {
+_BOXES_JS = """JSON.stringify(Object.fromEntries(%s.map(sel => [sel,
+    Array.from(document.querySelectorAll(sel)).map(e => {
   const r = e.getBoundingClientRect();
   return {x: r.left + window.scrollX, y: r.top + window.scrollY, w: r.width, h: r.height};
 })])))"""
@@ -178,7 +179,8 @@ def main(argv: list[str]) -> int:
     from PIL import Image
     width = int(argv[3]) if len(argv) > 3 else 1400
     page = render(argv[1], [], width=width, clip=int(argv[4]) if len(argv) > 4 else None)
-    img = Image.open(io.BytesIO(page.png)).convert("RGB").quantize(256, method=Image.Quantize.FASTOCTREE, dither=Image.Dither.NONE)
+    img = (Image.open(io.BytesIO(page.png)).convert("RGB")
+           .quantize(256, method=Image.Quantize.FASTOCTREE, dither=Image.Dither.NONE))
     img.save(argv[2], optimize=True)
     print(f"{argv[2]}: {img.size[0]}x{img.size[1]} px of a {page.size[0]}x{page.size[1]} page, "
           f"{os.path.getsize(argv[2]) // 1024} KiB; errors: {page.errors or 'none'}")

@@ -41,7 +41,8 @@ def test_the_same_bug_from_different_inputs_and_campaigns_is_one_cluster(tmp_pat
 
 
 def test_different_bugs_never_share_a_cluster(tmp_path, capsys):
-    specs = [("d10-sketch-warn-seq0.yaml", D10_PAIR), ("d22-sketch-hva-error-as-pfn.yaml", ("sim:g2", "sim:g2s-literal:S4,S5")),
+    specs = [("d10-sketch-warn-seq0.yaml", D10_PAIR),
+             ("d22-sketch-hva-error-as-pfn.yaml", ("sim:g2", "sim:g2s-literal:S4,S5")),
              ("d24-sketch-ownership.yaml", ("sim:g2", "sim:g2s-literal:S8")),
              ("d12b-g2f-writable-ro-slot.yaml", ("sim:g2f", "sim:g3"))]
     expected = {}
