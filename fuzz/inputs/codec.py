@@ -32,6 +32,7 @@ import hashlib
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from kvmsim.constants import INTERNAL_SLOT_IDS, KVM_USER_MEM_SLOTS
 from kvmsim.scenario import (
@@ -437,7 +438,7 @@ def _slot(r: _Reader, st: _State) -> None:
     w.memslots.append(SlotSpec(sid, gfn, pages, v.name, offset, readonly, log_dirty, as_id, internal))
 
 
-def _layout(code: int) -> tuple[str, dict[str, object], list[F], list[F]]:
+def _layout(code: int) -> tuple[str, dict[str, Any], list[F], list[F]]:
     """(kind, default args, bool fields, other fields) of an opcode, in layout order."""
     kind, layout = OP_LAYOUTS[code]
     schema = {f.name: f for f in OP_SCHEMAS[kind]}
