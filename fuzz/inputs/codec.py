@@ -540,33 +540,57 @@ class _Writer:
 def encode(sc: Scenario) -> bytes:
     """A scenario -> bytes with ``decode(encode(sc)) == sc``; raises EncodeError if the scenario
     exceeds the codec's bounds or cannot be represented."""
+    _check_bounds(sc)
+    w = sc.world
+    out = _Writer()
+    out.byte(VERSION)
+    _write_world_settings(out, w)
+    if _world_is_empty(w):
+        out.byte(OP_EMPTY_WORLD)
+    _write_pages(out, w)
+    _write_vmas(out, w)
+    _write_vma_entries(out, w)
+    _write_memslots(out, w)
+    vmas = [v.name for v in w.vmas]
+    handles: list[str] = []
+    for op in sc.ops:
+        _write_op(out, op, vmas, handles)
+    return _with_names(bytes(out.out), sc)
+
+
+def _check_bounds(sc: Scenario) -> None:
     w = sc.world
     if len(w.pages) > MAX_PAGES or len(w.vmas) > MAX_VMAS or len(w.memslots) > MAX_SLOTS or len(sc.ops) > MAX_OPS:
         raise EncodeError(f"scenario too large for the codec (at most {MAX_PAGES} pages, {MAX_VMAS} vmas, "
                           f"{MAX_SLOTS} memslots, {MAX_OPS} ops)")
     if sum(len(v.page_states) + len(v.ptes) for v in w.vmas) > MAX_ENTRIES:
         raise EncodeError(f"more than {MAX_ENTRIES} page_states/ptes entries")
-    out = _Writer()
-    out.byte(VERSION)
+
+
+def _write_world_settings(out: _Writer, w: WorldSpec) -> None:
+    """The world record, only when a setting differs from its default."""
     d = WorldSpec()
-    if any(getattr(w, k) != getattr(d, k) for k in (*WORLD_BOOLS, "signal", "seq", "seq_bits")):
-        out.byte(OP_WORLD)
-        mask = sum(1 << i for i, k in enumerate(WORLD_BOOLS) if getattr(w, k))
-        if w.seq_bits not in (32, 64):
-            raise EncodeError("seq_bits must be 32 or 64")
-        out.varint(mask | (1 << len(WORLD_BOOLS) if w.seq_bits == 32 else 0))
-        out.enum(w.signal, SIGNALS)
-        out.varint(w.seq)
-    if _world_is_empty(w):
-        out.byte(OP_EMPTY_WORLD)
-    pages = [p.name for p in w.pages]
+    if not any(getattr(w, k) != getattr(d, k) for k in (*WORLD_BOOLS, "signal", "seq", "seq_bits")):
+        return
+    out.byte(OP_WORLD)
+    mask = sum(1 << i for i, k in enumerate(WORLD_BOOLS) if getattr(w, k))
+    if w.seq_bits not in (32, 64):
+        raise EncodeError("seq_bits must be 32 or 64")
+    out.varint(mask | (1 << len(WORLD_BOOLS) if w.seq_bits == 32 else 0))
+    out.enum(w.signal, SIGNALS)
+    out.varint(w.seq)
+
+
+def _write_pages(out: _Writer, w: WorldSpec) -> None:
     for p in w.pages:
         out.byte(OP_PAGE)
         out.string("")                                  # names travel in the names record
         out.enum(p.kind, DECLARED_KINDS)
         out.optint(p.pfn)
         out.varint(int(p.memremap_ok))
-    vmas = [v.name for v in w.vmas]
+
+
+def _write_vmas(out: _Writer, w: WorldSpec) -> None:
     for v in w.vmas:
         out.byte(OP_VMA)
         out.string("")
@@ -580,6 +604,11 @@ def encode(sc: Scenario) -> bytes:
         out.enum(v.host_level, HOST_LEVELS)
         out.enum(v.state, MAP_STATES)
         out.enum(v.frames, DECLARED_KINDS)
+
+
+def _write_vma_entries(out: _Writer, w: WorldSpec) -> None:
+    """Each VMA's per-page states, then its PTEs, VMA by VMA."""
+    pages = [p.name for p in w.pages]
     for i, v in enumerate(w.vmas):
         for idx, (state, page) in v.page_states.items():
             out.byte(OP_VMA_STATE)
@@ -594,6 +623,10 @@ def encode(sc: Scenario) -> bytes:
             out.varint(0 if pte.page is None else _index(pages, pte.page, "page") + 1)
             out.varint(int(pte.present) | int(pte.writable) << 1)
             out.enum(pte.handler, HANDLERS)
+
+
+def _write_memslots(out: _Writer, w: WorldSpec) -> None:
+    vmas = [v.name for v in w.vmas]
     for s in w.memslots:
         out.byte(OP_SLOT)
         if s.internal is not None:
@@ -606,29 +639,28 @@ def encode(sc: Scenario) -> bytes:
         out.varint(_index(vmas, s.vma, "vma"))
         out.varint(s.offset)
         out.varint(int(s.readonly) | int(s.log_dirty) << 1 | (s.as_id & 1) << 2)
-    handles: list[str] = []
-    nmaps = 0
-    for op in sc.ops:
-        code = ENCODE_OPCODE.get(op.kind)
-        if code is None:
-            raise EncodeError(f"op {op.kind!r} has no opcode")
-        _, layout = OP_LAYOUTS[code]
-        schema = OP_SCHEMAS[op.kind]
-        for f in schema:
-            if f.name not in layout and op.args.get(f.name) != f.default:
-                raise EncodeError(f"op {op.kind}.{f.name} has no place in opcode {code:#x}")
-        out.byte(code)
-        fields = [f for n in layout for f in schema if f.name == n]
-        bools = [f for f in fields if f.type == "bool"]
-        if bools:
-            out.varint(sum(1 << i for i, f in enumerate(bools) if op.args[f.name]))
-        for f in fields:
-            if f.type != "bool":
-                _write_field(out, op, f, vmas, handles)
-        if op.kind == "vcpu_map":
-            handles.append(op.args["handle"] or f"map{nmaps}")
-            nmaps += 1
-    return _with_names(bytes(out.out), sc)
+
+
+def _write_op(out: _Writer, op: Op, vmas: list[str], handles: list[str]) -> None:
+    """One op record in its kind's newest layout; ``handles`` grows by the maps written so far."""
+    code = ENCODE_OPCODE.get(op.kind)
+    if code is None:
+        raise EncodeError(f"op {op.kind!r} has no opcode")
+    _, layout = OP_LAYOUTS[code]
+    schema = OP_SCHEMAS[op.kind]
+    for f in schema:
+        if f.name not in layout and op.args.get(f.name) != f.default:
+            raise EncodeError(f"op {op.kind}.{f.name} has no place in opcode {code:#x}")
+    out.byte(code)
+    fields = [f for n in layout for f in schema if f.name == n]
+    bools = [f for f in fields if f.type == "bool"]
+    if bools:
+        out.varint(sum(1 << i for i, f in enumerate(bools) if op.args[f.name]))
+    for f in fields:
+        if f.type != "bool":
+            _write_field(out, op, f, vmas, handles)
+    if op.kind == "vcpu_map":
+        handles.append(op.args["handle"] or f"map{len(handles)}")
 
 
 def _with_names(body: bytes, sc: Scenario) -> bytes:
