@@ -63,21 +63,33 @@ def semantic_observer(counters: FeatureCounters, keep: int = 2048):
     return observe
 
 
-def main() -> None:
-    argv = list(sys.argv)
+def _own_flags(argv: list[str]) -> str:
+    """Take --pairs= and --crash out of ``argv`` (libFuzzer's flags stay) into the environment,
+    which fork/jobs children re-read; the pairs to judge."""
     pairs = os.environ.get("PFNDIFF_PAIRS", "sim:g2~sim:g3")
     for a in list(argv[1:]):
         if a.startswith("--pairs="):
             pairs = a.split("=", 1)[1]
             argv.remove(a)
-            os.environ["PFNDIFF_PAIRS"] = pairs          # fork/jobs children re-read it
+            os.environ["PFNDIFF_PAIRS"] = pairs
         elif a == "--crash":
             argv.remove(a)
             os.environ[crash.ENV] = "1"
+    return pairs
+
+
+def _campaign_t0() -> float | None:
+    """When the campaign started (PFNDIFF_T0), so every worker's times share one origin."""
     try:
-        t0 = float(os.environ.get("PFNDIFF_T0", "0")) or None
+        return float(os.environ.get("PFNDIFF_T0", "0")) or None
     except ValueError:
-        t0 = None
+        return None
+
+
+def main() -> None:
+    argv = list(sys.argv)
+    pairs = _own_flags(argv)
+    t0 = _campaign_t0()
     for a in argv[1:]:                      # libFuzzer refuses a missing artifact directory
         if a.startswith("-artifact_prefix=") and a.endswith("/"):
             os.makedirs(a.split("=", 1)[1], exist_ok=True)
