@@ -10,6 +10,7 @@ from .constants import (
     KVM_MEMSLOT_INVALID,
     PAGE_SHIFT,
     PAGE_SIZE,
+    VM_READ,
     VM_WRITE,
     kvm_is_error_hva,
     pfn_class,
@@ -21,7 +22,7 @@ from .mm import RemapPte
 from .scenario import Op, Scenario
 from .trace import OpRecord, Trace
 from .vmm import guest_access
-from .world import World
+from .world import PROT_FLAGS, World
 from .x86 import page_fault
 
 KVM_OPS = ("lookup", "gfn_to_page", "vcpu_map", "vcpu_unmap", "x86_fault", "access")
@@ -247,8 +248,12 @@ class Executor:
         rec.vmm = {"ret": 0}
 
     def op_mprotect(self, op: Op, rec: OpRecord) -> None:
+        """mm/mprotect.c ``mprotect_fixup``: ``if (newflags == oldflags) { *pprev = vma; return 0; }``
+        -- the protection the VMA already has changes nothing: no change_protection, no mmu_notifier
+        invalidation, the SPTEs stay."""
         v = self._vma(op)
-        self.invalidate(v.start, v.end, lambda: self.w.mm.protect(v, op.prot != "none", op.prot == "rw"))
+        if v.flags & (VM_READ | VM_WRITE) != PROT_FLAGS[op.prot]:
+            self.invalidate(v.start, v.end, lambda: self.w.mm.protect(v, op.prot != "none", op.prot == "rw"))
         rec.vmm = {"ret": 0}
 
     def op_munmap(self, op: Op, rec: OpRecord) -> None:

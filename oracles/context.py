@@ -172,7 +172,7 @@ class _Contexts:
 
     def follow(self, op: Op, mem: MemoryMap) -> None:
         """What the op leaves in the pages, the open invalidations and the notifier sequence."""
-        if op.kind in HOST_EVENTS:
+        if op.kind in HOST_EVENTS and not _same_prot(op, mem):
             self.host_event(op, mem.slots)
         elif op.kind == "invalidate_end":
             self.open_inval = max(0, self.open_inval - 1)
@@ -249,9 +249,17 @@ def _madvised_pages(v: VmaSpec, page: int, count: int) -> range | None:
     return range(page, min(page + count, v.pages)) if count else None
 
 
+def _same_prot(op: Op, mem: MemoryMap) -> bool:
+    """An ``mprotect`` to the protection the VMA already has: mm/mprotect.c ``mprotect_fixup`` returns
+    at ``if (newflags == oldflags)`` -- no page change, no mmu_notifier invalidation (``op_mprotect``).
+    ``mem`` is the map the op runs against, so its prot is the one before the op."""
+    v = mem.vmas.get(op.args["vma"]) if op.kind == "mprotect" else None
+    return v is not None and v.prot == op.args["prot"]
+
+
 def _event_hvas(sc: Scenario, v: VmaSpec, kind: str, a: dict[str, Any]) -> tuple[int, int] | None:
     """The hva range whose mmu_notifier invalidation a host event runs, as the model's executor runs it
-    (``op_munmap``/``op_mprotect``: the whole VMA; ``op_madvise``, ``op_page_state``, ``op_pte``,
+    (``op_munmap``/``op_mprotect`` changing the protection: the whole VMA; ``op_madvise``, ``op_page_state``, ``op_pte``,
     ``invalidate_begin``: the pages named); None when the event runs none (a refused or empty madvise)."""
     base = sc.vma_start(v)
     if kind in ("munmap", "mprotect"):

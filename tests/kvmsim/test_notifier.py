@@ -42,6 +42,7 @@ def test_non_overlapping_invalidation_does_not_count() -> None:
     pytest.param({"madvise": {"vma": "ram", "page": 0}}, 1, id="madvise-in-slot"),
     pytest.param({"madvise": {"vma": "ram", "page": 5, "count": 3}}, 0, id="madvise-outside-slot"),
     pytest.param({"mprotect": {"vma": "ram", "prot": "r"}}, 1, id="mprotect"),
+    pytest.param({"mprotect": {"vma": "ram", "prot": "rw"}}, 0, id="mprotect-same-prot"),   # mprotect_fixup
     pytest.param({"page_state": {"vma": "ram", "page": 2, "state": "needs_io"}}, 1, id="page_state-in-slot"),
     pytest.param({"page_state": {"vma": "ram", "page": 7, "state": "needs_io"}}, 0, id="page_state-outside"),
     pytest.param({"munmap": {"vma": "ram"}}, 1, id="munmap"),

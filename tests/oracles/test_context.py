@@ -71,3 +71,16 @@ def test_an_event_during_an_open_invalidation_widens_its_range_until_none_is_in_
     assert (ctx[1]["ctx.inval_hva"], ctx[1]["ctx.inval_gfn"]) == (False, False)
     assert (ctx[3]["ctx.inval_hva"], ctx[3]["ctx.inval_gfn"]) == (True, True)
     assert (ctx[6]["ctx.inval_hva"], ctx[6]["ctx.inval_gfn"]) == (False, False)
+
+
+def test_mprotect_to_the_same_protection_changes_nothing() -> None:
+    """mm/mprotect.c mprotect_fixup returns at ``newflags == oldflags``: no invalidation widens the open
+    range, the sequence does not move and the pages stay writable, as in the model's ``op_mprotect``."""
+    ctx = op_contexts(loads_scenario(INVAL.replace("prot: r}", "prot: rw}")))
+    assert (ctx[3]["ctx.inval_hva"], ctx[3]["ctx.inval_gfn"]) == (False, False)
+    same = op_contexts(loads_scenario(SC.replace("prot: r}", "prot: rw}")))
+    assert same[8]["ctx.state"] == "present_rw"
+    assert same[8]["ctx.seq0"] is False               # the madvise of an in-slot page moved it
+    quiet = op_contexts(loads_scenario(INVAL.split("ops:")[0] + "ops:\n  - mprotect: {vma: ram, prot: rw}\n"
+                                       "  - x86_fault: {gfn: 0x100}\n"))
+    assert quiet[1]["ctx.seq0"] is True and quiet[1]["ctx.invalidating"] is False
