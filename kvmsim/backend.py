@@ -40,6 +40,11 @@ class Backend(ABC):
     def run(self, scenario: Scenario) -> Trace:
         """Execute the scenario; never raises for anything the scenario does."""
 
+    def generation(self) -> str | None:
+        """The model generation this backend's traces implement (a kernel's, from its KVM's exported
+        symbols), for the catalogue's families; None when the name says it or it is unknown."""
+        return None
+
     def explain_divergence(self, sc: Scenario, index: int, fields: list[str], model: Trace,
                            real: Trace) -> dict[str, str]:
         """field -> ``quirk:<name>`` for the fields of op ``index`` where this (real) backend's trace

@@ -44,6 +44,7 @@ from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
 
+from kvmsim.backend import BackendError, get_backend
 from kvmsim.scenario import OP_SCHEMAS
 from kvmsim.yamlsrc import MAX_YAML_BYTES, Node, ScenarioError, parse, plain, read_text
 
@@ -80,15 +81,29 @@ class Entry:
 
 
 def family(backend: str) -> str:
-    """``sim:g2s-literal:S4`` -> ``g2s``; ``sim:g3`` -> ``g3``; ``qemu:6.1`` -> ``g1`` and ``qemu:7.2`` ->
+    """``sim:g2s-literal:S4`` -> ``g2s``; ``sim:g3`` -> ``g3``; ``qemu:<kernel>`` -> the generation its
+    backend reports (a cached kernel's, read from its KVM's symbols: a kernel added under a name of
+    its own has no version), else by the release in the name: ``qemu:6.1`` -> ``g1``, ``qemu:7.2`` ->
     ``g3`` (≤ 6.12 legacy, ≥ 6.13 merged); anything else -> ``host``."""
-    if backend.startswith("qemu:"):               # a real kernel in QEMU: its release fixes its generation
+    if backend.startswith("qemu:"):               # a real kernel in QEMU
+        reported = _reported_generation(backend)
+        if reported is not None:
+            return reported
         m = re.match(r"qemu:(\d+)\.(\d+)", backend)
         return ("g3" if (int(m[1]), int(m[2])) >= (6, 13) else "g1") if m else "host"
     if not backend.startswith("sim:"):
         return "host"
     name = backend[4:].split(":")[0]
     return name.split("-")[0]
+
+
+def _reported_generation(backend: str) -> str | None:
+    """``Backend.generation()`` of a backend registered from outside the model (none if not here)."""
+    try:
+        reported = get_backend(backend).generation()
+    except BackendError:
+        return None
+    return reported if reported in FAMILIES else None
 
 
 def cond(c: Any, v: Any) -> bool:

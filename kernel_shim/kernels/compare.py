@@ -148,12 +148,8 @@ def model_family(backend: str) -> str:
 
 def kernel_family(backend: str) -> str:
     """``qemu:<name>``: the generation of the cached kernel it names (a kernel added with
-    ``pfndiff kernels add`` has a name, not a version); anything else as the catalogue says."""
-    if backend.startswith("qemu:"):
-        from .cache import find_kernel
-        k = find_kernel(backend[5:])
-        if k is not None and k.generation in ("g1", "g3"):
-            return k.generation
+    ``pfndiff kernels add`` has a name, not a version; its backend reports the generation the cache
+    recorded); anything else as the catalogue says."""
     return family(backend)
 
 

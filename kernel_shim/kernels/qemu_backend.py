@@ -79,6 +79,11 @@ class QemuBackend(Backend):
         k = self.kernel
         return f"linux-{k.release}" if k else f"linux-{self.kernel_name}"
 
+    def generation(self) -> str | None:
+        """The generation the cache recorded for the kernel (``pfndiff kernels add``/``fetch``)."""
+        k = self.kernel
+        return k.generation if k is not None and k.generation in ("g1", "g3") else None
+
     def info(self) -> dict[str, Any]:
         k = self.kernel
         d: dict[str, Any] = {"kind": "qemu", "kernel": self.kernel_name, "path": self.path}

@@ -19,7 +19,7 @@ from kernel_shim.kernels.local import AddError, add_kernel, remove_kernel
 from kernel_shim.kernels.qemu import qemu_missing
 from kvmsim.backend import get_backend
 from kvmsim.scenario import loads_scenario
-from oracles.catalogue import load_catalogue
+from oracles.catalogue import family, load_catalogue
 from oracles.diff import compare
 from oracles.normalise import VMM_LEVEL
 
@@ -78,6 +78,7 @@ def test_generation_comes_from_the_symbols(tmp_path, name, suite):
     assert e.api == ("__gfn_to_pfn_memslot" if k.generation == "g1" else "__kvm_faultin_pfn")
     assert find_kernel(name) == e and find_kernel(k.name).suite == suite     # the fetched one keeps its name
     assert kernel_family(f"qemu:{name}") == k.generation
+    assert family(f"qemu:{name}") == k.generation == get_backend(f"qemu:{name}").generation()   # root-cause titles
 
 
 @pytest.mark.slow
