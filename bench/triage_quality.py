@@ -91,8 +91,8 @@ BUGS = [
         "if pg is not None and w.db.get_unless_zero(pg):    # under the PTE lock",
         "remapped refcounted pages refused, refcount-0 accepted"),
     # g2 (noref v6)
-    Bug("b06", "g2", "page_out.value = pg                    # the slow path's *page",
-        "page_out.value = None                  # the slow path's *page", "slow path hands back no *page",
+    Bug("b06", "g2", "page_out.value = pg                        # the slow path's *page",
+        "page_out.value = None                      # the slow path's *page", "slow path hands back no *page",
         module=GUP_ERA),
     Bug("b07", "g2", "        writable_out.value = pte.writable\n    assert pte.page is not None",
         "        writable_out.value = True\n    assert pte.page is not None", "remapped: always writable",

@@ -148,13 +148,19 @@ class _Walk:
     def same_record(self, lrec: Any, rrec: Any) -> None:
         """Identical records: only an expected divergence that did not appear, or a taint."""
         i = lrec.index
-        gfn = self.ctxs[i].get("ctx.gfn")
-        op = self.sc.ops[i]
         if self.expecting[i] and _cascade(self.ctxs[i], self.tainted) is None:
             self.out.extend(_missing(self.sc, i, self.left, self.right, lrec, rrec, self.level, self.fams, self.cat,
                                      self.ctxs[i]))
+        self.taint_if_applies(i)
+
+    def taint_if_applies(self, i: int) -> None:
+        """An entry whose conditions on the op hold changes the worlds at its gfn even when the op's
+        observations agree (G3's gfn_to_page(write=false) leaves a page read-only that an older
+        gfn_to_page made writable): later differences there are its consequences."""
+        gfn = self.ctxs[i].get("ctx.gfn")
+        op = self.sc.ops[i]
         if gfn is not None and gfn not in self.tainted:
-            cause = self.cat.applies(op.kind, self.fams, op.args, self.ctxs[lrec.index])
+            cause = self.cat.applies(op.kind, self.fams, op.args, self.ctxs[i])
             if cause is not None:
                 _taint(self.tainted, self.ctxs[i], cause)
 
@@ -165,7 +171,8 @@ class _Walk:
         if self.expecting[i] and _cascade(ctx, self.tainted) is None:
             self.out.extend(_missing(self.sc, i, self.left, self.right, lrec, rrec, self.level, self.fams, self.cat,
                                      ctx, (ln, rn)))
-        if not diff:
+        if not diff:                    # records differ only in what normalisation drops (the call's name)
+            self.taint_if_applies(i)
             return
         d = self.divergence(i, _order(diff), ln, rn)
         if d.known and "ctx.gfn" in ctx:
