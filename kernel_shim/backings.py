@@ -142,37 +142,11 @@ class Backing:
         if n > MAX_PFNMAP_PAGES:
             raise Unrealisable(f"pfnmap VMAs are limited to {MAX_PFNMAP_PAGES} pages (one perf event per run)")
         rw = spec.prot == "rw"
-        writable = []
-        for i in range(n):
-            pte = spec.ptes.get(i)
-            w = pte.writable if pte is not None else rw
-            writable.append(w and rw)
-            if pte is not None and not pte.present:
-                self.tainted[i] = "perf ring-buffer PTEs are always present (no absent PTE with a fault handler)"
-            elif pte is not None and pte.page is not None:
-                self.tainted[i] = f"named frame {pte.page!r} cannot be placed at a chosen pfn"
-            elif not rw and w:
-                self.tainted[i] = "a writable PTE in a VMA without PROT_WRITE"
+        writable = self._pfnmap_writable_ptes(rw)
         if spec.frames == "refcount0":
             for i in range(n):
                 self.tainted.setdefault(i, "no refcount-0 struct page source (TTM/amdgpu-like driver) on this host")
-        plan: list[tuple[int, int]] = []           # (first page incl. control page, data pages)
-        i = 0
-        while i < n:
-            ctl = i if writable[i] else i - 1      # a leading read-only run gets a control page before it
-            j = i + 1 if writable[i] else i
-            while j < n and not writable[j]:
-                j += 1
-            run = j - (ctl + 1)
-            size = 1 << max(run - 1, 0).bit_length() if run else 0
-            if run and size != run and j < n:
-                for p in range(ctl + 1, j):
-                    self.tainted.setdefault(p, "read-only PFNMAP PTEs come in runs of 2^k pages after a writable one")
-                plan.append((ctl, 0))
-                plan.extend((p, 0) for p in range(ctl + 1, j))
-            else:
-                plan.append((ctl, size))
-            i = j
+        plan = self._ring_buffer_plan(writable)
         self.map_lo = min(c for c, _ in plan)
         self.map_hi = max(c + 1 + d for c, d in plan)
         lo, hi = self.addr + self.map_lo * k.PAGE, self.addr + self.map_hi * k.PAGE
@@ -189,6 +163,45 @@ class Backing:
             raise Unrealisable(f"perf ring buffer mmap: {e.strerror}") from None
         if not rw:
             k.mprotect(lo, hi - lo, PROTS[spec.prot])
+
+    def _pfnmap_writable_ptes(self, rw: bool) -> list[bool]:
+        """Whether each page's PTE is writable; pages whose PTE a perf buffer cannot give are tainted."""
+        writable = []
+        for i in range(self.spec.pages):
+            pte = self.spec.ptes.get(i)
+            w = pte.writable if pte is not None else rw
+            writable.append(w and rw)
+            if pte is not None and not pte.present:
+                self.tainted[i] = "perf ring-buffer PTEs are always present (no absent PTE with a fault handler)"
+            elif pte is not None and pte.page is not None:
+                self.tainted[i] = f"named frame {pte.page!r} cannot be placed at a chosen pfn"
+            elif not rw and w:
+                self.tainted[i] = "a writable PTE in a VMA without PROT_WRITE"
+        return writable
+
+    def _ring_buffer_plan(self, writable: list[bool]) -> list[tuple[int, int]]:
+        """The perf buffers to map: (first page incl. control page, data pages).  A read-only run
+        that is not 2^k pages long (and not the trailing one) becomes control-page-only buffers,
+        its pages tainted."""
+        n = len(writable)
+        plan: list[tuple[int, int]] = []
+        i = 0
+        while i < n:
+            ctl = i if writable[i] else i - 1      # a leading read-only run gets a control page before it
+            j = i + 1 if writable[i] else i
+            while j < n and not writable[j]:
+                j += 1
+            run = j - (ctl + 1)
+            size = 1 << max(run - 1, 0).bit_length() if run else 0
+            if run and size != run and j < n:
+                for p in range(ctl + 1, j):
+                    self.tainted.setdefault(p, "read-only PFNMAP PTEs come in runs of 2^k pages after a writable one")
+                plan.append((ctl, 0))
+                plan.extend((p, 0) for p in range(ctl + 1, j))
+            else:
+                plan.append((ctl, size))
+            i = j
+        return plan
 
     def _realise_states(self) -> None:
         spec = self.spec

@@ -100,16 +100,32 @@ def explain(sc: Scenario, d: Any, left: dict[str, Any], right: dict[str, Any], p
     pvm = "pvm-shadow-paging" in meta.get("quirks", []) if meta is not None else _pvm()
     if _api_touched(sc, d) and not realised:
         return "api-ops-not-executed"
+    return (_uninterruptible_before_6_2(d, lo, ro, left, meta)
+            or _emulated_path_mmio(sc, d, lo, ro, path)
+            or _perf_control_page_mkwrite(sc, d, lo, ro, left)
+            or (_shadow_gpte_dirty(sc, d, left, right) if pvm else None))
+
+
+def _uninterruptible_before_6_2(d: Any, lo: Any, ro: Any, left: dict[str, Any],
+                                meta: dict[str, Any] | None) -> str | None:
     release = re.match(r"(\d+)\.(\d+)", str((meta or {}).get("kernel", "")))
     if release and (int(release[1]), int(release[2])) < (6, 2) and d.op == "access" and lo == "ok" \
             and ro == "timeout" and "EINTR" in (left.get("exits") or []):
         return "uninterruptible-fault-before-6.2"
+    return None
+
+
+def _emulated_path_mmio(sc: Scenario, d: Any, lo: Any, ro: Any, path: str) -> str | None:
     if path == "emulated" and lo == "efault" and ro == "mmio":
         return "emulated-path-mmio"
     if path == "emulated" and lo == "ok" and ro == "mmio" and d.op == "access":
         v, prot = _vma_at(sc, d.index)
         if v is not None and v.remap in ("pfnmap", "io") and prot == "none":
             return "emulated-path-mmio"              # the fault path maps PROT_NONE PFNMAP; copy_from_user cannot
+    return None
+
+
+def _perf_control_page_mkwrite(sc: Scenario, d: Any, lo: Any, ro: Any, left: dict[str, Any]) -> str | None:
     if d.op == "access" and lo == "mmio" and ro == "ok" and left.get("mmio", {}).get("is_write"):
         if _pfnmap_reprotected(sc, d.index):
             return "perf-control-page-mkwrite"
@@ -117,17 +133,23 @@ def explain(sc: Scenario, d: Any, left: dict[str, Any], right: dict[str, Any], p
         v, _ = _vma_at(sc, d.index)
         if v is not None and v.remap in ("pfnmap", "io"):
             return "perf-control-page-mkwrite"      # a later read sees what that write stored
-    if d.op == "get_dirty_log" and d.field == "dirty" and pvm:
-        model, host = set(left.get("dirty") or []), set(right.get("dirty") or [])
-        base = _slot_base(sc, d.index)
-        written = {op.args["gpa"] >> 12 for op in sc.ops[:d.index] if op.kind == "access" and op.args["write"]}
-        if base is not None:
-            # host-only bits: read faults on gfns the guest had written (guest PTE already dirty);
-            # model-only bits: read faults TDP logs but shadow paging does not (guest PTE clean)
-            host_ok = all(base + p in written for p in host - model)
-            model_ok = all(base + p not in written for p in model - host)
-            if (host ^ model) and host_ok and model_ok:
-                return "shadow-gpte-dirty"
+    return None
+
+
+def _shadow_gpte_dirty(sc: Scenario, d: Any, left: dict[str, Any], right: dict[str, Any]) -> str | None:
+    """Under shadow paging (PVM) the dirty log follows the guest PTE's dirty bit."""
+    if d.op != "get_dirty_log" or d.field != "dirty":
+        return None
+    model, host = set(left.get("dirty") or []), set(right.get("dirty") or [])
+    base = _slot_base(sc, d.index)
+    written = {op.args["gpa"] >> 12 for op in sc.ops[:d.index] if op.kind == "access" and op.args["write"]}
+    if base is not None:
+        # host-only bits: read faults on gfns the guest had written (guest PTE already dirty);
+        # model-only bits: read faults TDP logs but shadow paging does not (guest PTE clean)
+        host_ok = all(base + p in written for p in host - model)
+        model_ok = all(base + p not in written for p in model - host)
+        if (host ^ model) and host_ok and model_ok:
+            return "shadow-gpte-dirty"
     return None
 
 

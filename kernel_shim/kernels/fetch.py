@@ -141,6 +141,23 @@ def _cached(dest: Path, pkgs: dict[str, str]) -> KernelEntry | None:
     return None
 
 
+def _module_set(files: dict[str, bytes]) -> ModuleSet:
+    """The packages' modules (decompressed) and the list of built-in ones."""
+    mods = ModuleSet()
+    for n, data in files.items():
+        if _is_module(n):
+            mods.files[module_key(n)] = decompress_module(n, data)
+        elif _is_builtin_list(n):
+            mods.builtin = {module_key(x) for x in data.decode().split()}
+    return mods
+
+
+def _pfn_api(kvm: bytes) -> str:
+    """The gfn->pfn API kvm.ko exports: the merged one (≥ 6.13), the legacy one, or ``?``."""
+    return ("kvm_follow_pfn" if b"kvm_follow_pfn\x00" in kvm else
+            "__gfn_to_pfn_memslot" if b"__gfn_to_pfn_memslot\x00" in kvm else "?")
+
+
 def prepare(suite: str, abi: str, pkgs: dict[str, str], debs: dict[str, Path], bb_deb: Path, bb_v: str,
             dest: Path, log: Callable[[str], None] = print) -> KernelEntry:
     """Extract vmlinux and modules, build the initramfs, write the manifest (atomically: the
@@ -153,20 +170,13 @@ def prepare(suite: str, abi: str, pkgs: dict[str, str], debs: dict[str, Path], b
         raise FetchError(f"{suite}: no vmlinuz in {', '.join(pkgs)}")
     release = re.search(r"vmlinuz-(.+)$|modules/([^/]+)/vmlinuz$", vmlinuz[0])
     release_s = next(g for g in release.groups() if g) if release else abi
-    mods = ModuleSet()
-    for n, data in files.items():
-        if _is_module(n):
-            mods.files[module_key(n)] = decompress_module(n, data)
-        elif _is_builtin_list(n):
-            mods.builtin = {module_key(x) for x in data.decode().split()}
+    mods = _module_set(files)
     try:
         order = mods.closure(WANTED)
         elf, how = extract_vmlinux(files[vmlinuz[0]])
     except (InitramfsError, VmlinuxError) as e:
         raise FetchError(f"{suite} {release_s}: {e}") from None
-    kvm = mods.files.get("kvm", b"")
-    api = ("kvm_follow_pfn" if b"kvm_follow_pfn\x00" in kvm else
-           "__gfn_to_pfn_memslot" if b"__gfn_to_pfn_memslot\x00" in kvm else "?")
+    api = _pfn_api(mods.files.get("kvm", b""))
     busybox = _members(bb_deb, lambda n: n == "bin/busybox").get("bin/busybox")
     if busybox is None:
         raise FetchError(f"no bin/busybox in {bb_deb.name}")

@@ -70,16 +70,7 @@ class IvshmemBacking(Backing):
         if offset + n * k.PAGE > size:
             raise Unrealisable(f"the ivshmem BAR ({size >> 20} MiB) has no room for VMA #{slot}")
         rw = spec.prot == "rw"
-        for i in range(n):
-            pte = spec.ptes.get(i)
-            if pte is not None and not pte.present:
-                self.tainted[i] = "BAR PTEs are always present (no absent PTE with a fault handler)"
-            elif pte is not None and pte.page is not None:
-                self.tainted[i] = f"named frame {pte.page!r} cannot be placed at a chosen pfn"
-            elif pte is not None and rw and not pte.writable:
-                self.tainted[i] = "every BAR PTE is as writable as the VMA (no read-only PTE in a writable VMA)"
-            elif spec.frames != "none":
-                self.tainted[i] = f"BAR frames have no struct page (kind none), not {spec.frames}"
+        self._taint_bar_ptes(rw)
         fd = os.open(path, os.O_RDWR | os.O_SYNC | os.O_CLOEXEC)
         self.fds.append(fd)
         try:
@@ -91,6 +82,21 @@ class IvshmemBacking(Backing):
         ctypes.memset(self.addr, 0, self.length)
         if not rw:
             k.mprotect(self.addr, self.length, PROTS[spec.prot])
+
+
+    def _taint_bar_ptes(self, rw: bool) -> None:
+        """Taint the pages whose PTE or frame a BAR mapping cannot give."""
+        spec = self.spec
+        for i in range(spec.pages):
+            pte = spec.ptes.get(i)
+            if pte is not None and not pte.present:
+                self.tainted[i] = "BAR PTEs are always present (no absent PTE with a fault handler)"
+            elif pte is not None and pte.page is not None:
+                self.tainted[i] = f"named frame {pte.page!r} cannot be placed at a chosen pfn"
+            elif pte is not None and rw and not pte.writable:
+                self.tainted[i] = "every BAR PTE is as writable as the VMA (no read-only PTE in a writable VMA)"
+            elif spec.frames != "none":
+                self.tainted[i] = f"BAR frames have no struct page (kind none), not {spec.frames}"
 
 
 def install() -> str | None:

@@ -194,18 +194,60 @@ def check_name(name: str) -> str:
     return name
 
 
-def add_kernel(path: str, name: str | None = None, modules: str | None = None,
-               log: Callable[[str], None] = print) -> KernelEntry:
-    """Check, prepare and cache the kernel at ``path`` as ``qemu:<name>`` (replacing an earlier
-    ``add`` under that name)."""
-    src = Path(path).expanduser()
-    image_path = find_image(src)
+def _x86_64_vmlinux(image_path: Path) -> tuple[bytes, str]:
+    """The ELF vmlinux inside the image and how it was packed; an x86-64 kernel or AddError."""
     try:
         elf, how = extract_vmlinux(_read(image_path))
     except VmlinuxError as e:
         raise AddError(f"{image_path}: {e}") from None
     if not elf.startswith(ELF_MAGIC) or elf[4] != 2 or struct.unpack_from("<H", elf, 18)[0] != 62:
         raise AddError(f"{image_path}: not an x86-64 kernel image")
+    return elf, how
+
+
+def _check_needs(image_path: Path, elf: bytes, paths: dict[str, Path], builtin: set[str],
+                 mod_root: Path | None) -> None:
+    """What the guest needs of the kernel: its modules (built in or given), tracefs, a PVH entry."""
+    for what, needed in NEEDS:
+        lacking = [m for m in needed if m not in paths and m not in builtin]
+        if lacking:
+            where = f" nor in {mod_root}" if mod_root is not None else " (no --modules directory given)"
+            raise AddError(f"{image_path}: the kernel lacks {what}: {', '.join(lacking)} is neither built in{where}")
+    if b"trace_marker\x00" not in elf:
+        raise AddError(f"{image_path}: the kernel lacks tracefs (CONFIG_TRACING): its fault path cannot be traced")
+    if not has_pvh_entry(elf):
+        raise AddError(f"{image_path}: no PVH entry point (CONFIG_PVH): QEMU cannot boot the image directly")
+
+
+def _load_wanted(mods: ModuleSet, paths: dict[str, Path], builtin: set[str], release: str,
+                 mod_root: Path | None) -> None:
+    """Load the wanted modules and their dependencies only (a build tree has thousands), each
+    checked to be built for ``release``."""
+    def load(n: str) -> bytes:
+        data = decompress_module(paths[n].name, _read(paths[n]))
+        vm = modinfo(data).get("vermagic", "")
+        if vm.split(" ")[0] != release:
+            raise AddError(f"{paths[n]}: built for {vm.split(' ')[0] or '?'}, the image is {release}")
+        return data
+
+    todo = list(WANTED)
+    while todo:
+        n = todo.pop().replace("-", "_")
+        if n in mods.files or n in builtin:
+            continue
+        if n not in paths:
+            raise AddError(f"module {n} (a dependency of the guest's modules) is neither built in nor in {mod_root}")
+        mods.files[n] = load(n)
+        todo.extend(filter(None, modinfo(mods.files[n]).get("depends", "").split(",")))
+
+
+def add_kernel(path: str, name: str | None = None, modules: str | None = None,
+               log: Callable[[str], None] = print) -> KernelEntry:
+    """Check, prepare and cache the kernel at ``path`` as ``qemu:<name>`` (replacing an earlier
+    ``add`` under that name)."""
+    src = Path(path).expanduser()
+    image_path = find_image(src)
+    elf, how = _x86_64_vmlinux(image_path)
     release = elf_release(elf)
     name = check_name(name or f"{release.split('-')[0].split('+')[0]}-local")
     mod_root = Path(modules).expanduser() if modules else (src if src.is_dir() else None)
@@ -218,33 +260,8 @@ def add_kernel(path: str, name: str | None = None, modules: str | None = None,
             paths.setdefault(module_key(p.name), p)
     builtin = builtin_modules(elf, tree or mod_root)
     mods = ModuleSet(builtin=builtin | {"__builtin_marker__"})       # a list exists: lacks are errors
-    for what, needed in NEEDS:
-        lacking = [m for m in needed if m not in paths and m not in builtin]
-        if lacking:
-            where = f" nor in {mod_root}" if mod_root is not None else " (no --modules directory given)"
-            raise AddError(f"{image_path}: the kernel lacks {what}: {', '.join(lacking)} is neither built in{where}")
-    if b"trace_marker\x00" not in elf:
-        raise AddError(f"{image_path}: the kernel lacks tracefs (CONFIG_TRACING): its fault path cannot be traced")
-    if not has_pvh_entry(elf):
-        raise AddError(f"{image_path}: no PVH entry point (CONFIG_PVH): QEMU cannot boot the image directly")
-
-    def load(n: str) -> bytes:
-        data = decompress_module(paths[n].name, _read(paths[n]))
-        vm = modinfo(data).get("vermagic", "")
-        if vm.split(" ")[0] != release:
-            raise AddError(f"{paths[n]}: built for {vm.split(' ')[0] or '?'}, the image is {release}")
-        return data
-
-    # Load the wanted modules and their dependencies only (a build tree has thousands).
-    todo = list(WANTED)
-    while todo:
-        n = todo.pop().replace("-", "_")
-        if n in mods.files or n in builtin:
-            continue
-        if n not in paths:
-            raise AddError(f"module {n} (a dependency of the guest's modules) is neither built in nor in {mod_root}")
-        mods.files[n] = load(n)
-        todo.extend(filter(None, modinfo(mods.files[n]).get("depends", "").split(",")))
+    _check_needs(image_path, elf, paths, builtin, mod_root)
+    _load_wanted(mods, paths, builtin, release, mod_root)
     try:
         order = mods.closure(WANTED)
     except InitramfsError as e:
