@@ -259,8 +259,9 @@ def _same_prot(op: Op, mem: MemoryMap) -> bool:
 
 def _event_hvas(sc: Scenario, v: VmaSpec, kind: str, a: dict[str, Any]) -> tuple[int, int] | None:
     """The hva range whose mmu_notifier invalidation a host event runs, as the model's executor runs it
-    (``op_munmap``/``op_mprotect`` changing the protection: the whole VMA; ``op_madvise``, ``op_page_state``, ``op_pte``,
-    ``invalidate_begin``: the pages named); None when the event runs none (a refused or empty madvise)."""
+    (``op_munmap``/``op_mprotect`` changing the protection: the whole VMA; ``op_madvise``, ``op_page_state``,
+    ``op_pte``, ``invalidate_begin``: the pages named); None when the event runs none (a refused or empty
+    madvise)."""
     base = sc.vma_start(v)
     if kind in ("munmap", "mprotect"):
         return base, base + (v.pages << PAGE_SHIFT)
