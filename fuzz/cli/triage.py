@@ -15,7 +15,7 @@ from fuzz.cli.report import report_after
 from fuzz.corpus.seeds import REGRESSIONS
 from fuzz.inputs.codec import EncodeError, encode
 from fuzz.judging.artifacts import atomic_write, is_sidecar, load_corpus_entry, read_yaml_doc
-from fuzz.judging.judge import Judge, Judgement, Pair
+from fuzz.judging.judge import Judge, Judgement, Pair, pair_from_tag
 from fuzz.judging.rootcause import RootCauser
 from fuzz.triage import run as triage_run
 from fuzz.triage.cluster import HOST_RUNS, ArtifactError, JudgeCache, judge_artifact, load_artifact
@@ -118,7 +118,7 @@ def read_input(path: str, override: list[Pair] | None) -> Input:
         pairs = override
         if pairs is None:
             if tags.get("pairs"):
-                pairs = [tuple((p.split("~") + [""])[:2]) for p in tags["pairs"]]   # type: ignore[misc]
+                pairs = [pair_from_tag(p) for p in tags["pairs"]]
             elif tags.get("left"):
                 pairs = [(str(tags["left"]), str(tags.get("right") or ""))]
             else:

@@ -29,6 +29,12 @@ from oracles.pair import compare_pair
 Pair = tuple[str, str]          # (left, right); right == "" for a single-backend (invariant) check
 
 
+def pair_from_tag(text: str) -> Pair:
+    """A pair as a scenario's ``pairs`` tag writes it: ``left~right``, or ``left`` alone."""
+    parts = text.split("~") + [""]
+    return parts[0], parts[1]
+
+
 @dataclass
 class Judgement:
     traces: dict[str, Trace]

@@ -193,20 +193,20 @@ def _cluster_view(path: str, rec: dict[str, Any], cat: Catalogue) -> ClusterView
 def _rerun_view(sc: Scenario, rec: dict[str, Any], cat: Catalogue) -> tuple[dict[str, Any] | None, str]:
     """A triage output from before views were stored: re-run the reproducer where that is exact
     (simulated backends are deterministic); a real kernel's traces are not made up."""
-    from fuzz.judging.judge import Judge
+    from fuzz.judging.judge import Judge, pair_from_tag
     from fuzz.judging.rootcause import RootCauser
     from fuzz.triage.report import view
     tags = sc.tags or {}
-    pairs = [tuple((str(p).split("~") + [""])[:2]) for p in tags.get("pairs") or []]
+    pairs = [pair_from_tag(str(p)) for p in tags.get("pairs") or []]
     if not pairs or any(n and not n.startswith("sim:") for p in pairs for n in p):
         return None, "traces not stored with this triage output (a real-kernel cluster is not re-run)"
-    judge = Judge(pairs, cat)                                   # type: ignore[arg-type]
+    judge = Judge(pairs, cat)
     j = judge.judge(sc)
     d = j.find(rec["signature"])
     if d is None:
         return None, "the reproducer no longer shows its signature"
     cause = RootCauser(cat)(sc, d, j.unknown)                   # the quirks triage names: the cause's
-    return view(d, j.traces, pairs, cat, cause.quirks, cause.stated_rows), ""                                      # type: ignore[arg-type]
+    return view(d, j.traces, pairs, cat, cause.quirks, cause.stated_rows), ""
 
 
 # --- kernels compare ------------------------------------------------------------------------------------------
