@@ -149,9 +149,10 @@ def explain(d: Divergence, cat: Catalogue, needed: list[str] | None = None,
                 continue
             seen.add(q)
             if needed is not None and q in needed:
-                row = QUIRK_ROWS.get(q)
+                quirk_row = QUIRK_ROWS.get(q)
+                where = f"spec §4.3, row {quirk_row}" if quirk_row else "spec §4.3"
                 rows.insert(0, SpecRow(q, f"literal-sketch quirk {q} on {b}: without it the divergence disappears "
-                                          f"(spec §4.3{', row ' + row if row else ''}; a bug, never catalogued)"))
+                                          f"({where}; a bug, never catalogued)"))
             elif needed is None:
                 rows.append(SpecRow(q, f"literal-sketch quirk {q} is enabled on {b} "
                                        "(spec §4.3; a bug, never catalogued)"))
