@@ -15,10 +15,11 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
-# ruff, and the one direction of dependencies (import-linter contracts in pyproject.toml).
+# ruff (import order, complexity <= 10, lines <= 120), mypy, and the one direction of dependencies (import-linter contracts in pyproject.toml).
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports
+	$(BIN)/mypy
 
 # The real parts the tests run against (apt packages such as QEMU, Debian kernels): one list in
 # tools/real_parts.py, installed or fetched when missing; what cannot be set up makes its tests skip.

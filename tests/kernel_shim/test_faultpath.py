@@ -132,7 +132,10 @@ def test_corpus_fault_paths_agree_with_the_model_or_a_named_quirk(suite):
         bad = [d for d in divs if d.oracle == "diff:fault" and not d.known]
         assert not bad, f"{sc.name}: " + "; ".join(f"op {d.index} {d.left_obs} / {d.right_obs}" for d in bad)
         quirks |= {q.removeprefix("quirk:") for d in divs if d.oracle == "diff:fault" for q in d.explained.values()}
-    assert cov.fault_accesses >= 15 and cov.fault_fields > 6 * cov.fault_accesses, cov
+    # 6.1 cannot show map_writable (its return probe has no entry arguments): one field fewer an access
+    per_access_ok = (cov.fault_fields > 6 * cov.fault_accesses if map_writable
+                     else cov.fault_fields >= 6 * cov.fault_accesses)
+    assert cov.fault_accesses >= 15 and per_access_ok, cov
     assert quirks <= set(QUIRKS)
     assert "own-invalidation-retry" in quirks
     d01 = traces[[sc.name for sc in scs].index("d01-vmm-needs-io-access")]           # D1, seen in the kernel
