@@ -9,7 +9,9 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import threading
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -118,3 +120,27 @@ def find_kernel(name: str) -> KernelEntry | None:
 
 def _version_key(release: str) -> tuple[int, ...]:
     return tuple(int(x) for x in re.findall(r"\d+", release)[:4])
+
+
+def install_entry(tmp: Path, dest: Path, vmlinux: bytes, busybox: bytes, modules: dict[str, bytes],
+                  order: list[str], entry_at: Callable[[str], KernelEntry]) -> KernelEntry:
+    """Write a kernel's files into ``tmp`` (a directory beside ``dest``), record its manifest, then
+    move it to ``dest`` in one rename: a failed or interrupted install leaves the cache as it was.
+    The initramfs is built now, not at the first boot."""
+    try:
+        (tmp / "vmlinux").write_bytes(vmlinux)
+        (tmp / "busybox").write_bytes(busybox)
+        (tmp / "modules").mkdir()
+        for n in order:
+            (tmp / "modules" / f"{n}.ko").write_bytes(modules[n])
+        entry = entry_at(str(tmp))
+        entry.save()
+        if dest.exists():
+            shutil.rmtree(dest)
+        os.replace(tmp, dest)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    entry.directory = str(dest)
+    entry.initramfs                                     # noqa: B018 - built now, not at the first boot
+    return entry

@@ -8,7 +8,6 @@ per kernel release with a ``manifest.json``; a kernel already there is not fetch
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import subprocess
@@ -19,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .apt_private import AptError, PrivateApt
-from .cache import KernelEntry, generation_of, kernels_dir
+from .cache import KernelEntry, generation_of, install_entry, kernels_dir
 from .initramfs import WANTED, InitramfsError, ModuleSet, decompress_module, module_key
 from .vmlinux import VmlinuxError, extract_vmlinux
 
@@ -182,23 +181,9 @@ def prepare(suite: str, abi: str, pkgs: dict[str, str], debs: dict[str, Path], b
         raise FetchError(f"no bin/busybox in {bb_deb.name}")
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{abi}.", dir=dest.parent))
-    try:
-        (tmp / "vmlinux").write_bytes(elf)
-        (tmp / "busybox").write_bytes(busybox)
-        (tmp / "modules").mkdir()
-        for n in order:
-            (tmp / "modules" / f"{n}.ko").write_bytes(mods.files[n])
-        entry = KernelEntry(release_s, suite, pkgs, generation_of(release_s) or "?", api, order,
-                            f"busybox-static {bb_v}", str(tmp))
-        entry.save()
-        if dest.exists():
-            shutil.rmtree(dest)
-        os.replace(tmp, dest)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    entry.directory = str(dest)
-    entry.initramfs                                     # noqa: B018 - built now, not at the first boot
+    entry = install_entry(tmp, dest, elf, busybox, mods.files, order,
+                          lambda directory: KernelEntry(release_s, suite, pkgs, generation_of(release_s) or "?", api,
+                                                    order, f"busybox-static {bb_v}", directory))
     log(f"{suite}: {release_s} ready ({entry.generation}, kvm.ko has {api}; vmlinux was {how}; "
         f"{len(order)} modules: {' '.join(order)})")
     return entry

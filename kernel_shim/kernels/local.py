@@ -21,7 +21,7 @@ import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from .cache import KernelEntry, cached_kernels, kernels_dir
+from .cache import KernelEntry, cached_kernels, install_entry, kernels_dir
 from .initramfs import WANTED, InitramfsError, ModuleSet, decompress_module, modinfo, module_key
 from .vmlinux import ELF_MAGIC, VmlinuxError, extract_vmlinux
 
@@ -272,23 +272,9 @@ def add_kernel(path: str, name: str | None = None, modules: str | None = None,
     dest = kernels_dir() / f"local-{name}"
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".local-{name}.", dir=dest.parent))
-    try:
-        (tmp / "vmlinux").write_bytes(elf)
-        (tmp / "busybox").write_bytes(busybox)
-        (tmp / "modules").mkdir()
-        for n in order:
-            (tmp / "modules" / f"{n}.ko").write_bytes(mods.files[n])
-        entry = KernelEntry(release, "local", {"source": str(src.resolve())}, generation, symbol, order,
-                            bb_version, str(tmp), alias=name)
-        entry.save()
-        if dest.exists():
-            shutil.rmtree(dest)
-        os.replace(tmp, dest)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    entry.directory = str(dest)
-    entry.initramfs                                     # noqa: B018 - built now, not at the first boot
+    entry = install_entry(tmp, dest, elf, busybox, mods.files, order,
+                          lambda directory: KernelEntry(release, "local", {"source": str(src.resolve())}, generation,
+                                                    symbol, order, bb_version, directory, alias=name))
     log(f"qemu:{name}: Linux {release} ({generation}: its KVM has {symbol}; image was {how}; "
         f"{len(order)} modules: {' '.join(order) or 'all built in'})")
     return entry
