@@ -19,7 +19,10 @@ behaves differently from the original on any seed or campaign input is "equivale
 of the found share.  Targets: clusters-per-bug accuracy (found bugs with exactly one cluster of
 their own) >= 0.9, and >= 90 % of the non-equivalent bugs found within 60 s.
 
-    .venv/bin/python bench/triage_quality.py [--time 60] [--only m1,m3] [--keep DIR]
+Each feedback mode asked for (default: semantic and bytecode) runs every mixture, one mode after
+the other, and is reported on its own.
+
+    .venv/bin/python bench/triage_quality.py [--time 60] [--only m1,m3] [--keep DIR] [--feedback semantic]
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ from fuzz.campaigns.campaign import Campaign  # noqa: E402
 from fuzz.corpus.seeds import build_corpus  # noqa: E402
 from fuzz.inputs.codec import decode  # noqa: E402
 from fuzz.judging.judge import Judge  # noqa: E402
+from fuzz.targets.atheris_compat import FEEDBACK_ENV, FEEDBACK_MODES  # noqa: E402
 from fuzz.triage.run import Options  # noqa: E402
 from fuzz.triage.run import run as triage  # noqa: E402
 from kvmsim import load_scenario  # noqa: E402
@@ -233,29 +237,20 @@ def equivalent(b: Bug, corpus: str) -> bool:
     return True
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--time", type=int, default=60, help="seconds per mixture campaign")
-    ap.add_argument("--only", help="comma-separated mixtures (m1..m5)")
-    ap.add_argument("--keep", help="keep the campaigns and triages under this directory")
-    args = ap.parse_args()
-    tmp = args.keep or tempfile.mkdtemp(prefix="pfndiff-tq-")
-    os.makedirs(tmp, exist_ok=True)
-    build_corpus()
-    plugins = plant(BUGS, tmp)
-    os.environ[PLUGINS_ENV] = plugins
-    load_plugins(plugins)
-    chosen = args.only.split(",") if args.only else list(MIXTURES)
+def run_mixtures(chosen: list[str], seconds: int, tmp: str, feedback: str) -> list[Bug]:
+    """Campaign, triage and attribute each mixture in one feedback mode; the bugs, marked."""
+    os.environ[FEEDBACK_ENV] = feedback                     # the campaign's targets inherit it
     bugs: list[Bug] = []
-    t0 = time.time()
     for m in chosen:
         mix = MIXTURES[m]
+        for b in mix:                                       # a mode's results start from nothing
+            b.found, b.clusters, b.first_s, b.equivalent, b.shared = False, [], None, False, False
         bugs += mix
-        d = os.path.join(tmp, m)
+        d = os.path.join(tmp, feedback, m)
         shutil.rmtree(d, ignore_errors=True)
         pairs = [pair_of(b) for b in mix]
-        print(f"{m}: {', '.join(b.id + ' ' + b.backend for b in mix)}; {args.time}s", flush=True)
-        Campaign(pairs, args.time, 1, os.path.join(d, "corpus"), os.path.join(d, "artifacts"),
+        print(f"{m} [{feedback}]: {', '.join(b.id + ' ' + b.backend for b in mix)}; {seconds}s", flush=True)
+        Campaign(pairs, seconds, 1, os.path.join(d, "corpus"), os.path.join(d, "artifacts"),
                  [os.path.join(REPO, "corpus", "libfuzzer", "diff")], status_every=10**9, out=lambda s: None,
                  minimize=False).run()
         triage(Options([os.path.join(d, "artifacts")], os.path.join(d, "triage"), minimize=False,
@@ -264,7 +259,11 @@ def main() -> int:
         for b in mix:
             if not b.found:
                 b.equivalent = equivalent(b, os.path.join(d, "corpus"))
-    print(f"\n{'bug':<4} {'backend':<12} {'found':<5} {'clusters':>8} {'first@s':>8}  what")
+    return bugs
+
+
+def report(bugs: list[Bug], feedback: str) -> None:
+    print(f"\n[{feedback}]\n{'bug':<4} {'backend':<12} {'found':<5} {'clusters':>8} {'first@s':>8}  what")
     for b in bugs:
         first = f"{b.first_s:8.1f}" if b.first_s is not None else "       -"
         state = "yes" if b.found else ("equiv" if b.equivalent else "no")
@@ -275,13 +274,34 @@ def main() -> int:
     exact = [b for b in found if len(b.clusters) == 1 and not b.shared]
     in60 = [b for b in relevant if b.found and b.first_s is not None and b.first_s <= 60]
     acc = len(exact) / len(found) if found else 0.0
-    print(f"\nplanted {len(bugs)} bugs ({len(bugs) - len(relevant)} equivalent); found {len(found)}")
-    print(f"clusters-per-bug accuracy: {acc:.2f} ({len(exact)}/{len(found)} found bugs are exactly one cluster of "
-          f"their own; mean {sum(len(b.clusters) for b in found) / max(1, len(found)):.2f} clusters per found bug) "
-          f"[target >= 0.9]")
-    print(f"found within 60 s: {len(in60)}/{len(relevant)} non-equivalent bugs "
+    print(f"\n[{feedback}] planted {len(bugs)} bugs ({len(bugs) - len(relevant)} equivalent); found {len(found)}")
+    print(f"[{feedback}] clusters-per-bug accuracy: {acc:.2f} ({len(exact)}/{len(found)} found bugs are exactly one "
+          f"cluster of their own; mean {sum(len(b.clusters) for b in found) / max(1, len(found)):.2f} clusters per "
+          f"found bug) [target >= 0.9]")
+    print(f"[{feedback}] found within 60 s: {len(in60)}/{len(relevant)} non-equivalent bugs "
           f"({100 * len(in60) / max(1, len(relevant)):.0f} %) [target >= 90 %]")
-    print(f"wall time {time.time() - t0:.0f}s; load {os.getloadavg()[0]:.2f}; work in {tmp}")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--time", type=int, default=60, help="seconds per mixture campaign")
+    ap.add_argument("--only", help="comma-separated mixtures (m1..m5)")
+    ap.add_argument("--keep", help="keep the campaigns and triages under this directory")
+    ap.add_argument("--feedback", action="append", choices=FEEDBACK_MODES,
+                    help="feedback modes to measure, one after the other (repeatable; default: semantic and bytecode)")
+    args = ap.parse_args()
+    tmp = args.keep or tempfile.mkdtemp(prefix="pfndiff-tq-")
+    os.makedirs(tmp, exist_ok=True)
+    build_corpus()
+    plugins = plant(BUGS, tmp)
+    os.environ[PLUGINS_ENV] = plugins
+    load_plugins(plugins)
+    chosen = args.only.split(",") if args.only else list(MIXTURES)
+    print(f"load: {os.getloadavg()[0]:.2f} (1-min average, {os.cpu_count()} cores)")
+    t0 = time.time()
+    for mode in args.feedback or ["semantic", "bytecode"]:
+        report(run_mixtures(chosen, args.time, tmp, mode), mode)
+    print(f"\nwall time {time.time() - t0:.0f}s; load {os.getloadavg()[0]:.2f}; work in {tmp}")
     if not args.keep:
         shutil.rmtree(tmp, ignore_errors=True)
     return 0
