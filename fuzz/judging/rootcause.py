@@ -13,6 +13,12 @@ How a cause is found, in order:
                switched off one at a time and each quirk without which the divergence disappears
                is needed (ablation); the cause is that set (``S2``, ``S4+S5``).  A divergence that
                survives with every quirk off is not the sketch's bug and falls through.
+``variant``    a patched copy of a generation (``sim:g3-mine``) took part and the divergence
+               disappears with the generation's model (``sim:g3``) in its place: the cause is
+               where the copy departs from the model (the first op at which a function of the
+               generation returns or calls differently), whichever oracle, op or field showed it.
+               A divergence the model (or, for the literal sketch, its intended reading) shows
+               too is the model's: the kinds below name it by the model.
 ``decision``   two simulated generations: both are re-run with the functions of their generation
                modules recorded (name and class of the return value) during the divergent op;
                the cause is the innermost function both sides call whose results differ (the
@@ -32,6 +38,7 @@ The result is a :class:`RootCause` with a stable short ``id`` (``S2``, ``S4+S5``
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import sys
 from collections.abc import Callable
@@ -44,7 +51,7 @@ from kvmsim.backend import Backend
 from kvmsim.constants import ERRNO_NAMES, is_error_noslot_pfn, pfn_class
 from kvmsim.scenario import Scenario
 from kvmsim.trace import Trace
-from oracles.catalogue import Catalogue, family, load_catalogue
+from oracles.catalogue import FAMILIES, Catalogue, family, load_catalogue
 from oracles.diff import Divergence, check_invariants, compare
 from oracles.invariants import (
     INVARIANT_SPEC,
@@ -134,8 +141,10 @@ def quirk_cause(qs: list[str] | set[str]) -> RootCause:
 
 
 def _field_values(d: Divergence, f: str) -> str:
-    """How one field differs, as a signature renders it (value classes)."""
-    return make_signature("", "", "", "", f, d.left_obs.get(f), d.right_obs.get(f))
+    """How one field differs, as a signature renders it (value classes): both sides' values for a
+    pair difference (a single-trace signature would keep the left value alone, and a divergence
+    whose other side changed would pass for the same one)."""
+    return make_signature("", "", "~" if d.right else "", "", f, d.left_obs.get(f), d.right_obs.get(f))
 
 
 # --- recording the decisions of one op -------------------------------------------------------------------
@@ -184,29 +193,55 @@ def record_calls(backend: Backend, sc: Scenario, index: int) -> list[Call]:
     """Every generation-module function that returned while op ``index`` ran, innermost first
     (return order), with the class of its return value and the functions it called."""
     mods = generation_modules(backend)
-    out: list[Call] = []
-    stack: list[list[str]] = []
-    state = {"active": False}
+    return _record(backend, sc, mods.__contains__, mods.__contains__, index).get(index, [])
+
+
+def record_op_calls(backend: Backend, sc: Scenario) -> dict[int, list[Call]]:
+    """Per op index, every generation-module function that returned while the op ran, with what it
+    called anywhere in the model (a ``put_page`` in the page database, through helpers too): a patched
+    copy of a generation and its original run the same code but where the patch is, so the first
+    function whose results or callees differ is the changed decision."""
+    return _record(backend, sc, generation_modules(backend).__contains__, _model_module, None)
+
+
+def _model_module(name: str) -> bool:
+    return name.startswith("kvmsim.") and not name.startswith(_NOT_DECISIONS)
+
+
+# the executor's bookkeeping, the trace and the scenario format: what the model records, not what it decides
+_NOT_DECISIONS = ("kvmsim.executor", "kvmsim.trace", "kvmsim.scenario", "kvmsim.fault_record", "kvmsim.backend",
+                  "kvmsim.sim_backend", "kvmsim.yamlsrc")
+
+
+def _record(backend: Backend, sc: Scenario, wanted: Callable[[str], bool], seen: Callable[[str], bool],
+            index: int | None) -> dict[int, list[Call]]:
+    """Run ``sc`` on ``backend`` recording, per op (only op ``index`` if given), the functions of the
+    ``wanted`` modules that returned, innermost first, with the functions of the ``seen`` modules they
+    called (through functions that are not ``wanted`` too)."""
+    out: dict[int, list[Call]] = {}
+    stack: list[tuple[bool, list[str]]] = []
+    state: dict[str, Any] = {"op": None}
 
     def prof(frame: Any, event: str, arg: Any) -> None:
         code = frame.f_code
-        if code.co_name == "step" and frame.f_globals.get("__name__") == "kvmsim.executor":
-            if event == "call":
-                state["active"] = frame.f_locals.get("i") == index
-                stack.clear()
-            elif event == "return":
-                state["active"] = False
+        module = frame.f_globals.get("__name__", "")
+        if code.co_name == "step" and module == "kvmsim.executor":
+            _track_op(frame, event, state, stack, index)
             return
-        if not state["active"] or frame.f_globals.get("__name__") not in mods or code.co_name.startswith("<"):
+        if state["op"] is None or code.co_name.startswith("<") or not (wanted(module) or seen(module)):
             return
         if event == "call":
             if stack:
-                stack[-1].append(code.co_name)
-            stack.append([])
+                stack[-1][1].append(code.co_name)
+            stack.append((wanted(module), []))
         elif event == "return" and stack:
-            callees = stack.pop()
-            out.append((code.co_name, ret_class(arg) + _out_params(frame),
-                        tuple(dict.fromkeys(c for c in callees if c not in _SKIP))))
+            emit, callees = stack.pop()
+            if not emit:
+                if stack:
+                    stack[-1][1].extend(callees)
+                return
+            out.setdefault(state["op"], []).append((code.co_name, ret_class(arg) + _out_params(frame),
+                                                    tuple(dict.fromkeys(c for c in callees if c not in _SKIP))))
 
     old = sys.getprofile()
     sys.setprofile(prof)
@@ -217,6 +252,16 @@ def record_calls(backend: Backend, sc: Scenario, index: int) -> list[Call]:
     finally:
         sys.setprofile(old)
     return out
+
+
+def _track_op(frame: Any, event: str, state: dict[str, Any], stack: list[Any], index: int | None) -> None:
+    """The executor's ``step(i, op)`` starts and ends an op: record it if it is the one wanted."""
+    if event == "call":
+        i = frame.f_locals.get("i")
+        state["op"] = i if index is None or i == index else None
+        stack.clear()
+    elif event == "return":
+        state["op"] = None
 
 
 _SKIP = {"__init__", "__post_init__", "release", "nothing"}
@@ -273,6 +318,25 @@ def parting_decision(left: list[Call], right: list[Call]) -> tuple[str, str, str
     return None
 
 
+def first_departure(variant: dict[int, list[Call]], original: dict[int, list[Call]]) -> tuple[int, str] | None:
+    """The first op at which a patched copy parts ways with its original, and the function there."""
+    for i in sorted(variant.keys() | original.keys()):
+        found = parting_decision(variant.get(i, []), original.get(i, []))
+        if found is not None:
+            return i, found[0]
+    return None
+
+
+def reference_of(backend: str) -> str | None:
+    """The model a backend is a variant of: ``sim:g2f-mine`` (a patched copy of a generation,
+    registered as a plugin) -> ``sim:g2f``; None for the generations themselves and the literal
+    sketch (whose reference is its intended reading, found by quirk ablation)."""
+    if not backend.startswith("sim:") or backend.startswith(LITERAL):
+        return None
+    fam = family(backend)
+    return f"sim:{fam}" if backend != f"sim:{fam}" and fam in FAMILIES else None
+
+
 # --- the analysis ---------------------------------------------------------------------------------------
 
 @dataclass
@@ -280,6 +344,8 @@ class RootCauser:
     """Computes root causes; backends are created once and reused."""
     catalogue: Catalogue | None = None
     backends: dict[str, Backend] = field(default_factory=dict)
+    _departures: dict[tuple[str, str, int], tuple[Scenario, tuple[int, str] | None]] = \
+        field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
         if self.catalogue is None:
@@ -355,9 +421,13 @@ class RootCauser:
                                  if self.catalogue and e.split(" (")[0] in self.catalogue.by_id}))
             return make("known", f"known {ids}", f"catalogued ({ids}): an intended behaviour change", spec,
                         f"{family(d.left)}~{family(d.right)}" if d.right else family(d.left))
+        patched = self.variant_cause(sc, d)
+        if patched is not None:
+            return patched
         qs = self.quirks_needed(sc, d)
         if qs:
             return quirk_cause(qs)           # the literal sketch's bugs also hide expected divergences
+        d = self._as_models(d)               # it shows on the models too: theirs, whichever copy showed it
         if d.oracle.startswith("missing:"):
             eid = d.oracle.split(":", 1)[1]
             e = self.catalogue.by_id.get(eid) if self.catalogue else None
@@ -371,9 +441,51 @@ class RootCauser:
             return self._invariant(d)
         return self._decision(sc, d)
 
+    def variant_cause(self, sc: Scenario, d: Divergence) -> RootCause | None:
+        """A patched copy of a generation took part and the divergence disappears when it is replaced by
+        the generation's model: the cause is where the copy departs from the model (the first op at
+        which their decisions differ, and the function there), whichever oracle, op or field shows it.
+        Comparing the copy with the other generation would mix the change in with every intended
+        difference between the generations."""
+        for name in dict.fromkeys(n for n in (d.left, d.right) if n):
+            ref = reference_of(name)
+            if ref is None or d.oracle == "exception" or self._shows(sc, d, name, ref):
+                continue
+            where = self._departure(name, ref, sc)
+            if where is None:
+                continue
+            fam, short = family(ref), _short(name)
+            return make("variant", f"variant {short} {where[1]}",
+                        f"{short} departs from {fam} in {where[1]}: the change of {fam}'s decision", (), short)
+        return None
+
+    def _departure(self, name: str, ref: str, sc: Scenario) -> tuple[int, str] | None:
+        """Where ``name`` first departs from ``ref`` on ``sc`` (one analysis per copy and scenario)."""
+        key = (name, ref, id(sc))
+        hit = self._departures.get(key)
+        if hit is None or hit[0] is not sc:
+            if len(self._departures) >= 256:         # a campaign's causer lives long: keep the recent ones
+                self._departures.clear()
+            found = first_departure(record_op_calls(self.backend(name), sc), record_op_calls(self.backend(ref), sc))
+            hit = self._departures[key] = (sc, found)
+        return hit[1]
+
+    def _as_models(self, d: Divergence) -> Divergence:
+        """The divergence with each backend named by the model that shows it too: a patched copy's
+        divergence that its generation's model shows is the model's, and one of the literal sketch that
+        survives the intended reading is ``sim:g2s``'s (so every copy and quirk subset is one cause)."""
+        def model(n: str) -> str:
+            if n.startswith(LITERAL):
+                return "sim:g2s"
+            return reference_of(n) or n
+        left, right = model(d.left), model(d.right) if d.right else d.right
+        if (left, right) == (d.left, d.right) or left == right:
+            return d
+        return dataclasses.replace(d, left=left, right=right)
+
     def _invariant(self, d: Divergence) -> RootCause:
-        # the backend itself, not its family (as for decisions): a patched copy of a generation
-        # breaks rules in its own places; a simulated generation's name is its family
+        # the backend itself, not its family (as for decisions): a simulated generation's name is its
+        # family, and what a patched copy or the literal sketch shows here its model shows too (_as_models)
         fam = _short(d.left) if d.left.startswith("sim:") else family(d.left)
         v = d.left_obs.get(d.field)
         # an invariant some op classes break through different fields is one violation: keyed by
@@ -409,8 +521,8 @@ class RootCauser:
         return _most_severe(only) if only else None
 
     def _decision(self, sc: Scenario, d: Divergence) -> RootCause:
-        # the backends themselves, not their families: two different implementations of one
-        # generation (a patched copy, a real kernel) part ways in their own places
+        # the backends themselves, not their families: two implementations of one generation (a real
+        # kernel and the model) part ways in their own places; a copy's own changes are variant causes
         fams = f"{_short(d.left)}~{_short(d.right)}"
         site = self._event_site(d)
         if site is not None:

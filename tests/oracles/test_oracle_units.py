@@ -284,3 +284,23 @@ ops:
     missing = [d for d in divs if d.oracle.startswith("missing:")]
     assert [d.oracle for d in missing] == ["missing:D3-test"] and not missing[0].known
     assert missing[0].signature == "missing:D3 sim:g1~sim:g3 lookup[ref] api.result pfn>pfn"
+
+
+def test_d15_asserts_its_own_clause_and_d6_the_other():
+    """D15 (v11, write through a read-only remapped PTE): FAULT when the frame has a struct page and the
+    caller disallows non-refcounted pages (an unguarded lookup), even with allow_unsafe_mappings; without
+    it, D6's refusal is the same FAULT and D6-lookup-g2f-ro-pte asserts it."""
+    from kvmsim.scenario import OP_SCHEMAS
+    cat = load_catalogue()
+    args = {f.name: f.default for f in OP_SCHEMAS["lookup"]}
+    args.update(write=True)
+    ctx = {"ctx.vma": "remapped", "ctx.pte_writable": False, "ctx.pte_present": True, "ctx.slot": "rw",
+           "ctx.frame": "normal", "ctx.signal": "none", "ctx.lock_contended": False}
+    same = ({"api.result": "ERR_RO_FAULT"}, {"api.result": "ERR_RO_FAULT"})
+    for unsafe, entry in ((True, "D15"), (False, "D6-lookup-g2f-ro-pte")):
+        found = cat.missing("lookup", ("g2f", "g1"), same, args, {**ctx, "ctx.allow_unsafe_mappings": unsafe})
+        assert [e.id for e, _ in found] == [entry]
+    guarded = {**args, "guarded": True}
+    assert not cat.missing("lookup", ("g2f", "g1"), same, guarded, {**ctx, "ctx.allow_unsafe_mappings": True})
+    reserved = {**ctx, "ctx.frame": "reserved", "ctx.allow_unsafe_mappings": True}
+    assert not cat.missing("lookup", ("g2f", "g1"), same, args, reserved)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from fuzz.judging.judge import Judge
@@ -162,3 +164,52 @@ def test_cause_ids_do_not_depend_on_hash_randomisation(causer):
     j = Judge([("sim:g2f", "sim:g3")]).judge(sc)
     c, parts = crash.crash_parts(sc, crash.primary(j.divs), causer, j.divs)
     assert seen == {json.dumps([c.id, crash.crash_state(parts)]) + "\n"}
+
+
+def test_quirk_ablation_compares_both_sides(causer):
+    # a guarded no-reference lookup at sequence 0 under a fatal signal: G2's slow GUP says SIGPENDING,
+    # the literal sketch fails it first (S2); its intended reading resolves the page through fast GUP
+    # (pfn), which is not the same difference, so the cause is S2, not a decision of the intended sketch
+    sc = loads_scenario(RAM + "- gfn_to_page: {gfn: 0x100}\n- signal: {kind: fatal}\n"
+                        "- lookup: {gfn: 0x100, want_ref: false, guarded: true, try_writable: false}\n", "t.yaml")
+    d = next(x for x in Judge([("sim:g2", "sim:g2s-literal")]).judge(sc).unknown if x.index == 2)
+    assert d.left_obs["api.result"] == "ERR_SIGPENDING" and d.right_obs["api.result"] == "ERR_FAULT"
+    assert causer(sc, d).id == "S2"
+
+
+G2F_PUT = "    if not kfp.flags & FOLL_GET:\n        w.db.put(pg)"
+
+
+@pytest.fixture(scope="module")
+def patched_g2f(tmp_path_factory):
+    """A copy of G2f that keeps the reference a no-reference caller did not want and drops the one a
+    FOLL_GET caller did, registered as a plugin backend as a developer's patched generation would be."""
+    import json
+
+    from kvmsim.backend import load_plugins
+    with open(os.path.join(ROOT, "kvmsim", "g2f_posted.py"), encoding="utf-8") as fh:
+        src = fh.read()
+    assert src.count(G2F_PUT) == 1
+    d = tmp_path_factory.mktemp("patched")
+    (d / "g2f_put.py").write_text(src.replace(G2F_PUT, G2F_PUT.replace("if not", "if")), encoding="utf-8")
+    (d / "plugins.json").write_text(json.dumps([{"backend": "sim:g2f-put", "module": "kvmsim._test_g2f_put",
+                                                 "file": str(d / "g2f_put.py"), "class": "G2fPosted"}]))
+    load_plugins(str(d / "plugins.json"))
+    return "sim:g2f-put"
+
+
+def test_a_patched_copy_is_one_cause_where_it_departs_from_its_model(causer, patched_g2f):
+    causes = set()
+    for ops in ("- lookup: {gfn: 0x100}\n",                                         # a reference too few
+                "- lookup: {gfn: 0x100, want_ref: false, guarded: true}\n",         # one kept
+                "- access: {gpa: 0x100000}\n"):
+        sc = loads_scenario(RAM + ops, "t.yaml")
+        j = Judge([(patched_g2f, "sim:g3")]).judge(sc)
+        assert j.unknown
+        causes |= {causer(sc, d, j.unknown).key for d in j.unknown}
+    assert causes == {"variant g2f-put refcounted"}
+    # what the model shows as well is the model's, named by it: G2f's D12b, whichever copy showed it
+    sc = loads_scenario(D12B_INPUTS[0], "t.yaml")
+    j, model = (Judge([(b, "sim:g3")]).judge(sc) for b in (patched_g2f, "sim:g2f"))
+    c = causer(sc, j.unknown[0], j.unknown)
+    assert c == causer(sc, model.unknown[0], model.unknown) and c.kind == "invariant" and c.pair == "g2f"
