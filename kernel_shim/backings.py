@@ -6,7 +6,7 @@
 | ``shared: true`` | ``MAP_SHARED`` of a memfd |
 | ``host_level: 2m`` | ``MAP_HUGETLB`` (2 MiB hugetlb pages; needs a reserved pool) |
 | ``prot: r|none`` | the same, ``mprotect``-ed after the initial page states are realised |
-| ``remap: pfnmap|io`` | one single-page perf-event ring buffer per page (``VM_IO|VM_PFNMAP``) |
+| ``remap: pfnmap|io`` | perf-event ring buffers (``VM_IO|VM_PFNMAP``, 4 KiB PTEs: not ``host_level: 2m``) |
 
 Page states are made real by touching pages (``present_rw``: write, ``present_ro``: read), by
 leaving them alone (``unpopulated``), through the page cache (``resident``, shared only) or as
@@ -139,6 +139,8 @@ class Backing:
         self.kind = "pfnmap"
         spec = self.spec
         n = spec.pages
+        if spec.host_level == "2m":
+            raise Unrealisable("no 2 MiB VM_PFNMAP source on this host (perf ring buffers have 4 KiB PTEs)")
         if n > MAX_PFNMAP_PAGES:
             raise Unrealisable(f"pfnmap VMAs are limited to {MAX_PFNMAP_PAGES} pages (one perf event per run)")
         rw = spec.prot == "rw"

@@ -19,12 +19,12 @@ from pathlib import Path
 
 from .apt_private import AptError, PrivateApt
 from .cache import KernelEntry, generation_of, install_entry, kernels_dir
-from .initramfs import WANTED, InitramfsError, ModuleSet, decompress_module, module_key
+from .initramfs import OPTIONAL, InitramfsError, ModuleSet, decompress_module, module_key
 from .vmlinux import VmlinuxError, extract_vmlinux
 
-# Only modules under these trees are kept while reading a package (the WANTED closure lives here).
-MODULE_TREES = ("arch/x86/", "virt/", "drivers/crypto/", "drivers/virtio/", "drivers/char/", "fs/", "net/9p/",
-                "lib/", "crypto/", "mm/")
+# Only modules under these trees are kept while reading a package (the guest's modules live here).
+MODULE_TREES = ("arch/x86/", "virt/", "drivers/crypto/", "drivers/virtio/", "drivers/char/", "drivers/vfio/", "fs/",
+                "net/9p/", "lib/", "crypto/", "mm/")
 
 
 @dataclass(frozen=True)
@@ -135,7 +135,8 @@ def fetch_suite(suite: str, log: Callable[[str], None] = print, update: bool = T
 def _cached(dest: Path, pkgs: dict[str, str]) -> KernelEntry | None:
     from .cache import cached_kernels
     for e in cached_kernels():
-        if Path(e.directory) == dest and e.packages == pkgs:
+        # prepared before the optional modules were taken (a Debian package has them): again
+        if Path(e.directory) == dest and e.packages == pkgs and set(OPTIONAL) <= set(e.modules):
             return e
     return None
 
@@ -171,7 +172,7 @@ def prepare(suite: str, abi: str, pkgs: dict[str, str], debs: dict[str, Path], b
     release_s = next(g for g in release.groups() if g) if release else abi
     mods = _module_set(files)
     try:
-        order = mods.closure(WANTED)
+        order = mods.guest_modules()
         elf, how = extract_vmlinux(files[vmlinuz[0]])
     except (InitramfsError, VmlinuxError) as e:
         raise FetchError(f"{suite} {release_s}: {e}") from None

@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 
 # The modules the guest needs; their dependencies are added from each module's .modinfo.
 WANTED = ["kvm_amd", "9p", "9pnet_virtio", "virtio_pci", "virtio_console"]
+# Loaded where the package has them: vfio-pci maps the BAR of 2 MiB PFNMAP VMAs (guest_vfio).
+OPTIONAL = ["vfio_pci", "vfio_iommu_type1"]
 
 INIT = r"""#!/bin/busybox sh
 B=/bin/busybox
@@ -120,6 +122,12 @@ class ModuleSet:
         for w in wanted:
             visit(w, ())
         return order
+
+    def guest_modules(self) -> list[str]:
+        """``WANTED`` and those of ``OPTIONAL`` the package has, with dependencies, in load order."""
+        order = self.closure(WANTED)
+        extra = [m for m in OPTIONAL if m in self.files or m in self.builtin]
+        return order + [m for m in self.closure(extra) if m not in order]
 
 
 def _cpio_entry(name: str, mode: int, data: bytes = b"", ino: int = 1) -> bytes:

@@ -28,12 +28,12 @@ from kernel_shim.worker import read_msg, write_msg
 from kvmsim.checkout import ROOT
 
 from .cache import KernelEntry
+from .guest_pfnmap import HUGE_IVSHMEM_MIB, IVSHMEM_MIB
 
 REPO = ROOT
 QEMU = "qemu-system-x86_64"
 INSTALL_HINT = "install it with: apt-get install qemu-system-x86"
 BOOT_TIMEOUT = 90.0
-IVSHMEM_MIB = 16
 SERIAL_KEEP = 16_000
 
 
@@ -83,23 +83,31 @@ class QemuSession:
         for what, p in (("python", py), ("checkout", repo), ("site-packages", path)):
             if any(c.isspace() for c in p):
                 raise QemuError(f"the {what} path {p!r} contains white space (it goes on the kernel command line)")
+        # intel_iommu=on: the emulated VT-d gives the second ivshmem device an IOMMU group, so
+        # vfio-pci can map its BAR (guest_vfio; Debian has no CONFIG_VFIO_NOIOMMU); iommu=pt keeps
+        # the other devices' DMA untranslated.
         append = (f"console=ttyS0 panic=-1 loglevel=4 printk.time=1 nokaslr mitigations=off "
+                  f"intel_iommu=on iommu=pt "
                   f"pfndiff.py={py} pfndiff.repo={repo} pfndiff.path={path} "
                   f"pfndiff.flags={','.join(self.python_flags)}")
         if os.environ.get("PFNDIFF_FAULTPATH", "1") == "0":
             append += " pfndiff.faultpath=0"                 # no fault-path tracing in the guest
         # phys-bits=48: the shim's guests use GPAs up to 2^48 (as on a real host); TCG's default
         # of 40 would make such accesses fault inside the L2 guest (a triple fault, SHUTDOWN).
-        return [QEMU, "-accel", "tcg", "-cpu", "max,phys-bits=48", "-m", str(self.memory_mib), "-smp", "1",
+        return [QEMU, "-accel", "tcg", "-machine", "q35", "-cpu", "max,phys-bits=48", "-m", str(self.memory_mib),
+                "-smp", "1",
                 "-nodefaults", "-display", "none", "-monitor", "none", "-no-reboot", "-net", "none",
                 "-serial", f"file:{self.console_path}",
+                "-device", "intel-iommu",                   # before the PCI devices it translates
                 "-kernel", str(self.kernel.vmlinux), "-initrd", str(self.kernel.initramfs), "-append", append,
                 "-virtfs", "local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap",
                 "-device", "virtio-serial-pci,id=vser",
                 "-chardev", f"socket,id=ctl,path={os.path.join(self.tmp, 'ctl.sock')},server=on,wait=on",
                 "-device", "virtserialport,bus=vser.0,chardev=ctl,name=pfndiff.ctl",
                 "-object", f"memory-backend-memfd,id=ivmem,size={IVSHMEM_MIB}M,share=on",
-                "-device", "ivshmem-plain,memdev=ivmem"]
+                "-device", "ivshmem-plain,memdev=ivmem",
+                "-object", f"memory-backend-memfd,id=ivhuge,size={HUGE_IVSHMEM_MIB}M,share=on",
+                "-device", "ivshmem-plain,memdev=ivhuge"]
 
     # --- life cycle ----------------------------------------------------------------------------
     def start(self) -> dict[str, Any]:

@@ -59,6 +59,25 @@ def test_modules_come_after_their_dependencies_and_builtins_are_left_out():
     assert modinfo(mods.files["kvm_amd"])["depends"] == "kvm,ccp"
 
 
+def test_vfio_modules_are_loaded_where_the_package_has_them():
+    base = {"kvm_amd": _ko("kvm"), "kvm": _ko(""), "9p": _ko(""), "9pnet_virtio": _ko("")}
+    builtin = {"virtio_pci", "virtio_console"}
+    assert "vfio_pci" not in ModuleSet(dict(base), builtin=builtin).guest_modules()
+    vfio = {"vfio": _ko("irqbypass"), "irqbypass": _ko(""), "vfio_pci_core": _ko("vfio"),
+            "vfio_pci": _ko("vfio_pci_core,vfio"), "vfio_iommu_type1": _ko("vfio")}
+    order = ModuleSet(base | vfio, builtin=builtin).guest_modules()
+    assert order[:2] == ["kvm", "kvm_amd"]
+    assert order.index("vfio") < order.index("vfio_pci_core") < order.index("vfio_pci")
+    assert "vfio_iommu_type1" in order and len(order) == len(set(order))
+
+
+def test_vfio_ioctl_numbers_match_the_uapi_header():
+    from kernel_shim.kernels import guest_vfio as v
+    # include/uapi/linux/vfio.h: _IO(';', 100 + n)
+    assert (v.VFIO_SET_IOMMU, v.VFIO_GROUP_GET_STATUS, v.VFIO_GROUP_SET_CONTAINER) == (0x3B66, 0x3B67, 0x3B68)
+    assert (v.VFIO_GROUP_GET_DEVICE_FD, v.VFIO_DEVICE_GET_REGION_INFO) == (0x3B6A, 0x3B6C)
+
+
 def test_a_missing_module_is_named():
     mods = ModuleSet({"kvm_amd": _ko("kvm")}, builtin={"other"})
     with pytest.raises(InitramfsError, match="module kvm .needed by kvm_amd"):
