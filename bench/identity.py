@@ -3,8 +3,9 @@
 meant to make the check cheaper can be shown to change nothing it computes: run it before the
 change with ``--write``, after it with ``--against``.  Inputs are the seed corpus and seeded
 random mutations of it (flips, inserts, deletes, splices, random tails), the kinds of bytes
-libFuzzer feeds the target.  Each digest covers the decoded scenario, every trace, every
-divergence (in the order found), what each pair compared and the semantic features.  Not part of
+libFuzzer feeds the target, judged by the campaign's checker.  Each digest covers the decoded
+scenario, every trace, every divergence (in the order found), what each pair compared and the
+semantic features; a last one the signatures counted, with their first inputs and root causes.  Not part of
 the test run.
 
     .venv/bin/python bench/identity.py --n 20000 --write before.txt
@@ -20,7 +21,6 @@ import random
 import sys
 
 from fuzz.corpus.seeds import OUT, build_corpus
-from fuzz.inputs.codec import decode
 from fuzz.judging.engine import Checker, parse_pairs
 from fuzz.judging.judge import Judgement
 from fuzz.targets.diff_target import semantic_observer
@@ -82,16 +82,23 @@ class _Features:
 
 
 def run(pairs: str, data: list[bytes]) -> list[str]:
-    checker = Checker(parse_pairs(pairs), None, memo_size=0)
+    """One digest per input as the campaign's checker sees it (its memos on), then one of the
+    signatures it counted."""
+    checker = Checker(parse_pairs(pairs), None)
     feats = _Features()
-    observe = semantic_observer(feats)      # type: ignore[arg-type]
-    out = []
-    for d in data:
-        sc = decode(d)
-        j = checker.judgement(sc)
+    features = semantic_observer(feats)      # type: ignore[arg-type]
+    out: list[str] = []
+
+    def observe(sc: Scenario, j: Judgement) -> None:
         feats.got = []
-        observe(sc, j)
+        features(sc, j)
         out.append(digest(sc, j, feats.got))
+
+    checker.observe = observe
+    for d in data:
+        checker.check(d)
+    out.append(hashlib.sha1(repr(sorted((s, st.count, st.first_exec, st.first_input, st.known, st.cause)
+                                        for s, st in checker.stats.items())).encode()).hexdigest())
     return out
 
 

@@ -53,7 +53,7 @@ from kvmsim.scenario import (
     SlotSpec,
     VmaSpec,
     WorldSpec,
-    validate,
+    valid_ops,
 )
 from kvmsim.scenario.vocabulary import HANDLERS, PAGE_KINDS, ZERO
 from kvmsim.yamlsrc import ScenarioError
@@ -211,30 +211,57 @@ class _State:
 
 def decode(data: bytes) -> Scenario:
     """Any byte string -> a valid, bounded scenario.  Never raises."""
+    return parse(data).scenario()
+
+
+@dataclass
+class Parsed:
+    """A byte string read into records, before the scenario is built and repaired.  ``key``
+    determines the scenario: the bytes of every record that was kept (in order), the names
+    record, the version, and the two flags that decide the default world.  Why: two inputs with
+    one key decode to equal scenarios, so a caller that remembers what it did with a key can skip
+    building, repairing and comparing the scenario (most mutations only touch skipped bytes)."""
+    key: tuple
+    state: _State
+
+    def scenario(self) -> Scenario:
+        st = self.state
+        world = st.world
+        if not st.structural and not st.empty_marker:
+            dw = default_world()
+            world.pages, world.vmas, world.memslots = dw.pages, dw.vmas, dw.memslots
+        if st.names is not None:
+            st.name, st.description = st.names[0], st.names[1]
+        return _repair(Scenario(world, st.ops, name=st.name, description=st.description, file="<bytes>"))
+
+
+def parse(data: bytes) -> Parsed:
+    """Read every record of ``data`` (``decode`` without building the scenario).  Never raises."""
     r = _Reader(data)
     version = r.byte() if r.n else VERSION
     st = _State(WorldSpec(), [], version=1 if version == 1 else VERSION)   # unknown: the current one
     if st.version >= 2 and r.pos < r.n and data[r.pos] == OP_NAMES:
         r.byte()
         st.names = _names_record(r, data)
-    while r.pos < r.n:
-        code = r.byte()
-        handler = _RECORDS.get(code)
+    kept: list[bytes] = []
+    records, layouts, n = _RECORDS, OP_LAYOUTS, r.n
+    while r.pos < n:
+        start = r.pos
+        code = data[start]
+        r.pos = start + 1
+        handler = records.get(code)
         try:
             if handler is not None:
                 handler(r, st)
-            elif code in OP_LAYOUTS:
+            elif code in layouts:
                 _op_record(r, st, code)
+            else:
+                continue                                  # unknown opcode: one byte skipped
         except _Drop:
-            pass
-    world = st.world
-    if not st.structural and not st.empty_marker:
-        dw = default_world()
-        world.pages, world.vmas, world.memslots = dw.pages, dw.vmas, dw.memslots
-    if st.names is not None:
-        st.name, st.description = st.names[0], st.names[1]
-    sc = Scenario(world, st.ops, name=st.name, description=st.description, file="<bytes>")
-    return _repair(sc)
+            continue
+        kept.append(data[start:r.pos])
+    names = None if st.names is None else tuple(st.names)
+    return Parsed((st.version, names, st.structural, st.empty_marker, tuple(kept)), st)
 
 
 # --- names: never from mutated bytes ------------------------------------------------------------
@@ -296,22 +323,15 @@ def _printable(s: str) -> str:
 
 
 def _repair(sc: Scenario) -> Scenario:
-    """The final safety net: ``validate`` names the first bad op by its line; drop it and retry.
-    The record checks above make this rare; a world error (line 0) leaves an empty scenario."""
+    """The final safety net: drop every op ``validate`` rejects (``valid_ops``: each op checked
+    once against the ops kept before it).  The record checks above make this rare; a world error
+    leaves an empty scenario."""
     for i, op in enumerate(sc.ops):
         op.line = i + 1
-    while True:
-        try:
-            validate(sc)
-            break
-        except ScenarioError as e:
-            if 0 < e.line <= len(sc.ops):
-                del sc.ops[e.line - 1]
-                for i, op in enumerate(sc.ops):
-                    op.line = i + 1
-            else:
-                sc = Scenario(WorldSpec(), [], file="<bytes>")
-                break
+    try:
+        sc.ops = valid_ops(sc)
+    except ScenarioError:
+        return Scenario(WorldSpec(), [], file="<bytes>")
     for op in sc.ops:
         op.line = 0
     return sc

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fuzz.inputs.codec import VERSION as CODEC_VERSION
-from fuzz.inputs.codec import decode
+from fuzz.inputs.codec import parse
 from fuzz.judging import artifacts as art
 from fuzz.judging import crash as crash_mode
 from fuzz.judging.judge import Judge, Judgement, spec_ids
@@ -90,6 +90,7 @@ class Checker:
         self.backends = {n: self.judge.backends[n] for n in self.order}
         self.causer = RootCauser(self.catalogue, dict(self.backends))
         self._memo: dict[str, Judgement] = {}
+        self._by_records: dict[tuple, tuple[Scenario, Judgement]] = {}
 
     def judgement(self, sc: Scenario) -> Judgement:
         """The judgement of ``sc``, remembered for the last ``memo_size`` distinct scenarios.  Why:
@@ -108,12 +109,29 @@ class Checker:
             self._memo[key] = j
         return j
 
+    def decoded(self, data: bytes) -> tuple[Scenario, Judgement]:
+        """The scenario ``data`` decodes to and its judgement.  Inputs whose kept records are the
+        same bytes (``codec.Parsed.key``) decode to equal scenarios, so the last ``memo_size``
+        keys are remembered too: a mutation of skipped bytes costs reading the records, not
+        building, repairing and naming the scenario again."""
+        parsed = parse(data)
+        got = self._by_records.get(parsed.key)
+        if got is not None:
+            self.memo_hits += 1
+            return got
+        sc = parsed.scenario()
+        j = self.judgement(sc)
+        if self.memo_size:
+            if len(self._by_records) >= self.memo_size:
+                del self._by_records[next(iter(self._by_records))]
+            self._by_records[parsed.key] = sc, j
+        return sc, j
+
     # --- one input ------------------------------------------------------------------------------
     def check(self, data: bytes) -> list[Divergence]:
         """Every divergence of this input (known and unknown, in the order found), after recording them."""
         self.execs += 1
-        sc = decode(data)
-        j = self.judgement(sc)
+        sc, j = self.decoded(data)
         if self.observe is not None:
             self.observe(sc, j)
         for (left, right), cov in j.coverage.items():

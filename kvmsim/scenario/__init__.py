@@ -32,12 +32,12 @@ from .schema import (
     WorldSpec,
     make_op,
 )
-from .validate import validate
+from .validate import valid_ops, validate
 
 __all__ = [
     "ScenarioError", "HEX_FIELDS", "HexInt", "dump_scenario", "scenario_to_dict", "load_scenario",
     "loads_scenario", "scenario_from_node", "LiveSlot", "LiveVma", "MemoryMap", "SlotTable", "memory_at", "replay",
     "API_OPS", "HOST_LEVELS", "MAP_STATES", "MAX_GFN", "MAX_SLOT_PAGES", "MAX_VMA_PAGES", "OP_SCHEMAS", "PROTS",
     "REMAPS", "SCENARIO_VERSION", "SIGNALS", "VMA_BASE", "VMA_STRIDE", "VMM_OPS", "F", "Op", "PageSpec", "PteSpec",
-    "Scenario", "SlotSpec", "VmaSpec", "WorldSpec", "make_op", "validate",
+    "Scenario", "SlotSpec", "VmaSpec", "WorldSpec", "make_op", "valid_ops", "validate",
 ]

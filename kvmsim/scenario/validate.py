@@ -53,6 +53,27 @@ def validate(sc: Scenario) -> None:
         v.op(op, mem)
 
 
+def valid_ops(sc: Scenario) -> list[Op]:
+    """The ops ``validate`` would accept once every rejected op is dropped, first rejected first:
+    each op is checked against the world and the ops kept before it, in one pass.  Equal to
+    validating, dropping the op an error names and validating again until nothing is rejected,
+    without replaying the kept prefix each time.  A world error raises (ScenarioError)."""
+    v = _Validator(sc)
+    v.world()
+    mem = MemoryMap.of_world(sc.world)
+    kept: list[Op] = []
+    for op in sc.ops:
+        saved = v.open_ranges, set(v.handles), v.nmaps
+        try:
+            v.op(op, mem)
+        except ScenarioError:
+            v.open_ranges, v.handles, v.nmaps = saved        # as if the op had never been there
+            continue
+        mem.apply(op)
+        kept.append(op)
+    return kept
+
+
 class _Validator:
     def __init__(self, sc: Scenario) -> None:
         self.sc = sc

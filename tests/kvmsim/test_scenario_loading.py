@@ -4,12 +4,16 @@ turns it (and a bad option) into exit status 2 with one stderr line and no trace
 
 from __future__ import annotations
 
+import copy
+import random
 import re
 
 import pytest
 
 from fuzz.cli import main
-from kvmsim import ScenarioError, load_scenario, loads_scenario
+from fuzz.inputs.codec import decode
+from kvmsim import ScenarioError, load_scenario, loads_scenario, make_op
+from kvmsim.scenario import valid_ops, validate
 
 OK_WORLD = """\
 world:
@@ -188,3 +192,38 @@ def test_cli_missing_or_unreadable_file(tmp_path, capsys, cmd) -> None:
         rc, out, err = _cli(capsys, [cmd, str(path)])
         assert rc == 2 and len(err.splitlines()) == 1 and "Traceback" not in err
         assert err.startswith(f"{path}: ")
+
+
+def _kept_by_retrying(sc):
+    """The ops left after validating, dropping the op the error names, and validating again."""
+    sc = copy.deepcopy(sc)
+    origin = [op.line for op in sc.ops]
+    while True:
+        for i, op in enumerate(sc.ops):
+            op.line = i + 1
+        try:
+            validate(sc)
+            return origin
+        except ScenarioError as e:
+            del sc.ops[e.line - 1], origin[e.line - 1]
+
+
+def test_valid_ops_keeps_what_validating_and_retrying_keeps():
+    """valid_ops checks each op once; it must drop exactly the ops repeated validation drops,
+    including an op rejected after its check changed the validator (a vcpu_map with a bad gfn)."""
+    rng = random.Random(5)
+    dropped = 0
+    for _ in range(600):
+        data = bytes([2]) + bytes(rng.choice((0x40, 0x48, 0x4C, 0x60, 0x88, 0x94, 0x98, 0xC0, 0xC4, 0xC8, 0xD0,
+                                              rng.randrange(256))) if rng.random() < 0.3 else rng.randrange(24)
+                                  for _ in range(rng.randrange(80)))
+        sc = decode(data)
+        sc.ops += [make_op("vcpu_map", gfn=1 << 40, handle="h"), make_op("vcpu_map", gfn=2, handle="h"),
+                   make_op("invalidate_end"), make_op("vcpu_unmap", handle="h")][:rng.randrange(5)]
+        for i, op in enumerate(sc.ops):
+            op.line = i + 1
+        want = _kept_by_retrying(sc)
+        got = [op.line for op in valid_ops(sc)]
+        assert got == want
+        dropped += len(sc.ops) - len(got)
+    assert dropped > 100
