@@ -8,7 +8,7 @@ scenario, every trace, every divergence (in the order found), what each pair com
 semantic features; a last one the signatures counted, with their first inputs and root causes.  Not part of
 the test run.
 
-    .venv/bin/python bench/identity.py --n 20000 --write before.txt
+    .venv/bin/python bench/identity.py --n 20000 [--inputs CAMPAIGN_CORPUS] --write before.txt
     .venv/bin/python bench/identity.py --n 20000 --against before.txt
 """
 
@@ -50,8 +50,11 @@ def mutate(rng: random.Random, seeds: list[bytes]) -> bytes:
     return bytes(data)
 
 
-def inputs(n: int, seed: int, corpus: str) -> list[bytes]:
+def inputs(n: int, seed: int, corpus: str, extra: tuple[str, ...] = ()) -> list[bytes]:
+    """The seed corpus, every file of the ``extra`` directories (a campaign's corpus, say), then
+    mutations of the seeds up to ``n`` inputs."""
     seeds = [open(os.path.join(corpus, f), "rb").read() for f in sorted(os.listdir(corpus))]
+    seeds += [open(os.path.join(d, f), "rb").read() for d in extra for f in sorted(os.listdir(d))]
     rng = random.Random(seed)
     out = list(seeds[:n])
     while len(out) < n:
@@ -107,12 +110,14 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=20000)
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--pairs", default="sim:g2~sim:g3;sim:g2~sim:g2s-literal")
+    ap.add_argument("--inputs", action="append", default=[], metavar="DIR",
+                    help="also every file of DIR, and mutations of them (repeatable)")
     g = ap.add_mutually_exclusive_group(required=True)
     g.add_argument("--write", metavar="FILE")
     g.add_argument("--against", metavar="FILE")
     args = ap.parse_args()
     build_corpus()
-    got = run(args.pairs, inputs(args.n, args.seed, os.path.join(OUT, "diff")))
+    got = run(args.pairs, inputs(args.n, args.seed, os.path.join(OUT, "diff"), tuple(args.inputs)))
     if args.write:
         with open(args.write, "w") as f:
             f.write("".join(x + "\n" for x in got))

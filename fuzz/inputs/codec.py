@@ -244,19 +244,15 @@ def parse(data: bytes) -> Parsed:
         r.byte()
         st.names = _names_record(r, data)
     kept: list[bytes] = []
-    records, layouts, n = _RECORDS, OP_LAYOUTS, r.n
+    handlers, next_record, n = _HANDLERS, _NEXT_RECORD.search, r.n
     while r.pos < n:
-        start = r.pos
-        code = data[start]
+        m = next_record(data, r.pos)              # unknown opcodes: skipped, one byte each
+        if m is None:
+            break
+        start = m.start()
         r.pos = start + 1
-        handler = records.get(code)
         try:
-            if handler is not None:
-                handler(r, st)
-            elif code in layouts:
-                _op_record(r, st, code)
-            else:
-                continue                                  # unknown opcode: one byte skipped
+            handlers[data[start]](r, st)
         except _Drop:
             continue
         kept.append(data[start:r.pos])
@@ -298,12 +294,18 @@ def _checksum(data: bytes) -> bytes:
 def _names_record(r: _Reader, data: bytes) -> list[str] | None:
     """The names record (its opcode already read), if its checksum matches the rest of the input."""
     count = min(r.varint(), 2 + MAX_PAGES + MAX_VMAS + MAX_OPS)
-    names = [r.string(MAX_TEXT if i < 2 else MAX_STR) for i in range(count)]
+    first = r.pos
+    for i in range(count):                  # their text is read only if the checksum matches
+        length = r.varint() % ((MAX_TEXT if i < 2 else MAX_STR) + 1)
+        r.pos += length
     start = r.pos
-    r.pos = min(r.pos + CHECKSUM_LEN, r.n)
-    got = data[start:r.pos]
-    if got != _checksum(data[1:start] + data[r.pos:]) or count < 2:     # the version byte may vary
+    end = r.pos = min(r.pos + CHECKSUM_LEN, r.n)
+    got = data[start:end]
+    if got != _checksum(data[1:start] + data[end:]) or count < 2:     # the version byte may vary
         return None
+    r.pos = first
+    names = [r.string(MAX_TEXT if i < 2 else MAX_STR) for i in range(count)]
+    r.pos = end
     if any(not _IDENT.match(n) or not n.isprintable() for n in names[2:] if n):
         return None
     return names
@@ -518,6 +520,16 @@ _RECORDS: dict[int, Callable[[_Reader, _State], None]] = {
     OP_META: _meta, OP_EMPTY_WORLD: _empty, OP_WORLD: _world, OP_PAGE: _page, OP_VMA: _vma,
     OP_VMA_STATE: _vma_state, OP_VMA_PTE: _vma_pte, OP_SLOT: _slot,
 }
+
+
+def _op_reader(code: int) -> Callable[[_Reader, _State], None]:
+    return lambda r, st: _op_record(r, st, code)
+
+
+# Every opcode's reader, and a pattern finding the next byte that is an opcode (decoding is the
+# hot path of fuzzing: bytes between records are skipped without a Python step each).
+_HANDLERS: dict[int, Callable[[_Reader, _State], None]] = {**_RECORDS, **{c: _op_reader(c) for c in OP_LAYOUTS}}
+_NEXT_RECORD = re.compile(b"[" + b"".join(re.escape(bytes([c])) for c in sorted(_HANDLERS)) + b"]")
 
 
 # --- writing -------------------------------------------------------------------------------------
