@@ -142,6 +142,20 @@ class Catalogue:
         for e in entries:
             for op in e.ops:
                 self._by_op.setdefault((e.oracle, op), []).append(e)
+        # Per (oracle, op kind, families): the entries that can apply with their orientations, in
+        # order; and the entries ``applies`` tries.  Why: every compared op asks, and the answer
+        # depends on those three alone (entries are frozen), so it is worked out once.
+        self._oriented_memo: dict[tuple[str, str, tuple[str, str]], list[tuple[Entry, list[int]]]] = {}
+        self._tainting_memo: dict[tuple[str, tuple[str, str]], list[Entry]] = {}
+
+    def _oriented(self, oracle: str, op_kind: str, fams: tuple[str, str]) -> list[tuple[Entry, list[int]]]:
+        """(entry, its orientations) for each entry of ``oracle`` and ``op_kind`` that has one for ``fams``."""
+        key = (oracle, op_kind, fams)
+        got = self._oriented_memo.get(key)
+        if got is None:
+            got = self._oriented_memo[key] = [(e, sides) for e in self._by_op.get((oracle, op_kind), ())
+                                              if (sides := self._orientations(e, fams))]
+        return got
 
     def explain(self, oracle: str, op_kind: str, fams: tuple[str, str], fields: list[str],
                 obs: tuple[dict[str, Any], dict[str, Any]], args: dict[str, Any],
@@ -150,8 +164,8 @@ class Catalogue:
         out: dict[str, str] = {}
         if fams[0] == fams[1]:
             return out                    # a family never diverges from itself by intent (literal sketch = bugs)
-        for e in self._by_op.get((oracle, op_kind), ()):
-            for side in self._orientations(e, fams):
+        for e, sides in self._oriented(oracle, op_kind, fams):
+            for side in sides:
                 oa, ob = obs[side], obs[1 - side]
                 if self._when(e, oa, ob, args, ctx):
                     self._explain_fields(e, fields, oa, ob, out)
@@ -177,7 +191,7 @@ class Catalogue:
         """Could some entry assert a divergence for this op and pair (cheap pre-check)?"""
         if fams[0] == fams[1]:
             return False
-        return any(e.expects and self._orientations(e, fams) for e in self._by_op.get(("diff", op_kind), ()))
+        return any(e.expects for e, _ in self._oriented("diff", op_kind, fams))
 
     def missing(self, op_kind: str, fams: tuple[str, str], obs: tuple[dict[str, Any], dict[str, Any]],
                 args: dict[str, Any], ctx: dict[str, Any]) -> list[tuple[Entry, str]]:
@@ -187,10 +201,10 @@ class Catalogue:
         out: list[tuple[Entry, str]] = []
         if fams[0] == fams[1]:
             return out
-        for e in self._by_op.get(("diff", op_kind), ()):
+        for e, sides in self._oriented("diff", op_kind, fams):
             if not e.expects:
                 continue
-            for side in self._orientations(e, fams):
+            for side in sides:
                 oa, ob = obs[side], obs[1 - side]
                 if not self._when(e, oa, ob, args, ctx) or not self._conds(e.expect_when, oa, ob, args, ctx):
                     continue
@@ -209,12 +223,13 @@ class Catalogue:
         (e.g. a read vs a write fault-in), so later differences there are its consequences."""
         if fams[0] == fams[1]:
             return None
-        for e in self._by_op.get(("diff", op_kind), ()):
-            if not e.when or not e.taints:
-                continue
-            if any(k.startswith(("a.", "b.")) for k, _ in e.when):
-                continue
-            if self._orientations(e, fams) and self._when(e, {}, {}, args, ctx):
+        tainting = self._tainting_memo.get((op_kind, fams))
+        if tainting is None:
+            tainting = self._tainting_memo[(op_kind, fams)] = [
+                e for e, _ in self._oriented("diff", op_kind, fams)
+                if e.when and e.taints and not any(k.startswith(("a.", "b.")) for k, _ in e.when)]
+        for e in tainting:
+            if self._when(e, {}, {}, args, ctx):
                 return e.id
         return None
 
