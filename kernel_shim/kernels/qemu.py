@@ -86,8 +86,10 @@ class QemuSession:
         # intel_iommu=on: the emulated VT-d gives the second ivshmem device an IOMMU group, so
         # vfio-pci can map its BAR (guest_vfio; Debian has no CONFIG_VFIO_NOIOMMU); iommu=pt keeps
         # the other devices' DMA untranslated.
+        # no_timer_check: under TCG on a loaded machine the IO-APIC timer test can miss its window
+        # and panic the boot ("timer doesn't work through Interrupt-remapped IO-APIC").
         append = (f"console=ttyS0 panic=-1 loglevel=4 printk.time=1 nokaslr mitigations=off "
-                  f"intel_iommu=on iommu=pt "
+                  f"intel_iommu=on iommu=pt no_timer_check "
                   f"pfndiff.py={py} pfndiff.repo={repo} pfndiff.path={path} "
                   f"pfndiff.flags={','.join(self.python_flags)}")
         if os.environ.get("PFNDIFF_FAULTPATH", "1") == "0":
