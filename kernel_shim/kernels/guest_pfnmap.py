@@ -24,7 +24,7 @@ from kernel_shim.layout import HOST_STRIDE, HOST_WINDOW
 from . import guest_vfio
 
 IVSHMEM_VENDOR, IVSHMEM_DEVICE = "0x1af4", "0x1110"
-PCI = "/sys/bus/pci/devices"
+PCI = guest_vfio.PCI
 IVSHMEM_MIB = 16                                    # the sysfs-mapped BAR: 64-page windows
 HUGE_IVSHMEM_MIB = 32                               # the vfio-mapped BAR: 2 MiB-aligned windows
 HUGE_WINDOW = 2 * HUGE                              # per VMA of the vfio BAR (its index picks one)
@@ -32,39 +32,17 @@ HUGE_WINDOW = 2 * HUGE                              # per VMA of the vfio BAR (i
 
 def find_bar() -> tuple[str, int] | None:
     """(sysfs resource2 path, size) of the sysfs-mapped ivshmem-plain device, enabled; None without one."""
-    try:
-        devs = sorted(os.listdir(PCI))
-    except OSError:
+    size = IVSHMEM_MIB << 20
+    addr = guest_vfio.find_device(IVSHMEM_VENDOR, IVSHMEM_DEVICE, size)
+    if addr is None:
         return None
-    for d in devs:
-        base = os.path.join(PCI, d)
-        try:
-            with open(os.path.join(base, "vendor")) as fh:
-                vendor = fh.read().strip()
-            with open(os.path.join(base, "device")) as fh:
-                device = fh.read().strip()
-        except OSError:
-            continue
-        res = os.path.join(base, "resource2")
-        if (vendor, device) != (IVSHMEM_VENDOR, IVSHMEM_DEVICE) or not _sized(res, IVSHMEM_MIB << 20):
-            continue
-        try:
-            with open(os.path.join(base, "enable"), "w") as fh:
-                fh.write("1")
-        except OSError:
-            pass                                    # already enabled, or firmware did it
-        try:
-            return res, os.path.getsize(res)
-        except OSError:
-            return None
-    return None
-
-
-def _sized(path: str, size: int) -> bool:
+    base = os.path.join(PCI, addr)
     try:
-        return os.path.getsize(path) == size
+        with open(os.path.join(base, "enable"), "w") as fh:
+            fh.write("1")
     except OSError:
-        return False
+        pass                                        # already enabled, or firmware did it
+    return os.path.join(base, f"resource{guest_vfio.BAR_INDEX}"), size
 
 
 _BAR: tuple[str, int] | None = None                 # set by install(), inside the guest only
