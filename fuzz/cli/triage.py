@@ -49,7 +49,7 @@ def cmd_triage(args: argparse.Namespace) -> int:
     if args.promote:
         promote = args.promote_dir or REGRESSIONS
     opts = triage_run.Options(args.dirs, args.out, args.join, fmts or ("md",), _override(args, "triage"),
-                              args.runs, not args.no_minimize, promote)
+                              args.runs, not args.no_minimize, promote, regressions=args.regressions)
     try:
         out = triage_run.run(opts)
     except ArtifactError as e:
@@ -85,6 +85,9 @@ def _setup_triage(p: argparse.ArgumentParser) -> None:
                    help="copy reproducible sim clusters' reproducers into corpus/regressions as YAML")
     p.add_argument("--promote-dir", help=argparse.SUPPRESS)
     p.add_argument("--fail-on-new", action="store_true", help="exit 1 if there is a new cluster (for CI)")
+    p.add_argument("--regressions", default=REGRESSIONS, metavar="DIR",
+                   help="promoted reproducers whose causes count as known: their clusters show delta 'known' "
+                        "and fail no CI job (default corpus/regressions)")
     p.add_argument("--report", metavar="PATH", help="also write the HTML report (pfndiff report) of the campaign "
                                                     "directories and this triage to PATH")
 

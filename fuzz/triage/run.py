@@ -17,6 +17,7 @@ from typing import Any
 
 from fuzz.campaigns import progress
 from fuzz.campaigns.outdir import OutputDir
+from fuzz.corpus.seeds import REGRESSIONS
 from fuzz.inputs import schema
 from fuzz.inputs.codec import EncodeError, encode
 from fuzz.judging.artifacts import atomic_write, host_info
@@ -33,6 +34,7 @@ from fuzz.triage.cluster import (
     list_inputs,
     load_artifact,
 )
+from fuzz.triage.known import causes_in_regressions
 from fuzz.triage.minimize import MinResult, minimize
 from fuzz.triage.report import explain, partner, side_by_side, view
 from kvmsim.scenario import Scenario, dump_scenario
@@ -52,6 +54,7 @@ class Options:
     host_runs: int = HOST_RUNS
     minimize: bool = True
     promote: str | None = None            # directory to promote reproducers into
+    regressions: str = REGRESSIONS        # promoted reproducers: their causes are known to the user
     err: Callable[[str], None] = lambda s: print(s, file=sys.stderr)
     stage: Callable[..., progress.Stage] = progress.stage      # progress on stderr (fuzz.campaigns.progress)
 
@@ -132,6 +135,7 @@ def run(opts: Options) -> Outcome:
         meta = _meta(opts, paths, verdicts, t0)
         if previous is not None:
             records = join(records, previous)
+        mark_seen(records, causes_in_regressions(opts.regressions))
         out = Outcome(records, errors, meta, clusters, minimized)
         if opts.promote:
             out.promoted = promote(out, opts.promote)
@@ -334,6 +338,16 @@ def load_previous(path: str) -> list[dict[str, Any]]:
     except ScenarioError as e:
         raise ArtifactError(str(e)) from None
     return [c for c in doc["clusters"] if c.get("delta") != "vanished"]
+
+
+def mark_seen(records: list[dict[str, Any]], seen: dict[str, str]) -> None:
+    """A cluster new to this triage whose cause a promoted reproducer already shows is known to the
+    user: ``seen_in`` names that reproducer, and it fails no CI job (as the campaign table's "known")."""
+    for c in records:
+        rc = c.get("root_cause")
+        cid = rc.get("id") if isinstance(rc, dict) else c["id"]
+        if c["delta"] == "new" and cid in seen:
+            c["seen_in"] = seen[cid]
 
 
 def join(records: list[dict[str, Any]], previous: list[dict[str, Any]]) -> list[dict[str, Any]]:

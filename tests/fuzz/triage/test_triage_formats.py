@@ -27,8 +27,10 @@ def triaged(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("fmt")
     find(tmp / "c1", [D10_PAIR], [seed(D10)])
     find(tmp / "c2", [("sim:g2", "sim:g2s-literal:S8")], [seed("d24-sketch-ownership.yaml")])
-    assert main(["triage", str(tmp / "c1"), "-o", str(tmp / "t1"), "--format", "junit,sarif"]) == 0
-    assert main(["triage", str(tmp / "c2"), "-o", str(tmp / "t2"), "--join", str(tmp / "t1"),
+    none = str(tmp_path_factory.mktemp("no-regressions"))   # a user without promoted reproducers
+    assert main(["triage", str(tmp / "c1"), "-o", str(tmp / "t1"), "--format", "junit,sarif",
+                 "--regressions", none]) == 0
+    assert main(["triage", str(tmp / "c2"), "-o", str(tmp / "t2"), "--join", str(tmp / "t1"), "--regressions", none,
                  "--format", "junit", "--format", "sarif", "--format", "md", "--format", "json"]) == 0
     return tmp
 
