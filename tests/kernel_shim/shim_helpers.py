@@ -7,11 +7,25 @@ from pathlib import Path
 
 import pytest
 
+from kernel_shim.kernels.cache import KernelEntry, cached_kernels
+from kernel_shim.kernels.qemu import qemu_missing
 from kernel_shim.probe import probe
 from kvmsim.scenario import loads_scenario
 from kvmsim.trace import Trace
 
 SCENARIOS = Path(__file__).parent / "scenarios"
+
+
+def booted_kernel(suite: str) -> KernelEntry:
+    """The newest cached kernel of ``suite``, for a test that boots it; skips, saying why, without
+    QEMU or such a kernel."""
+    why = qemu_missing()
+    if why is not None:
+        pytest.skip(f"needs QEMU: {why}")
+    hits = [e for e in cached_kernels() if e.suite == suite]
+    if not hits:
+        pytest.skip(f"no {suite} kernel cached; `pfndiff kernels fetch --suite {suite}` fetches it")
+    return hits[-1]
 
 
 def need_backing(name: str) -> None:

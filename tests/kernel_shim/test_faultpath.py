@@ -9,10 +9,9 @@ import glob
 import os
 
 import pytest
+from shim_helpers import booted_kernel
 
 from kernel_shim.faultpath import parse, tracefs
-from kernel_shim.kernels.cache import cached_kernels
-from kernel_shim.kernels.qemu import qemu_missing
 from kernel_shim.quirks import QUIRKS, explain_divergence
 from kvmsim.backend import get_backend
 from kvmsim.fault_record import NOT_OBSERVABLE
@@ -102,12 +101,7 @@ SUITES = {"bookworm": ("__gfn_to_pfn_memslot", False), "trixie": ("__gfn_to_pfn_
 @pytest.mark.slow
 @pytest.mark.parametrize("suite", list(SUITES))
 def test_corpus_fault_paths_agree_with_the_model_or_a_named_quirk(suite):
-    if qemu_missing():
-        pytest.skip(f"needs QEMU: {qemu_missing()}")
-    hits = [e for e in cached_kernels() if e.suite == suite]
-    if not hits:
-        pytest.skip(f"no {suite} kernel cached; `pfndiff kernels fetch --suite {suite}` fetches it")
-    k = hits[-1]
+    k = booted_kernel(suite)
     b = get_backend(f"qemu:{k.name}")
     model = get_backend(f"sim:{k.generation}")
     files = sorted(glob.glob(os.path.join(os.path.dirname(__file__), "..", "..", "corpus", "seeds", "*.yaml")))

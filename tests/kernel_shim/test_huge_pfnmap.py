@@ -8,9 +8,8 @@ from __future__ import annotations
 import os
 
 import pytest
+from shim_helpers import booted_kernel
 
-from kernel_shim.kernels.cache import cached_kernels
-from kernel_shim.kernels.qemu import qemu_missing
 from kvmsim.backend import get_backend
 from kvmsim.scenario import load_scenario
 
@@ -21,12 +20,7 @@ HUGE = {"writable": True, "level": 512}
 @pytest.mark.slow
 @pytest.mark.parametrize("suite", ["bookworm", "trixie", "sid"])
 def test_huge_pfnmap_access_gets_the_models_spte_level(suite):
-    if qemu_missing():
-        pytest.skip(f"needs QEMU: {qemu_missing()}")
-    hits = [e for e in cached_kernels() if e.suite == suite]
-    if not hits:
-        pytest.skip(f"no {suite} kernel cached; `pfndiff kernels fetch --suite {suite}` fetches it")
-    k = hits[-1]
+    k = booted_kernel(suite)
     if "vfio_pci" not in k.modules:
         pytest.skip(f"{k.release} was cached without vfio-pci; "
                     f"`pfndiff kernels fetch --suite {suite}` prepares it again")
