@@ -68,7 +68,8 @@ def install_apt(parts: list[AptPart], log=print) -> list[str]:
     env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
     wait = ["-o", "DPkg::Lock::Timeout=600"]           # another apt-get may hold the lock for a while
     for cmd in (["apt-get", *wait, "update", "-q"],
-                ["apt-get", *wait, "install", "-y", "-q", "--no-install-recommends", *names]):
+                # --reinstall: a package dpkg lists as installed whose program is gone comes back too
+                ["apt-get", *wait, "install", "-y", "-q", "--reinstall", "--no-install-recommends", *names]):
         try:
             r = subprocess.run(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                text=True, timeout=1200)
