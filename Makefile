@@ -46,14 +46,12 @@ cflite-check: $(STAMP) $(CFLITE_STAMP)
 test: lint real-parts $(CFLITE_STAMP)
 	$(BIN)/python -m pytest
 
-# The default campaign: a few minutes over the simulated pairs on the bundled seed corpus,
+# The default campaign (its pairs: fuzz.campaigns.campaign.DEFAULT_PAIRS): a few minutes over the simulated pairs on the bundled seed corpus,
 # findings in ./artifacts, the grown corpus in ./fuzz-out/corpus; ends with the findings table.
 FUZZ_TIME ?= 180
 FUZZ_JOBS ?= 1
 fuzz: $(STAMP)
-	$(BIN)/pfndiff fuzz --pair sim:g2~sim:g3 --pair sim:g2~sim:g2s-literal --pair sim:g2s~sim:g2s-literal:S4,S5,S8 \
-	    --time $(FUZZ_TIME) \
-	    --jobs $(FUZZ_JOBS) --corpus fuzz-out/corpus --artifacts artifacts
+	$(BIN)/pfndiff fuzz --time $(FUZZ_TIME) --jobs $(FUZZ_JOBS) --corpus fuzz-out/corpus --artifacts artifacts
 
 bench: $(STAMP)
 	$(BIN)/python bench/sim_speed.py

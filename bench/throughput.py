@@ -1,11 +1,13 @@
 #!/usr/bin/env python3
 """Executions per second of the differential target (a backend pair) in each feedback mode
 (semantic: pfndiff's features as libFuzzer counters; bytecode: instrumented generations) and of
-an empty atheris target, measured in the same run under real libFuzzer, and their ratios.  ``--profile`` adds an
+an empty atheris target, measured in the same run under real libFuzzer, and their ratios; then
+the default campaign (``make fuzz``: fuzz.campaigns.campaign.DEFAULT_PAIRS, the bundled corpus,
+the codec's dictionary) in each mode, as executions over its wall time.  ``--profile`` adds an
 in-process profile of the differential check (no libFuzzer, no instrumentation) with the hot
 spots.  Not part of the test run.
 
-    .venv/bin/python bench/throughput.py [--time 20] [--pair sim:g2~sim:g3] [--profile]
+    .venv/bin/python bench/throughput.py [--time 20] [--pair sim:g2~sim:g3] [--no-campaign] [--profile]
 """
 
 from __future__ import annotations
@@ -20,12 +22,13 @@ import sys
 import tempfile
 import time
 
-from fuzz.campaigns.campaign import TARGETS
+from fuzz.campaigns.campaign import DEFAULT_PAIRS, TARGETS, Campaign
 from fuzz.corpus.seeds import OUT, build_corpus
 from fuzz.targets.atheris_compat import FEEDBACK_ENV, FEEDBACK_MODES
 
 TARGET_PER_CORE = 6_000
 STRETCH_PER_CORE = 25_000
+TARGET_CAMPAIGN = 4_000
 
 
 def run_target(name: str, seconds: int, pairs: str, corpus: str, feedback: str = "") -> tuple[int, float]:
@@ -52,6 +55,27 @@ def run_target(name: str, seconds: int, pairs: str, corpus: str, feedback: str =
         return execs, float(rate.group(1)) if rate else execs / wall
 
 
+def run_campaign(seconds: int, corpus: str, feedback: str) -> tuple[int, float]:
+    """(executions, exec/s) of the default campaign as ``make fuzz`` runs it (FUZZ_JOBS=1), over
+    its whole wall time (start-up included), in a scratch directory."""
+    old = os.environ.get(FEEDBACK_ENV)
+    os.environ[FEEDBACK_ENV] = feedback
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            c = Campaign(list(DEFAULT_PAIRS), seconds, 1, os.path.join(tmp, "corpus"), os.path.join(tmp, "art"),
+                         [corpus], status_every=3600, out=lambda line: None, minimize=False)
+            t = time.time()
+            c.run()
+            wall = time.time() - t
+            execs, _ = c.aggregate()
+    finally:
+        if old is None:
+            del os.environ[FEEDBACK_ENV]
+        else:
+            os.environ[FEEDBACK_ENV] = old
+    return execs, execs / wall
+
+
 def profile(pairs: str, corpus: str, n: int) -> None:
     from fuzz.judging.engine import Checker, parse_pairs
     inputs = [open(os.path.join(corpus, f), "rb").read() for f in sorted(os.listdir(corpus))]
@@ -76,6 +100,7 @@ def main() -> None:
     ap.add_argument("--pair", default="sim:g2~sim:g3")
     ap.add_argument("--feedback", action="append", choices=FEEDBACK_MODES,
                     help="feedback modes to measure (repeatable; default: semantic and bytecode)")
+    ap.add_argument("--no-campaign", action="store_true", help="skip the default campaign's rows")
     ap.add_argument("--profile", action="store_true")
     ap.add_argument("--profile-inputs", type=int, default=3000)
     args = ap.parse_args()
@@ -85,6 +110,7 @@ def main() -> None:
     print(f"load before: {os.getloadavg()[0]:.2f} (1-min average, {os.cpu_count()} cores)")
     empty_n, empty_rate = run_target("empty", args.time, args.pair, corpus)
     rates = {m: run_target("diff", args.time, args.pair, corpus, m) for m in args.feedback}
+    campaign = {} if args.no_campaign else {m: run_campaign(args.time, corpus, m) for m in args.feedback}
     print(f"load after:  {os.getloadavg()[0]:.2f}")
     print(f"{'target':<34} {'exec/s':>10} {'executions':>11} {'/empty':>8}  per core vs {TARGET_PER_CORE:,}")
     print(f"{'empty atheris target':<34} {empty_rate:>10,.0f} {empty_n:>11} {1:>8.4f}")
@@ -92,6 +118,11 @@ def main() -> None:
         verdict = "meets" if rate >= TARGET_PER_CORE else "misses"
         print(f"{'diff ' + args.pair + ' ' + m:<34} {rate:>10,.0f} {n:>11} {rate / empty_rate:>8.4f}  "
               f"{verdict} ({rate / TARGET_PER_CORE:.0%}; stretch {STRETCH_PER_CORE:,}: {rate / STRETCH_PER_CORE:.0%})")
+    for m, (n, rate) in campaign.items():
+        verdict = "meets" if rate >= TARGET_CAMPAIGN else "misses"
+        print(f"{'make fuzz campaign ' + m:<34} {rate:>10,.0f} {n:>11} {rate / empty_rate:>8.4f}  "
+              f"{verdict} {TARGET_CAMPAIGN:,} ({rate / TARGET_CAMPAIGN:.0%}); pairs "
+              + ", ".join(f"{a}~{b}" for a, b in DEFAULT_PAIRS))
     if args.profile:
         profile(args.pair, corpus, args.profile_inputs)
 

@@ -33,6 +33,11 @@ REPO = ROOT
 TARGETS = {"diff": os.path.join(REPO, "fuzz", "targets", "diff_target.py"),
            "empty": os.path.join(REPO, "fuzz", "targets", "empty_target.py")}
 BUNDLED_CORPUS = os.path.join(REPO, "corpus", "libfuzzer")
+# The default campaign (``make fuzz``, ``pfndiff fuzz`` without pairs): the generation change of
+# interest, the literal sketch against G2, and the sketch against itself without S2 and S6 (which
+# decide the x86 first attempt and would otherwise mask S4, S5 and S8 there).
+DEFAULT_PAIRS: list[tuple[str, str]] = [("sim:g2", "sim:g3"), ("sim:g2", "sim:g2s-literal"),
+                                        ("sim:g2s", "sim:g2s-literal:S4,S5,S8")]
 _STAT = re.compile(r"(cov|ft|corp|exec/s):?\s*(\d+)")
 
 

@@ -6,15 +6,13 @@ import argparse
 import os
 import sys
 
-from fuzz.campaigns.campaign import BUNDLED_CORPUS, Campaign
+from fuzz.campaigns.campaign import BUNDLED_CORPUS, DEFAULT_PAIRS, Campaign
 from fuzz.cli.common import Commands, UsageError, output_dir, output_file
 from fuzz.cli.report import report_after
 from fuzz.corpus.seeds import NoSeeds, build_corpus
 from fuzz.triage.known import causes_known
 from fuzz.triage.minimize import minimised_size
 from kvmsim import BackendError, get_backend
-
-DEFAULT_PAIRS = [("sim:g2", "sim:g3"), ("sim:g2", "sim:g2s-literal")]
 
 
 def _pair(text: str) -> tuple[str, str]:
@@ -101,7 +99,8 @@ def _setup(p: argparse.ArgumentParser) -> None:
     p.add_argument("--left", help="left backend of the (first) pair")
     p.add_argument("--right", help="right backend of the (first) pair")
     p.add_argument("--pair", action="append", default=[], metavar="LEFT~RIGHT",
-                   help="a backend pair (repeatable; all pairs share the time budget and corpus)")
+                   help="a backend pair (repeatable; all pairs share the time budget and corpus; default: "
+                        + ", ".join(f"{a}~{b}" for a, b in DEFAULT_PAIRS) + ")")
     p.add_argument("--time", type=int, default=300, help="time budget in seconds (default 300)")
     p.add_argument("--jobs", type=int, default=1, help="parallel libFuzzer workers (fork mode when > 1)")
     p.add_argument("--corpus", default="fuzz-out/corpus", help="working corpus directory (grows)")
