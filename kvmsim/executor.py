@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from .constants import (
@@ -25,7 +26,7 @@ from .vmm import guest_access
 from .world import PROT_FLAGS, World
 from .x86 import page_fault
 
-KVM_OPS = ("lookup", "gfn_to_page", "vcpu_map", "vcpu_unmap", "x86_fault", "access")
+KVM_OPS = frozenset(("lookup", "gfn_to_page", "vcpu_map", "vcpu_unmap", "x86_fault", "access"))
 
 
 def _name(pg: Any) -> str | None:
@@ -101,15 +102,23 @@ class Executor:
         if self.dead is not None:
             rec.api = {"skipped": self.dead}
             return rec
-        w.events = []
+        events: list[str] = []
+        w.events = events
         w.db.touched = {}
-        nunder = len(w.db.underflows)
+        underflows = w.db.underflows
+        nunder = len(underflows)
         try:
-            getattr(self, "op_" + op.kind)(op, rec)
+            handler = _HANDLERS.get(op.kind)
+            if handler is None:
+                getattr(self, "op_" + op.kind)(op, rec)
+            else:
+                handler(self, op, rec)
         except KernelBug as e:
             self.dead = f"kernel BUG earlier: {e}"
             rec.api = {"oops": str(e)}
-        rec.events = list(w.events) + [f"BUG:refcount_underflow:{n}" for n in w.db.underflows[nunder:]]
+        if len(underflows) > nunder:
+            events.extend(f"BUG:refcount_underflow:{n}" for n in underflows[nunder:])
+        rec.events = events                        # this op's own list: the next op starts a new one
         if op.kind in KVM_OPS and w.task.signal == "pending":
             w.task.signal = "none"                 # an armed signal is delivered when the op ends
         w.task.signal_consumed = False
@@ -354,6 +363,12 @@ class Executor:
         s.flags |= KVM_MEMSLOT_INVALID             # a delete/move in flight: the INVALID copy is live
         self._flush_slot(s)
         rec.vmm = {"ret": 0}
+
+
+_HANDLERS: dict[str, Callable[[Executor, Op, OpRecord], None]] = {
+    name[len("op_"):]: fn for name, fn in vars(Executor).items() if name.startswith("op_")}
+"""Op kind -> handler, built once: ``step`` runs per op of every backend, and a dict lookup is
+cheaper than composing ``"op_" + kind`` and resolving it with ``getattr`` each time."""
 
 
 def run_generation(gen: Generation, sc: Scenario, backend: str) -> Trace:
