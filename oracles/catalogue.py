@@ -127,10 +127,118 @@ def cond(c: Any, v: Any) -> bool:
     return v == c
 
 
+Test = Callable[[Any], bool]
+
+
+def compile_cond(c: Any) -> Test | None:
+    """``cond(c, ·)`` as one function of the value, or None where ``c`` holds for every value ("*").
+    Why: the catalogue asks its conditions about a million times per 70k fuzzed inputs, and
+    interpreting a condition's shape on each ask cost more than the comparison it guards."""
+    if c == "*":
+        return None
+    if isinstance(c, dict) and len(c) == 1:
+        (k, x), = c.items()
+        if k == "in":
+            return lambda v: v is NA or v in x
+        if k == "not":
+            return lambda v: v is NA or v != x
+        if k == "empty":
+            return lambda v: v is NA or (not v) == x
+        if k == "has":
+            return lambda v: v is NA or (isinstance(v, list) and any(isinstance(e, str) and e.startswith(x)
+                                                                      for e in v))
+        if k == "prefix":
+            return lambda v: v is NA or (isinstance(v, str) and v.startswith(x))
+    return lambda v: v is NA or v == c
+
+
+Conds = tuple[tuple[str, Test], ...]     # (key in the dict it reads, test of the value there)
+
+
+def _never(v: Any) -> bool:
+    return False
+
+
+@dataclass(frozen=True)
+class Conditions:
+    """Conditions (``when``, ``expect``) compiled and grouped by what they read: the op's arguments
+    and context (the same for both orientations of an entry, so asked once per op) and the two
+    sides' observations.  ``holds_on_op(...) and holds_on_obs(...)`` is ``cond`` of every key."""
+    op: Conds = ()
+    ctx: Conds = ()
+    a: Conds = ()
+    b: Conds = ()
+
+    @classmethod
+    def of(cls, when: tuple[tuple[str, Any], ...]) -> Conditions:
+        groups: dict[str, list[tuple[str, Test]]] = {"op": [], "ctx": [], "a": [], "b": []}
+        for key, c in when:
+            test = compile_cond(c)
+            if key.startswith("op."):
+                group, name = "op", key[3:]
+            elif key.startswith(("ctx.", "a.", "b.")):
+                group = key.split(".", 1)[0]
+                name = key if group == "ctx" else key[2:]
+            else:
+                group, name, test = "op", key, _never        # an unknown source never holds
+            if test is not None:
+                groups[group].append((name, test))
+        return cls(*(tuple(groups[g]) for g in ("op", "ctx", "a", "b")))
+
+    def holds_on_op(self, args: dict[str, Any], ctx: dict[str, Any]) -> bool:
+        for name, test in self.op:
+            if not test(args.get(name)):
+                return False
+        for name, test in self.ctx:
+            if not test(ctx.get(name)):
+                return False
+        return True
+
+    def holds_on_obs(self, oa: dict[str, Any], ob: dict[str, Any]) -> bool:
+        for name, test in self.a:
+            if not test(oa.get(name)):
+                return False
+        for name, test in self.b:
+            if not test(ob.get(name)):
+                return False
+        return True
+
+
 @dataclass
 class Match:
     """Which entry explained which field of one divergence."""
     explained: dict[str, str] = field(default_factory=dict)
+
+
+FieldTests = tuple[Test | None, Test | None] | None     # an ``explains`` value: a- and b-side tests, None: "*"
+
+
+@dataclass(frozen=True)
+class Compiled:
+    """One entry's conditions and ``explains`` compiled (``compile_cond``), made once per catalogue."""
+    entry: Entry
+    when: Conditions
+    expect_when: Conditions
+    explains: dict[str, FieldTests] | None                # None: every differing field
+
+    @classmethod
+    def of(cls, e: Entry) -> Compiled:
+        explains = None if e.explains is None else {
+            f: None if c == "*" else (compile_cond(c.get("a", "*")), compile_cond(c.get("b", "*")))
+            for f, c in e.explains}
+        return cls(e, Conditions.of(e.when), Conditions.of(e.expect_when), explains)
+
+    def explains_field(self, f: str, oa: dict[str, Any], ob: dict[str, Any]) -> bool:
+        """Does the entry state the values both sides show for field ``f`` (or every field)?"""
+        if self.explains is None:
+            return True
+        if f not in self.explains:
+            return False
+        tests = self.explains[f]
+        if tests is None:
+            return True
+        ta, tb = tests
+        return (ta is None or ta(oa.get(f))) and (tb is None or tb(ob.get(f)))
 
 
 class Catalogue:
@@ -138,23 +246,24 @@ class Catalogue:
         self.entries = entries
         self.path = path
         self.by_id = {e.id: e for e in entries}
-        self._by_op: dict[tuple[str, str], list[Entry]] = {}      # (oracle, op kind) -> entries, in order
+        compiled = {e.id: Compiled.of(e) for e in entries}
+        self._by_op: dict[tuple[str, str], list[Compiled]] = {}      # (oracle, op kind) -> entries, in order
         for e in entries:
             for op in e.ops:
-                self._by_op.setdefault((e.oracle, op), []).append(e)
+                self._by_op.setdefault((e.oracle, op), []).append(compiled[e.id])
         # Per (oracle, op kind, families): the entries that can apply with their orientations, in
         # order; and the entries ``applies`` tries.  Why: every compared op asks, and the answer
         # depends on those three alone (entries are frozen), so it is worked out once.
-        self._oriented_memo: dict[tuple[str, str, tuple[str, str]], list[tuple[Entry, list[int]]]] = {}
-        self._tainting_memo: dict[tuple[str, tuple[str, str]], list[Entry]] = {}
+        self._oriented_memo: dict[tuple[str, str, tuple[str, str]], list[tuple[Compiled, list[int]]]] = {}
+        self._tainting_memo: dict[tuple[str, tuple[str, str]], list[Compiled]] = {}
 
-    def _oriented(self, oracle: str, op_kind: str, fams: tuple[str, str]) -> list[tuple[Entry, list[int]]]:
+    def _oriented(self, oracle: str, op_kind: str, fams: tuple[str, str]) -> list[tuple[Compiled, list[int]]]:
         """(entry, its orientations) for each entry of ``oracle`` and ``op_kind`` that has one for ``fams``."""
         key = (oracle, op_kind, fams)
         got = self._oriented_memo.get(key)
         if got is None:
-            got = self._oriented_memo[key] = [(e, sides) for e in self._by_op.get((oracle, op_kind), ())
-                                              if (sides := self._orientations(e, fams))]
+            got = self._oriented_memo[key] = [(c, sides) for c in self._by_op.get((oracle, op_kind), ())
+                                              if (sides := self._orientations(c.entry, fams))]
         return got
 
     def explain(self, oracle: str, op_kind: str, fams: tuple[str, str], fields: list[str],
@@ -164,34 +273,28 @@ class Catalogue:
         out: dict[str, str] = {}
         if fams[0] == fams[1]:
             return out                    # a family never diverges from itself by intent (literal sketch = bugs)
-        for e, sides in self._oriented(oracle, op_kind, fams):
+        for c, sides in self._oriented(oracle, op_kind, fams):
+            if not c.when.holds_on_op(args, ctx):
+                continue
             for side in sides:
                 oa, ob = obs[side], obs[1 - side]
-                if self._when(e, oa, ob, args, ctx):
-                    self._explain_fields(e, fields, oa, ob, out)
+                if c.when.holds_on_obs(oa, ob):
+                    self._explain_fields(c, fields, oa, ob, out)
         return out
 
     @staticmethod
-    def _explain_fields(e: Entry, fields: list[str], oa: dict[str, Any], ob: dict[str, Any],
+    def _explain_fields(c: Compiled, fields: list[str], oa: dict[str, Any], ob: dict[str, Any],
                         out: dict[str, str]) -> None:
-        """Credit ``e`` with each field not yet explained whose values it states (or all, for '*')."""
+        """Credit the entry with each field not yet explained whose values it states (or all, for '*')."""
         for f in fields:
-            if f in out:
-                continue
-            if e.explains is None:
-                out[f] = e.id
-                continue
-            for name, c in e.explains:
-                if name != f:
-                    continue
-                if c == "*" or (cond(c.get("a", "*"), oa.get(f)) and cond(c.get("b", "*"), ob.get(f))):
-                    out[f] = e.id
+            if f not in out and c.explains_field(f, oa, ob):
+                out[f] = c.entry.id
 
     def expecting(self, op_kind: str, fams: tuple[str, str]) -> bool:
         """Could some entry assert a divergence for this op and pair (cheap pre-check)?"""
         if fams[0] == fams[1]:
             return False
-        return any(e.expects for e, _ in self._oriented("diff", op_kind, fams))
+        return any(c.entry.expects for c, _ in self._oriented("diff", op_kind, fams))
 
     def missing(self, op_kind: str, fams: tuple[str, str], obs: tuple[dict[str, Any], dict[str, Any]],
                 args: dict[str, Any], ctx: dict[str, Any]) -> list[tuple[Entry, str]]:
@@ -201,12 +304,13 @@ class Catalogue:
         out: list[tuple[Entry, str]] = []
         if fams[0] == fams[1]:
             return out
-        for e, sides in self._oriented("diff", op_kind, fams):
-            if not e.expects:
+        for c, sides in self._oriented("diff", op_kind, fams):
+            e = c.entry
+            if not e.expects or not (c.when.holds_on_op(args, ctx) and c.expect_when.holds_on_op(args, ctx)):
                 continue
             for side in sides:
                 oa, ob = obs[side], obs[1 - side]
-                if not self._when(e, oa, ob, args, ctx) or not self._conds(e.expect_when, oa, ob, args, ctx):
+                if not c.when.holds_on_obs(oa, ob) or not c.expect_when.holds_on_obs(oa, ob):
                     continue
                 for f, ca, cb in e.expects:
                     va, vb = oa.get(f, NA), ob.get(f, NA)
@@ -226,11 +330,11 @@ class Catalogue:
         tainting = self._tainting_memo.get((op_kind, fams))
         if tainting is None:
             tainting = self._tainting_memo[(op_kind, fams)] = [
-                e for e, _ in self._oriented("diff", op_kind, fams)
-                if e.when and e.taints and not any(k.startswith(("a.", "b.")) for k, _ in e.when)]
-        for e in tainting:
-            if self._when(e, {}, {}, args, ctx):
-                return e.id
+                c for c, _ in self._oriented("diff", op_kind, fams)
+                if c.entry.when and c.entry.taints and not any(k.startswith(("a.", "b.")) for k, _ in c.entry.when)]
+        for c in tainting:
+            if c.when.holds_on_op(args, ctx):
+                return c.entry.id
         return None
 
     @staticmethod
@@ -242,28 +346,6 @@ class Catalogue:
         if e.b and right in e.a and left in e.b:
             sides.append(1)
         return sides
-
-    @staticmethod
-    def _when(e: Entry, oa: dict[str, Any], ob: dict[str, Any], args: dict[str, Any], ctx: dict[str, Any]) -> bool:
-        return Catalogue._conds(e.when, oa, ob, args, ctx)
-
-    @staticmethod
-    def _conds(when: tuple[tuple[str, Any], ...], oa: dict[str, Any], ob: dict[str, Any], args: dict[str, Any],
-               ctx: dict[str, Any]) -> bool:
-        for key, c in when:
-            if key.startswith("op."):
-                v = args.get(key[3:])
-            elif key.startswith("ctx."):
-                v = ctx.get(key)
-            elif key.startswith("a."):
-                v = oa.get(key[2:])
-            elif key.startswith("b."):
-                v = ob.get(key[2:])
-            else:
-                return False
-            if not cond(c, v):
-                return False
-        return True
 
 
 _COND_TYPES = {"in": list, "empty": bool, "has": str, "prefix": str}

@@ -8,7 +8,7 @@ import pytest
 
 from kvmsim import get_backend, loads_scenario
 from kvmsim.trace import OpRecord, Trace
-from oracles.catalogue import BUG_IDS, CatalogueError, cond, family, load_catalogue
+from oracles.catalogue import BUG_IDS, CatalogueError, Conditions, compile_cond, cond, family, load_catalogue
 from oracles.diff import compare
 from oracles.normalise import API_LEVEL, NA, RULES, VMM_LEVEL, normalise
 from oracles.signature import make_signature, signature_id, value_class
@@ -304,3 +304,21 @@ def test_d15_asserts_its_own_clause_and_d6_the_other():
     assert not cat.missing("lookup", ("g2f", "g1"), same, guarded, {**ctx, "ctx.allow_unsafe_mappings": True})
     reserved = {**ctx, "ctx.frame": "reserved", "ctx.allow_unsafe_mappings": True}
     assert not cat.missing("lookup", ("g2f", "g1"), same, args, reserved)
+
+
+def test_compiled_conditions_agree_with_cond():
+    shapes = ["*", None, 0, "pfn", [1, 2], {"in": [1, 2]}, {"not": 1}, {"empty": True}, {"empty": False},
+              {"has": "WARN:"}, {"prefix": "ab"}, {"a": 1, "b": 2}, {"other": 1}]
+    values = [NA, None, 0, 1, 2, "pfn", "abc", "x", [], ["WARN:a"], ["x"], {}, {"a": 1}, [1, 2], True, False]
+    for c in shapes:
+        test = compile_cond(c)
+        for v in values:
+            assert (True if test is None else test(v)) == cond(c, v), (c, v)
+
+
+def test_compiled_when_groups_keys_by_source_and_refuses_unknown_ones():
+    w = Conditions.of((("op.write", True), ("ctx.vma", "remapped"), ("a.api.result", "pfn"), ("b.api.ret", "*")))
+    assert w.holds_on_op({"write": True}, {"ctx.vma": "remapped"})
+    assert not w.holds_on_op({"write": False}, {"ctx.vma": "remapped"})
+    assert w.holds_on_obs({"api.result": "pfn"}, {}) and not w.holds_on_obs({"api.result": "NULL"}, {})
+    assert not Conditions.of((("x.y", 1),)).holds_on_op({}, {})
