@@ -54,11 +54,14 @@ def _hva(hva: int | None) -> Any:
 
 def _deltas(w: World) -> dict[str, Any]:
     """Per-page changes since the op started: KVM references, pins, accessed, dirty."""
+    touched = w.db.touched
+    if not touched:                                # most ops that fail early touch no page
+        return {"refs": {}, "pins": {}, "accessed": [], "dirty": []}
     refs: dict[str, int] = {}
     pins: dict[str, int] = {}
     accessed: list[str] = []
     dirty: list[str] = []
-    for pg, (r0, p0, a0, d0) in w.db.touched.items():
+    for pg, (r0, p0, a0, d0) in touched.items():
         if pg.kvm_refs != r0:
             refs[pg.name] = pg.kvm_refs - r0
         if pg.pincount != p0:

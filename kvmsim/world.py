@@ -67,13 +67,13 @@ REMAP_FLAGS = {"none": 0, "pfnmap": VM_IO | VM_PFNMAP, "io": VM_IO | VM_PFNMAP, 
 
 
 class World:
-    def __init__(self) -> None:
+    def __init__(self, vcpu: Vcpu | None = None, notifier: MmuNotifier | None = None) -> None:
         self.db = PfnDB()
         self.mm = Mm(self.db)
         self.slots = Memslots()
-        self.notifier = MmuNotifier()
+        self.notifier = notifier if notifier is not None else MmuNotifier()
         self.task = Task()
-        self.vcpu = Vcpu()
+        self.vcpu = vcpu if vcpu is not None else Vcpu()
         self.allow_unsafe_mappings = False
         self.enable_mmio_caching = True
         self.tdp_enabled = True
