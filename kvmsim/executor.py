@@ -78,6 +78,17 @@ def _net(taken: dict[str, int], given_back: dict[str, int]) -> dict[str, int]:
     return {n: v for n, v in sorted(net.items()) if v > 0}
 
 
+def _with_plain_fields(op: Op) -> Op:
+    """An equal op whose fields are ordinary attributes.  Why: ``Op`` serves them through
+    ``__getattr__``, which Python reaches only after the normal lookup has failed, and a
+    generation reads several fields per op; one copy per op is cheaper than those misses.
+    (A field named like an ``Op`` attribute -- ``signal``'s ``kind`` -- stays in ``args``.)"""
+    fast = Op.__new__(Op)
+    fast.__dict__.update(op.args)
+    fast.__dict__.update(kind=op.kind, args=op.args, line=op.line)
+    return fast
+
+
 class Executor:
     """One scenario execution: a fresh world, the generation, and the open kvm_vcpu_map handles."""
 
@@ -93,7 +104,7 @@ class Executor:
     def run(self, backend: str) -> Trace:
         trace = Trace(backend, meta={"generation": self.gen.name, "spec": self.gen.spec, "path": "sim"})
         for i, op in enumerate(self.sc.ops):
-            trace.records.append(self.step(i, op))
+            trace.records.append(self.step(i, _with_plain_fields(op)))
         w = self.w
         trace.meta["refs_held_at_end"] = {p.name: p.kvm_refs for p in w.db.pages.values() if p.kvm_refs}
         trace.meta["pins_held_at_end"] = {p.name: p.pincount for p in w.db.pages.values() if p.pincount}
