@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from functools import lru_cache
 from typing import Any
 
 _TOKEN = re.compile(r"^-?[A-Z][A-Z0-9_]*$")
@@ -24,14 +25,14 @@ _STRUCT_KEYS = {"writable", "level", "gpa", "len", "is_write", "data"}
 
 def value_class(v: Any) -> str:
     """The part of an observed value that a signature keeps."""
+    if isinstance(v, str):                # the common case first (a str is none of the types below)
+        return _string_class(v)
     if v is None:
         return "null"
     if isinstance(v, bool):
         return "true" if v else "false"
     if isinstance(v, int):
         return "0" if v == 0 else ("neg" if v < 0 else "int")
-    if isinstance(v, str):
-        return _string_class(v)
     if isinstance(v, dict):
         if v and all(k in _STRUCT_KEYS for k in v):
             return "{" + ",".join(f"{k}={value_class(x)}" for k, x in sorted(v.items())) + "}"
@@ -47,8 +48,10 @@ def value_class(v: Any) -> str:
     return repr(v)
 
 
+@lru_cache(maxsize=4096)
 def _string_class(v: str) -> str:
-    """A result word or token as it is, an event by its class, a page by the word ``page``."""
+    """A result word or token as it is, an event by its class, a page by the word ``page``.
+    Remembered: a pure function of the string, and the same few hundred strings recur in every trace."""
     if v in _WORDS or _TOKEN.match(v):
         return v
     if v.startswith(("WARN:", "BUG:", "CORRUPT:")):

@@ -13,10 +13,12 @@ from oracles.diff import Divergence
 from oracles.signature import event_class, op_class, value_class
 
 TABLE_OPS = ("lookup", "gfn_to_page", "vcpu_map", "vcpu_unmap", "x86_fault", "access", "get_dirty_log")
+_TABLE_OPS = frozenset(TABLE_OPS)
 
 
 def _refs(api: dict) -> str:
-    parts = [value_class(api.get("held", {}) or {})]
+    held = api.get("held")
+    parts = [value_class(held) if held else "{}"]          # value_class({}) without the walk
     for key, label in (("leaked", "leak"), ("pinned", "pin"), ("pins_leaked", "pinleak")):
         v = api.get(key)
         if v:
@@ -26,7 +28,7 @@ def _refs(api: dict) -> str:
 
 def cell(op: Op, rec: OpRecord) -> str | None:
     """The decision-table cell one op record reached (None for ops that are not table rows)."""
-    if op.kind not in TABLE_OPS:
+    if op.kind not in _TABLE_OPS:
         return None
     api = rec.api if isinstance(rec.api, dict) and "not_observable" not in rec.api else {}
     vmm = rec.vmm or {}
@@ -38,9 +40,8 @@ def cell(op: Op, rec: OpRecord) -> str | None:
         parts.append("ref=" + _refs(api))
     if path:
         parts.append(path)
-    ev = sorted({event_class(e) for e in rec.events})
-    if ev:
-        parts.append(",".join(ev))
+    if rec.events:
+        parts.append(",".join(sorted({event_class(e) for e in rec.events})))
     return " | ".join(parts)
 
 
