@@ -21,7 +21,7 @@ from kvmsim.trace import Trace
 from .catalogue import Catalogue, family
 from .context import op_contexts
 from .invariants import check_trace
-from .normalise import API_LEVEL, NA, RULES, VMM_LEVEL, normalise
+from .normalise import API_LEVEL, NA, REPORTING, VMM_LEVEL, normalise
 from .signature import make_signature, op_class, signature_id
 
 PRIORITY = ("events", "api.oops", "api.skipped", "api.result", "api.ret", "vmm.outcome", "vmm.ret", "api.frame",
@@ -112,6 +112,8 @@ def compare(sc: Scenario, left: Trace, right: Trace, cat: Catalogue, level: str 
         return []                         # the common case when fuzzing: nothing to normalise
     if ctxs is None:
         ctxs = op_contexts(sc)
+    elif type(ctxs) is not list:
+        ctxs = list(ctxs)                 # a lazy sequence (fuzz.judging.judge.LazyContexts): index a plain list
     walk = _Walk(sc, left, right, cat, level, fams, expecting, ctxs)
     for lrec, rrec in zip(left.records, right.records):
         if _raw_same(lrec, rrec):
@@ -204,11 +206,9 @@ def _normalised_difference(lrec: Any, rrec: Any, level: str) -> tuple[dict[str, 
     if "vmm.*" in ln or "vmm.*" in rn:      # one side observed nothing at the VMM level
         ln = {k: v for k, v in ln.items() if not k.startswith("vmm.")}
         rn = {k: v for k, v in rn.items() if not k.startswith("vmm.")}
-    keys = set(ln) | set(rn)
-    diff = [k for k in keys if not _same(ln.get(k, _MISSING), rn.get(k, _MISSING))]
-    for rule in RULES:
-        if rule.reports and (rule.name in lfired) != (rule.name in rfired) \
-                and ln.get("api.result") == rn.get("api.result"):
+    diff = [k for k in ln.keys() | rn.keys() if not _same(ln.get(k, _MISSING), rn.get(k, _MISSING))]
+    for rule in REPORTING:
+        if (rule.name in lfired) != (rule.name in rfired) and ln.get("api.result") == rn.get("api.result"):
             pseudo = f"api.result ({rule.name})"
             diff.append(pseudo)
             ln[pseudo] = (lrec.api or {}).get("result")

@@ -126,6 +126,9 @@ RULES: tuple[Rule, ...] = (
          "(GUP already reports -EHWPOISON); nothing to rewrite", _hwpoison_probe),
 )
 
+_APPLY = tuple((rule.name, rule.apply) for rule in RULES)      # RULES without an attribute lookup per record
+REPORTING = tuple(rule for rule in RULES if rule.reports)
+
 
 def flatten(rec: OpRecord, level: str) -> dict[str, Any]:
     """The record as a flat dict of the fields compared at this level."""
@@ -151,7 +154,10 @@ def flatten(rec: OpRecord, level: str) -> dict[str, Any]:
 def normalise(rec: OpRecord, level: str) -> tuple[dict[str, Any], set[str]]:
     """Flatten and apply every rule; returns (record, names of the rules that changed it)."""
     r = flatten(rec, level)
-    fired = {rule.name for rule in RULES if rule.apply(r)}
+    fired = set()
+    for name, apply in _APPLY:
+        if apply(r):
+            fired.add(name)
     r.pop("_call", None)
     return r, fired
 
