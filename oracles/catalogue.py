@@ -256,6 +256,7 @@ class Catalogue:
         # depends on those three alone (entries are frozen), so it is worked out once.
         self._oriented_memo: dict[tuple[str, str, tuple[str, str]], list[tuple[Compiled, list[int]]]] = {}
         self._tainting_memo: dict[tuple[str, tuple[str, str]], list[Compiled]] = {}
+        self._expecting_memo: dict[tuple[str, tuple[str, str]], bool] = {}
 
     def _oriented(self, oracle: str, op_kind: str, fams: tuple[str, str]) -> list[tuple[Compiled, list[int]]]:
         """(entry, its orientations) for each entry of ``oracle`` and ``op_kind`` that has one for ``fams``."""
@@ -292,9 +293,11 @@ class Catalogue:
 
     def expecting(self, op_kind: str, fams: tuple[str, str]) -> bool:
         """Could some entry assert a divergence for this op and pair (cheap pre-check)?"""
-        if fams[0] == fams[1]:
-            return False
-        return any(c.entry.expects for c, _ in self._oriented("diff", op_kind, fams))
+        got = self._expecting_memo.get((op_kind, fams))
+        if got is None:
+            got = self._expecting_memo[(op_kind, fams)] = fams[0] != fams[1] and any(
+                c.entry.expects for c, _ in self._oriented("diff", op_kind, fams))
+        return got
 
     def missing(self, op_kind: str, fams: tuple[str, str], obs: tuple[dict[str, Any], dict[str, Any]],
                 args: dict[str, Any], ctx: dict[str, Any]) -> list[tuple[Entry, str]]:
