@@ -45,6 +45,8 @@ from kvmsim.scenario import (
     PROTS,
     REMAPS,
     SIGNALS,
+    VMA_BASE,
+    VMA_STRIDE,
     F,
     Op,
     PageSpec,
@@ -197,16 +199,16 @@ class _Drop(Exception):
 @dataclass
 class _State:
     world: WorldSpec
-    ops: list[Op]
+    data: bytes
     name: str = ""
     description: str = ""
     structural: bool = False        # a page/vma/slot record was seen
     empty_marker: bool = False
     entries: int = 0
-    handles: list[str] = field(default_factory=list)
     version: int = VERSION
     names: list[str] | None = None   # v2: the checked names record (name, description, pages, vmas, handles)
-    maps: int = 0                    # vcpu_map ops seen (v2: which handle name applies)
+    maps: int = 0                    # vcpu_map ops kept (the maps a vcpu_unmap may name)
+    pending: list[tuple[int, int, int]] = field(default_factory=list)   # kept ops: (opcode, offset, VMAs then)
 
 
 def decode(data: bytes) -> Scenario:
@@ -227,19 +229,20 @@ class Parsed:
     def scenario(self) -> Scenario:
         st = self.state
         world = st.world
+        ops = _build_ops(st)                # before the default world: ops name the VMAs declared
         if not st.structural and not st.empty_marker:
             dw = default_world()
             world.pages, world.vmas, world.memslots = dw.pages, dw.vmas, dw.memslots
         if st.names is not None:
             st.name, st.description = st.names[0], st.names[1]
-        return _repair(Scenario(world, st.ops, name=st.name, description=st.description, file="<bytes>"))
+        return _repair(Scenario(world, ops, name=st.name, description=st.description, file="<bytes>"))
 
 
 def parse(data: bytes) -> Parsed:
     """Read every record of ``data`` (``decode`` without building the scenario).  Never raises."""
     r = _Reader(data)
     version = r.byte() if r.n else VERSION
-    st = _State(WorldSpec(), [], version=1 if version == 1 else VERSION)   # unknown: the current one
+    st = _State(WorldSpec(), data, version=1 if version == 1 else VERSION)   # unknown: the current one
     if st.version >= 2 and r.pos < r.n and data[r.pos] == OP_NAMES:
         r.byte()
         st.names = _names_record(r, data)
@@ -340,9 +343,13 @@ def _repair(sc: Scenario) -> Scenario:
 
 
 def _meta(r: _Reader, st: _State) -> None:
-    name, description = r.string(MAX_TEXT), r.string(MAX_TEXT)
-    if st.version == 1:                  # v2 takes them from the names record only
+    if st.version == 1:
+        name, description = r.string(MAX_TEXT), r.string(MAX_TEXT)
         st.name, st.description = _printable(name), _printable(description)
+        return
+    for _ in range(2):                   # v2 takes them from the names record only: skip the text
+        length = r.varint() % (MAX_TEXT + 1)
+        r.pos += length
 
 
 def _empty(r: _Reader, st: _State) -> None:
@@ -372,7 +379,6 @@ def _page(r: _Reader, st: _State) -> None:
 
 
 def _vma(r: _Reader, st: _State) -> None:
-    from kvmsim.scenario import VMA_BASE, VMA_STRIDE
     w = st.world
     name, pages, start_pg = r.string(), r.varint(), r.optint()
     shared = bool(r.varint() & 1)
@@ -469,7 +475,68 @@ def _layout(code: int) -> tuple[str, dict[str, Any], list[F], list[F]]:
             [f for f in fields if f.type == "bool"], [f for f in fields if f.type != "bool"])
 
 
-def _op_record(r: _Reader, st: _State, code: int) -> None:
+def _op_skipper(code: int) -> Callable[[_Reader, _State], None]:
+    """The parse-time reader of one op record: it advances over the fields and makes every drop
+    decision ``_build_op`` would (a ``vma`` with no VMA declared yet, a ``vcpu_unmap`` with no map
+    open, more than ``MAX_OPS`` ops), but builds nothing: the op is queued as (opcode, offset, VMAs
+    declared so far) and built only when the scenario is (``Parsed.scenario``).  Why: most inputs
+    hit the checker's memo on ``Parsed.key`` and never read their ops.  Every field but a string is
+    one varint (``gpa`` two), so the fields are skipped by one regex match per record."""
+    kind, _, bools, others = _LAYOUTS[code]
+    before = int(bool(bools))                   # varints up to and including the reference, if any
+    ref = ""
+    after = 0
+    text = False
+    for f in others:
+        if text:
+            raise ValueError(f"opcode {code:#x}: a string field must come last")
+        width = 2 if f.name == "gpa" else 1
+        if f.name == "vma" or (kind == "vcpu_unmap" and f.name == "handle"):
+            before, ref = before + after + 1, f.name
+            after = 0
+        elif f.type == "str":
+            text = True                         # vcpu_map.handle, the layout's last field
+        else:
+            after += width
+    fields = re.compile(b"(" + _VARINT * before + b")" + _VARINT * after)
+    is_map = kind == "vcpu_map"
+
+    def skip(r: _Reader, st: _State) -> None:
+        m = fields.match(r.data, r.pos)
+        assert m is not None                    # every part of the pattern may match nothing
+        if ref and not (st.world.vmas if ref == "vma" else st.maps):
+            r.pos = m.end(1)
+            raise _Drop
+        r.pos = m.end()
+        if text:
+            length = r.varint() % (MAX_STR + 1)
+            r.pos += length
+        if len(st.pending) >= MAX_OPS:
+            raise _Drop
+        st.maps += is_map
+        st.pending.append((code, m.start() - 1, len(st.world.vmas)))
+    return skip
+
+
+# One varint as ``_Reader.varint`` consumes it: up to ten bytes, the last one the first without
+# the continuation bit (or the tenth); fewer at the end of the input.
+_VARINT = rb"[\x80-\xff]{0,9}[\x00-\xff]?"
+
+
+def _build_ops(st: _State) -> list[Op]:
+    """The ops queued by the op records' skippers, read again, now into ``Op``s."""
+    r = _Reader(st.data)
+    ops: list[Op] = []
+    handles: list[str] = []
+    vmas = st.world.vmas
+    for code, start, nvmas in st.pending:
+        r.pos = start + 1
+        ops.append(_build_op(r, st, code, vmas[:nvmas], handles))
+    return ops
+
+
+def _build_op(r: _Reader, st: _State, code: int, vmas: list[VmaSpec], handles: list[str]) -> Op:
+    """One kept op record: ``vmas`` are those declared before it, ``handles`` the maps before it."""
     kind, defaults, bools, others = _LAYOUTS[code]
     args = dict(defaults)
     if bools:
@@ -477,18 +544,16 @@ def _op_record(r: _Reader, st: _State, code: int) -> None:
         for i, f in enumerate(bools):
             args[f.name] = bool(mask >> i & 1)
     for f in others:
-        args[f.name] = _read_field(r, st, kind, f)
-    if len(st.ops) >= MAX_OPS:
-        raise _Drop
+        args[f.name] = _read_field(r, kind, f, vmas, handles)
     if kind == "vcpu_map":
-        n = sum(1 for o in st.ops if o.kind == "vcpu_map")
+        n = len(handles)
         given = _given_name(st, MAX_PAGES + MAX_VMAS + n, args["handle"], "")
         args["handle"] = given if given != f"map{n}" else ""
-        st.handles.append(args["handle"] or f"map{n}")
-    st.ops.append(Op(kind, args))
+        handles.append(args["handle"] or f"map{n}")
+    return Op(kind, args)
 
 
-def _read_field(r: _Reader, st: _State, kind: str, f: F):
+def _read_field(r: _Reader, kind: str, f: F, vmas: list[VmaSpec], handles: list[str]):
     t = f.type
     if f.name == "gpa":
         gfn, off = r.varint(), r.varint()
@@ -502,16 +567,10 @@ def _read_field(r: _Reader, st: _State, kind: str, f: F):
     if t == "enum":
         return r.enum(f.choices)
     if f.name == "vma":
-        return _vma_ref(r, st).name
+        return vmas[r.varint() % len(vmas)].name
     if kind == "vcpu_unmap" and f.name == "handle":
-        idx = r.varint()
-        if not st.handles:
-            raise _Drop
-        return st.handles[idx % len(st.handles)]
-    s = r.string()
-    if f.required and not s:
-        raise _Drop
-    return s
+        return handles[r.varint() % len(handles)]
+    return r.string()
 
 
 _LAYOUTS = {code: _layout(code) for code in OP_LAYOUTS}      # built once: decoding is the hot path
@@ -522,13 +581,9 @@ _RECORDS: dict[int, Callable[[_Reader, _State], None]] = {
 }
 
 
-def _op_reader(code: int) -> Callable[[_Reader, _State], None]:
-    return lambda r, st: _op_record(r, st, code)
-
-
 # Every opcode's reader, and a pattern finding the next byte that is an opcode (decoding is the
 # hot path of fuzzing: bytes between records are skipped without a Python step each).
-_HANDLERS: dict[int, Callable[[_Reader, _State], None]] = {**_RECORDS, **{c: _op_reader(c) for c in OP_LAYOUTS}}
+_HANDLERS: dict[int, Callable[[_Reader, _State], None]] = {**_RECORDS, **{c: _op_skipper(c) for c in OP_LAYOUTS}}
 _NEXT_RECORD = re.compile(b"[" + b"".join(re.escape(bytes([c])) for c in sorted(_HANDLERS)) + b"]")
 
 
