@@ -65,7 +65,7 @@ def test_the_campaign_records_its_history(campaign):
     runs = history.read(str(campaign / "artifacts"))
     assert len(runs) == 1
     r = runs[0]
-    assert r.start["pairs"] == ["sim:g2~sim:g3", "sim:g2~sim:g2s-literal"]
+    assert r.start["pairs"] == ["sim:g2~sim:g3", "sim:g2~sim:g2s-literal", "sim:g2s~sim:g2s-literal:S4,S5,S8"]
     assert os.path.normpath(os.path.join(campaign / "artifacts", r.start["corpus"])) == str(campaign / "corpus")
     assert r.end and len(r.ticks) >= 3
     execs = [t["execs"] for t in r.ticks]
