@@ -34,30 +34,37 @@ from fuzz.judging.judge import Judgement
 from kvmsim.scenario import Scenario
 
 
+def _features(sc: Scenario, j: Judgement) -> list[object]:
+    """The cells each trace's op records reached (per backend), then each oracle outcome."""
+    ops = sc.ops
+    out: list[object] = []
+    for name, t in j.traces.items():
+        for rec in t.records:
+            if rec.index < len(ops):
+                c = cell(ops[rec.index], rec)
+                if c is not None:
+                    out.append((name, c))
+    out.extend((d.left, d.right, outcome(d)) for d in j.found)
+    return out
+
+
 def semantic_observer(counters: FeatureCounters, keep: int = 2048):
     """Feeds each judgement's features to libFuzzer: the cell every op record of every trace
     reached (per backend) and every oracle outcome (per pair or backend).  A judgement the
     checker remembered (the same scenario again) reuses the features found the first time."""
-    seen: dict[int, tuple[Judgement, list[object]]] = {}
-
-    def features(sc: Scenario, j: Judgement) -> list[object]:
-        ops = sc.ops
-        out: list[object] = []
-        for name, t in j.traces.items():
-            for rec in t.records:
-                if rec.index < len(ops):
-                    c = cell(ops[rec.index], rec)
-                    if c is not None:
-                        out.append((name, c))
-        out.extend((d.left, d.right, outcome(d)) for d in j.found)
-        return out
+    seen: dict[int, tuple[Judgement, tuple]] = {}      # id -> (judgement, its counters or features)
+    by_slot = hasattr(counters, "hit_slots")             # FeatureCounters; a plain collector has only hit
 
     def observe(sc: Scenario, j: Judgement) -> None:
         got = seen.get(id(j))
         if got is None or got[0] is not j:
             if len(seen) >= keep:
                 del seen[next(iter(seen))]
-            got = seen[id(j)] = (j, features(sc, j))
+            found = _features(sc, j)
+            got = seen[id(j)] = (j, counters.slots(found) if by_slot else tuple(found))
+        if by_slot:
+            counters.hit_slots(got[1])
+            return
         for f in got[1]:
             counters.hit(f)
     return observe

@@ -106,3 +106,35 @@ def test_an_unknown_feedback_mode_is_a_one_line_error(tmp_path):
     assert r.returncode != 0
     assert r.stderr.decode().strip().splitlines() == [
         "error: PFNDIFF_FEEDBACK='edges': expected one of semantic, bytecode, both"]
+
+
+def test_semantic_observer_bumps_the_same_counters_with_remembered_slots(monkeypatch):
+    """The observer keeps each judgement's counter indices (``FeatureCounters.slots``); libFuzzer
+    must see exactly the counters that hitting every feature one by one bumps, in that order."""
+    import atheris
+
+    from fuzz.judging.engine import Checker, parse_pairs
+    from fuzz.targets.atheris_compat import FeatureCounters
+    from fuzz.targets.diff_target import semantic_observer
+
+    reserved = iter(range(1000, 10 ** 6))
+    monkeypatch.setattr(atheris, "_reserve_counter", lambda: next(reserved))
+    bumped: list[int] = []
+    monkeypatch.setattr(atheris, "_trace_branch", bumped.append)
+
+    class OneByOne:
+        """Only ``hit``: the observer must fall back to hitting each feature."""
+        def __init__(self, counters: FeatureCounters) -> None:
+            self.hit = counters.hit
+
+    def run(counters, base: int) -> list[int]:
+        bumped.clear()
+        checker = Checker(parse_pairs("sim:g2~sim:g3"), None)
+        checker.observe = semantic_observer(counters)
+        for gfn in (0, 1, 2, 0, 17, 1, 3, 0, 9, 13, 2):
+            checker.check(bytes([2, 0x40, gfn & 3, gfn, 0, 0x50, gfn & 1, gfn, 0x60, gfn, 8, 1]))
+        return [b - base for b in bumped]
+
+    by_slot, one_by_one = FeatureCounters(8), FeatureCounters(8)
+    assert run(by_slot, by_slot.base) == run(OneByOne(one_by_one), one_by_one.base) != []
+    assert len(by_slot) > 8                                 # past the reserved counters too
