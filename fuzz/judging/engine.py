@@ -33,7 +33,10 @@ from oracles.catalogue import Catalogue
 from oracles.diff import Divergence
 
 STATS_EVERY = 2.0
-MEMO_SIZE = 2048          # judgements kept for inputs that decode to a scenario judged recently
+# Judgements kept for inputs that decode to a scenario judged recently.  Measured on recorded
+# libFuzzer streams: 2048 -> 8192 gave +7 % exec/s on sim:g2~sim:g3 and +31 % on the default
+# campaign's three pairs, for ~190 / ~355 MB more RSS (bounded: a scenario has at most 16 ops).
+MEMO_SIZE = 8192
 
 
 def parse_pairs(text: str) -> list[tuple[str, str]]:

@@ -29,7 +29,7 @@ with instrumented():
 
 from fuzz.judging import crash
 from fuzz.judging.cells import cell, outcome
-from fuzz.judging.engine import Checker, parse_pairs
+from fuzz.judging.engine import MEMO_SIZE, Checker, parse_pairs
 from fuzz.judging.judge import Judgement
 from kvmsim.scenario import Scenario
 
@@ -48,7 +48,7 @@ def _features(sc: Scenario, j: Judgement) -> list[object]:
     return out
 
 
-def semantic_observer(counters: FeatureCounters, keep: int = 2048):
+def semantic_observer(counters: FeatureCounters, keep: int = MEMO_SIZE):
     """Feeds each judgement's features to libFuzzer: the cell every op record of every trace
     reached (per backend) and every oracle outcome (per pair or backend).  A judgement the
     checker remembered (the same scenario again) reuses the features found the first time."""
