@@ -107,24 +107,9 @@ def _reported_generation(backend: str) -> str | None:
 
 
 def cond(c: Any, v: Any) -> bool:
-    """Does observed value v satisfy condition c?"""
-    if v is NA:
-        return True
-    if c == "*":
-        return True
-    if isinstance(c, dict) and len(c) == 1:
-        (k, x), = c.items()
-        if k == "in":
-            return v in x
-        if k == "not":
-            return v != x
-        if k == "empty":
-            return (not v) == x
-        if k == "has":
-            return isinstance(v, list) and any(isinstance(e, str) and e.startswith(x) for e in v)
-        if k == "prefix":
-            return isinstance(v, str) and v.startswith(x)
-    return v == c
+    """Does observed value v satisfy condition c?  (An unobserved value, ``NA``, satisfies any.)"""
+    test = compile_cond(c)
+    return test is None or test(v)
 
 
 Test = Callable[[Any], bool]
