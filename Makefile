@@ -48,8 +48,9 @@ test: lint real-parts $(CFLITE_STAMP)
 
 # The default campaign (its pairs: fuzz.campaigns.campaign.DEFAULT_PAIRS): a few minutes over the simulated pairs on the bundled seed corpus,
 # findings in ./artifacts, the grown corpus in ./fuzz-out/corpus; ends with the findings table.
+# One libFuzzer worker per core (FUZZ_JOBS=1 for one).
 FUZZ_TIME ?= 180
-FUZZ_JOBS ?= 1
+FUZZ_JOBS ?= $(shell nproc 2>/dev/null || echo 1)
 fuzz: $(STAMP)
 	$(BIN)/pfndiff fuzz --time $(FUZZ_TIME) --jobs $(FUZZ_JOBS) --corpus fuzz-out/corpus --artifacts artifacts
 

@@ -1,6 +1,10 @@
 """A fuzzing campaign: run the differential target under libFuzzer for a time budget, report
 progress, survive findings and Ctrl-C, and end with a findings table.
 
+``jobs`` workers (fuzz.campaigns.workers) run side by side, each a long-lived libFuzzer process
+on the one working corpus; the status lines add up their exec/s.  A worker that dies early is
+restarted for the remaining time, except in crash mode, where the first finding ends the campaign.
+
 Why one target process for several pairs: each input is run once per backend and compared for
 every pair, so pairs share the budget and the corpus (``--pair a~b --pair a~c`` costs three
 backend runs per input, not four).
@@ -9,11 +13,8 @@ backend runs per input, not four).
 from __future__ import annotations
 
 import os
-import re
 import signal
-import subprocess
 import sys
-import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -21,6 +22,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fuzz.campaigns import history
+from fuzz.campaigns.workers import Progress, Worker, combined, exit_status, stop_all
+from fuzz.campaigns.workers import log_path as worker_log
 from fuzz.inputs.codec import libfuzzer_dictionary
 from fuzz.judging import artifacts as art
 from fuzz.judging import crash as crash_mode
@@ -38,17 +41,8 @@ BUNDLED_CORPUS = os.path.join(REPO, "corpus", "libfuzzer")
 # decide the x86 first attempt and would otherwise mask S4, S5 and S8 there).
 DEFAULT_PAIRS: list[tuple[str, str]] = [("sim:g2", "sim:g3"), ("sim:g2", "sim:g2s-literal"),
                                         ("sim:g2s", "sim:g2s-literal:S4,S5,S8")]
-_STAT = re.compile(r"(cov|ft|corp|exec/s):?\s*(\d+)")
-
-
-@dataclass
-class Progress:
-    """The latest numbers libFuzzer printed."""
-    cov: int = 0
-    ft: int = 0
-    corp: int = 0
-    execs_per_s: int = 0
-    lines: int = 0
+MAX_RESTARTS = 3                 # per worker, in keep-going mode
+MIN_RESTART_SECONDS = 5          # with less time left a new worker would spend it starting up
 
 
 @dataclass
@@ -74,11 +68,10 @@ class Campaign:
     shrink: Callable[[bytes, tuple[str, str], str], int] | None = None
     compared: dict[str, Coverage] = field(default_factory=dict)      # pair -> ops observed and compared
 
-    def command(self, dict_path: str) -> list[str]:
-        cmd = [TARGETS["diff"], f"-max_total_time={self.seconds}", f"-artifact_prefix={self.artifacts}/",
+    def command(self, dict_path: str, seconds: int | None = None) -> list[str]:
+        """One worker's libFuzzer command line (``seconds``: its budget, when a restart has less)."""
+        cmd = [TARGETS["diff"], f"-max_total_time={seconds or self.seconds}", f"-artifact_prefix={self.artifacts}/",
                f"-dict={dict_path}", "-print_final_stats=1", "-reload=1"]
-        if self.jobs > 1:
-            cmd += [f"-fork={self.jobs}", "-ignore_crashes=1", "-ignore_timeouts=1", "-ignore_ooms=1"]
         return cmd + self.extra + [self.corpus] + [s for s in self.seeds if os.path.isdir(s)]
 
     def env(self) -> dict[str, str]:
@@ -95,49 +88,128 @@ class Campaign:
         return self.artifacts
 
     def run(self) -> int:
+        """Run the workers for the time budget; 0 when every worker ran it out (restarts included),
+        130 when interrupted, else the exit status of a worker that stopped for good before."""
         os.makedirs(self.corpus, exist_ok=True)
         os.makedirs(self.artifacts, exist_ok=True)
-        dict_path = os.path.join(self.artifacts, ".pfndiff.dict")
-        art.atomic_write(dict_path, libfuzzer_dictionary().encode())
+        self._dict = os.path.join(self.artifacts, ".pfndiff.dict")
+        art.atomic_write(self._dict, libfuzzer_dictionary().encode())
         log_path = self.log or os.path.join(self.artifacts, "libfuzzer.log")
         t0 = self._started = time.time()
         before = _known_signatures(self.artifacts)
-        prog = Progress()
-        env = self.env()
-        env["PFNDIFF_T0"] = repr(t0)
-        cmd = self.command(dict_path)
+        self._env = self.env()
+        self._env["PFNDIFF_T0"] = repr(t0)
+        self._workers = workers = [Worker(k, worker_log(log_path, k)) for k in range(self.jobs)]
         self.out(f"pfndiff fuzz: {', '.join(f'{a} vs {b}' for a, b in self.pairs)}; {self.seconds}s, "
-                 f"{self.jobs} job(s); corpus {self.corpus}; artifacts {self.artifacts}; log {log_path}")
+                 f"{self._jobs_text()}; corpus {self.corpus}; artifacts {self.artifacts}; log {log_path}"
+                 + (f" (worker k: {os.path.basename(worker_log(log_path, 1)).replace('.1.', '.<k>.')})"
+                    if self.jobs > 1 else ""))
         _interrupt_on(signal.SIGINT, signal.SIGTERM)
         self._record({"event": "start", "t0": t0, "pairs": [f"{a}~{b}" for a, b in self.pairs],
                       "seconds": self.seconds, "jobs": self.jobs,
                       "corpus": os.path.relpath(os.path.abspath(self.corpus), os.path.abspath(self.artifacts)),
                       "seeds": [os.path.abspath(s) for s in self.seeds]})
-        with open(log_path, "ab") as log:
-            proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.PIPE, env=env, start_new_session=True)
-            reader = threading.Thread(target=_pump, args=(proc, log, prog), daemon=True)
-            reader.start()
-            interrupted = False
+        interrupted = False
+        try:
+            for w in workers:
+                self._start(w, self.seconds)
+            self._watch(before)
+        except KeyboardInterrupt:
+            interrupted = True
+            self.out("pfndiff fuzz: interrupted, stopping libFuzzer (corpus and artifacts are kept)")
+        finally:
+            _ignore(signal.SIGINT, signal.SIGTERM)           # a second Ctrl-C must not cut the stopping short
             try:
-                next_status = t0 + self.status_every
-                while proc.poll() is None:
-                    time.sleep(0.2)
-                    now = time.time()
-                    if now >= next_status:
-                        self.out(self.status_line(now - t0, prog, before, "tick"))
-                        next_status = now + self.status_every
-                    if now - t0 > self.seconds + 30:           # libFuzzer should have stopped itself
-                        _stop(proc)
-            except KeyboardInterrupt:
-                interrupted = True
-                self.out("pfndiff fuzz: interrupted, stopping libFuzzer (corpus and artifacts are kept)")
-                _stop(proc)
-            reader.join(timeout=5)
-        self.out(self.status_line(time.time() - t0, prog, before, "end"))
+                stop_all(workers)
+            finally:
+                for w in workers:
+                    w.close()
+                _interrupt_on(signal.SIGINT, signal.SIGTERM)
+        self.out(self.status_line(time.time() - t0, self._progress(), before, "end"))
         self.out(self.findings_table(before))
-        if interrupted:
-            return 130
-        return 0 if proc.returncode in (0, -signal.SIGINT, 130) or proc.returncode is None else proc.returncode
+        return 130 if interrupted else self._failed
+
+    # --- the workers ------------------------------------------------------------------------------
+    _dict: str = field(default="", init=False, repr=False)
+    _env: dict[str, str] = field(default_factory=dict, init=False, repr=False)
+    _workers: list[Worker] = field(default_factory=list, init=False, repr=False)
+    _failed: int = field(default=0, init=False, repr=False)      # exit status of the first worker that stopped early
+
+    def _jobs_text(self) -> str:
+        cores = os.cpu_count() or 1
+        if self.jobs > cores:
+            return f"{self.jobs} workers on {cores} core(s) (more workers than cores: they share them)"
+        return f"{self.jobs} worker(s)"
+
+    def _start(self, w: Worker, seconds: int) -> int:
+        pid = w.start(self.command(self._dict, seconds), self._env)
+        self._record({"event": "worker", "worker": w.index, "pid": pid, "restart": len(w.pids) - 1,
+                      "t": round(time.time() - self._started, 2), "seconds": seconds,
+                      "log": os.path.relpath(os.path.abspath(w.log_path), os.path.abspath(self.artifacts))})
+        return pid
+
+    def _watch(self, before: set[str]) -> None:
+        """Until every worker has ended: status lines, a worker's early exit, the hard stop."""
+        t0, workers = self._started, self._workers
+        next_status = t0 + self.status_every
+        while not all(w.done for w in workers):
+            time.sleep(0.2)
+            now = time.time()
+            for w in workers:
+                rc = w.returncode
+                if rc is not None and not w.done:
+                    self._ended(w, rc, now - t0)
+            if now >= next_status:
+                self.out(self.status_line(now - t0, self._progress(), before, "tick"))
+                next_status = now + self.status_every
+            if now - t0 > self.seconds + 30:           # libFuzzer should have stopped itself
+                stop_all(workers)
+
+    def _ended(self, w: Worker, rc: int, elapsed: float) -> None:
+        """A worker's process exited: it ran its time or was stopped; else it died.  In crash mode
+        a death is the first finding and stops the campaign (as libFuzzer does with one process);
+        otherwise the worker is restarted for the remaining time, at most MAX_RESTARTS times."""
+        if w.stopping or rc in (0, -signal.SIGINT, 130):
+            w.done = True
+            return
+        w.deaths.append(rc)
+        what = (f"pfndiff fuzz: worker {w.index} (pid {w.pids[-1]}) exited with status {exit_status(rc)} "
+                f"after {elapsed:.0f}s")
+        left = int(self.seconds - elapsed)
+        why = ("crash mode stops at the first finding; stopping the other workers" if self.crash
+               else "it failed before fuzzing" if not w.prog.inited
+               else f"{MAX_RESTARTS} restarts used" if len(w.deaths) > MAX_RESTARTS
+               else f"{max(left, 0)}s left" if left < MIN_RESTART_SECONDS else "")
+        if why:
+            w.done = True
+            w.prog.execs_per_s = 0
+            self._failed = self._failed or exit_status(rc)
+            self.out(f"{what}; not restarted: {why}; log {w.log_path}")
+            w.note(f"not restarted: {why}")
+            self._record({"event": "worker_end", "worker": w.index, "pid": w.pids[-1], "status": exit_status(rc),
+                          "t": round(elapsed, 2), "why": why})
+            if self.crash:
+                stop_all(self._workers)
+            return
+        n = len(w.deaths)
+        w.note(f"exited with status {exit_status(rc)}; restarted for the remaining {left}s "
+               f"(restart {n} of at most {MAX_RESTARTS})")
+        pid = self._start(w, left)
+        self.out(f"{what}; restarted for the remaining {left}s as pid {pid} (restart {n} of at most "
+                 f"{MAX_RESTARTS}); log {w.log_path}")
+
+    def _progress(self) -> Progress:
+        return combined([w.prog for w in self._workers])
+
+    def _pool_text(self, final: bool) -> str:
+        """The workers in a status line, when there is more than one or one was restarted."""
+        n = len(self._workers)
+        restarts = sum(len(w.pids) - 1 for w in self._workers)
+        if n <= 1 and not restarts:
+            return ""
+        running = sum(1 for w in self._workers if w.running)
+        text = f"{n} workers" if final or running == n else f"{running} of {n} workers running"
+        return f" ({text}, {restarts} restart(s))" if restarts else f" ({text})"
 
     # --- reporting ------------------------------------------------------------------------------
     def aggregate(self) -> tuple[int, dict[str, dict[str, Any]]]:
@@ -188,9 +260,12 @@ class Campaign:
             again = sum(1 for c, earlier in causes.items() if earlier or c in seen)   # the user has seen these
             self._record({"event": event, "t": round(elapsed, 2), "execs": execs, "exec_s": rate,
                           "corpus": prog.corp, "cov": prog.cov, "ft": prog.ft,
+                          "workers": sum(1 for w in self._workers if w.running),
+                          "restarts": sum(len(w.pids) - 1 for w in self._workers),
                           "new": new - again, "new_seen_before": again, "known": known,
                           "known_execs": sum(v["count"] for v in sigs.values() if v["known"])})
-        return (f"[{elapsed:6.0f}s] execs {execs}  exec/s {rate}  corpus {prog.corp}  cov {prog.cov} ft {prog.ft}  "
+        return (f"[{elapsed:6.0f}s] execs {execs}  exec/s {rate}{self._pool_text(event == 'end')}  corpus {prog.corp}  "
+                f"cov {prog.cov} ft {prog.ft}  "
                 f"findings: {new} root cause(s), {known} catalogued signature(s)")
 
     def causes(self) -> tuple[int, list[dict[str, Any]], dict[str, int]]:
@@ -308,38 +383,9 @@ def _interrupt_on(*sigs: int) -> None:
         signal.signal(s, handler)
 
 
-def _pump(proc: subprocess.Popen, log, prog: Progress) -> None:
-    """Copy libFuzzer's stderr to the log and keep its latest numbers."""
-    assert proc.stderr is not None
-    for raw in proc.stderr:
-        log.write(raw)
-        prog.lines += 1
-        line = raw.decode("utf-8", errors="replace")
-        if "cov:" in line or "corp:" in line:
-            for k, v in _STAT.findall(line):
-                if k == "cov":
-                    prog.cov = int(v)
-                elif k == "ft":
-                    prog.ft = int(v)
-                elif k == "corp":
-                    prog.corp = int(v)
-                else:
-                    prog.execs_per_s = int(v)
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    """SIGINT first (libFuzzer exits cleanly and keeps what it wrote), then escalate."""
-    for sig, wait in ((signal.SIGINT, 10), (signal.SIGTERM, 5), (signal.SIGKILL, 5)):
-        if proc.poll() is not None:
-            return
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            return
-        try:
-            proc.wait(timeout=wait)
-        except subprocess.TimeoutExpired:
-            continue
+def _ignore(*sigs: int) -> None:
+    for s in sigs:
+        signal.signal(s, signal.SIG_IGN)
 
 
 def _known_signatures(artifacts: str) -> set[str]:

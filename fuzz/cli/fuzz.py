@@ -102,13 +102,15 @@ def _setup(p: argparse.ArgumentParser) -> None:
                    help="a backend pair (repeatable; all pairs share the time budget and corpus; default: "
                         + ", ".join(f"{a}~{b}" for a, b in DEFAULT_PAIRS) + ")")
     p.add_argument("--time", type=int, default=300, help="time budget in seconds (default 300)")
-    p.add_argument("--jobs", type=int, default=1, help="parallel libFuzzer workers (fork mode when > 1)")
+    p.add_argument("--jobs", type=int, default=1,
+                   help="libFuzzer workers side by side on the one corpus, one per core at most (default 1; "
+                        "`make fuzz`: the number of cores); a worker that dies is restarted for the time left")
     p.add_argument("--corpus", default="fuzz-out/corpus", help="working corpus directory (grows)")
     p.add_argument("--artifacts", default="artifacts", help="where findings are written")
     p.add_argument("--no-seeds", action="store_true", help="do not add the bundled seed corpus")
     p.add_argument("--crash", action="store_true",
                    help="crash mode: a finding raises an uncaught exception naming it (as under ClusterFuzzLite); "
-                        "libFuzzer stops at the first one unless --jobs > 1")
+                        "the campaign stops at the first one (every worker)")
     p.add_argument("--status-every", type=float, default=5.0, help="seconds between status lines")
     p.add_argument("--join", action="append", default=[], metavar="TRIAGE_OUT",
                    help="an earlier triage (its directory or triage.json): its causes are shown as already known")
