@@ -3,7 +3,8 @@
 (semantic: pfndiff's features as libFuzzer counters; bytecode: instrumented generations) and of
 an empty atheris target, measured in the same run under real libFuzzer, and their ratios; then
 the default campaign (``make fuzz``: fuzz.campaigns.campaign.DEFAULT_PAIRS, the bundled corpus,
-the codec's dictionary) in each mode, as executions over its wall time.  ``--profile`` adds an
+the codec's dictionary) in each mode, as executions over its wall time, with one worker and with
+one worker per core (``make fuzz``'s default; its total and per core).  ``--profile`` adds an
 in-process profile of the differential check (no libFuzzer, no instrumentation) with the hot
 spots.  Not part of the test run.
 
@@ -55,14 +56,14 @@ def run_target(name: str, seconds: int, pairs: str, corpus: str, feedback: str =
         return execs, float(rate.group(1)) if rate else execs / wall
 
 
-def run_campaign(seconds: int, corpus: str, feedback: str) -> tuple[int, float]:
-    """(executions, exec/s) of the default campaign as ``make fuzz`` runs it (FUZZ_JOBS=1), over
+def run_campaign(seconds: int, corpus: str, feedback: str, jobs: int = 1) -> tuple[int, float]:
+    """(executions, exec/s) of the default campaign as ``make fuzz FUZZ_JOBS=<jobs>`` runs it, over
     its whole wall time (start-up included), in a scratch directory."""
     old = os.environ.get(FEEDBACK_ENV)
     os.environ[FEEDBACK_ENV] = feedback
     try:
         with tempfile.TemporaryDirectory() as tmp:
-            c = Campaign(list(DEFAULT_PAIRS), seconds, 1, os.path.join(tmp, "corpus"), os.path.join(tmp, "art"),
+            c = Campaign(list(DEFAULT_PAIRS), seconds, jobs, os.path.join(tmp, "corpus"), os.path.join(tmp, "art"),
                          [corpus], status_every=3600, out=lambda line: None, minimize=False)
             t = time.time()
             c.run()
@@ -110,7 +111,10 @@ def main() -> None:
     print(f"load before: {os.getloadavg()[0]:.2f} (1-min average, {os.cpu_count()} cores)")
     empty_n, empty_rate = run_target("empty", args.time, args.pair, corpus)
     rates = {m: run_target("diff", args.time, args.pair, corpus, m) for m in args.feedback}
-    campaign = {} if args.no_campaign else {m: run_campaign(args.time, corpus, m) for m in args.feedback}
+    cores = os.cpu_count() or 1
+    jobs = [1] + ([cores] if cores > 1 else [])
+    campaign = {} if args.no_campaign else {(m, j): run_campaign(args.time, corpus, m, j)
+                                            for m in args.feedback for j in jobs}
     print(f"load after:  {os.getloadavg()[0]:.2f}")
     print(f"{'target':<34} {'exec/s':>10} {'executions':>11} {'/empty':>8}  per core vs {TARGET_PER_CORE:,}")
     print(f"{'empty atheris target':<34} {empty_rate:>10,.0f} {empty_n:>11} {1:>8.4f}")
@@ -118,11 +122,12 @@ def main() -> None:
         verdict = "meets" if rate >= TARGET_PER_CORE else "misses"
         print(f"{'diff ' + args.pair + ' ' + m:<34} {rate:>10,.0f} {n:>11} {rate / empty_rate:>8.4f}  "
               f"{verdict} ({rate / TARGET_PER_CORE:.0%}; stretch {STRETCH_PER_CORE:,}: {rate / STRETCH_PER_CORE:.0%})")
-    for m, (n, rate) in campaign.items():
+    for (m, j), (n, rate) in campaign.items():
         verdict = "meets" if rate >= TARGET_CAMPAIGN else "misses"
-        print(f"{'make fuzz campaign ' + m:<34} {rate:>10,.0f} {n:>11} {rate / empty_rate:>8.4f}  "
-              f"{verdict} {TARGET_CAMPAIGN:,} ({rate / TARGET_CAMPAIGN:.0%}); pairs "
-              + ", ".join(f"{a}~{b}" for a, b in DEFAULT_PAIRS))
+        per_core = f"{rate / j:,.0f} per core; " if j > 1 else ""
+        print(f"{f'make fuzz campaign {m} {j} job' + 's' * (j > 1):<34} {rate:>10,.0f} {n:>11} "
+              f"{rate / empty_rate:>8.4f}  {per_core}{verdict} {TARGET_CAMPAIGN:,} ({rate / TARGET_CAMPAIGN:.0%}); "
+              "pairs " + ", ".join(f"{a}~{b}" for a, b in DEFAULT_PAIRS))
     if args.profile:
         profile(args.pair, corpus, args.profile_inputs)
 
