@@ -8,7 +8,6 @@ this module (``gup_fast_only``, ``gup_slow``, ``lookup_pte``, ``fixup_user_fault
 from __future__ import annotations
 
 from bisect import bisect_left, bisect_right
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -77,14 +76,18 @@ class Vma:
     pages: dict[int, PageEntry] = field(default_factory=dict)
     ptes: dict[int, RemapPte] = field(default_factory=dict)
     # remapped VMAs: PTEs the scenario does not spell out are made on first use (a 512-page BAR
-    # costs nothing until touched); they are writable iff the VMA was never write-protected
-    frame_factory: Callable[[int], RemapPte] | None = None
+    # costs nothing until touched), each mapping a new frame of kind ``frames`` declared in ``db``;
+    # they are writable iff the VMA was never write-protected.  Plain data, not a closure over the
+    # VMA: a closure would make every remapped VMA a reference cycle (see fuzz.targets.gc_policy).
+    frames: str | None = None
+    db: PfnDB | None = None
     default_pte_writable: bool = True
 
     def pte(self, idx: int) -> RemapPte | None:
         p = self.ptes.get(idx)
-        if p is None and self.frame_factory is not None:
-            p = self.ptes[idx] = self.frame_factory(idx)
+        if p is None and self.frames is not None and self.db is not None:
+            p = self.ptes[idx] = RemapPte(True, self.db.declare(f"{self.name}.frame{idx}", self.frames),
+                                          self.default_pte_writable)
         return p
 
     @property

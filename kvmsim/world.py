@@ -160,8 +160,7 @@ class World:
         db = self.db
         if vma.remapped:
             vma.default_pte_writable = bool(flags & VM_WRITE)   # PTEs writable only in VM_WRITE vmas (§1.3)
-            vma.frame_factory = lambda i: RemapPte(True, db.declare(f"{v.name}.frame{i}", v.frames),
-                                                   vma.default_pte_writable)
+            vma.frames, vma.db = v.frames, db
             for i, spec in v.ptes.items():
                 pg = db.by_name[spec.page] if spec.page is not None else db.declare(f"{v.name}.frame{i}", v.frames)
                 vma.ptes[i] = RemapPte(spec.present, pg, spec.writable and bool(flags & VM_WRITE), spec.handler)

@@ -17,6 +17,7 @@ import os
 import sys
 
 from fuzz.targets.atheris_compat import FeatureCounters, fuzz, instrumented, semantic_feedback
+from fuzz.targets.gc_policy import PeriodicCollector
 
 with instrumented():
     import kvmsim.g1_legacy  # noqa: F401,E402  (every generation, instrumented)
@@ -110,12 +111,14 @@ def main() -> None:
     if t0:
         checker.t0 = t0
 
+    collector = PeriodicCollector()
+
     def test_one_input(data: bytes) -> None:
         checker.check(data)
+        collector.tick()
 
-    import atexit
-    atexit.register(checker.flush)
-    fuzz(test_one_input, argv)
+    collector.start()
+    fuzz(test_one_input, argv, at_exit=checker.flush)
 
 
 if __name__ == "__main__":
