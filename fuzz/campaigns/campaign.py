@@ -17,7 +17,8 @@ import signal
 import sys
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -88,8 +89,8 @@ class Campaign:
         return self.artifacts
 
     def run(self) -> int:
-        """Run the workers for the time budget; 0 when every worker ran it out (restarts included),
-        130 when interrupted, else the exit status of a worker that stopped for good before."""
+        """Run the workers for the time budget; 130 when interrupted, else the exit status of the
+        first worker that stopped for good before the end (``_not_restarted``), else 0."""
         os.makedirs(self.corpus, exist_ok=True)
         os.makedirs(self.artifacts, exist_ok=True)
         self._dict = os.path.join(self.artifacts, ".pfndiff.dict")
@@ -104,7 +105,7 @@ class Campaign:
                  f"{self._jobs_text()}; corpus {self.corpus}; artifacts {self.artifacts}; log {log_path}"
                  + (f" (worker k: {os.path.basename(worker_log(log_path, 1)).replace('.1.', '.<k>.')})"
                     if self.jobs > 1 else ""))
-        _interrupt_on(signal.SIGINT, signal.SIGTERM)
+        self._interrupt_on(signal.SIGINT, signal.SIGTERM)
         self._record({"event": "start", "t0": t0, "pairs": [f"{a}~{b}" for a, b in self.pairs],
                       "seconds": self.seconds, "jobs": self.jobs,
                       "corpus": os.path.relpath(os.path.abspath(self.corpus), os.path.abspath(self.artifacts)),
@@ -118,13 +119,13 @@ class Campaign:
             interrupted = True
             self.out("pfndiff fuzz: interrupted, stopping libFuzzer (corpus and artifacts are kept)")
         finally:
-            _ignore(signal.SIGINT, signal.SIGTERM)           # a second Ctrl-C must not cut the stopping short
+            self._holding = True                   # a second Ctrl-C must not cut the stopping short
             try:
                 stop_all(workers)
             finally:
                 for w in workers:
                     w.close()
-                _interrupt_on(signal.SIGINT, signal.SIGTERM)
+                self._holding = self._held = False
         self.out(self.status_line(time.time() - t0, self._progress(), before, "end"))
         self.out(self.findings_table(before))
         return 130 if interrupted else self._failed
@@ -141,8 +142,35 @@ class Campaign:
             return f"{self.jobs} workers on {cores} core(s) (more workers than cores: they share them)"
         return f"{self.jobs} worker(s)"
 
+    _holding: bool = field(default=False, init=False, repr=False)    # Ctrl-C/SIGTERM held off
+    _held: bool = field(default=False, init=False, repr=False)       # and one came meanwhile
+
+    def _interrupt_on(self, *sigs: int) -> None:
+        """Ctrl-C and SIGTERM end the campaign cleanly, even where the shell started us with SIGINT
+        ignored (background jobs of non-interactive shells); not while a worker is being started
+        (its process would be left running unknown) or the workers are being stopped."""
+        def handler(signum, frame):
+            if self._holding:
+                self._held = True
+                return
+            raise KeyboardInterrupt
+        for sig in sigs:
+            signal.signal(sig, handler)
+
+    @contextmanager
+    def _signals_held(self) -> Iterator[None]:
+        self._holding = True
+        try:
+            yield
+        finally:
+            self._holding = False
+            if self._held:
+                self._held = False
+                raise KeyboardInterrupt
+
     def _start(self, w: Worker, seconds: int) -> int:
-        pid = w.start(self.command(self._dict, seconds), self._env)
+        with self._signals_held():
+            pid = w.start(self.command(self._dict, seconds), self._env)
         self._record({"event": "worker", "worker": w.index, "pid": pid, "restart": len(w.pids) - 1,
                       "t": round(time.time() - self._started, 2), "seconds": seconds,
                       "log": os.path.relpath(os.path.abspath(w.log_path), os.path.abspath(self.artifacts))})
@@ -174,16 +202,14 @@ class Campaign:
             return
         w.deaths.append(rc)
         what = (f"pfndiff fuzz: worker {w.index} (pid {w.pids[-1]}) exited with status {exit_status(rc)} "
-                f"after {elapsed:.0f}s")
+                f"after {elapsed:.0f}s" + (f" (its input: {w.prog.unit})" if w.prog.unit else ""))
         left = int(self.seconds - elapsed)
-        why = ("crash mode stops at the first finding; stopping the other workers" if self.crash
-               else "it failed before fuzzing" if not w.prog.inited
-               else f"{MAX_RESTARTS} restarts used" if len(w.deaths) > MAX_RESTARTS
-               else f"{max(left, 0)}s left" if left < MIN_RESTART_SECONDS else "")
+        why, failed = self._not_restarted(w, left)
         if why:
             w.done = True
             w.prog.execs_per_s = 0
-            self._failed = self._failed or exit_status(rc)
+            if failed:
+                self._failed = self._failed or exit_status(rc)
             self.out(f"{what}; not restarted: {why}; log {w.log_path}")
             w.note(f"not restarted: {why}")
             self._record({"event": "worker_end", "worker": w.index, "pid": w.pids[-1], "status": exit_status(rc),
@@ -198,6 +224,19 @@ class Campaign:
         self.out(f"{what}; restarted for the remaining {left}s as pid {pid} (restart {n} of at most "
                  f"{MAX_RESTARTS}); log {w.log_path}")
 
+    def _not_restarted(self, w: Worker, left: int) -> tuple[str, bool]:
+        """Why a worker that died is not restarted ("" when it is), and whether that fails the
+        campaign (a death in the last seconds does not: the time was as good as used)."""
+        if self.crash:
+            return "crash mode stops at the first finding; stopping the other workers", True
+        if not w.prog.inited:
+            return "it failed before fuzzing", True
+        if len(w.deaths) > MAX_RESTARTS:
+            return f"{MAX_RESTARTS} restarts used", True
+        if left < MIN_RESTART_SECONDS:
+            return f"{max(left, 0)}s left", False
+        return "", False
+
     def _progress(self) -> Progress:
         return combined([w.prog for w in self._workers])
 
@@ -208,7 +247,7 @@ class Campaign:
         if n <= 1 and not restarts:
             return ""
         running = sum(1 for w in self._workers if w.running)
-        text = f"{n} workers" if final or running == n else f"{running} of {n} workers running"
+        text = f"{n} worker{'s' * (n > 1)}" if final or running == n else f"{running} of {n} workers running"
         return f" ({text}, {restarts} restart(s))" if restarts else f" ({text})"
 
     # --- reporting ------------------------------------------------------------------------------
@@ -372,20 +411,6 @@ class Campaign:
 def _cause_order(g: dict[str, Any]) -> tuple[bool, float]:
     """Differences between generations before the literal sketch's quirks, then by time found."""
     return g["cause"].get("kind") == "quirk", g["first_seen"]
-
-
-def _interrupt_on(*sigs: int) -> None:
-    """Ctrl-C and SIGTERM end the campaign cleanly, even where the shell started us with SIGINT
-    ignored (background jobs of non-interactive shells)."""
-    def handler(signum, frame):
-        raise KeyboardInterrupt
-    for s in sigs:
-        signal.signal(s, handler)
-
-
-def _ignore(*sigs: int) -> None:
-    for s in sigs:
-        signal.signal(s, signal.SIG_IGN)
 
 
 def _known_signatures(artifacts: str) -> set[str]:

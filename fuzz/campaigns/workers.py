@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import IO
 
 _STAT = re.compile(r"(cov|ft|corp|exec/s):?\s*(\d+)")
+_UNIT = re.compile(r"Test unit written to (\S+)")
 STOP_STEPS = ((signal.SIGINT, 10.0), (signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0))
 
 
@@ -35,6 +36,7 @@ class Progress:
     execs_per_s: int = 0
     lines: int = 0
     inited: bool = False            # it read its corpus and started mutating
+    unit: str = ""                  # the input libFuzzer wrote when it stopped (crash-, timeout-, oom-)
 
 
 def combined(progs: list[Progress]) -> Progress:
@@ -140,6 +142,9 @@ def _pump(proc: subprocess.Popen, log: IO[bytes], prog: Progress) -> None:
         line = raw.decode("utf-8", errors="replace")
         if "INITED" in line:
             prog.inited = True
+        elif "Test unit written to" in line:
+            m = _UNIT.search(line)
+            prog.unit = m.group(1) if m else prog.unit
         if "cov:" in line or "corp:" in line:
             for k, v in _STAT.findall(line):
                 if k == "cov":

@@ -15,8 +15,8 @@ import pytest
 import yaml
 
 from fuzz.campaigns import history
-from fuzz.campaigns.campaign import Campaign
-from fuzz.campaigns.workers import Progress, combined, exit_status, log_path
+from fuzz.campaigns.campaign import MAX_RESTARTS, Campaign
+from fuzz.campaigns.workers import Progress, Worker, combined, exit_status, log_path
 from fuzz.cli import main
 from fuzz.judging import artifacts as art
 from kvmsim.checkout import ROOT
@@ -40,6 +40,21 @@ def test_the_campaign_adds_up_exec_s_and_takes_the_largest_corpus():
 
 def test_exit_status_as_a_shell_shows_it():
     assert exit_status(-signal.SIGKILL) == 137 and exit_status(77) == 77 and exit_status(0) == 0
+
+
+def test_a_worker_keeps_libfuzzers_numbers_and_the_input_it_wrote(tmp_path):
+    lines = ["INFO: Seed: 1", "#2\tINITED cov: 7 ft: 9 corp: 2/10b exec/s: 0 rss: 40Mb",
+             "#512\tNEW    cov: 8 ft: 11 corp: 3/14b lim: 4 exec/s: 256 rss: 41Mb",
+             "==1== ERROR: libFuzzer: out-of-memory (used: 300Mb; limit: 260Mb)",
+             f"artifact_prefix='{tmp_path}/'; Test unit written to {tmp_path}/oom-00ff"]
+    w = Worker(0, str(tmp_path / "w.log"))
+    script = "import sys; sys.stderr.write(sys.argv[1])"
+    w.start([sys.executable, "-c", script, "\n".join(lines) + "\n"], dict(os.environ))
+    assert w.proc is not None and w.proc.wait(timeout=60) == 0
+    w.close()
+    p = w.prog
+    assert (p.inited, p.cov, p.ft, p.corp, p.execs_per_s, p.unit) == (True, 8, 11, 3, 256, f"{tmp_path}/oom-00ff")
+    assert (tmp_path / "w.log").read_text().splitlines() == lines
 
 
 def test_every_worker_runs_the_single_process_command():
@@ -145,13 +160,14 @@ def _wait_for(what: str, cond, proc: subprocess.Popen):
         if proc.poll() is not None:
             break
         time.sleep(0.2)
-    proc.kill()
+    proc.send_signal(signal.SIGINT)                          # the campaign stops its workers
     pytest.fail(f"never saw {what}: {proc.communicate()[0].decode(errors='replace')[-3000:]}")
 
 
-def _fuzzing(log: Path) -> bool:
+def _fuzzing(log: Path, times: int = 1) -> bool:
+    """The log shows ``times`` processes that started fuzzing (a restart appends to it)."""
     try:
-        return b"INITED" in log.read_bytes()
+        return log.read_bytes().count(b"INITED cov:") >= times
     except OSError:
         return False
 
@@ -193,3 +209,17 @@ def test_a_worker_that_fails_before_fuzzing_is_not_restarted(tmp_path):
     out = proc.communicate(timeout=WAIT)[0].decode()
     assert proc.returncode not in (0, 130), out
     assert out.count("not restarted: it failed before fuzzing") == 2 and "restarted for" not in out
+
+
+@pytest.mark.slow
+def test_restarts_are_bounded(tmp_path):
+    a = tmp_path / "a"
+    proc = _campaign(tmp_path, "--time", "600", "--jobs", "1")
+    for n in range(MAX_RESTARTS + 1):
+        _wait_for(f"start {n} fuzzing", lambda n=n: _fuzzing(a / "libfuzzer.log", n + 1), proc)
+        os.kill(_workers(a)[n]["pid"], signal.SIGKILL)
+    out = proc.communicate(timeout=WAIT)[0].decode()
+    assert proc.returncode == 137, out                      # the campaign could not go on: the worker's status
+    assert out.count("restarted for the remaining") == MAX_RESTARTS
+    assert f"not restarted: {MAX_RESTARTS} restarts used" in out and "(1 worker, 3 restart(s))" in out
+    assert _groups_alive([w["pid"] for w in _workers(a)]) == []
