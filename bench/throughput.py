@@ -18,6 +18,7 @@ import cProfile
 import os
 import pstats
 import re
+import resource
 import subprocess
 import sys
 import tempfile
@@ -56,25 +57,32 @@ def run_target(name: str, seconds: int, pairs: str, corpus: str, feedback: str =
         return execs, float(rate.group(1)) if rate else execs / wall
 
 
-def run_campaign(seconds: int, corpus: str, feedback: str, jobs: int = 1) -> tuple[int, float]:
-    """(executions, exec/s) of the default campaign as ``make fuzz FUZZ_JOBS=<jobs>`` runs it, over
-    its whole wall time (start-up included), in a scratch directory."""
+def run_campaign(seconds: int, corpus: str, feedback: str, jobs: int = 1) -> tuple[int, float, float]:
+    """(executions, exec/s, CPU seconds of its workers) of the default campaign as ``make fuzz
+    FUZZ_JOBS=<jobs>`` runs it, over its whole wall time (start-up included), in a scratch
+    directory.  The CPU time tells how many cores the workers had on a machine shared with others."""
     old = os.environ.get(FEEDBACK_ENV)
     os.environ[FEEDBACK_ENV] = feedback
     try:
         with tempfile.TemporaryDirectory() as tmp:
             c = Campaign(list(DEFAULT_PAIRS), seconds, jobs, os.path.join(tmp, "corpus"), os.path.join(tmp, "art"),
                          [corpus], status_every=3600, out=lambda line: None, minimize=False)
-            t = time.time()
+            t, cpu = time.time(), _children_cpu()
             c.run()
-            wall = time.time() - t
+            wall, cpu = time.time() - t, _children_cpu() - cpu
             execs, _ = c.aggregate()
     finally:
         if old is None:
             del os.environ[FEEDBACK_ENV]
         else:
             os.environ[FEEDBACK_ENV] = old
-    return execs, execs / wall
+    return execs, execs / wall, cpu
+
+
+def _children_cpu() -> float:
+    """User + system seconds of the child processes waited for so far."""
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ru.ru_utime + ru.ru_stime
 
 
 def profile(pairs: str, corpus: str, n: int) -> None:
@@ -122,9 +130,10 @@ def main() -> None:
         verdict = "meets" if rate >= TARGET_PER_CORE else "misses"
         print(f"{'diff ' + args.pair + ' ' + m:<34} {rate:>10,.0f} {n:>11} {rate / empty_rate:>8.4f}  "
               f"{verdict} ({rate / TARGET_PER_CORE:.0%}; stretch {STRETCH_PER_CORE:,}: {rate / STRETCH_PER_CORE:.0%})")
-    for (m, j), (n, rate) in campaign.items():
+    for (m, j), (n, rate, cpu) in campaign.items():
         verdict = "meets" if rate >= TARGET_CAMPAIGN else "misses"
-        per_core = f"{rate / j:,.0f} per core; " if j > 1 else ""
+        per_core = ((f"{rate / j:,.0f} per core, " if j > 1 else "")
+                    + (f"{n / cpu:,.0f} per CPU second ({cpu * rate / n:.2f} cores busy); " if n and cpu > 0 else ""))
         print(f"{f'make fuzz campaign {m} {j} job' + 's' * (j > 1):<34} {rate:>10,.0f} {n:>11} "
               f"{rate / empty_rate:>8.4f}  {per_core}{verdict} {TARGET_CAMPAIGN:,} ({rate / TARGET_CAMPAIGN:.0%}); "
               "pairs " + ", ".join(f"{a}~{b}" for a, b in DEFAULT_PAIRS))
