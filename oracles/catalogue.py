@@ -201,13 +201,17 @@ class Compiled:
     when: Conditions
     expect_when: Conditions
     explains: dict[str, FieldTests] | None                # None: every differing field
+    taints_on_op: bool = False         # conditions on the op alone, and tainting: ``applies`` may name it
+    expects: tuple[tuple[str, Test | None, Test | None], ...] = ()     # Entry.expects compiled
 
     @classmethod
     def of(cls, e: Entry) -> Compiled:
         explains = None if e.explains is None else {
             f: None if c == "*" else (compile_cond(c.get("a", "*")), compile_cond(c.get("b", "*")))
             for f, c in e.explains}
-        return cls(e, Conditions.of(e.when), Conditions.of(e.expect_when), explains)
+        taints_on_op = bool(e.when) and e.taints and not any(k.startswith(("a.", "b.")) for k, _ in e.when)
+        expects = tuple((f, compile_cond(ca), compile_cond(cb)) for f, ca, cb in e.expects)
+        return cls(e, Conditions.of(e.when), Conditions.of(e.expect_when), explains, taints_on_op, expects)
 
     def explains_field(self, f: str, oa: dict[str, Any], ob: dict[str, Any]) -> bool:
         """Does the entry state the values both sides show for field ``f`` (or every field)?"""
@@ -222,6 +226,54 @@ class Compiled:
         return (ta is None or ta(oa.get(f))) and (tb is None or tb(ob.get(f)))
 
 
+Oriented = tuple[tuple[Compiled, tuple[int, ...]], ...]     # entries with the orientations they have for a pair
+
+
+@dataclass(frozen=True)
+class AtOp:
+    """What the catalogue says about one op of one pair before looking at observations: the entries
+    whose conditions on the op and its context hold (``explain``), those of them that assert values
+    there (``missing``: ``expect`` conditions on the op hold too), and the entry whose conditions
+    taint the op's gfn (``applies``).  Why one object: ``explain``, ``missing`` and ``applies`` ask the
+    same op-level conditions, and the answer is a function of the values those conditions read."""
+    holding: Oriented
+    asserting: Oriented
+    taint: str | None
+
+    @staticmethod
+    def of(oriented: Oriented, args: dict[str, Any], ctx: dict[str, Any]) -> AtOp:
+        holding = tuple((c, sides) for c, sides in oriented if c.when.holds_on_op(args, ctx))
+        asserting = tuple((c, sides) for c, sides in holding
+                          if c.entry.expects and c.expect_when.holds_on_op(args, ctx))
+        taint = next((c.entry.id for c, _ in holding if c.taints_on_op), None)
+        return AtOp(holding, asserting, taint)
+
+
+NOTHING = AtOp((), (), None)
+# Op views remembered per catalogue (``Catalogue.at``); a bound on memory, not a tuning knob: the
+# values op conditions read (flags, kinds, states) take few distinct combinations.
+AT_MEMO_SIZE = 1 << 14
+
+
+@dataclass(frozen=True)
+class _Reads:
+    """The entries of one (oracle, op kind, pair) with their orientations, and every op argument and
+    context key their op-level conditions read (the memo key of ``Catalogue.at``)."""
+    oriented: Oriented
+    op_names: tuple[str, ...]
+    ctx_names: tuple[str, ...]
+
+    @classmethod
+    def of(cls, oriented: Oriented) -> _Reads:
+        op_names: dict[str, None] = {}
+        ctx_names: dict[str, None] = {}
+        for c, _ in oriented:
+            for conds in (c.when, c.expect_when):
+                op_names.update((n, None) for n, _ in conds.op)
+                ctx_names.update((n, None) for n, _ in conds.ctx)
+        return cls(oriented, tuple(op_names), tuple(ctx_names))
+
+
 class Catalogue:
     def __init__(self, entries: list[Entry], path: str = "") -> None:
         self.entries = entries
@@ -233,31 +285,53 @@ class Catalogue:
             for op in e.ops:
                 self._by_op.setdefault((e.oracle, op), []).append(compiled[e.id])
         # Per (oracle, op kind, families): the entries that can apply with their orientations, in
-        # order; and the entries ``applies`` tries.  Why: every compared op asks, and the answer
-        # depends on those three alone (entries are frozen), so it is worked out once.
-        self._oriented_memo: dict[tuple[str, str, tuple[str, str]], list[tuple[Compiled, list[int]]]] = {}
-        self._tainting_memo: dict[tuple[str, tuple[str, str]], list[Compiled]] = {}
+        # order, and what their op-level conditions read.  Why: every compared op asks, and the
+        # answer depends on those three alone (entries are frozen), so it is worked out once.
+        self._reads_memo: dict[tuple[str, str, tuple[str, str]], _Reads] = {}
+        self._at_memo: dict[tuple[Any, ...], AtOp] = {}
         self._expecting_memo: dict[tuple[str, tuple[str, str]], bool] = {}
 
-    def _oriented(self, oracle: str, op_kind: str, fams: tuple[str, str]) -> list[tuple[Compiled, list[int]]]:
-        """(entry, its orientations) for each entry of ``oracle`` and ``op_kind`` that has one for ``fams``."""
+    def _reads(self, oracle: str, op_kind: str, fams: tuple[str, str]) -> _Reads:
+        """The entries of ``oracle`` and ``op_kind`` that have an orientation for ``fams`` (none when
+        both sides are one family: a family never diverges from itself by intent, and the literal
+        sketch's differences are bugs)."""
         key = (oracle, op_kind, fams)
-        got = self._oriented_memo.get(key)
+        got = self._reads_memo.get(key)
         if got is None:
-            got = self._oriented_memo[key] = [(c, sides) for c in self._by_op.get((oracle, op_kind), ())
-                                              if (sides := self._orientations(c.entry, fams))]
+            oriented = () if fams[0] == fams[1] else tuple(
+                (c, tuple(sides)) for c in self._by_op.get((oracle, op_kind), ())
+                if (sides := self._orientations(c.entry, fams)))
+            got = self._reads_memo[key] = _Reads.of(oriented)
+        return got
+
+    def at(self, oracle: str, op_kind: str, fams: tuple[str, str], args: dict[str, Any], ctx: dict[str, Any]) -> AtOp:
+        """The catalogue's view of one op of a pair (``AtOp``), remembered by the values its entries'
+        op conditions read: a compiled condition is a function of the value alone, and values equal
+        as dict keys satisfy the same conditions (they compare equal and are of one kind)."""
+        reads = self._reads(oracle, op_kind, fams)
+        if not reads.oriented:
+            return NOTHING
+        key = (oracle, op_kind, fams, tuple(map(args.get, reads.op_names)), tuple(map(ctx.get, reads.ctx_names)))
+        try:
+            got = self._at_memo.get(key)
+        except TypeError:                          # an unhashable value: work it out
+            return AtOp.of(reads.oriented, args, ctx)
+        if got is None:
+            if len(self._at_memo) >= AT_MEMO_SIZE:
+                self._at_memo.clear()
+            got = self._at_memo[key] = AtOp.of(reads.oriented, args, ctx)
         return got
 
     def explain(self, oracle: str, op_kind: str, fams: tuple[str, str], fields: list[str],
                 obs: tuple[dict[str, Any], dict[str, Any]], args: dict[str, Any],
                 ctx: dict[str, Any]) -> dict[str, str]:
         """field -> entry id for every differing field some applicable entry explains."""
+        return self.explain_at(self.at(oracle, op_kind, fams, args, ctx), fields, obs)
+
+    def explain_at(self, at: AtOp, fields: list[str], obs: tuple[dict[str, Any], dict[str, Any]]) -> dict[str, str]:
+        """``explain`` for the op ``at`` describes."""
         out: dict[str, str] = {}
-        if fams[0] == fams[1]:
-            return out                    # a family never diverges from itself by intent (literal sketch = bugs)
-        for c, sides in self._oriented(oracle, op_kind, fams):
-            if not c.when.holds_on_op(args, ctx):
-                continue
+        for c, sides in at.holding:
             for side in sides:
                 oa, ob = obs[side], obs[1 - side]
                 if c.when.holds_on_obs(oa, ob):
@@ -276,8 +350,8 @@ class Catalogue:
         """Could some entry assert a divergence for this op and pair (cheap pre-check)?"""
         got = self._expecting_memo.get((op_kind, fams))
         if got is None:
-            got = self._expecting_memo[(op_kind, fams)] = fams[0] != fams[1] and any(
-                c.entry.expects for c, _ in self._oriented("diff", op_kind, fams))
+            got = self._expecting_memo[(op_kind, fams)] = any(
+                c.entry.expects for c, _ in self._reads("diff", op_kind, fams).oriented)
         return got
 
     def missing(self, op_kind: str, fams: tuple[str, str], obs: tuple[dict[str, Any], dict[str, Any]],
@@ -285,23 +359,23 @@ class Catalogue:
         """The catalogue cuts both ways: (entry, field) for every entry whose conditions hold here
         and that states different values for a field on the two sides, where the two sides show
         the same value instead (the expected divergence did not appear)."""
+        return self.missing_at(self.at("diff", op_kind, fams, args, ctx), obs)
+
+    @staticmethod
+    def missing_at(at: AtOp, obs: tuple[dict[str, Any], dict[str, Any]]) -> list[tuple[Entry, str]]:
+        """``missing`` for the op ``at`` describes."""
         out: list[tuple[Entry, str]] = []
-        if fams[0] == fams[1]:
-            return out
-        for c, sides in self._oriented("diff", op_kind, fams):
-            e = c.entry
-            if not e.expects or not (c.when.holds_on_op(args, ctx) and c.expect_when.holds_on_op(args, ctx)):
-                continue
+        for c, sides in at.asserting:
             for side in sides:
                 oa, ob = obs[side], obs[1 - side]
                 if not c.when.holds_on_obs(oa, ob) or not c.expect_when.holds_on_obs(oa, ob):
                     continue
-                for f, ca, cb in e.expects:
+                for f, ta, tb in c.expects:
                     va, vb = oa.get(f, NA), ob.get(f, NA)
                     if va is NA or vb is NA or va != vb:
                         continue                  # not observed at this level, or it did differ
-                    if not (cond(ca, va) and cond(cb, vb)):
-                        out.append((e, f))
+                    if not ((ta is None or ta(va)) and (tb is None or tb(vb))):
+                        out.append((c.entry, f))
                 break
         return out
 
@@ -309,17 +383,7 @@ class Catalogue:
         """An entry whose conditions on the op and its context (not on observations) hold here:
         the two generations behave differently at this gfn even when this op's observations agree
         (e.g. a read vs a write fault-in), so later differences there are its consequences."""
-        if fams[0] == fams[1]:
-            return None
-        tainting = self._tainting_memo.get((op_kind, fams))
-        if tainting is None:
-            tainting = self._tainting_memo[(op_kind, fams)] = [
-                c for c, _ in self._oriented("diff", op_kind, fams)
-                if c.entry.when and c.entry.taints and not any(k.startswith(("a.", "b.")) for k, _ in c.entry.when)]
-        for c in tainting:
-            if c.when.holds_on_op(args, ctx):
-                return c.entry.id
-        return None
+        return self.at("diff", op_kind, fams, args, ctx).taint
 
     @staticmethod
     def _orientations(e: Entry, fams: tuple[str, str]) -> list[int]:

@@ -18,10 +18,10 @@ from typing import Any
 from kvmsim.scenario import Scenario
 from kvmsim.trace import Trace
 
-from .catalogue import Catalogue, family
+from .catalogue import AtOp, Catalogue, family
 from .context import op_contexts
 from .invariants import check_trace
-from .normalise import API_LEVEL, NA, REPORTING, VMM_LEVEL, normalise
+from .normalise import API_LEVEL, NA, REPORTING, VMM_LEVEL, Normalised
 from .signature import make_signature, op_class, signature_id
 
 PRIORITY = ("events", "api.oops", "api.skipped", "api.result", "api.ret", "vmm.outcome", "vmm.ret", "api.frame",
@@ -74,10 +74,6 @@ def _raw_same(a: Any, b: Any) -> bool:
     return a.api == b.api and a.vmm == b.vmm and a.events == b.events
 
 
-def _same(a: Any, b: Any) -> bool:
-    return a is NA or b is NA or a == b
-
-
 def _family(t: Trace) -> str:
     """A real host counts as the generation its kernel implements (trace meta ``generation``),
     so the catalogue's VMM-visible entries apply to sim-vs-host pairs too."""
@@ -102,9 +98,11 @@ def _order(fields: list[str]) -> list[str]:
 
 
 def compare(sc: Scenario, left: Trace, right: Trace, cat: Catalogue, level: str | None = None,
-            invariants: bool = True, ctxs: list[dict[str, Any]] | None = None) -> list[Divergence]:
+            invariants: bool = True, ctxs: list[dict[str, Any]] | None = None,
+            norms: Normalised | None = None) -> list[Divergence]:
     """Every divergence between two traces of ``sc``, first differing op first.  ``ctxs``: the op
-    contexts if the caller already has them (oracles.context.op_contexts)."""
+    contexts if the caller already has them (oracles.context.op_contexts); ``norms``: the records
+    normalised so far, if the caller compares these traces in other pairs too."""
     level = level or level_for(left, right)
     fams = (_family(left), _family(right))
     expecting = [cat.expecting(op.kind, fams) for op in sc.ops]
@@ -114,7 +112,7 @@ def compare(sc: Scenario, left: Trace, right: Trace, cat: Catalogue, level: str 
         ctxs = op_contexts(sc)
     elif type(ctxs) is not list:
         ctxs = list(ctxs)                 # a lazy sequence (fuzz.judging.judge.LazyContexts): index a plain list
-    walk = _Walk(sc, left, right, cat, level, fams, expecting, ctxs)
+    walk = _Walk(sc, left, right, cat, level, fams, expecting, ctxs, norms or Normalised())
     for lrec, rrec in zip(left.records, right.records):
         if _raw_same(lrec, rrec):
             walk.same_record(lrec, rrec)
@@ -144,47 +142,58 @@ class _Walk:
     fams: tuple[str, str]
     expecting: list[bool]
     ctxs: list[dict[str, Any]]
+    norms: Normalised
     out: list[Divergence] = dataclasses.field(default_factory=list)
     tainted: dict[Any, str] = dataclasses.field(default_factory=dict)   # gfn or host page -> entry id
+
+    def at(self, i: int) -> AtOp:
+        """The catalogue's view of op ``i`` for this pair (asked once per op by each reader)."""
+        op = self.sc.ops[i]
+        return self.cat.at("diff", op.kind, self.fams, op.args, self.ctxs[i])
 
     def same_record(self, lrec: Any, rrec: Any) -> None:
         """Identical records: only an expected divergence that did not appear, or a taint."""
         i = lrec.index
+        at = None
         if self.expecting[i] and _cascade(self.ctxs[i], self.tainted) is None:
-            self.out.extend(_missing(self.sc, i, self.left, self.right, lrec, rrec, self.level, self.fams, self.cat,
-                                     self.ctxs[i]))
-        self.taint_if_applies(i)
+            at = self.at(i)
+            if at.asserting:
+                n = self.norms(lrec, self.level)[0]           # the records are equal: so are their normal forms
+                self.out.extend(_missing(self.sc, i, self.left, self.right, self.cat, at, (n, n)))
+        self.taint_if_applies(i, at)
 
-    def taint_if_applies(self, i: int) -> None:
+    def taint_if_applies(self, i: int, at: AtOp | None = None) -> None:
         """An entry whose conditions on the op hold changes the worlds at its gfn even when the op's
         observations agree (G3's gfn_to_page(write=false) leaves a page read-only that an older
         gfn_to_page made writable): later differences there are its consequences."""
         gfn = self.ctxs[i].get("ctx.gfn")
-        op = self.sc.ops[i]
         if gfn is not None and gfn not in self.tainted:
-            cause = self.cat.applies(op.kind, self.fams, op.args, self.ctxs[i])
+            cause = (at or self.at(i)).taint
             if cause is not None:
                 _taint(self.tainted, self.ctxs[i], cause)
 
     def different_record(self, lrec: Any, rrec: Any) -> None:
         i = lrec.index
         ctx = self.ctxs[i]
-        ln, rn, diff = _normalised_difference(lrec, rrec, self.level)
+        ln, rn, diff = _normalised_difference(lrec, rrec, self.level, self.norms)
+        at = None
         if self.expecting[i] and _cascade(ctx, self.tainted) is None:
-            self.out.extend(_missing(self.sc, i, self.left, self.right, lrec, rrec, self.level, self.fams, self.cat,
-                                     ctx, (ln, rn)))
+            at = self.at(i)
+            if at.asserting:
+                self.out.extend(_missing(self.sc, i, self.left, self.right, self.cat, at, (ln, rn)))
         if not diff:                    # records differ only in what normalisation drops (the call's name)
-            self.taint_if_applies(i)
+            self.taint_if_applies(i, at)
             return
-        d = self.divergence(i, _order(diff), ln, rn)
+        d = self.divergence(i, _order(diff), ln, rn, at)
         if d.known and "ctx.gfn" in ctx:
             _taint(self.tainted, ctx, d.entries[0].replace(" (cascade)", ""))
         self.out.append(d)
 
-    def divergence(self, i: int, diff: list[str], ln: dict[str, Any], rn: dict[str, Any]) -> Divergence:
+    def divergence(self, i: int, diff: list[str], ln: dict[str, Any], rn: dict[str, Any],
+                   at: AtOp | None = None) -> Divergence:
         """The divergence at op ``i``, its fields explained by the catalogue or by an earlier cause."""
         op, ctx = self.sc.ops[i], self.ctxs[i]
-        explained = self.cat.explain("diff", op.kind, self.fams, diff, (ln, rn), op.args, ctx)
+        explained = self.cat.explain_at(at or self.at(i), diff, (ln, rn))
         cause = _cascade(ctx, self.tainted)
         if cause is not None:
             for f in diff:
@@ -198,15 +207,20 @@ class _Walk:
         return d
 
 
-def _normalised_difference(lrec: Any, rrec: Any, level: str) -> tuple[dict[str, Any], dict[str, Any], list[str]]:
+def _normalised_difference(lrec: Any, rrec: Any, level: str,
+                           norms: Normalised) -> tuple[dict[str, Any], dict[str, Any], list[str]]:
     """Both records normalised at ``level`` and the fields that differ (unordered), with a
-    pseudo-field for each reporting rule that fired on one side only."""
-    ln, lfired = normalise(lrec, level)
-    rn, rfired = normalise(rrec, level)
+    pseudo-field for each reporting rule that fired on one side only.  The records returned may be
+    ``norms``' own: they are copied before a field is added."""
+    ln, lfired = norms(lrec, level)
+    rn, rfired = norms(rrec, level)
     if "vmm.*" in ln or "vmm.*" in rn:      # one side observed nothing at the VMM level
         ln = {k: v for k, v in ln.items() if not k.startswith("vmm.")}
         rn = {k: v for k, v in rn.items() if not k.startswith("vmm.")}
-    diff = [k for k in ln.keys() | rn.keys() if not _same(ln.get(k, _MISSING), rn.get(k, _MISSING))]
+    diff = _differing(ln, rn)
+    if lfired == rfired:
+        return ln, rn, diff
+    ln, rn = dict(ln), dict(rn)
     for rule in REPORTING:
         if (rule.name in lfired) != (rule.name in rfired) and ln.get("api.result") == rn.get("api.result"):
             pseudo = f"api.result ({rule.name})"
@@ -214,6 +228,20 @@ def _normalised_difference(lrec: Any, rrec: Any, level: str) -> tuple[dict[str, 
             ln[pseudo] = (lrec.api or {}).get("result")
             rn[pseudo] = (rrec.api or {}).get("result")
     return ln, rn, diff
+
+
+def _differing(ln: dict[str, Any], rn: dict[str, Any]) -> list[str]:
+    """The fields whose values differ, ``NA`` matching anything and a field one side lacks differing
+    (unordered).  A plain loop over each side: most fields are on both, most are equal."""
+    out = []
+    for k, a in ln.items():
+        b = rn.get(k, _MISSING)
+        if a is not NA and b is not NA and not a == b:
+            out.append(k)
+    for k, b in rn.items():
+        if k not in ln and b is not NA:
+            out.append(k)
+    return out
 
 
 def check_invariants(sc: Scenario, trace: Trace, cat: Catalogue,
@@ -240,14 +268,14 @@ def check_invariants(sc: Scenario, trace: Trace, cat: Catalogue,
     return out
 
 
-def _missing(sc: Scenario, i: int, left: Trace, right: Trace, lrec: Any, rrec: Any, level: str,
-             fams: tuple[str, str], cat: Catalogue, ctx: dict[str, Any],
-             norm: tuple[dict[str, Any], dict[str, Any]] | None = None) -> list[Divergence]:
-    """Expected divergences that did not appear at op ``i`` (``missing:<entry>``)."""
-    ln, rn = norm if norm is not None else (normalise(lrec, level)[0], normalise(rrec, level)[0])
+def _missing(sc: Scenario, i: int, left: Trace, right: Trace, cat: Catalogue, at: AtOp,
+             norm: tuple[dict[str, Any], dict[str, Any]]) -> list[Divergence]:
+    """Expected divergences that did not appear at op ``i`` (``missing:<entry>``), ``at`` being
+    the catalogue's view of the op and ``norm`` the two normalised records."""
+    ln, rn = norm
     op = sc.ops[i]
     out = []
-    for e, f in cat.missing(op.kind, fams, (ln, rn), op.args, ctx):
+    for e, f in cat.missing_at(at, norm):
         d = Divergence(f"missing:{e.id}", left.backend, right.backend, i, op.kind, [f], f,
                        {f: ln.get(f)}, {f: rn.get(f)})
         d.signature = make_signature(f"missing:{e.spec}", left.backend, right.backend, op_class(op.kind, op.args),

@@ -164,3 +164,21 @@ def normalise(rec: OpRecord, level: str) -> tuple[dict[str, Any], set[str]]:
 
 def rule(name: str) -> Rule:
     return next(r for r in RULES if r.name == name)
+
+
+class Normalised:
+    """Each record normalised once per level, however many comparisons read it.  Why: in a campaign
+    a backend's trace is compared in more than one pair, and an op whose two records are the same
+    is normalised for one side and read for both.  The dicts it returns are shared: read them, never
+    change them (copy first)."""
+
+    def __init__(self) -> None:
+        self._got: dict[tuple[int, str], tuple[OpRecord, dict[str, Any], set[str]]] = {}
+
+    def __call__(self, rec: OpRecord, level: str) -> tuple[dict[str, Any], set[str]]:
+        """``normalise(rec, level)``, worked out on the first ask for this record object."""
+        got = self._got.get((id(rec), level))
+        if got is None:                  # kept with the record, so that no other object takes its id
+            r, fired = normalise(rec, level)
+            got = self._got[(id(rec), level)] = (rec, r, fired)
+        return got[1], got[2]

@@ -19,7 +19,7 @@ from kvmsim.trace import Trace
 from .catalogue import Catalogue
 from .diff import Divergence, compare, level_for
 from .faultpath import compare_faults
-from .normalise import API_LEVEL
+from .normalise import API_LEVEL, Normalised
 from .signature import make_signature, op_class
 
 # (scenario, op index, fields, model trace, real trace) -> field -> "quirk:<name>"
@@ -29,12 +29,14 @@ Explain = Callable[[Scenario, int, list[str], Trace, Trace], dict[str, str]]
 def compare_pair(sc: Scenario, left: Trace, right: Trace, cat: Catalogue, run: Callable[[str, Scenario], Trace],
                  level: str | None = None, invariants: bool = False,
                  ctxs: list[dict[str, Any]] | None = None,
-                 explain: Explain | None = None) -> tuple[list[Divergence], Coverage, Trace, Trace]:
+                 explain: Explain | None = None,
+                 norms: Normalised | None = None) -> tuple[list[Divergence], Coverage, Trace, Trace]:
     """Divergences, coverage and the two traces compared (``run(backend, scenario)`` re-runs a model;
-    ``explain``, the real backend's quirks, marks the differences they account for)."""
+    ``explain``, the real backend's quirks, marks the differences they account for; ``norms``, records
+    normalised by earlier comparisons of the same traces)."""
     lt, rt = realise_pair(sc, left, right, run)
     level = level or level_for(lt, rt)
-    divs = compare(sc, lt, rt, cat, level=level, invariants=invariants, ctxs=ctxs)
+    divs = compare(sc, lt, rt, cat, level=level, invariants=invariants, ctxs=ctxs, norms=norms)
     real = None
     if is_model(lt.backend) != is_model(rt.backend):
         model, real = (lt, rt) if is_model(lt.backend) else (rt, lt)

@@ -24,6 +24,7 @@ from kvmsim.trace import Trace
 from oracles.catalogue import Catalogue, load_catalogue
 from oracles.context import op_contexts
 from oracles.diff import Divergence, check_invariants, report_order
+from oracles.normalise import Normalised
 from oracles.pair import compare_pair
 
 Pair = tuple[str, str]          # (left, right); right == "" for a single-backend (invariant) check
@@ -113,10 +114,11 @@ class Judge:
         j = Judgement(traces, [], found)
         try:
             ctxs = LazyContexts(sc)
+            norms = Normalised()                 # a trace in two pairs is normalised once
             for left, right in self.pairs:
                 if right and left in traces and right in traces and left != right:
                     divs, cov, lt, rt = compare_pair(sc, traces[left], traces[right], self.catalogue, self._run,
-                                                     ctxs=ctxs, explain=self._explain)
+                                                     ctxs=ctxs, explain=self._explain, norms=norms)
                     j.compared[(left, right)] = lt, rt
                     j.coverage[(left, right)] = cov
                     found.extend(divs)
