@@ -228,7 +228,8 @@ class Campaign:
         """Why a worker that died is not restarted ("" when it is), and whether that fails the
         campaign (a death in the last seconds does not: the time was as good as used)."""
         if self.crash:
-            return "crash mode stops at the first finding; stopping the other workers", True
+            return "crash mode stops at the first finding" + ("; stopping the other workers"
+                                                               if len(self._workers) > 1 else ""), True
         if not w.prog.inited:
             return "it failed before fuzzing", True
         if len(w.deaths) > MAX_RESTARTS:
