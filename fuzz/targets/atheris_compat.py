@@ -11,10 +11,8 @@ the generations and the codec; ``both``.  See ``DEFAULT_FEEDBACK`` for the defau
 
 from __future__ import annotations
 
-import ctypes
 import os
 import sys
-import traceback
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 
@@ -102,57 +100,10 @@ class FeatureCounters:
         return len(self.ids)
 
 
-def fuzz(test_one_input: Callable[[bytes], None], argv: list[str] | None = None,
-         at_exit: Callable[[], None] | None = None) -> None:
-    """Hand control to libFuzzer, which ends the process.  ``at_exit`` runs when it does.  Why not
-    Python's ``atexit``: libFuzzer leaves through C ``exit()`` (time budget, ``-runs``), which runs
-    C exit handlers but never finalises the interpreter, so Python's are skipped; the target's
-    last counters would be lost.  So ``at_exit`` is registered as a C exit handler, and the
-    process never reaches interpreter finalisation after that (a C handler calling into a
-    finalised interpreter would crash): should ``Fuzz`` return or raise, ``at_exit`` runs here
-    and the process ends at once."""
+def fuzz(test_one_input: Callable[[bytes], None], argv: list[str] | None = None) -> None:
+    """Hand control to libFuzzer; returns only if libFuzzer does (it usually exits the process)."""
     atheris.Setup(list(argv if argv is not None else sys.argv), test_one_input)
-    if at_exit is None:
-        atheris.Fuzz()
-        return
-    done = _on_c_exit(at_exit)
-    code = 0
-    try:
-        atheris.Fuzz()
-    except SystemExit as e:
-        code = e.code if isinstance(e.code, int) else 1
-    except BaseException:
-        traceback.print_exc()
-        code = 1
-    done()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
-
-
-_C_EXIT_HANDLERS: list[object] = []          # the ctypes thunks, alive as long as the process
-
-
-def _on_c_exit(fn: Callable[[], None]) -> Callable[[], None]:
-    """Run ``fn`` once, from the C library's exit handlers (``__cxa_atexit``) or when the returned
-    function is called, whichever comes first; an exception in it is printed, never raised."""
-    ran: list[bool] = []
-
-    def once(_arg: object = None) -> None:
-        if not ran:
-            ran.append(True)
-            try:
-                fn()
-            except BaseException:
-                traceback.print_exc()
-    try:
-        libc = ctypes.CDLL(None)
-        thunk = ctypes.CFUNCTYPE(None, ctypes.c_void_p)(once)
-        libc.__cxa_atexit(thunk, None, None)
-        _C_EXIT_HANDLERS.append(thunk)
-    except (OSError, AttributeError):          # no __cxa_atexit (not glibc or musl): only the call below
-        pass
-    return once
+    atheris.Fuzz()
 
 
 def version() -> str:

@@ -117,8 +117,10 @@ def main() -> None:
         checker.check(data)
         collector.tick()
 
+    import atexit
+    atexit.register(checker.flush)
     collector.start()
-    fuzz(test_one_input, argv, at_exit=checker.flush)
+    fuzz(test_one_input, argv)
 
 
 if __name__ == "__main__":

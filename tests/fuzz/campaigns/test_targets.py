@@ -13,7 +13,6 @@ import yaml
 from fuzz.campaigns.campaign import TARGETS
 from fuzz.cli import main
 from fuzz.inputs.codec import encode
-from fuzz.judging.artifacts import read_stats
 from kvmsim import load_scenario
 from kvmsim.checkout import ROOT
 
@@ -46,9 +45,6 @@ def test_diff_target_under_libfuzzer_writes_artifacts_and_keeps_going(tmp_path):
                        env=env_for(str(art), "sim:g2~sim:g2s-literal:S8"), capture_output=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     assert b"Done 3000 runs" in r.stderr                 # it did not stop at the first finding
-    # the per-process counters are written when libFuzzer ends the process (a C exit handler:
-    # Python's atexit never runs then), so they count every run, not those up to the last flush
-    assert [st["execs"] for st in read_stats(str(art))] == [3000]
     sidecars = [n for n in os.listdir(art) if n.startswith("crash-") and n.endswith(".yaml")]
     assert sidecars
     assert any("S8" in yaml.safe_load((art / n).read_text())["spec_ids"] for n in sidecars)
