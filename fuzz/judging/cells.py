@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from kvmsim.scenario import Op
-from kvmsim.trace import OpRecord
+from kvmsim.trace import OpRecord, Trace
 from oracles.diff import Divergence
 from oracles.signature import event_class, op_class, value_class
 
@@ -43,6 +43,35 @@ def cell(op: Op, rec: OpRecord) -> str | None:
     if rec.events:
         parts.append(",".join(sorted({event_class(e) for e in rec.events})))
     return " | ".join(parts)
+
+
+def trace_cells(ops: list[Op], traces: dict[str, Trace]) -> list[tuple[str, str]]:
+    """(backend, cell) for each op record of each trace that reached a table row, trace by trace.
+    A record equal to one another trace showed at the same op (common: generations agree on most
+    ops) reaches the same cell, so each distinct record's cell is worked out once."""
+    out: list[tuple[str, str]] = []
+    n = len(ops)
+    reached: dict[int, list[tuple[OpRecord, str]]] = {}       # op index -> (record, its cell)
+    for name, t in traces.items():
+        for rec in t.records:
+            i = rec.index
+            if i >= n or ops[i].kind not in _TABLE_OPS:
+                continue
+            c = _cell_of(ops[i], rec, reached.setdefault(i, []))
+            if c is not None:
+                out.append((name, c))
+    return out
+
+
+def _cell_of(op: Op, rec: OpRecord, seen: list[tuple[OpRecord, str]]) -> str | None:
+    """``cell(op, rec)``, taken from ``seen`` where an equal record reached one already."""
+    for other, c in seen:
+        if other.api == rec.api and other.vmm == rec.vmm and other.events == rec.events:
+            return c
+    got = cell(op, rec)
+    if got is not None:
+        seen.append((rec, got))
+    return got
 
 
 def _reached(op: Op, api: dict[str, Any], vmm: dict[str, Any]) -> tuple[object, object, str]:

@@ -29,7 +29,7 @@ with instrumented():
     from fuzz.inputs import codec  # noqa: F401,E402
 
 from fuzz.judging import crash
-from fuzz.judging.cells import cell, outcome
+from fuzz.judging.cells import outcome, trace_cells
 from fuzz.judging.engine import MEMO_SIZE, Checker, parse_pairs
 from fuzz.judging.judge import Judgement
 from kvmsim.scenario import Scenario
@@ -37,14 +37,7 @@ from kvmsim.scenario import Scenario
 
 def _features(sc: Scenario, j: Judgement) -> list[object]:
     """The cells each trace's op records reached (per backend), then each oracle outcome."""
-    ops = sc.ops
-    out: list[object] = []
-    for name, t in j.traces.items():
-        for rec in t.records:
-            if rec.index < len(ops):
-                c = cell(ops[rec.index], rec)
-                if c is not None:
-                    out.append((name, c))
+    out: list[object] = list(trace_cells(sc.ops, j.traces))
     out.extend((d.left, d.right, outcome(d)) for d in j.found)
     return out
 
