@@ -253,13 +253,18 @@ class Campaign:
 
     # --- reporting ------------------------------------------------------------------------------
     def aggregate(self) -> tuple[int, dict[str, dict[str, Any]]]:
+        """Executions and signatures over every worker's counters.  A worker's counters are written
+        every few seconds (fuzz.judging.engine.STATS_EVERY) and not when libFuzzer ends the process
+        (it leaves through C ``exit``, past Python's exit handlers), so a worker that has ended counts
+        the executions libFuzzer printed for it, when that is more."""
         execs = 0
         sigs: dict[str, dict[str, Any]] = {}
         self.compared = {}
+        final = {w.proc.pid: w.prog.final_execs for w in self._workers if w.proc is not None}
         for st in art.read_stats(self.artifacts):
             if abs(st.get("t0", 0) - self._started) > 1e-3:
                 continue                                  # an earlier campaign in the same directory
-            execs += st.get("execs", 0)
+            execs += max(st.get("execs", 0), final.get(st.get("pid", -1), 0))
             for pair, c in (st.get("compared") or {}).items():
                 self.compared.setdefault(pair, Coverage()).add(Coverage(**c))
             for s, v in st.get("signatures", {}).items():

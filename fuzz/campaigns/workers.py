@@ -24,6 +24,7 @@ from typing import IO
 
 _STAT = re.compile(r"(cov|ft|corp|exec/s):?\s*(\d+)")
 _UNIT = re.compile(r"Test unit written to (\S+)")
+_FINAL = re.compile(r"stat::number_of_executed_units:\s*(\d+)")
 STOP_STEPS = ((signal.SIGINT, 10.0), (signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0))
 
 
@@ -37,6 +38,7 @@ class Progress:
     lines: int = 0
     inited: bool = False            # it read its corpus and started mutating
     unit: str = ""                  # the input libFuzzer wrote when it stopped (crash-, timeout-, oom-)
+    final_execs: int = 0            # its own count of executions, printed as it exits (-print_final_stats=1)
 
 
 def combined(progs: list[Progress]) -> Progress:
@@ -145,6 +147,9 @@ def _pump(proc: subprocess.Popen, log: IO[bytes], prog: Progress) -> None:
         elif "Test unit written to" in line:
             m = _UNIT.search(line)
             prog.unit = m.group(1) if m else prog.unit
+        elif line.startswith("stat::number_of_executed_units"):
+            m = _FINAL.search(line)
+            prog.final_execs = int(m.group(1)) if m else prog.final_execs
         if "cov:" in line or "corp:" in line:
             for k, v in _STAT.findall(line):
                 if k == "cov":

@@ -46,7 +46,8 @@ def test_a_worker_keeps_libfuzzers_numbers_and_the_input_it_wrote(tmp_path):
     lines = ["INFO: Seed: 1", "#2\tINITED cov: 7 ft: 9 corp: 2/10b exec/s: 0 rss: 40Mb",
              "#512\tNEW    cov: 8 ft: 11 corp: 3/14b lim: 4 exec/s: 256 rss: 41Mb",
              "==1== ERROR: libFuzzer: out-of-memory (used: 300Mb; limit: 260Mb)",
-             f"artifact_prefix='{tmp_path}/'; Test unit written to {tmp_path}/oom-00ff"]
+             f"artifact_prefix='{tmp_path}/'; Test unit written to {tmp_path}/oom-00ff",
+             "stat::number_of_executed_units: 613"]
     w = Worker(0, str(tmp_path / "w.log"))
     script = "import sys; sys.stderr.write(sys.argv[1])"
     w.start([sys.executable, "-c", script, "\n".join(lines) + "\n"], dict(os.environ))
@@ -54,6 +55,7 @@ def test_a_worker_keeps_libfuzzers_numbers_and_the_input_it_wrote(tmp_path):
     w.close()
     p = w.prog
     assert (p.inited, p.cov, p.ft, p.corp, p.execs_per_s, p.unit) == (True, 8, 11, 3, 256, f"{tmp_path}/oom-00ff")
+    assert p.final_execs == 613
     assert (tmp_path / "w.log").read_text().splitlines() == lines
 
 
@@ -127,8 +129,13 @@ def test_two_workers_share_the_corpus_and_the_artifacts(tmp_path, capsys):
     stats = _stats_by_pid(a, run.t0)
     assert sorted(stats) == sorted(pids)                      # each worker wrote its own counters ...
     assert all(stats[p]["execs"] > 0 for p in pids)           # ... and executed inputs
-    total = sum(st["execs"] for st in stats.values())
-    assert f"findings after {total} executions" in out        # the table adds up every worker's
+    # libFuzzer's own count, printed as each worker ends, covers the executions after the worker's
+    # last counters were written; the table adds up every worker's, whichever is more
+    final = [int(m) for log in ("libfuzzer.log", "libfuzzer.1.log")
+             for m in re.findall(r"stat::number_of_executed_units:\s*(\d+)", (a / log).read_text())]
+    assert len(final) == 2 and sum(final) >= sum(st["execs"] for st in stats.values())
+    total = sum(final)
+    assert f"findings after {total} executions" in out
     assert run.end["execs"] == total
     assert re.search(r"exec/s \d+ \(2 workers\)", out), out
     # a signature both workers saw (every seed is run by each) is claimed once: one marker, one sidecar
