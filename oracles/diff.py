@@ -99,10 +99,11 @@ def _order(fields: list[str]) -> list[str]:
 
 def compare(sc: Scenario, left: Trace, right: Trace, cat: Catalogue, level: str | None = None,
             invariants: bool = True, ctxs: list[dict[str, Any]] | None = None,
-            norms: Normalised | None = None) -> list[Divergence]:
+            norms: Normalised | None = None, diffs: RecordDiffs | None = None) -> list[Divergence]:
     """Every divergence between two traces of ``sc``, first differing op first.  ``ctxs``: the op
     contexts if the caller already has them (oracles.context.op_contexts); ``norms``: the records
-    normalised so far, if the caller compares these traces in other pairs too."""
+    normalised so far, if the caller compares these traces in other pairs too; ``diffs``: the
+    record differences remembered from earlier comparisons (``RecordDiffs``)."""
     level = level or level_for(left, right)
     fams = (_family(left), _family(right))
     expecting = [cat.expecting(op.kind, fams) for op in sc.ops]
@@ -112,7 +113,7 @@ def compare(sc: Scenario, left: Trace, right: Trace, cat: Catalogue, level: str 
         ctxs = op_contexts(sc)
     elif type(ctxs) is not list:
         ctxs = list(ctxs)                 # a lazy sequence (fuzz.judging.judge.LazyContexts): index a plain list
-    walk = _Walk(sc, left, right, cat, level, fams, expecting, ctxs, norms or Normalised())
+    walk = _Walk(sc, left, right, cat, level, fams, expecting, ctxs, norms or Normalised(), diffs)
     for lrec, rrec in zip(left.records, right.records):
         if _raw_same(lrec, rrec):
             walk.same_record(lrec, rrec)
@@ -143,6 +144,7 @@ class _Walk:
     expecting: list[bool]
     ctxs: list[dict[str, Any]]
     norms: Normalised
+    diffs: RecordDiffs | None = None
     out: list[Divergence] = dataclasses.field(default_factory=list)
     tainted: dict[Any, str] = dataclasses.field(default_factory=dict)   # gfn or host page -> entry id
 
@@ -175,7 +177,11 @@ class _Walk:
     def different_record(self, lrec: Any, rrec: Any) -> None:
         i = lrec.index
         ctx = self.ctxs[i]
-        ln, rn, diff = _normalised_difference(lrec, rrec, self.level, self.norms)
+        if self.diffs is not None:
+            ln, rn, diff = self.diffs(lrec, rrec, self.level, self.norms)
+        else:
+            ln, rn, unordered = _normalised_difference(lrec, rrec, self.level, self.norms)
+            diff = tuple(_order(unordered))
         at = None
         if self.expecting[i] and _cascade(ctx, self.tainted) is None:
             at = self.at(i)
@@ -184,7 +190,7 @@ class _Walk:
         if not diff:                    # records differ only in what normalisation drops (the call's name)
             self.taint_if_applies(i, at)
             return
-        d = self.divergence(i, _order(diff), ln, rn, at)
+        d = self.divergence(i, list(diff), ln, rn, at)
         if d.known and "ctx.gfn" in ctx:
             _taint(self.tainted, ctx, d.entries[0].replace(" (cascade)", ""))
         self.out.append(d)
@@ -205,6 +211,35 @@ class _Walk:
         d.signature = make_signature(d.oracle, self.left.backend, self.right.backend, op_class(op.kind, op.args),
                                      first, ln.get(first), rn.get(first))
         return d
+
+
+# Record differences ``RecordDiffs`` remembers; a bound on memory (a few KB each), not a tuning knob.
+DIFFS_MEMO_SIZE = 1 << 13
+
+
+class RecordDiffs:
+    """Two differing records' normal forms and the fields that differ (in report order), remembered
+    across comparisons by what the records hold.  Why: fuzzed scenarios repeat the same op records
+    over and over (a mutation changes one op; the others behave as before), and normalising both
+    sides and diffing them costs several times reading the key.  The key is the ``repr`` of each
+    record's observations: plain values (str, int, bool, None, lists, dicts) with equal reprs are
+    equal and of the same types, so normalisation cannot tell them apart.  What it returns is shared:
+    read it, never change it."""
+
+    def __init__(self) -> None:
+        self._got: dict[tuple[Any, ...], tuple[dict[str, Any], dict[str, Any], tuple[str, ...]]] = {}
+
+    def __call__(self, lrec: Any, rrec: Any, level: str,
+                 norms: Normalised) -> tuple[dict[str, Any], dict[str, Any], tuple[str, ...]]:
+        key = (level, repr(lrec.api), repr(lrec.vmm), repr(lrec.events),
+               repr(rrec.api), repr(rrec.vmm), repr(rrec.events))
+        got = self._got.get(key)
+        if got is None:
+            ln, rn, diff = _normalised_difference(lrec, rrec, level, norms)
+            if len(self._got) >= DIFFS_MEMO_SIZE:
+                del self._got[next(iter(self._got))]
+            got = self._got[key] = (ln, rn, tuple(_order(diff)))
+        return got
 
 
 def _normalised_difference(lrec: Any, rrec: Any, level: str,

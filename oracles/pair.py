@@ -17,7 +17,7 @@ from kvmsim.scenario import Scenario
 from kvmsim.trace import Trace
 
 from .catalogue import Catalogue
-from .diff import Divergence, compare, level_for
+from .diff import Divergence, RecordDiffs, compare, level_for
 from .faultpath import compare_faults
 from .normalise import API_LEVEL, Normalised
 from .signature import make_signature, op_class
@@ -30,13 +30,16 @@ def compare_pair(sc: Scenario, left: Trace, right: Trace, cat: Catalogue, run: C
                  level: str | None = None, invariants: bool = False,
                  ctxs: list[dict[str, Any]] | None = None,
                  explain: Explain | None = None,
-                 norms: Normalised | None = None) -> tuple[list[Divergence], Coverage, Trace, Trace]:
+                 norms: Normalised | None = None,
+                 diffs: RecordDiffs | None = None) -> tuple[list[Divergence], Coverage, Trace, Trace]:
     """Divergences, coverage and the two traces compared (``run(backend, scenario)`` re-runs a model;
     ``explain``, the real backend's quirks, marks the differences they account for; ``norms``, records
-    normalised by earlier comparisons of the same traces)."""
+    normalised by earlier comparisons of the same traces; ``diffs``, record differences remembered
+    across comparisons)."""
     lt, rt = realise_pair(sc, left, right, run)
     level = level or level_for(lt, rt)
-    divs = compare(sc, lt, rt, cat, level=level, invariants=invariants, ctxs=ctxs, norms=norms)
+    divs = compare(sc, lt, rt, cat, level=level, invariants=invariants, ctxs=ctxs, norms=norms,
+                   diffs=diffs)
     real = None
     if is_model(lt.backend) != is_model(rt.backend):
         model, real = (lt, rt) if is_model(lt.backend) else (rt, lt)

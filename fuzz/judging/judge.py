@@ -23,7 +23,7 @@ from kvmsim.scenario import Scenario
 from kvmsim.trace import Trace
 from oracles.catalogue import Catalogue, load_catalogue
 from oracles.context import op_contexts
-from oracles.diff import Divergence, check_invariants, report_order
+from oracles.diff import Divergence, RecordDiffs, check_invariants, report_order
 from oracles.normalise import Normalised
 from oracles.pair import compare_pair
 
@@ -69,6 +69,7 @@ class Judge:
     pairs: list[Pair]
     catalogue: Catalogue | None = None
     backends: dict[str, Backend] = field(default_factory=dict)
+    diffs: RecordDiffs = field(default_factory=RecordDiffs)      # record differences, across judgements
 
     def __post_init__(self) -> None:
         if self.catalogue is None:
@@ -118,7 +119,8 @@ class Judge:
             for left, right in self.pairs:
                 if right and left in traces and right in traces and left != right:
                     divs, cov, lt, rt = compare_pair(sc, traces[left], traces[right], self.catalogue, self._run,
-                                                     ctxs=ctxs, explain=self._explain, norms=norms)
+                                                     ctxs=ctxs, explain=self._explain, norms=norms,
+                                                     diffs=self.diffs)
                     j.compared[(left, right)] = lt, rt
                     j.coverage[(left, right)] = cov
                     found.extend(divs)

@@ -1,7 +1,8 @@
 """Work the comparison shares or remembers gives what working it out afresh gives: the catalogue's
 view of an op (``Catalogue.at``, remembered by the values its conditions read) against the entries
-asked one by one with the plain condition semantics, and records normalised once per judgement
-(``Normalised``) against ``normalise``."""
+asked one by one with the plain condition semantics, records normalised once per judgement
+(``Normalised``) against ``normalise``, and record differences remembered across comparisons
+(``RecordDiffs``) against comparing without them."""
 
 from __future__ import annotations
 
@@ -12,10 +13,11 @@ import os
 import pytest
 
 import oracles.catalogue as catalogue
+import oracles.diff as diff
 from kvmsim import get_backend, load_scenario
 from oracles.catalogue import FAMILIES, NA, Catalogue, cond, load_catalogue
 from oracles.context import op_contexts
-from oracles.diff import compare
+from oracles.diff import RecordDiffs, compare
 from oracles.normalise import API_LEVEL, VMM_LEVEL, Normalised, normalise
 
 CORPUS = os.path.join(os.path.dirname(__file__), "..", "..", "corpus")
@@ -166,3 +168,44 @@ def test_comparisons_sharing_normalised_records_find_what_each_finds_alone(path)
         alone = compare(sc, traces[left], traces[right], cat)
         shared = compare(sc, traces[left], traces[right], cat, norms=norms)
         assert [d.to_dict() for d in shared] == [d.to_dict() for d in alone]
+
+
+@pytest.mark.parametrize("memo_size", [diff.DIFFS_MEMO_SIZE, 5])
+def test_remembered_record_differences_find_what_comparing_afresh_finds(monkeypatch, memo_size):
+    """One RecordDiffs across every corpus scenario and pair (as a campaign's judge keeps it), read
+    twice over: the divergences are those of comparisons without it; 5: entries are evicted."""
+    monkeypatch.setattr(diff, "DIFFS_MEMO_SIZE", memo_size)
+    cat = load_catalogue()
+    diffs = RecordDiffs()
+    cases = []
+    for path in SEEDS + REGRESSIONS:
+        sc = load_scenario(path)
+        traces = {b: get_backend(b).run(sc) for b in SIM}
+        cases += [(sc, traces[a], traces[b]) for a, b in itertools.permutations(SIM, 2)]
+    want = [[d.to_dict() for d in compare(sc, lt, rt, cat)] for sc, lt, rt in cases]
+    for _ in range(2):
+        got = [[d.to_dict() for d in compare(sc, lt, rt, cat, diffs=diffs)] for sc, lt, rt in cases]
+        assert got == want
+    assert any(want)
+
+
+def test_record_differences_are_told_apart_by_every_part_of_either_record():
+    """Records that differ in any one part (API, VMM, events; left or right; a value of another type
+    with an equal value, True for 1) are different keys."""
+    from kvmsim.trace import OpRecord
+    base = ({"call": "f", "result": "pfn", "writable": True, "held": {"p": 1}}, {"outcome": "ok", "exits": []}, [])
+    variants = [base,
+                ({**base[0], "writable": 1}, base[1], base[2]),
+                ({**base[0], "held": {}}, base[1], base[2]),
+                (base[0], {"outcome": "mmio", "exits": []}, base[2]),
+                (base[0], {"outcome": "ok", "exits": ["MMIO"]}, base[2]),
+                (base[0], base[1], ["WARN:x"])]
+    diffs, norms = RecordDiffs(), Normalised()
+    recs = [OpRecord(0, "lookup", dict(a), dict(v), list(e)) for a, v, e in variants]
+    for _ in range(2):
+        for left in recs:
+            for right in recs:
+                for level in (API_LEVEL, VMM_LEVEL):
+                    ln, rn, got = diffs(left, right, level, norms)
+                    wl, wr, want = diff._normalised_difference(left, right, level, Normalised())
+                    assert (ln, rn, got) == (wl, wr, tuple(diff._order(want)))
