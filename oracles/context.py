@@ -126,8 +126,8 @@ class _Contexts:
         as_id = 1 if self.smm and (k in ("x86_fault", "access") or (k == "lookup" and a["vcpu"])) else 0
         if gfn is not None:
             ctx["ctx.gfn"] = gfn
-            ctx.update(self.backing(gfn, mem, as_id))
-            ctx.update(_in_ranges(self.sc, gfn, mem.slots, self.ranges, as_id))
+            self.backing(gfn, mem, as_id, ctx)
+            _in_ranges(self.sc, gfn, mem.slots, self.ranges, as_id, ctx)
         return ctx
 
     def race(self, a: dict[str, Any], slots: SlotTable) -> None:
@@ -195,27 +195,30 @@ class _Contexts:
             # an event's own invalidation widens an open one's range (kvm_mmu_invalidate_range_add)
             self.ranges.append((hr, _gfn_range(self.sc, hr, slots)))
 
-    def backing(self, gfn: int, mem: MemoryMap, as_id: int) -> dict[str, Any]:
+    def backing(self, gfn: int, mem: MemoryMap, as_id: int, ctx: dict[str, Any]) -> None:
+        """What backs the gfn, into ``ctx``: the memslot, the VMA and the page behind it."""
         slot = mem.slot_at(as_id, gfn)
         if slot is None:
-            return {"ctx.slot": "none"}
-        access = "invalid" if slot.invalid else ("ro" if slot.spec.readonly else "rw")
-        ctx: dict[str, Any] = {"ctx.slot": access, "ctx.internal": slot.spec.internal is not None,
-                               "ctx.log_dirty": slot.log_dirty, "ctx.internal_slot": slot.spec.internal}
-        v = mem.vmas.get(slot.spec.vma)
+            ctx["ctx.slot"] = "none"
+            return
+        spec = slot.spec
+        ctx["ctx.slot"] = "invalid" if slot.invalid else ("ro" if spec.readonly else "rw")
+        ctx["ctx.internal"] = spec.internal is not None
+        ctx["ctx.log_dirty"] = slot.log_dirty
+        ctx["ctx.internal_slot"] = spec.internal
+        v = mem.vmas.get(spec.vma)
         if v is None or not v.mapped:
             ctx["ctx.vma"] = "none"
-            return ctx
-        idx = slot.spec.offset + gfn - slot.gfn
-        spec = v.spec
-        ctx["ctx.host_page"] = f"{spec.name}+{idx}"      # the host page, shared by gfns that alias it
+            return
+        idx = spec.offset + gfn - slot.gfn
+        vspec = v.spec
+        ctx["ctx.host_page"] = f"{vspec.name}+{idx}"      # the host page, shared by gfns that alias it
         ctx["ctx.prot"] = v.prot
-        pages = self.pages[spec.name]
-        if spec.remap in REMAPPED:
+        pages = self.pages[vspec.name]
+        if vspec.remap in REMAPPED:
             ctx.update(_remapped_page(pages, idx, self.kinds))
         else:
             ctx.update(_normal_page(pages, idx, self.kinds))
-        return ctx
 
 
 def _remapped_page(p: _Pages, idx: int, kinds: dict[str, str]) -> dict[str, Any]:
@@ -290,12 +293,14 @@ def _gfn_range(sc: Scenario, hr: tuple[int, int], slots: SlotTable) -> tuple[int
     return None if lo is None or hi is None else (lo, hi)
 
 
-def _in_ranges(sc: Scenario, gfn: int, slots: SlotTable, ranges: list[Range], as_id: int) -> dict[str, Any]:
+def _in_ranges(sc: Scenario, gfn: int, slots: SlotTable, ranges: list[Range], as_id: int,
+               ctx: dict[str, Any]) -> None:
     """Whether the gfn lies in the union of the open invalidations, counted in hvas (<= 6.7) and
-    in gfns (>= 6.8), as ``mmu_invalidate_retry_hva``/``_gfn`` see it."""
-    counted = [(h, g) for h, g in ranges if g is not None]
+    in gfns (>= 6.8), as ``mmu_invalidate_retry_hva``/``_gfn`` see it, into ``ctx``."""
+    counted = [(h, g) for h, g in ranges if g is not None] if ranges else None
     if not counted:
-        return {"ctx.inval_hva": False, "ctx.inval_gfn": False}
+        ctx["ctx.inval_hva"] = ctx["ctx.inval_gfn"] = False
+        return
     slot = slots.at(as_id, gfn)
     hlo, hhi = min(h[0] for h, _ in counted), max(h[1] for h, _ in counted)
     glo, ghi = min(g[0] for _, g in counted), max(g[1] for _, g in counted)
@@ -303,4 +308,5 @@ def _in_ranges(sc: Scenario, gfn: int, slots: SlotTable, ranges: list[Range], as
     if slot is not None:
         hva = _slot_hva(sc, slot) + ((gfn - slot.gfn) << PAGE_SHIFT)
         in_hva = hlo <= hva < hhi
-    return {"ctx.inval_hva": in_hva, "ctx.inval_gfn": glo <= gfn < ghi}
+    ctx["ctx.inval_hva"] = in_hva
+    ctx["ctx.inval_gfn"] = glo <= gfn < ghi

@@ -47,31 +47,31 @@ def cell(op: Op, rec: OpRecord) -> str | None:
 
 def trace_cells(ops: list[Op], traces: dict[str, Trace]) -> list[tuple[str, str]]:
     """(backend, cell) for each op record of each trace that reached a table row, trace by trace.
-    A record equal to one another trace showed at the same op (common: generations agree on most
+    A record equal to one an earlier trace showed at the same op (common: generations agree on most
     ops) reaches the same cell, so each distinct record's cell is worked out once."""
     out: list[tuple[str, str]] = []
     n = len(ops)
-    reached: dict[int, list[tuple[OpRecord, str]]] = {}       # op index -> (record, its cell)
+    reached: dict[int, list[tuple[OpRecord, str]]] = {}       # op index -> (distinct record, its cell)
     for name, t in traces.items():
         for rec in t.records:
             i = rec.index
             if i >= n or ops[i].kind not in _TABLE_OPS:
                 continue
-            c = _cell_of(ops[i], rec, reached.setdefault(i, []))
-            if c is not None:
-                out.append((name, c))
+            seen = reached.get(i)
+            if seen is None:
+                seen = reached[i] = []
+            c = None
+            for other, known in seen:
+                if other.api == rec.api and other.vmm == rec.vmm and other.events == rec.events:
+                    c = known
+                    break
+            if c is None:
+                c = cell(ops[i], rec)
+                if c is None:
+                    continue
+                seen.append((rec, c))
+            out.append((name, c))
     return out
-
-
-def _cell_of(op: Op, rec: OpRecord, seen: list[tuple[OpRecord, str]]) -> str | None:
-    """``cell(op, rec)``, taken from ``seen`` where an equal record reached one already."""
-    for other, c in seen:
-        if other.api == rec.api and other.vmm == rec.vmm and other.events == rec.events:
-            return c
-    got = cell(op, rec)
-    if got is not None:
-        seen.append((rec, got))
-    return got
 
 
 def _reached(op: Op, api: dict[str, Any], vmm: dict[str, Any]) -> tuple[object, object, str]:
