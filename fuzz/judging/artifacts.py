@@ -5,6 +5,7 @@ campaign never leaves a half-written finding and triage reads only these files.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -12,6 +13,8 @@ import platform
 import re
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import yaml
@@ -21,6 +24,7 @@ from kvmsim.scenario import Scenario, scenario_from_node
 from kvmsim.yamlsrc import MAX_YAML_BYTES, Node, ScenarioError, load_yaml, plain
 
 SIGNATURE_DIR = "by-signature"      # one marker per signature: the first artifact wins
+SIDECAR_LOCK = ".sidecar.lock"      # held while a sidecar is read and written (fuzz.judging.artifacts.write_finding)
 STATS_DIR = ".stats"                # per-process counters, aggregated by the campaign
 
 
@@ -77,15 +81,46 @@ def claim_signature(artifacts: str, sig_id: str, name: str) -> bool:
 
 
 def write_finding(artifacts: str, data: bytes, sidecar: dict[str, Any]) -> str:
-    """Write the input, then its sidecar (so a sidecar never points at a missing input)."""
+    """Write the input, then its sidecar (so a sidecar never points at a missing input).  Several
+    workers of a campaign run the same inputs (the seeds, each other's finds): one may claim
+    signatures of an input whose sidecar another worker already wrote for other signatures.  The
+    sidecar is then extended with them (under a lock on the artifacts directory), never replaced,
+    so every claimed signature stays listed in a sidecar."""
     os.makedirs(artifacts, exist_ok=True)
     name = input_name(data)
     path = os.path.join(artifacts, name)
     if not os.path.exists(path):
         atomic_write(path, data)
-    text = yaml.safe_dump(_plain(sidecar), sort_keys=False, default_flow_style=None, width=110, allow_unicode=True)
-    atomic_write(path + ".yaml", text.encode("utf-8"))
+    with _sidecar_lock(artifacts):
+        merged = _with_earlier(path + ".yaml", _plain(sidecar))
+        text = yaml.safe_dump(merged, sort_keys=False, default_flow_style=None, width=110, allow_unicode=True)
+        atomic_write(path + ".yaml", text.encode("utf-8"))
     return path
+
+
+@contextmanager
+def _sidecar_lock(artifacts: str) -> Iterator[None]:
+    with open(os.path.join(artifacts, SIDECAR_LOCK), "a") as fh:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+
+def _with_earlier(path: str, sidecar: dict[str, Any]) -> dict[str, Any]:
+    """``sidecar``, or the sidecar already at ``path`` (another worker's, for the same input) with
+    this one's signatures added to its list.  An unreadable earlier file is replaced."""
+    if not os.path.exists(path):
+        return sidecar
+    try:
+        earlier = read_sidecar(path)
+    except (ScenarioError, OSError):
+        return sidecar
+    listed = {s.get("id") for s in earlier.get("signatures") or []}
+    earlier["signatures"] = list(earlier.get("signatures") or []) + [
+        s for s in sidecar.get("signatures") or [] if s.get("id") not in listed]
+    return earlier
 
 
 def read_yaml_doc(path: str, what: str) -> tuple[Any, Node]:

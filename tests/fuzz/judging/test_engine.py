@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from fuzz.inputs.codec import encode
+from fuzz.judging import artifacts as art
 from fuzz.judging.engine import Checker, parse_pairs
 from kvmsim import load_scenario
 from kvmsim.checkout import ROOT
@@ -78,3 +79,21 @@ def test_parse_pairs():
     assert parse_pairs("sim:g2~sim:g3; sim:g1,sim:g2") == [("sim:g2", "sim:g3"), ("sim:g1", "sim:g2")]
     with pytest.raises(ValueError):
         parse_pairs("sim:g2")
+
+
+def test_two_workers_claiming_signatures_of_one_input_both_stay_in_its_sidecar(tmp_path):
+    """Two workers judge one input at once (both run the seeds): each claims some of its
+    signatures, and the one that writes the sidecar second must extend it, not replace it."""
+    data = seed_bytes("d24-sketch-ownership.yaml")
+    pair = [("sim:g2", "sim:g2s-literal")]
+    sigs = sorted({d.sig_id for d in Checker(pair, None).check(data) if not d.known})
+    assert len(sigs) >= 2, sigs
+    marker = tmp_path / art.SIGNATURE_DIR / sigs[-1]
+    marker.parent.mkdir()
+    marker.write_text("crash-other\n")              # worker B's claim of the last one came first ...
+    Checker(pair, str(tmp_path)).check(data)        # ... so worker A writes the sidecar without it
+    marker.unlink()                                 # (B's claim, replayed for real:) B writes after A
+    Checker(pair, str(tmp_path)).check(data)
+    (name,) = [n for n in artifacts(tmp_path) if n.endswith(".yaml")]
+    side = art.read_sidecar(str(tmp_path / name))
+    assert sorted(s["id"] for s in side["signatures"]) == sigs == sorted(os.listdir(tmp_path / art.SIGNATURE_DIR))
