@@ -8,13 +8,14 @@ import gc
 import glob
 import os
 import random
+import time
 
 import pytest
 
 from fuzz.campaigns.campaign import DEFAULT_PAIRS
 from fuzz.inputs.codec import encode
 from fuzz.judging.engine import Checker
-from fuzz.targets.gc_policy import PeriodicCollector
+from fuzz.targets.gc_policy import MAX_SHARE, PeriodicCollector
 from kvmsim import load_scenario
 from kvmsim.checkout import ROOT
 
@@ -87,8 +88,12 @@ def test_the_collector_turns_automatic_collection_off_and_collects_at_its_interv
         c.tick()                                # not due: nothing collected
         assert c.collections == 0
         c.interval = 0
+        before = time.monotonic()
         c.collect()                             # due now: the cycle is found
-        assert c.collections == 1 and c.freed >= 1
+        assert c.collections == 1 and c.freed >= 1 and c.last_s > 0
+        # with no interval left, the next one still waits until this one is MAX_SHARE of the time
+        assert c._due >= before + c.last_s / MAX_SHARE
+        c._due = 0.0
         c.tick()
         assert c.collections == 2
     finally:
