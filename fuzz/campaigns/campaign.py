@@ -241,13 +241,19 @@ class Campaign:
     def _progress(self) -> Progress:
         return combined([w.prog for w in self._workers])
 
+    def _running(self) -> int:
+        return sum(1 for w in self._workers if w.running)
+
+    def _restarts(self) -> int:
+        return sum(len(w.pids) - 1 for w in self._workers)
+
     def _pool_text(self, final: bool) -> str:
         """The workers in a status line, when there is more than one or one was restarted."""
         n = len(self._workers)
-        restarts = sum(len(w.pids) - 1 for w in self._workers)
+        restarts = self._restarts()
         if n <= 1 and not restarts:
             return ""
-        running = sum(1 for w in self._workers if w.running)
+        running = self._running()
         text = f"{n} worker{'s' * (n > 1)}" if final or running == n else f"{running} of {n} workers running"
         return f" ({text}, {restarts} restart(s))" if restarts else f" ({text})"
 
@@ -305,8 +311,7 @@ class Campaign:
             again = sum(1 for c, earlier in causes.items() if earlier or c in seen)   # the user has seen these
             self._record({"event": event, "t": round(elapsed, 2), "execs": execs, "exec_s": rate,
                           "corpus": prog.corp, "cov": prog.cov, "ft": prog.ft,
-                          "workers": sum(1 for w in self._workers if w.running),
-                          "restarts": sum(len(w.pids) - 1 for w in self._workers),
+                          "workers": self._running(), "restarts": self._restarts(),
                           "new": new - again, "new_seen_before": again, "known": known,
                           "known_execs": sum(v["count"] for v in sigs.values() if v["known"])})
         return (f"[{elapsed:6.0f}s] execs {execs}  exec/s {rate}{self._pool_text(event == 'end')}  corpus {prog.corp}  "
