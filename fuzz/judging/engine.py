@@ -94,6 +94,7 @@ class Checker:
         self.causer = RootCauser(self.catalogue, dict(self.backends))
         self._memo: dict[str, Judgement] = {}
         self._by_records: dict[tuple, tuple[Scenario, Judgement]] = {}
+        self._compared_by_pair: dict[tuple[str, str], Coverage] = {}     # the entries of ``compared``, by pair
 
     def judgement(self, sc: Scenario) -> Judgement:
         """The judgement of ``sc``, remembered for the last ``memo_size`` distinct scenarios.  Why:
@@ -137,8 +138,11 @@ class Checker:
         sc, j = self.decoded(data)
         if self.observe is not None:
             self.observe(sc, j)
-        for (left, right), cov in j.coverage.items():
-            self.compared.setdefault(f"{left}~{right}", Coverage()).add(cov)
+        for pair, cov in j.coverage.items():
+            total = self._compared_by_pair.get(pair)
+            if total is None:
+                total = self._compared_by_pair[pair] = self.compared.setdefault("~".join(pair), Coverage())
+            total.add(cov)
         divs = list(j.found)
         if divs:
             self._record(data, sc, divs, j.traces, j.compared)
