@@ -12,6 +12,7 @@ are explained).  Single-trace invariant violations become divergences of their o
 from __future__ import annotations
 
 import dataclasses
+import marshal
 from dataclasses import dataclass
 from typing import Any
 
@@ -178,67 +179,118 @@ class _Walk:
         i = lrec.index
         ctx = self.ctxs[i]
         if self.diffs is not None:
-            ln, rn, diff = self.diffs(lrec, rrec, self.level, self.norms)
+            rd = self.diffs(lrec, rrec, self.level, self.norms)
         else:
             ln, rn, unordered = _normalised_difference(lrec, rrec, self.level, self.norms)
-            diff = tuple(_order(unordered))
+            rd = RecordDiff(ln, rn, tuple(_order(unordered)))
+        cause = _cascade(ctx, self.tainted)
         at = None
-        if self.expecting[i] and _cascade(ctx, self.tainted) is None:
+        if self.expecting[i] and cause is None:
             at = self.at(i)
             if at.asserting:
-                self.out.extend(_missing(self.sc, i, self.left, self.right, self.cat, at, (ln, rn)))
-        if not diff:                    # records differ only in what normalisation drops (the call's name)
+                self.out.extend(_missing(self.sc, i, self.left, self.right, self.cat, at, (rd.ln, rd.rn)))
+        if not rd.diff:                 # records differ only in what normalisation drops (the call's name)
             self.taint_if_applies(i, at)
             return
-        d = self.divergence(i, list(diff), ln, rn, at)
-        if d.known and "ctx.gfn" in ctx:
-            _taint(self.tainted, ctx, d.entries[0].replace(" (cascade)", ""))
+        op = self.sc.ops[i]
+        v = self.verdict(rd, at or self.at(i), cause, op_class(op.kind, op.args))
+        d = Divergence(self.oracle, self.left.backend, self.right.backend, i, op.kind, list(rd.diff), v.first,
+                       dict(v.left_obs), dict(v.right_obs), dict(v.explained))
+        d.signature = v.signature
+        if v.taint is not None and "ctx.gfn" in ctx:
+            _taint(self.tainted, ctx, v.taint)
         self.out.append(d)
 
-    def divergence(self, i: int, diff: list[str], ln: dict[str, Any], rn: dict[str, Any],
-                   at: AtOp | None = None) -> Divergence:
-        """The divergence at op ``i``, its fields explained by the catalogue or by an earlier cause."""
-        op, ctx = self.sc.ops[i], self.ctxs[i]
-        explained = self.cat.explain_at(at or self.at(i), diff, (ln, rn))
-        cause = _cascade(ctx, self.tainted)
-        if cause is not None:
-            for f in diff:
-                if f not in explained and f != "events":
-                    explained[f] = f"{cause} (cascade)"
-        first = next((f for f in diff if f not in explained), diff[0])
-        d = Divergence(f"diff:{self.level}", self.left.backend, self.right.backend, i, op.kind, diff, first,
-                       {k: ln.get(k) for k in diff if k in ln}, {k: rn.get(k) for k in diff if k in rn}, explained)
-        d.signature = make_signature(d.oracle, self.left.backend, self.right.backend, op_class(op.kind, op.args),
-                                     first, ln.get(first), rn.get(first))
-        return d
+    @property
+    def oracle(self) -> str:
+        return f"diff:{self.level}"
+
+    def verdict(self, rd: RecordDiff, at: AtOp, cause: str | None, opc: str) -> Verdict:
+        """The verdict on two differing records (``rd``) at an op the catalogue sees as ``at``, an
+        earlier known divergence at its gfn being ``cause``, its op class ``opc``: remembered with
+        the records' difference, of which (with those) it is a function."""
+        key = (id(at), cause, opc, self.left.backend, self.right.backend)
+        v = rd.verdicts.get(key)
+        if v is None or v.at is not at:
+            ln, rn, diff = rd.ln, rd.rn, list(rd.diff)
+            explained = self.cat.explain_at(at, diff, (ln, rn))
+            if cause is not None:
+                for f in diff:
+                    if f not in explained and f != "events":
+                        explained[f] = f"{cause} (cascade)"
+            first = next((f for f in diff if f not in explained), diff[0])
+            known = all(f in explained for f in diff)
+            v = Verdict(at, explained, first, {k: ln.get(k) for k in diff if k in ln},
+                        {k: rn.get(k) for k in diff if k in rn},
+                        make_signature(self.oracle, self.left.backend, self.right.backend, opc, first, ln.get(first),
+                                       rn.get(first)),
+                        min(explained.values()).replace(" (cascade)", "") if known else None)
+            rd.remember(key, v)
+        return v
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What the divergence between two differing records says at one op: the fields explained (by
+    which entry), the first one no entry explains, the values shown, its signature, and the entry a
+    known divergence taints the op's gfn with.  ``at`` is the catalogue's view of the op it was
+    given for.  Read it, never change it: a divergence copies what it keeps."""
+    at: AtOp
+    explained: dict[str, str]
+    first: str
+    left_obs: dict[str, Any]
+    right_obs: dict[str, Any]
+    signature: str
+    taint: str | None
 
 
 # Record differences ``RecordDiffs`` remembers; a bound on memory (a few KB each), not a tuning knob.
 DIFFS_MEMO_SIZE = 1 << 13
+# Verdicts one record difference remembers (views of the op and causes it was judged under); a bound.
+VERDICTS_PER_DIFF = 16
+
+
+@dataclass(eq=False)
+class RecordDiff:
+    """Two differing records' normal forms, the fields that differ (in report order), and the
+    verdicts given on them so far (``Verdict``, by the view of the op, the cause and the pair)."""
+    ln: dict[str, Any]
+    rn: dict[str, Any]
+    diff: tuple[str, ...]
+    verdicts: dict[tuple[Any, ...], Verdict] = dataclasses.field(default_factory=dict)
+
+    def remember(self, key: tuple[Any, ...], v: Verdict) -> None:
+        if len(self.verdicts) >= VERDICTS_PER_DIFF:
+            self.verdicts.clear()
+        self.verdicts[key] = v
 
 
 class RecordDiffs:
     """Two differing records' normal forms and the fields that differ (in report order), remembered
-    across comparisons by what the records hold.  Why: fuzzed scenarios repeat the same op records
-    over and over (a mutation changes one op; the others behave as before), and normalising both
-    sides and diffing them costs several times reading the key.  The key is the ``repr`` of each
-    record's observations: plain values (str, int, bool, None, lists, dicts) with equal reprs are
-    equal and of the same types, so normalisation cannot tell them apart.  What it returns is shared:
-    read it, never change it."""
+    across comparisons by what the records hold, with the verdicts given on them (``RecordDiff``).
+    Why: fuzzed scenarios repeat the same op records over and over (a mutation changes one op; the
+    others behave as before), and normalising both sides, diffing them and explaining the difference
+    costs several times reading the key.  The key is the ``marshal`` form (version 2: no
+    back-references, so equal bytes are equal values) of each record's observations: plain values
+    (str, int, bool, None, lists, dicts) with equal forms are equal and of the same types, so
+    normalisation cannot tell them apart; a value marshal cannot write is keyed by its ``repr``.
+    What it returns is shared: read it, never change it."""
 
     def __init__(self) -> None:
-        self._got: dict[tuple[Any, ...], tuple[dict[str, Any], dict[str, Any], tuple[str, ...]]] = {}
+        self._got: dict[tuple[str, bytes | str], RecordDiff] = {}
 
-    def __call__(self, lrec: Any, rrec: Any, level: str,
-                 norms: Normalised) -> tuple[dict[str, Any], dict[str, Any], tuple[str, ...]]:
-        key = (level, repr(lrec.api), repr(lrec.vmm), repr(lrec.events),
-               repr(rrec.api), repr(rrec.vmm), repr(rrec.events))
+    def __call__(self, lrec: Any, rrec: Any, level: str, norms: Normalised) -> RecordDiff:
+        parts = (lrec.api, lrec.vmm, lrec.events, rrec.api, rrec.vmm, rrec.events)
+        try:
+            key: tuple[str, bytes | str] = (level, marshal.dumps(parts, 2))
+        except ValueError:
+            key = (level, repr(parts))
         got = self._got.get(key)
         if got is None:
             ln, rn, diff = _normalised_difference(lrec, rrec, level, norms)
             if len(self._got) >= DIFFS_MEMO_SIZE:
                 del self._got[next(iter(self._got))]
-            got = self._got[key] = (ln, rn, tuple(_order(diff)))
+            got = self._got[key] = RecordDiff(ln, rn, tuple(_order(diff)))
         return got
 
 

@@ -170,11 +170,14 @@ def test_comparisons_sharing_normalised_records_find_what_each_finds_alone(path)
         assert [d.to_dict() for d in shared] == [d.to_dict() for d in alone]
 
 
-@pytest.mark.parametrize("memo_size", [diff.DIFFS_MEMO_SIZE, 5])
-def test_remembered_record_differences_find_what_comparing_afresh_finds(monkeypatch, memo_size):
+@pytest.mark.parametrize("memo_size,verdicts", [(diff.DIFFS_MEMO_SIZE, diff.VERDICTS_PER_DIFF), (5, 1)])
+def test_remembered_record_differences_find_what_comparing_afresh_finds(monkeypatch, memo_size, verdicts):
     """One RecordDiffs across every corpus scenario and pair (as a campaign's judge keeps it), read
-    twice over: the divergences are those of comparisons without it; 5: entries are evicted."""
+    twice over: the divergences (their explanations, signatures and the taints they leave, which
+    later ops' explanations show) are those of comparisons without it; 5 and 1: record differences
+    and their verdicts are evicted."""
     monkeypatch.setattr(diff, "DIFFS_MEMO_SIZE", memo_size)
+    monkeypatch.setattr(diff, "VERDICTS_PER_DIFF", verdicts)
     cat = load_catalogue()
     diffs = RecordDiffs()
     cases = []
@@ -206,6 +209,22 @@ def test_record_differences_are_told_apart_by_every_part_of_either_record():
         for left in recs:
             for right in recs:
                 for level in (API_LEVEL, VMM_LEVEL):
-                    ln, rn, got = diffs(left, right, level, norms)
+                    rd = diffs(left, right, level, norms)
                     wl, wr, want = diff._normalised_difference(left, right, level, Normalised())
-                    assert (ln, rn, got) == (wl, wr, tuple(diff._order(want)))
+                    assert (rd.ln, rd.rn, rd.diff) == (wl, wr, tuple(diff._order(want)))
+
+
+def test_a_record_marshal_cannot_write_is_keyed_by_its_repr():
+    """A value of a type marshal refuses (a str subclass) still finds its record difference, and the
+    same difference again, as comparing afresh does."""
+    from kvmsim.trace import OpRecord
+
+    class Word(str):
+        pass
+
+    left = OpRecord(0, "lookup", {"call": "f", "result": Word("pfn")}, None, [])
+    right = OpRecord(0, "lookup", {"call": "g", "result": "ERR_FAULT"}, None, [])
+    diffs = RecordDiffs()
+    first = diffs(left, right, API_LEVEL, Normalised())
+    assert first.diff == ("api.result",) and first.ln["api.result"] == "pfn"
+    assert diffs(left, right, API_LEVEL, Normalised()) is first
