@@ -83,6 +83,7 @@ OP_VMA = 0x0C
 OP_VMA_STATE = 0x10
 OP_VMA_PTE = 0x14
 OP_SLOT = 0x18
+_FIRST_OP = 0x40        # opcodes from here on are op records (``OP_LAYOUTS``)
 
 # Op records: opcode -> (op kind, frozen field layout).  A schema field missing from a layout
 # decodes as its default; a new field needs a new opcode (the encoder picks the newest layout).
@@ -175,6 +176,16 @@ class _Reader:
         self.pos = pos
         return v & ((1 << 64) - 1)
 
+    def varints(self, start: int, k: int) -> bytes | list[int]:
+        """The ``k`` varints from ``start`` (the reader left after them).  Most are one byte each:
+        then they are the slice itself (a byte string indexes as its ints)."""
+        chunk = self.data[start:start + k]
+        if len(chunk) == k and chunk.isascii():
+            self.pos = start + k
+            return chunk
+        self.pos = start
+        return [self.varint() for _ in range(k)]
+
     def enum(self, choices: tuple) -> str:
         return choices[self.varint() % len(choices)]
 
@@ -235,7 +246,14 @@ class Parsed:
             world.pages, world.vmas, world.memslots = dw.pages, dw.vmas, dw.memslots
         if st.names is not None:
             st.name, st.description = st.names[0], st.names[1]
-        return _repair(Scenario(world, ops, name=st.name, description=st.description, file="<bytes>"))
+        return _repair(Scenario(world, ops, name=st.name, description=st.description, file="<bytes>"),
+                       self._structure())
+
+    def _structure(self) -> tuple:
+        """What determines the world's pages, VMAs and memslots: the key without the op records and
+        the records that set other parts of the world (settings, names of v1 scenarios)."""
+        version, names, structural, empty, kept = self.key
+        return version, names, structural, empty, tuple([k for k in kept if OP_PAGE <= k[0] < _FIRST_OP])
 
 
 def parse(data: bytes) -> Parsed:
@@ -327,18 +345,26 @@ def _printable(s: str) -> str:
     return s if all(c.isprintable() or c in "\n\t" for c in s) and "\ufffd" not in s else ""
 
 
-def _repair(sc: Scenario) -> Scenario:
+# Structures (``Parsed._structure``) whose world passed validation, as ``_repair`` found (bounded:
+# cleared when full).  Why: a world repeats across many inputs (three in four of the scenarios
+# built while fuzzing have a structure seen before), and checking it was a fifth of building one.
+_VALID_WORLDS: set[tuple] = set()
+VALID_WORLDS_SIZE = 8192
+
+
+def _repair(sc: Scenario, structure: tuple) -> Scenario:
     """The final safety net: drop every op ``validate`` rejects (``valid_ops``: each op checked
     once against the ops kept before it).  The record checks above make this rare; a world error
-    leaves an empty scenario."""
-    for i, op in enumerate(sc.ops):
-        op.line = i + 1
+    leaves an empty scenario.  The world is checked once per structure (``_VALID_WORLDS``)."""
+    known = structure in _VALID_WORLDS
     try:
-        sc.ops = valid_ops(sc)
+        sc.ops = valid_ops(sc, world_valid=known)
     except ScenarioError:
         return Scenario(WorldSpec(), [], file="<bytes>")
-    for op in sc.ops:
-        op.line = 0
+    if not known:
+        if len(_VALID_WORLDS) >= VALID_WORLDS_SIZE:
+            _VALID_WORLDS.clear()
+        _VALID_WORLDS.add(structure)
     return sc
 
 
@@ -524,56 +550,91 @@ _VARINT = rb"[\x80-\xff]{0,9}[\x00-\xff]?"
 
 
 def _build_ops(st: _State) -> list[Op]:
-    """The ops queued by the op records' skippers, read again, now into ``Op``s."""
+    """The ops queued by the op records' skippers, read again, now into ``Op``s.  A kept ``vma``
+    field names one of the VMAs declared before its record (``nvmas`` > 0: the skipper dropped the
+    record otherwise); ``handles`` are the maps opened before it."""
     r = _Reader(st.data)
     ops: list[Op] = []
     handles: list[str] = []
     vmas = st.world.vmas
     for code, start, nvmas in st.pending:
-        r.pos = start + 1
-        ops.append(_build_op(r, st, code, vmas[:nvmas], handles))
+        kind, by_mask, bits, fields, width = _BUILDS[code]
+        vals = r.varints(start + 1, width)
+        args = (by_mask[vals[0] & bits] if bits else by_mask[0]).copy()
+        for name, tag, arg, i in fields:
+            if tag is _INT:
+                args[name] = vals[i]
+            elif tag is _VMA:
+                args[name] = vmas[vals[i] % nvmas].name
+            elif tag is _ENUM:
+                args[name] = arg[vals[i] % len(arg)]
+            else:
+                args[name] = _read_other(r, tag, vals, i, handles)
+        if kind == "vcpu_map":
+            _name_map(st, args, handles)
+        ops.append(Op(kind, args))
     return ops
 
 
-def _build_op(r: _Reader, st: _State, code: int, vmas: list[VmaSpec], handles: list[str]) -> Op:
-    """One kept op record: ``vmas`` are those declared before it, ``handles`` the maps before it."""
-    kind, defaults, bools, others = _LAYOUTS[code]
-    args = dict(defaults)
-    if bools:
-        mask = r.varint()
-        for i, f in enumerate(bools):
-            args[f.name] = bool(mask >> i & 1)
-    for f in others:
-        args[f.name] = _read_field(r, kind, f, vmas, handles)
-    if kind == "vcpu_map":
-        n = len(handles)
-        given = _given_name(st, MAX_PAGES + MAX_VMAS + n, args["handle"], "")
-        args["handle"] = given if given != f"map{n}" else ""
-        handles.append(args["handle"] or f"map{n}")
-    return Op(kind, args)
+def _name_map(st: _State, args: dict[str, Any], handles: list[str]) -> None:
+    """A vcpu_map's handle: its given name if it differs from the derived ``mapN``, else ""."""
+    n = len(handles)
+    given = _given_name(st, MAX_PAGES + MAX_VMAS + n, args["handle"], "")
+    args["handle"] = given if given != f"map{n}" else ""
+    handles.append(args["handle"] or f"map{n}")
 
 
-def _read_field(r: _Reader, kind: str, f: F, vmas: list[VmaSpec], handles: list[str]):
-    t = f.type
+# How ``_build_ops`` reads an op's field (one tag per field of a layout, fixed per opcode).
+_INT, _VMA, _ENUM, _OPTINT, _GPA, _OPTBOOL, _HANDLE, _STR = ("int", "vma", "enum", "optint", "gpa", "optbool",
+                                                            "handle", "str")
+
+
+def _read_other(r: _Reader, tag: str, vals: bytes | list[int], i: int, handles: list[str]) -> Any:
+    """A field of the rarer tags from its varint(s) ``vals[i]`` (a string: from the reader)."""
+    if tag is _OPTINT:
+        return None if vals[i] == 0 else vals[i] - 1
+    if tag is _GPA:
+        return (vals[i] << 12) | (vals[i + 1] & 0xFFF)
+    if tag is _OPTBOOL:
+        return (None, False, True)[vals[i] % 3]
+    if tag is _HANDLE:
+        return handles[vals[i] % len(handles)]
+    return r.string()                       # the layout's last field: it follows the varints
+
+
+def _field_tag(kind: str, f: F) -> str:
     if f.name == "gpa":
-        gfn, off = r.varint(), r.varint()
-        return (gfn << 12) | (off & 0xFFF)
-    if t == "int":
-        return r.varint()
-    if t == "optint":
-        return r.optint()
-    if t == "optbool":
-        return (None, False, True)[r.varint() % 3]
-    if t == "enum":
-        return r.enum(f.choices)
+        return _GPA
+    by_type = {_INT: _INT, _OPTINT: _OPTINT, _OPTBOOL: _OPTBOOL, _ENUM: _ENUM}   # ``is``: these objects
+    if f.type in by_type:
+        return by_type[f.type]
     if f.name == "vma":
-        return vmas[r.varint() % len(vmas)].name
+        return _VMA
     if kind == "vcpu_unmap" and f.name == "handle":
-        return handles[r.varint() % len(handles)]
-    return r.string()
+        return _HANDLE
+    return _STR
+
+
+def _build(code: int) -> tuple[str, list[dict[str, Any]], int, tuple[tuple[str, str, tuple, int], ...], int]:
+    """What ``_build_ops`` reads a record of an opcode with: (kind, the args every value of the
+    bools' mask starts from, the mask's bits, the other fields, the number of varints).  The record
+    is its varints (the bools' mask first, if any; ``gpa`` takes two), then at most one string; each
+    other field is (name, tag, enum choices, index of its varint).  Why a table: reading the bools
+    one by one was a fifth of building a lookup, and a layout has at most 9 of them (512 masks)."""
+    kind, defaults, bools, others = _LAYOUTS[code]
+    by_mask = [{**defaults, **{f.name: bool(mask >> bit & 1) for bit, f in enumerate(bools)}}
+               for mask in range(1 << len(bools))]
+    fields: list[tuple[str, str, tuple, int]] = []
+    width = int(bool(bools))
+    for f in others:
+        tag = _field_tag(kind, f)
+        fields.append((f.name, tag, f.choices, width))
+        width += 2 if tag is _GPA else 0 if tag is _STR else 1
+    return kind, by_mask, (1 << len(bools)) - 1, tuple(fields), width
 
 
 _LAYOUTS = {code: _layout(code) for code in OP_LAYOUTS}      # built once: decoding is the hot path
+_BUILDS = {code: _build(code) for code in OP_LAYOUTS}
 
 _RECORDS: dict[int, Callable[[_Reader, _State], None]] = {
     OP_META: _meta, OP_EMPTY_WORLD: _empty, OP_WORLD: _world, OP_PAGE: _page, OP_VMA: _vma,

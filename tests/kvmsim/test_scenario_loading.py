@@ -225,5 +225,6 @@ def test_valid_ops_keeps_what_validating_and_retrying_keeps():
         want = _kept_by_retrying(sc)
         got = [op.line for op in valid_ops(sc)]
         assert got == want
+        assert [op.line for op in valid_ops(sc, world_valid=True)] == want      # the world is valid: same
         dropped += len(sc.ops) - len(got)
     assert dropped > 100

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import glob
 import os
+import random
 
 import pytest
 from hypothesis import HealthCheck, assume, given, settings
@@ -197,6 +198,7 @@ def test_every_op_kind_has_an_opcode_whose_layout_covers_its_schema():
 def test_opcodes_leave_gaps():
     codes = sorted([*codec.OP_LAYOUTS, *codec._RECORDS])
     assert all(b - a >= 2 or a < 0x04 for a, b in zip(codes, codes[1:]))
+    assert max(codec._RECORDS) < codec._FIRST_OP <= min(codec.OP_LAYOUTS)     # world records, then ops
 
 
 def test_empty_stream_uses_the_default_world_and_empty_marker_keeps_it_empty():
@@ -216,3 +218,57 @@ def test_invalid_utf8_names_stay_within_the_bounds_when_re_encoded():
     data = (b"\x00\x08\x1d" + b"\x00" * 11 + b"\x80" * 18)
     sc = decode(data)
     assert decode(encode(sc)) == sc
+
+
+def _mutants(n: int, seed: int) -> list[bytes]:
+    """Seeds with a few bytes changed, inserted or deleted: inputs that share parts of a world."""
+    rng = random.Random(seed)
+    seeds = [encode(load_scenario(p)) for p in SEEDS]
+    out = []
+    for _ in range(n):
+        m = bytearray(rng.choice(seeds))
+        for _ in range(rng.randint(1, 3)):
+            pos = rng.randrange(len(m))
+            k = rng.randrange(3)
+            if k == 0:
+                m[pos] = rng.randrange(256)
+            elif k == 1:
+                m.insert(pos, rng.randrange(256))
+            else:
+                del m[pos]
+        out.append(bytes(m))
+    return out
+
+
+def test_a_structure_determines_the_pages_vmas_and_memslots():
+    """``Parsed._structure`` keys the cache of worlds that passed validation: inputs with one
+    structure (but other settings, names or ops) must build worlds with equal pages, VMAs and memslots."""
+    seen: dict[tuple, tuple[str, str]] = {}
+    shared = 0
+    for data in _mutants(3000, 7):
+        p = codec.parse(data)
+        structure, sc = p._structure(), p.scenario()
+        w = sc.world
+        got = repr((w.pages, w.vmas, w.memslots)), repr((w.seq, w.signal, sc.ops))
+        if structure in seen:
+            assert seen[structure][0] == got[0]
+            shared += seen[structure][1] != got[1]
+        seen.setdefault(structure, got)
+    assert shared > 100                         # the structure was shared by scenarios that differ
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.binary(max_size=300), min_size=1, max_size=4))
+def test_the_valid_worlds_cache_changes_no_decoding(inputs):
+    codec._VALID_WORLDS.clear()
+    cold = [repr(decode(d)) for d in inputs]    # each world checked (and remembered) ...
+    assert [repr(decode(d)) for d in inputs] == cold     # ... or not checked again: the same scenarios
+
+
+def test_the_valid_worlds_cache_is_bounded(monkeypatch):
+    monkeypatch.setattr(codec, "VALID_WORLDS_SIZE", 5)
+    codec._VALID_WORLDS.clear()
+    for data in _mutants(50, 3):
+        decode(data)
+        assert len(codec._VALID_WORLDS) <= 5
+    assert codec._VALID_WORLDS
