@@ -92,7 +92,7 @@ class Checker:
         self.order = sorted(self.judge.names)               # the order backends run and are checked in
         self.backends = {n: self.judge.backends[n] for n in self.order}
         self.causer = RootCauser(self.catalogue, dict(self.backends))
-        self._memo: dict[str, Judgement] = {}
+        self._memo: dict[tuple, Judgement] = {}
         self._by_records: dict[tuple, tuple[Scenario, Judgement]] = {}
         self._compared_by_pair: dict[tuple[str, str], Coverage] = {}     # the entries of ``compared``, by pair
 
@@ -101,7 +101,7 @@ class Checker:
         judging is a pure function of the decoded scenario, and under libFuzzer most mutations
         (bytes of a dropped record, a value clamped to its bound) decode to a scenario already
         judged -- about four inputs in five on ``sim:g2~sim:g3`` from the seed corpus."""
-        key = repr(sc)
+        key = sc.repr_key()
         j = self._memo.get(key)
         if j is not None:
             self.memo_hits += 1

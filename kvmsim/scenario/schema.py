@@ -169,6 +169,21 @@ class Scenario:
     tags: dict[str, Any] = field(default_factory=dict, compare=False)
     file: str = field(default="<scenario>", compare=False)
 
+    def repr_key(self) -> tuple:
+        """A value equal for two scenarios iff their ``repr`` are, at about half the cost of repr
+        and its hash: every field of every part (the lines and the fields ``==`` ignores too),
+        dicts as their items in order.  "Iff" holds for values of the types the fields declare
+        (what loading and decoding build), as ``1 == True`` is not so in repr.  Why: the checker
+        remembers judgements by scenario, and repr was a tenth of judging a new input."""
+        w = self.world
+        return (w.allow_unsafe_mappings, w.async_pf, w.guest_mode, w.smm, w.apicv, w.signal, w.mmap_lock_contended,
+                w.seq, w.seq_bits, tuple([(p.name, p.kind, p.pfn, p.memremap_ok, p.line) for p in w.pages]),
+                tuple([_vma_key(v) for v in w.vmas]),
+                tuple([(s.id, s.gfn, s.pages, s.vma, s.offset, s.readonly, s.log_dirty, s.as_id, s.internal, s.line)
+                       for s in w.memslots]),
+                tuple([(op.kind, tuple(op.args.items()), op.line) for op in self.ops]), self.name, self.description,
+                repr(self.tags) if self.tags else None, self.file)
+
     def vma_start(self, v: VmaSpec) -> int:
         if v.start is not None:
             return v.start
@@ -198,6 +213,12 @@ class Scenario:
         cache = {id(x): n for n, x in reversed(list(enumerate(vmas)))}
         self.__dict__["_vma_pos"] = cache
         return cache.get(id(v))
+
+
+def _vma_key(v: VmaSpec) -> tuple:
+    return (v.name, v.pages, v.start, v.prot, v.shared, v.remap, v.host_level, v.state, tuple(v.page_states.items()),
+            v.frames, tuple([(i, p.page, p.present, p.writable, p.handler) for i, p in v.ptes.items()]), v.line,
+            tuple(v.entry_lines.items()))
 
 
 def make_op(kind: str, **args: Any) -> Op:
