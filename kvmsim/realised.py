@@ -110,11 +110,12 @@ def realise_pair(sc: Scenario, left: Trace, right: Trace,
 
 def observed(rec: OpRecord, api: bool) -> bool:
     """Whether this record carries anything comparable: at VMM level, or also at API level."""
-    if isinstance(rec.vmm, dict) and not any(k in rec.vmm for k in UNOBSERVED):
+    vmm = rec.vmm
+    if isinstance(vmm, dict) and vmm.keys().isdisjoint(UNOBSERVED):
         return True
     if not api:
         return False
-    return bool(rec.events) or (isinstance(rec.api, dict) and not any(k in rec.api for k in UNOBSERVED))
+    return bool(rec.events) or (isinstance(rec.api, dict) and rec.api.keys().isdisjoint(UNOBSERVED))
 
 
 @dataclass
@@ -155,10 +156,10 @@ class Coverage:
 
 def coverage(left: Trace, right: Trace, api: bool) -> Coverage:
     """``api``: the comparison includes API records (two simulated backends)."""
-    c = Coverage(ops=max(len(left.records), len(right.records)))
+    nleft = nright = both = 0
     for a, b in zip(left.records, right.records):
         la, rb = observed(a, api), observed(b, api)
-        c.left += la
-        c.right += rb
-        c.compared += la and rb
-    return c
+        nleft += la
+        nright += rb
+        both += la and rb
+    return Coverage(max(len(left.records), len(right.records)), nleft, nright, both)

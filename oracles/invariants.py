@@ -43,7 +43,11 @@ class Violation:
 
 
 def _api(rec) -> dict[str, Any]:
-    return rec.api if isinstance(rec.api, dict) and "not_observable" not in rec.api else {}
+    api = rec.api
+    return api if isinstance(api, dict) and "not_observable" not in api else _NOTHING
+
+
+_NOTHING: dict[str, Any] = {}          # the API observations of a record without any (read, never changed)
 
 
 def check_trace(sc: Scenario, trace: Trace, ctxs: Callable[[], list[dict[str, Any]]]) -> list[Violation]:
@@ -55,35 +59,41 @@ def check_trace(sc: Scenario, trace: Trace, ctxs: Callable[[], list[dict[str, An
         if "skipped" in api:
             crashed = True
             continue
-        bad = [e for e in rec.events if e.startswith(("WARN:", "BUG:", "CORRUPT:"))] if rec.events else None
-        if bad:
-            out.append(Violation("inv:no-warn-bug", rec.index, rec.op, "events", bad))
+        if rec.events:
+            bad = [e for e in rec.events if e.startswith(("WARN:", "BUG:", "CORRUPT:"))]
+            if bad:
+                out.append(Violation("inv:no-warn-bug", rec.index, rec.op, "events", bad))
         if "oops" in api:
             crashed = True
             out.append(Violation("inv:no-warn-bug", rec.index, rec.op, "api.oops", api["oops"]))
             continue
         if api:
-            out.extend(_api_violations(rec.index, rec.op, api, ctxs))
-    # every map was unmapped and nothing crashed: KVM must hold nothing at the end
-    still_open = _maps_still_open(sc, trace)
-    leaked = any(v.oracle == "inv:no-leak" for v in out)
-    if not crashed and not leaked and not still_open:
-        for key in ("refs_held_at_end", "pins_held_at_end"):
-            if trace.meta.get(key):
-                out.append(Violation("inv:balanced-at-end", len(sc.ops), "end", "meta." + key, trace.meta[key]))
+            _api_violations(rec.index, rec.op, api, ctxs, out)
+    if not crashed:
+        out.extend(_held_at_end(sc, trace, out))
     return out
 
 
-def _api_violations(i: int, kind: str, api: dict[str, Any],
-                    ctxs: Callable[[], list[dict[str, Any]]]) -> list[Violation]:
-    """The checks of one op's API observations, each asked only of the op kinds it concerns (most
-    records concern none: asking costs more than the checks)."""
-    out = _leaks(i, kind, api) if api.get("leaked") or api.get("pins_leaked") else []
-    if kind in _REF_CHECKED:
+def _held_at_end(sc: Scenario, trace: Trace, found: list[Violation]) -> list[Violation]:
+    """Every map was unmapped and nothing leaked on the way: KVM must hold nothing at the end (the
+    maps still open are looked for only when the trace says something is held)."""
+    held = [key for key in ("refs_held_at_end", "pins_held_at_end") if trace.meta.get(key)]
+    if not held or any(v.oracle == "inv:no-leak" for v in found) or _maps_still_open(sc, trace):
+        return []
+    return [Violation("inv:balanced-at-end", len(sc.ops), "end", "meta." + key, trace.meta[key]) for key in held]
+
+
+def _api_violations(i: int, kind: str, api: dict[str, Any], ctxs: Callable[[], list[dict[str, Any]]],
+                    out: list[Violation]) -> None:
+    """The checks of one op's API observations into ``out``, each asked only of the op kinds it
+    concerns and only when the values it looks for are there (most records show none: asking
+    costs more than the checks)."""
+    if api.get("leaked") or api.get("pins_leaked"):
+        out.extend(_leaks(i, kind, api))
+    if kind in _REF_CHECKED and (api.get("held") or api.get("pinned")):
         out.extend(_refs_on_error(i, kind, api))
-    if kind in _WRITABLE_CHECKED:
+    if kind in _WRITABLE_CHECKED and (api.get("writable") is True or api.get("spte")):
         out.extend(_writable_in_ro_slot(i, kind, api, ctxs))
-    return out
 
 
 _REF_CHECKED = frozenset({"lookup", "gfn_to_page", "vcpu_map"})       # the kinds _refs_on_error checks
