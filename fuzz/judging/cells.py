@@ -5,6 +5,7 @@ targets, because the diff target feeds them to libFuzzer as coverage (semantic f
 
 from __future__ import annotations
 
+import marshal
 from typing import Any
 
 from kvmsim.scenario import Op
@@ -45,17 +46,61 @@ def cell(op: Op, rec: OpRecord) -> str | None:
     return " | ".join(parts)
 
 
-def trace_cells(ops: list[Op], traces: dict[str, Trace]) -> list[tuple[str, str]]:
+# Cells ``RememberedCells`` keeps; a bound on memory (a few hundred bytes each), not a tuning knob.
+CELLS_MEMO_SIZE = 1 << 14
+
+
+class RememberedCells:
+    """``cell(op, rec)``, remembered across judgements by what it reads: the op's class (and an
+    access's direction: ``op_key``) and the ``marshal`` form (version 2: no back-references, so
+    equal bytes are equal values of the same types) of the record's observations.  Why: fuzzed
+    scenarios repeat the same op records over and over, and writing a record's form costs a
+    fraction of its cell.  A record marshal cannot write is worked out afresh."""
+
+    def __init__(self) -> None:
+        self._got: dict[tuple[str, bytes], str] = {}
+
+    @staticmethod
+    def op_key(op: Op) -> str:
+        """What a cell reads of the op (its class, and an access's direction)."""
+        opc = op_class(op.kind, op.args)
+        return opc + " " + value_class(op.args.get("write", False)) if op.kind == "access" else opc
+
+    def __call__(self, op: Op, rec: OpRecord, key: str | None = None) -> str | None:
+        """The cell of a table op's record (``key``: ``op_key(op)``, if the caller has it)."""
+        try:
+            form = marshal.dumps((rec.api, rec.vmm, rec.events), 2)
+        except ValueError:
+            return cell(op, rec)
+        k = (key or self.op_key(op), form)
+        got = self._got.get(k)
+        if got is None:
+            c = cell(op, rec)
+            if c is None:
+                return None
+            if len(self._got) >= CELLS_MEMO_SIZE:
+                del self._got[next(iter(self._got))]
+            got = self._got[k] = c
+        return got
+
+
+REMEMBERED = RememberedCells()  # the cells every trace_cells call shares (cell is a pure function)
+
+
+def trace_cells(ops: list[Op], traces: dict[str, Trace],
+                cells: RememberedCells = REMEMBERED) -> list[tuple[str, str]]:
     """(backend, cell) for each op record of each trace that reached a table row, trace by trace.
     A record equal to one an earlier trace showed at the same op (common: generations agree on most
-    ops) reaches the same cell, so each distinct record's cell is worked out once."""
+    ops) reaches the same cell, so each distinct record's cell is looked up once (in ``cells``)."""
     out: list[tuple[str, str]] = []
+    keys = [cells.op_key(op) if op.kind in _TABLE_OPS else None for op in ops]
     n = len(ops)
     reached: dict[int, list[tuple[OpRecord, str]]] = {}       # op index -> (distinct record, its cell)
     for name, t in traces.items():
         for rec in t.records:
             i = rec.index
-            if i >= n or ops[i].kind not in _TABLE_OPS:
+            key = keys[i] if i < n else None
+            if key is None:
                 continue
             seen = reached.get(i)
             if seen is None:
@@ -66,7 +111,7 @@ def trace_cells(ops: list[Op], traces: dict[str, Trace]) -> list[tuple[str, str]
                     c = known
                     break
             if c is None:
-                c = cell(ops[i], rec)
+                c = cells(ops[i], rec, key)
                 if c is None:
                     continue
                 seen.append((rec, c))
