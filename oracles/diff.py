@@ -101,11 +101,13 @@ def _order(fields: list[str]) -> list[str]:
 
 def compare(sc: Scenario, left: Trace, right: Trace, cat: Catalogue, level: str | None = None,
             invariants: bool = True, ctxs: list[dict[str, Any]] | None = None,
-            norms: Normalised | None = None, diffs: RecordDiffs | None = None) -> list[Divergence]:
+            norms: Normalised | None = None, diffs: RecordDiffs | None = None,
+            differing: dict[int, RecordDiff] | None = None) -> list[Divergence]:
     """Every divergence between two traces of ``sc``, first differing op first.  ``ctxs``: the op
     contexts if the caller already has them (oracles.context.op_contexts); ``norms``: the records
     normalised so far, if the caller compares these traces in other pairs too; ``diffs``: the
-    record differences remembered from earlier comparisons (``RecordDiffs``)."""
+    record differences remembered from earlier comparisons (``RecordDiffs``); ``differing``, if
+    given, receives the difference of each op whose two records differ, by op index."""
     level = level or level_for(left, right)
     fams = (_family(left), _family(right))
     expecting = [cat.expecting(op.kind, fams) for op in sc.ops]
@@ -115,7 +117,7 @@ def compare(sc: Scenario, left: Trace, right: Trace, cat: Catalogue, level: str 
         ctxs = op_contexts(sc)
     elif type(ctxs) is not list:
         ctxs = list(ctxs)                 # a lazy sequence (fuzz.judging.judge.LazyContexts): index a plain list
-    walk = _Walk(sc, left, right, cat, level, fams, expecting, ctxs, norms or Normalised(), diffs)
+    walk = _Walk(sc, left, right, cat, level, fams, expecting, ctxs, norms or Normalised(), diffs, differing)
     for lrec, rrec in zip(left.records, right.records):
         if lrec.api == rrec.api and lrec.vmm == rrec.vmm and lrec.events == rrec.events:      # _raw_same
             walk.same_record(lrec, rrec)
@@ -147,6 +149,7 @@ class _Walk:
     ctxs: list[dict[str, Any]]
     norms: Normalised
     diffs: RecordDiffs | None = None
+    differing: dict[int, RecordDiff] | None = None
     out: list[Divergence] = dataclasses.field(default_factory=list)
     tainted: dict[Any, str] = dataclasses.field(default_factory=dict)   # gfn or host page -> entry id
 
@@ -184,6 +187,8 @@ class _Walk:
         else:
             ln, rn, unordered = _normalised_difference(lrec, rrec, self.level, self.norms)
             rd = RecordDiff(ln, rn, tuple(_order(unordered)))
+        if self.differing is not None and rrec.index == i:
+            self.differing[i] = rd
         cause = _cascade(ctx, self.tainted)
         at = None
         if self.expecting[i] and cause is None:
@@ -254,11 +259,14 @@ VERDICTS_PER_DIFF = 16
 @dataclass(eq=False)
 class RecordDiff:
     """Two differing records' normal forms, the fields that differ (in report order), and the
-    verdicts given on them so far (``Verdict``, by the view of the op, the cause and the pair)."""
+    verdicts given on them so far (``Verdict``, by the view of the op, the cause and the pair).
+    ``derived``: what a reader works out from the two records alone, kept with them by its own
+    key (fuzz.judging.cells: the cell each side reached)."""
     ln: dict[str, Any]
     rn: dict[str, Any]
     diff: tuple[str, ...]
     verdicts: dict[tuple[Any, ...], Verdict] = dataclasses.field(default_factory=dict)
+    derived: dict[Any, Any] = dataclasses.field(default_factory=dict)
 
     def remember(self, key: tuple[Any, ...], v: Verdict) -> None:
         if len(self.verdicts) >= VERDICTS_PER_DIFF:

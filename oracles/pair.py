@@ -17,7 +17,7 @@ from kvmsim.scenario import Scenario
 from kvmsim.trace import Trace
 
 from .catalogue import Catalogue
-from .diff import Divergence, RecordDiffs, compare, level_for
+from .diff import Divergence, RecordDiff, RecordDiffs, compare, level_for
 from .faultpath import compare_faults
 from .normalise import API_LEVEL, Normalised
 from .signature import make_signature, op_class
@@ -31,15 +31,17 @@ def compare_pair(sc: Scenario, left: Trace, right: Trace, cat: Catalogue, run: C
                  ctxs: list[dict[str, Any]] | None = None,
                  explain: Explain | None = None,
                  norms: Normalised | None = None,
-                 diffs: RecordDiffs | None = None) -> tuple[list[Divergence], Coverage, Trace, Trace]:
+                 diffs: RecordDiffs | None = None,
+                 differing: dict[int, RecordDiff] | None = None) -> tuple[list[Divergence], Coverage, Trace, Trace]:
     """Divergences, coverage and the two traces compared (``run(backend, scenario)`` re-runs a model;
     ``explain``, the real backend's quirks, marks the differences they account for; ``norms``, records
     normalised by earlier comparisons of the same traces; ``diffs``, record differences remembered
-    across comparisons)."""
+    across comparisons; ``differing``, if given, receives the difference of each op whose two compared
+    records differ)."""
     lt, rt = realise_pair(sc, left, right, run)
     level = level or level_for(lt, rt)
     divs = compare(sc, lt, rt, cat, level=level, invariants=invariants, ctxs=ctxs, norms=norms,
-                   diffs=diffs)
+                   diffs=diffs, differing=differing)
     real = None
     if is_model(lt.backend) != is_model(rt.backend):
         model, real = (lt, rt) if is_model(lt.backend) else (rt, lt)

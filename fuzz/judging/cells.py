@@ -5,12 +5,11 @@ targets, because the diff target feeds them to libFuzzer as coverage (semantic f
 
 from __future__ import annotations
 
-import marshal
 from typing import Any
 
 from kvmsim.scenario import Op
 from kvmsim.trace import OpRecord, Trace
-from oracles.diff import Divergence
+from oracles.diff import Divergence, RecordDiff
 from oracles.signature import event_class, op_class, value_class
 
 TABLE_OPS = ("lookup", "gfn_to_page", "vcpu_map", "vcpu_unmap", "x86_fault", "access", "get_dirty_log")
@@ -46,57 +45,30 @@ def cell(op: Op, rec: OpRecord) -> str | None:
     return " | ".join(parts)
 
 
-# Cells ``RememberedCells`` keeps; a bound on memory (a few hundred bytes each), not a tuning knob.
-CELLS_MEMO_SIZE = 1 << 14
+def op_key(op: Op) -> str:
+    """What a cell reads of the op: its class, and an access's direction."""
+    opc = op_class(op.kind, op.args)
+    return opc + " " + value_class(op.args.get("write", False)) if op.kind == "access" else opc
 
 
-class RememberedCells:
-    """``cell(op, rec)``, remembered across judgements by what it reads: the op's class (and an
-    access's direction: ``op_key``) and the ``marshal`` form (version 2: no back-references, so
-    equal bytes are equal values of the same types) of the record's observations.  Why: fuzzed
-    scenarios repeat the same op records over and over, and writing a record's form costs a
-    fraction of its cell.  A record marshal cannot write is worked out afresh."""
-
-    def __init__(self) -> None:
-        self._got: dict[tuple[str, bytes], str] = {}
-
-    @staticmethod
-    def op_key(op: Op) -> str:
-        """What a cell reads of the op (its class, and an access's direction)."""
-        opc = op_class(op.kind, op.args)
-        return opc + " " + value_class(op.args.get("write", False)) if op.kind == "access" else opc
-
-    def __call__(self, op: Op, rec: OpRecord, key: str | None = None) -> str | None:
-        """The cell of a table op's record (``key``: ``op_key(op)``, if the caller has it)."""
-        try:
-            form = marshal.dumps((rec.api, rec.vmm, rec.events), 2)
-        except ValueError:
-            return cell(op, rec)
-        k = (key or self.op_key(op), form)
-        got = self._got.get(k)
-        if got is None:
-            c = cell(op, rec)
-            if c is None:
-                return None
-            if len(self._got) >= CELLS_MEMO_SIZE:
-                del self._got[next(iter(self._got))]
-            got = self._got[k] = c
-        return got
-
-
-REMEMBERED = RememberedCells()  # the cells every trace_cells call shares (cell is a pure function)
+Differing = dict[tuple[str, str], dict[int, RecordDiff]]    # pair -> op index -> its records' difference
 
 
 def trace_cells(ops: list[Op], traces: dict[str, Trace],
-                cells: RememberedCells = REMEMBERED) -> list[tuple[str, str]]:
+                differing: Differing | None = None) -> list[tuple[str, str]]:
     """(backend, cell) for each op record of each trace that reached a table row, trace by trace.
-    A record equal to one an earlier trace showed at the same op (common: generations agree on most
-    ops) reaches the same cell, so each distinct record's cell is looked up once (in ``cells``)."""
+    A record one of its pairs found different from the other side's (``differing``: the pairs'
+    differences, as ``Judge.compare`` gives them for these traces) has its cell kept with that
+    difference, which the judge remembers across judgements; a record equal to one an earlier trace
+    showed at the same op (common: generations agree on most ops) reaches the same cell; any other
+    is worked out."""
     out: list[tuple[str, str]] = []
-    keys = [cells.op_key(op) if op.kind in _TABLE_OPS else None for op in ops]
+    keys = [op_key(op) if op.kind in _TABLE_OPS else None for op in ops]
     n = len(ops)
+    sides = _sides(differing or {})
     reached: dict[int, list[tuple[OpRecord, str]]] = {}       # op index -> (distinct record, its cell)
     for name, t in traces.items():
+        mine = sides.get(name, ())
         for rec in t.records:
             i = rec.index
             key = keys[i] if i < n else None
@@ -105,18 +77,48 @@ def trace_cells(ops: list[Op], traces: dict[str, Trace],
             seen = reached.get(i)
             if seen is None:
                 seen = reached[i] = []
-            c = None
-            for other, known in seen:
-                if other.api == rec.api and other.vmm == rec.vmm and other.events == rec.events:
-                    c = known
-                    break
+            c = (_kept(ops[i], rec, key, mine) if mine else None) or _seen(rec, seen)
             if c is None:
-                c = cells(ops[i], rec, key)
+                c = cell(ops[i], rec)
                 if c is None:
                     continue
                 seen.append((rec, c))
             out.append((name, c))
     return out
+
+
+def _sides(differing: Differing) -> dict[str, list[tuple[dict[int, RecordDiff], int]]]:
+    """Per backend, the differences of its pairs with the side it is on (0: left, 1: right)."""
+    out: dict[str, list[tuple[dict[int, RecordDiff], int]]] = {}
+    for (left, right), by_op in differing.items():
+        if by_op:
+            out.setdefault(left, []).append((by_op, 0))
+            out.setdefault(right, []).append((by_op, 1))
+    return out
+
+
+def _kept(op: Op, rec: OpRecord, key: str, mine: list[tuple[dict[int, RecordDiff], int]]) -> str | None:
+    """The cell of ``rec`` kept with a difference one of its pairs found at its op (worked out and
+    kept there on the first ask), or None if no pair found one there."""
+    for by_op, side in mine:
+        rd = by_op.get(rec.index)
+        if rd is not None:
+            got = rd.derived.get((_CELL, key, side))
+            if got is None:
+                got = rd.derived[(_CELL, key, side)] = cell(op, rec)
+            return got
+    return None
+
+
+_CELL = "cell"                  # the kind of what trace_cells keeps in a RecordDiff's ``derived``
+
+
+def _seen(rec: OpRecord, seen: list[tuple[OpRecord, str]]) -> str | None:
+    """The cell of an equal record an earlier trace showed at the same op, if any."""
+    for other, known in seen:
+        if other.api == rec.api and other.vmm == rec.vmm and other.events == rec.events:
+            return known
+    return None
 
 
 def _reached(op: Op, api: dict[str, Any], vmm: dict[str, Any]) -> tuple[object, object, str]:

@@ -23,7 +23,7 @@ from kvmsim.scenario import Scenario
 from kvmsim.trace import Trace
 from oracles.catalogue import Catalogue, load_catalogue
 from oracles.context import op_contexts
-from oracles.diff import Divergence, RecordDiffs, check_invariants, report_order
+from oracles.diff import Divergence, RecordDiff, RecordDiffs, check_invariants, report_order
 from oracles.normalise import Normalised
 from oracles.pair import compare_pair
 
@@ -43,6 +43,8 @@ class Judgement:
     found: list[Divergence] = field(default_factory=list)       # the same, in the order they were found
     compared: dict[Pair, tuple[Trace, Trace]] = field(default_factory=dict)   # the traces each pair compared
     coverage: dict[Pair, Coverage] = field(default_factory=dict)             # ops each pair observed, compared
+    # each pair's differing records by op index (shared with the judge's memo: read, never change)
+    differing: dict[Pair, dict[int, RecordDiff]] = field(default_factory=dict)
 
     @property
     def unknown(self) -> list[Divergence]:
@@ -118,9 +120,10 @@ class Judge:
             norms = Normalised()                 # a trace in two pairs is normalised once
             for left, right in self.pairs:
                 if right and left in traces and right in traces and left != right:
+                    differing = j.differing[(left, right)] = {}
                     divs, cov, lt, rt = compare_pair(sc, traces[left], traces[right], self.catalogue, self._run,
                                                      ctxs=ctxs, explain=self._explain, norms=norms,
-                                                     diffs=self.diffs)
+                                                     diffs=self.diffs, differing=differing)
                     j.compared[(left, right)] = lt, rt
                     j.coverage[(left, right)] = cov
                     found.extend(divs)

@@ -37,8 +37,19 @@ from kvmsim.scenario import Scenario
 
 def _features(sc: Scenario, j: Judgement) -> list[object]:
     """The cells each trace's op records reached (per backend), then each oracle outcome."""
-    out: list[object] = list(trace_cells(sc.ops, j.traces))
+    out: list[object] = list(trace_cells(sc.ops, j.traces, differing=_differing_as_run(j)))
     out.extend((d.left, d.right, outcome(d)) for d in j.found)
+    return out
+
+
+def _differing_as_run(j: Judgement) -> dict[tuple[str, str], dict]:
+    """The pairs' differing records, for the pairs that compared the traces the backends ran (not
+    a model re-run over what a real backend ran)."""
+    out = {}
+    for p, by_op in j.differing.items():
+        compared = j.compared.get(p)
+        if compared is not None and compared[0] is j.traces.get(p[0]) and compared[1] is j.traces.get(p[1]):
+            out[p] = by_op
     return out
 
 
