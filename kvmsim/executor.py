@@ -78,14 +78,22 @@ def _net(taken: dict[str, int], given_back: dict[str, int]) -> dict[str, int]:
     return {n: v for n, v in sorted(net.items()) if v > 0}
 
 
-def _with_plain_fields(op: Op) -> Op:
-    """An equal op whose fields are ordinary attributes.  Why: ``Op`` serves them through
-    ``__getattr__``, which Python reaches only after the normal lookup has failed, and a
-    generation reads several fields per op; one copy per op is cheaper than those misses.
-    (A field named like an ``Op`` attribute -- ``signal``'s ``kind`` -- stays in ``args``.)"""
-    fast = Op.__new__(Op)
-    fast.__dict__.update(op.args)
-    fast.__dict__.update(kind=op.kind, args=op.args, line=op.line)
+class _OpFields(Op):
+    """An op whose fields read as ordinary attributes: its instance dictionary *is* the op's
+    ``args``.  Why: ``Op`` serves fields through ``__getattr__``, which Python reaches only after
+    the normal lookup has failed, and a generation reads several fields per op; sharing the dict
+    costs one small object per op, no copy.  Read-only: nothing in the model assigns op fields.
+    (A field named like an ``Op`` attribute -- ``signal``'s ``kind`` -- reads as the field: the
+    executor dispatches on the op's own ``kind``.)"""
+
+    @property
+    def args(self) -> dict[str, Any]:               # type: ignore[override]
+        return self.__dict__
+
+
+def _fields(op: Op) -> Op:
+    fast = object.__new__(_OpFields)
+    fast.__dict__ = op.args
     return fast
 
 
@@ -103,15 +111,17 @@ class Executor:
 
     def run(self, backend: str) -> Trace:
         trace = Trace(backend, meta={"generation": self.gen.name, "spec": self.gen.spec, "path": "sim"})
+        records = trace.records
         for i, op in enumerate(self.sc.ops):
-            trace.records.append(self.step(i, _with_plain_fields(op)))
+            records.append(self.step(i, op.kind, _fields(op)))
         w = self.w
         trace.meta["refs_held_at_end"] = {p.name: p.kvm_refs for p in w.db.pages.values() if p.kvm_refs}
         trace.meta["pins_held_at_end"] = {p.name: p.pincount for p in w.db.pages.values() if p.pincount}
         return trace
 
-    def step(self, i: int, op: Op) -> OpRecord:
-        rec = OpRecord(i, op.kind)
+    def step(self, i: int, kind: str, op: Op) -> OpRecord:
+        """Op ``i`` of kind ``kind``; ``op`` gives its fields."""
+        rec = OpRecord(i, kind)
         w = self.w
         if self.dead is not None:
             rec.api = {"skipped": self.dead}
@@ -122,9 +132,9 @@ class Executor:
         underflows = w.db.underflows
         nunder = len(underflows)
         try:
-            handler = _HANDLERS.get(op.kind)
+            handler = _HANDLERS.get(kind)
             if handler is None:
-                getattr(self, "op_" + op.kind)(op, rec)
+                getattr(self, "op_" + kind)(op, rec)
             else:
                 handler(self, op, rec)
         except KernelBug as e:
@@ -133,7 +143,7 @@ class Executor:
         if len(underflows) > nunder:
             events.extend(f"BUG:refcount_underflow:{n}" for n in underflows[nunder:])
         rec.events = events                        # this op's own list: the next op starts a new one
-        if op.kind in KVM_OPS and w.task.signal == "pending":
+        if kind in KVM_OPS and w.task.signal == "pending":
             w.task.signal = "none"                 # an armed signal is delivered when the op ends
         w.task.signal_consumed = False
         return rec
@@ -315,7 +325,7 @@ class Executor:
         rec.api = {"seq": w.notifier.seq, "in_progress": w.notifier.in_progress}
 
     def op_signal(self, op: Op, rec: OpRecord) -> None:
-        self.w.task.signal = op.args["kind"]   # (op.kind is the op name)
+        self.w.task.signal = op.args["kind"]   # the field, not the op name
 
     def op_mmap_lock(self, op: Op, rec: OpRecord) -> None:
         self.w.task.mmap_lock_contended = op.contended
