@@ -67,6 +67,9 @@ REMAP_FLAGS = {"none": 0, "pfnmap": VM_IO | VM_PFNMAP, "io": VM_IO | VM_PFNMAP, 
 
 
 class World:
+    __slots__ = ("db", "mm", "slots", "notifier", "task", "vcpu", "allow_unsafe_mappings", "enable_mmio_caching",
+                 "tdp_enabled", "sptes", "dirty", "events", "warned", "race_hook", "on_zap")
+
     def __init__(self, vcpu: Vcpu | None = None, notifier: MmuNotifier | None = None) -> None:
         self.db = PfnDB()
         self.mm = Mm(self.db)
@@ -133,23 +136,22 @@ class World:
     # --- construction --------------------------------------------------------------------
     @classmethod
     def from_scenario(cls, sc: Scenario) -> World:
-        w = cls()
         ws = sc.world
+        w = cls(Vcpu(ws.guest_mode, ws.smm, ws.async_pf, ws.apicv), MmuNotifier(seq=ws.seq, seq_bits=ws.seq_bits))
         w.allow_unsafe_mappings = ws.allow_unsafe_mappings
         w.task.signal = ws.signal
         w.task.mmap_lock_contended = ws.mmap_lock_contended
-        w.vcpu = Vcpu(ws.guest_mode, ws.smm, ws.async_pf, ws.apicv)
-        w.notifier = MmuNotifier(seq=ws.seq, seq_bits=ws.seq_bits)
+        db, mm, slots = w.db, w.mm, w.slots
         for p in ws.pages:
-            w.db.declare(p.name, p.kind, p.pfn, memremap_ok=p.memremap_ok)
+            db.declare(p.name, p.kind, p.pfn, memremap_ok=p.memremap_ok)
         for v in ws.vmas:
-            w.mm.add(w.build_vma(sc, v))
+            mm.add(w.build_vma(sc, v))
         for s in ws.memslots:
-            vma = w.mm.by_name(s.vma)
+            vma = mm.by_name(s.vma)
             assert vma is not None
             flags = (KVM_MEM_READONLY if s.readonly else 0) | (KVM_MEM_LOG_DIRTY_PAGES if s.log_dirty else 0)
             sid = INTERNAL_SLOT_IDS[s.internal] if s.internal else s.id
-            w.slots.add(Memslot(sid, s.as_id, s.gfn, s.pages, vma.start + (s.offset << PAGE_SHIFT), flags))
+            slots.add(Memslot(sid, s.as_id, s.gfn, s.pages, vma.start + (s.offset << PAGE_SHIFT), flags))
         return w
 
     def build_vma(self, sc: Scenario, v: VmaSpec) -> Vma:
