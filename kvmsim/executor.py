@@ -52,11 +52,14 @@ def _hva(hva: int | None) -> Any:
     return hva
 
 
-def _deltas(w: World) -> dict[str, Any]:
-    """Per-page changes since the op started: KVM references, pins, accessed, dirty."""
+Deltas = tuple[dict[str, int], dict[str, int], list[str], list[str]]
+
+
+def _deltas(w: World) -> Deltas:
+    """Per-page changes since the op started: KVM references, pins, accessed, dirty (sorted names)."""
     touched = w.db.touched
     if not touched:                                # most ops that fail early touch no page
-        return {"refs": {}, "pins": {}, "accessed": [], "dirty": []}
+        return {}, {}, [], []
     refs: dict[str, int] = {}
     pins: dict[str, int] = {}
     accessed: list[str] = []
@@ -70,7 +73,9 @@ def _deltas(w: World) -> dict[str, Any]:
             accessed.append(pg.name)
         if pg.dirty and not d0:
             dirty.append(pg.name)
-    return {"refs": refs, "pins": pins, "accessed": sorted(accessed), "dirty": sorted(dirty)}
+    accessed.sort()
+    dirty.sort()
+    return refs, pins, accessed, dirty
 
 
 def _net(taken: dict[str, int], given_back: dict[str, int]) -> dict[str, int]:
@@ -126,8 +131,7 @@ class Executor:
         if self.dead is not None:
             rec.api = {"skipped": self.dead}
             return rec
-        events: list[str] = []
-        w.events = events
+        events = w.events = rec.events             # this op's own list: the next op starts a new one
         w.db.touched = {}
         underflows = w.db.underflows
         nunder = len(underflows)
@@ -142,7 +146,6 @@ class Executor:
             rec.api = {"oops": str(e)}
         if len(underflows) > nunder:
             events.extend(f"BUG:refcount_underflow:{n}" for n in underflows[nunder:])
-        rec.events = events                        # this op's own list: the next op starts a new one
         if kind in KVM_OPS and w.task.signal == "pending":
             w.task.signal = "none"                 # an armed signal is delivered when the op ends
         w.task.signal_consumed = False
@@ -152,23 +155,22 @@ class Executor:
     def op_lookup(self, op: Op, rec: OpRecord) -> None:
         w = self.w
         lk = self.gen.lookup(w, op)
-        held = _deltas(w)
+        held, pinned, _, _ = _deltas(w)
         lk.release()
-        after = _deltas(w)
+        leaked, pins_leaked, accessed, dirty = _deltas(w)
         rec.api = {"call": lk.api, "result": pfn_class(lk.pfn), "frame": _frame(w, lk.pfn),
                    "page": _name(lk.page_out), "writable": lk.writable, "hva": _hva(lk.hva), "async": lk.async_,
-                   "held": held["refs"], "pinned": held["pins"], "leaked": after["refs"],
-                   "pins_leaked": after["pins"], "accessed": after["accessed"], "dirty": after["dirty"]}
+                   "held": held, "pinned": pinned, "leaked": leaked,
+                   "pins_leaked": pins_leaked, "accessed": accessed, "dirty": dirty}
 
     def op_gfn_to_page(self, op: Op, rec: OpRecord) -> None:
         w = self.w
         res = self.gen.gfn_to_page(w, op)
-        held = _deltas(w)
+        held, _, _, _ = _deltas(w)
         res.release()
-        after = _deltas(w)
+        leaked, _, accessed, dirty = _deltas(w)
         rec.api = {"call": res.api, "result": res.page.name if res.page is not None else res.error,
-                   "held": held["refs"], "leaked": after["refs"], "accessed": after["accessed"],
-                   "dirty": after["dirty"]}
+                   "held": held, "leaked": leaked, "accessed": accessed, "dirty": dirty}
 
     def op_vcpu_map(self, op: Op, rec: OpRecord) -> None:
         w = self.w
@@ -176,22 +178,22 @@ class Executor:
         self.nmaps += 1
         r, m = self.gen.vcpu_map(w, op)
         self.maps[handle] = m
-        d = _deltas(w)
-        self.map_held[handle] = (d["refs"], d["pins"])
+        held, pinned, _, _ = _deltas(w)
+        self.map_held[handle] = (held, pinned)
         rec.api = {"ret": ret_name(r) if r else 0, "handle": handle, "method": m.hva if r == 0 else None,
-                   "frame": _frame(w, m.pfn) if r == 0 else None, "held": d["refs"], "pinned": d["pins"]}
+                   "frame": _frame(w, m.pfn) if r == 0 else None, "held": held, "pinned": pinned}
 
     def op_vcpu_unmap(self, op: Op, rec: OpRecord) -> None:
         w = self.w
         m = self.maps.pop(op.handle)
         before = {k: set(v) for k, v in w.dirty.items()}
         self.gen.vcpu_unmap(w, m, op.dirty)
-        d = _deltas(w)
+        released, unpinned, accessed, dirty = _deltas(w)
         logged = any(w.dirty.get(k, set()) != before.get(k, set()) for k in w.dirty)
         refs, pins = self.map_held.pop(op.handle, ({}, {}))
         # what the map took and the unmap did not give back (G1's reserved pages, D19)
-        rec.api = {"released": d["refs"], "unpinned": d["pins"], "leaked": _net(refs, d["refs"]),
-                   "pins_leaked": _net(pins, d["pins"]), "accessed": d["accessed"], "dirty": d["dirty"],
+        rec.api = {"released": released, "unpinned": unpinned, "leaked": _net(refs, released),
+                   "pins_leaked": _net(pins, unpinned), "accessed": accessed, "dirty": dirty,
                    "dirty_logged": logged}
 
     def op_x86_fault(self, op: Op, rec: OpRecord) -> None:
@@ -201,13 +203,13 @@ class Executor:
             w.race_hook = lambda: self._race(f)
         r, spte = page_fault(self.gen, w, f)
         w.race_hook = None
-        d = _deltas(w)
+        leaked, _, accessed, dirty = _deltas(w)
         called = bool(f.attempts) or f.noslot      # a retry before any lookup has no pfn to report
         rec.api = {"ret": ret_name(r), "result": pfn_class(f.pfn) if called else None, "frame": _frame(w, f.pfn),
                    "map_writable": f.map_writable if r >= 0 else None,
                    "spte": None if spte is None else {"writable": spte.writable, "level": spte.level},
                    "calls": list(f.attempts), "async_pf": f.async_pf, "mmio_spte": f.mmio_spte,
-                   "leaked": d["refs"], "accessed": d["accessed"], "dirty": d["dirty"]}
+                   "leaked": leaked, "accessed": accessed, "dirty": dirty}
         if w.task.signals_sent:
             rec.api["signals"] = list(w.task.signals_sent)
             w.task.signals_sent.clear()
@@ -225,8 +227,8 @@ class Executor:
         w = self.w
         vmm, api = guest_access(self.gen, w, op.gpa, op.write, op.value)
         rec.fault = api.pop("fault_path")
-        d = _deltas(w)
-        api.update({"leaked": d["refs"], "accessed": d["accessed"], "dirty": d["dirty"]})
+        leaked, _, accessed, dirty = _deltas(w)
+        api["leaked"], api["accessed"], api["dirty"] = leaked, accessed, dirty
         rec.vmm, rec.api = vmm, api
 
     def op_get_dirty_log(self, op: Op, rec: OpRecord) -> None:

@@ -46,7 +46,7 @@ from .vma_walk import hva_to_pfn_vma
 from .world import Spte, World
 
 
-@dataclass
+@dataclass(slots=True)
 class Kfp:
     """``struct kvm_follow_pfn`` (v11)."""
     slot: Memslot | None

@@ -56,7 +56,7 @@ QUIRKS = ("S2", "S4", "S5", "S6", "S8")
 KVM_PFN_ERR_FAULT_MINOR = KVM_PFN_ERR_NEEDS_IO
 
 
-@dataclass
+@dataclass(slots=True)
 class Foll:
     """``struct kvm_follow_pfn`` as the sketch uses it (fields implied, never defined)."""
     slot: Memslot | None

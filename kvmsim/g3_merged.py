@@ -53,7 +53,7 @@ from .world import World
 from .x86 import faultin_attempts, kvm_handle_error_pfn, kvm_handle_noslot_fault
 
 
-@dataclass
+@dataclass(slots=True)
 class Kfp:
     """``struct kvm_follow_pfn`` (virt/kvm/kvm_mm.h, v6.13)."""
     slot: Memslot | None

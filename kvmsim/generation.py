@@ -52,7 +52,7 @@ def nothing() -> None:
     """Release callback for results that hold nothing."""
 
 
-@dataclass
+@dataclass(slots=True)
 class Lookup:
     """The outcome of one raw lookup, before the canonical release."""
     api: str
@@ -64,7 +64,7 @@ class Lookup:
     release: Callable[[], None] = nothing
 
 
-@dataclass
+@dataclass(slots=True)
 class PageResult:
     """``gfn_to_page``: a page (caller owns one reference) or an error value."""
     api: str
@@ -73,7 +73,7 @@ class PageResult:
     release: Callable[[], None] = nothing
 
 
-@dataclass
+@dataclass(slots=True)
 class HostMap:
     """``struct kvm_host_map`` across generations."""
     gfn: int
@@ -85,7 +85,7 @@ class HostMap:
     writable: bool = True                      # G3: map->writable
 
 
-@dataclass
+@dataclass(slots=True)
 class Fault:
     """``struct kvm_page_fault`` (the fields the fault-in paths use)."""
     gfn: int

@@ -238,7 +238,7 @@ def probe_hwpoison(w: World, hva: int) -> bool:
 
 # --- §2.1 the legacy calls' out-parameters -------------------------------------------------------
 
-@dataclass
+@dataclass(slots=True)
 class LegacyOuts:
     """The out-parameters a neutral lookup request passes to a ``__gfn_to_pfn_memslot``-style
     call (§2.1): ``*async`` iff ``nowait``, ``*writable`` iff ``try_writable``, ``*hva`` always."""

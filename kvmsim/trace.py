@@ -22,7 +22,7 @@ from typing import Any
 NOT_OBSERVABLE = "not observable on this backend"
 
 
-@dataclass
+@dataclass(slots=True)
 class OpRecord:
     index: int
     op: str
@@ -48,7 +48,7 @@ class OpRecord:
         return cls(d["index"], d["op"], d.get("api"), d.get("vmm"), list(d.get("events", [])), d.get("fault"))
 
 
-@dataclass
+@dataclass(slots=True)
 class Trace:
     backend: str
     records: list[OpRecord] = field(default_factory=list)
