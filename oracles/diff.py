@@ -19,6 +19,7 @@ from typing import Any
 from kvmsim.scenario import Scenario
 from kvmsim.trace import Trace
 
+from .bounded import BoundedMemo
 from .catalogue import AtOp, Catalogue, family
 from .context import op_contexts
 from .invariants import check_trace
@@ -286,7 +287,7 @@ class RecordDiffs:
     What it returns is shared: read it, never change it."""
 
     def __init__(self) -> None:
-        self._got: dict[tuple[str, bytes | str], RecordDiff] = {}
+        self._got: BoundedMemo[tuple[str, bytes | str], RecordDiff] = BoundedMemo(DIFFS_MEMO_SIZE)
 
     def __call__(self, lrec: Any, rrec: Any, level: str, norms: Normalised) -> RecordDiff:
         parts = (lrec.api, lrec.vmm, lrec.events, rrec.api, rrec.vmm, rrec.events)
@@ -297,9 +298,7 @@ class RecordDiffs:
         got = self._got.get(key)
         if got is None:
             ln, rn, diff = _normalised_difference(lrec, rrec, level, norms)
-            if len(self._got) >= DIFFS_MEMO_SIZE:
-                del self._got[next(iter(self._got))]
-            got = self._got[key] = RecordDiff(ln, rn, tuple(_order(diff)))
+            got = self._got.put(key, RecordDiff(ln, rn, tuple(_order(diff))))
         return got
 
 

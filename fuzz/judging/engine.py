@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,6 +30,7 @@ from kvmsim.backend import BackendError
 from kvmsim.realised import Coverage
 from kvmsim.scenario import Scenario, dump_scenario
 from kvmsim.trace import Trace
+from oracles.bounded import BoundedMemo
 from oracles.catalogue import Catalogue
 from oracles.diff import Divergence
 
@@ -68,6 +70,19 @@ class SigStat:
     cause: dict[str, Any] | None = None        # RootCause.to_dict() of the first input that showed it
 
 
+@dataclass(slots=True, eq=False)
+class Repeat:
+    """What one more showing of a judgement adds to a checker's counts, worked out on its first
+    showing: each pair's running coverage total with the judgement's coverage, and (once every
+    signature it shows has its ``SigStat``) the stats one more input showing it counts.  Why: the
+    memo shows most inputs a judgement seen before, and looking up each pair's total and each
+    signature's stats for every one of them (a hash of the input bytes, the clock, a set) cost
+    more than the counting."""
+    judgement: Judgement
+    totals: tuple[tuple[Coverage, Coverage], ...]            # (the pair's running total, this judgement's)
+    counted: tuple[SigStat, ...] | None = None                # None until its signatures are all counted once
+
+
 @dataclass
 class Checker:
     pairs: list[tuple[str, str]]
@@ -92,9 +107,11 @@ class Checker:
         self.order = sorted(self.judge.names)               # the order backends run and are checked in
         self.backends = {n: self.judge.backends[n] for n in self.order}
         self.causer = RootCauser(self.catalogue, dict(self.backends))
-        self._memo: dict[tuple, Judgement] = {}
-        self._by_records: dict[tuple, tuple[Scenario, Judgement]] = {}
+        self._memo: BoundedMemo[tuple, Judgement] = BoundedMemo(self.memo_size)
+        # an OrderedDict: ``decoded`` evicts its oldest entry, in O(1) there (oracles.bounded)
+        self._by_records: OrderedDict[tuple, tuple[Scenario, Judgement]] = OrderedDict()
         self._compared_by_pair: dict[tuple[str, str], Coverage] = {}     # the entries of ``compared``, by pair
+        self._repeats: BoundedMemo[int, Repeat] = BoundedMemo(max(self.memo_size, 1))   # id(judgement) ->
 
     def judgement(self, sc: Scenario) -> Judgement:
         """The judgement of ``sc``, remembered for the last ``memo_size`` distinct scenarios.  Why:
@@ -108,9 +125,7 @@ class Checker:
             return j
         j = self.judge.compare(sc, *self.judge.run(sc, only=self.order))
         if self.memo_size:
-            if len(self._memo) >= self.memo_size:
-                del self._memo[next(iter(self._memo))]
-            self._memo[key] = j
+            self._memo.put(key, j)
         return j
 
     def decoded(self, data: bytes) -> tuple[Scenario, Judgement]:
@@ -138,14 +153,20 @@ class Checker:
         sc, j = self.decoded(data)
         if self.observe is not None:
             self.observe(sc, j)
-        for pair, cov in j.coverage.items():
-            total = self._compared_by_pair.get(pair)
-            if total is None:
-                total = self._compared_by_pair[pair] = self.compared.setdefault("~".join(pair), Coverage())
+        rep = self._repeats.get(id(j))
+        if rep is None or rep.judgement is not j:
+            rep = self._repeat_of(j)
+        for total, cov in rep.totals:
             total.add(cov)
         divs = list(j.found)
-        if divs:
+        if rep.counted is not None:                  # every signature it shows is counted already: once more
+            for st in rep.counted:
+                st.count += 1
+        elif divs:
             self._record(data, sc, divs, j.traces, j.compared)
+            rep.counted = tuple(self.stats[s] for s in dict.fromkeys(d.signature for d in divs))
+        else:
+            rep.counted = ()
         self._maybe_flush()
         if self.crash and divs:
             finding = crash_mode.primary(divs)
@@ -154,6 +175,16 @@ class Checker:
                 crash_mode.raise_finding(sc, finding, self.catalogue_rows(divs), self.pairs, art.input_name(data),
                                          self.cause_of, divs)
         return divs
+
+    def _repeat_of(self, j: Judgement) -> Repeat:
+        """``j``'s Repeat, made now and remembered for the last ``memo_size`` judgements shown."""
+        totals = []
+        for pair, cov in j.coverage.items():
+            total = self._compared_by_pair.get(pair)
+            if total is None:
+                total = self._compared_by_pair[pair] = self.compared.setdefault("~".join(pair), Coverage())
+            totals.append((total, cov))
+        return self._repeats.put(id(j), Repeat(j, tuple(totals)))
 
     def _record(self, data: bytes, sc: Scenario, divs: list[Divergence], traces: dict[str, Trace],
                 compared: dict[tuple[str, str], tuple[Trace, Trace]] | None = None) -> None:

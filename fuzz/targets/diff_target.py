@@ -33,6 +33,7 @@ from fuzz.judging.cells import outcome, trace_cells
 from fuzz.judging.engine import MEMO_SIZE, Checker, parse_pairs
 from fuzz.judging.judge import Judgement
 from kvmsim.scenario import Scenario
+from oracles.bounded import BoundedMemo
 
 
 def _features(sc: Scenario, j: Judgement) -> list[object]:
@@ -57,16 +58,14 @@ def semantic_observer(counters: FeatureCounters, keep: int = MEMO_SIZE):
     """Feeds each judgement's features to libFuzzer: the cell every op record of every trace
     reached (per backend) and every oracle outcome (per pair or backend).  A judgement the
     checker remembered (the same scenario again) reuses the features found the first time."""
-    seen: dict[int, tuple[Judgement, tuple]] = {}      # id -> (judgement, its counters or features)
+    seen: BoundedMemo[int, tuple[Judgement, tuple]] = BoundedMemo(keep)    # id -> (judgement, its counters or features)
     by_slot = hasattr(counters, "hit_slots")             # FeatureCounters; a plain collector has only hit
 
     def observe(sc: Scenario, j: Judgement) -> None:
         got = seen.get(id(j))
         if got is None or got[0] is not j:
-            if len(seen) >= keep:
-                del seen[next(iter(seen))]
             found = _features(sc, j)
-            got = seen[id(j)] = (j, counters.slots(found) if by_slot else tuple(found))
+            got = seen.put(id(j), (j, counters.slots(found) if by_slot else tuple(found)))
         if by_slot:
             counters.hit_slots(got[1])
             return

@@ -97,3 +97,23 @@ def test_two_workers_claiming_signatures_of_one_input_both_stay_in_its_sidecar(t
     (name,) = [n for n in artifacts(tmp_path) if n.endswith(".yaml")]
     side = art.read_sidecar(str(tmp_path / name))
     assert sorted(s["id"] for s in side["signatures"]) == sigs == sorted(os.listdir(tmp_path / art.SIGNATURE_DIR))
+
+
+def test_counts_of_repeated_judgements_are_those_of_judging_every_input_afresh(tmp_path):
+    """A judgement shown again adds what it added the first time (``Repeat``): the signature counts,
+    first inputs and coverage totals equal those of a checker that remembers nothing (memo 0: every
+    input judged anew, every Repeat made afresh), and of one whose Repeats are evicted over and over."""
+    seeds = [seed_bytes(n) for n in sorted(os.listdir(SEEDS)) if n.endswith(".yaml")][:12]
+    inputs = seeds * 3 + seeds[::-1]
+    pairs = [("sim:g2", "sim:g3"), ("sim:g2", "sim:g2s-literal")]
+    got = []
+    for size in (0, 2, 8192):
+        c = Checker(pairs, None, memo_size=size, t0=0.0)
+        for data in inputs:
+            c.check(data)
+        snap = c.snapshot()
+        got.append((snap["compared"], {s: (st["count"], st["first_input"], st["first_exec"], st["known"])
+                                       for s, st in snap["signatures"].items()}))
+    assert got[0][1] and any(st[0] > 1 for st in got[0][1].values())
+    assert got[0] == got[1] == got[2]
+
