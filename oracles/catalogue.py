@@ -250,6 +250,17 @@ class AtOp:
 
 
 NOTHING = AtOp((), (), None)
+
+
+@dataclass(frozen=True, slots=True)
+class Asks:
+    """For one op kind and pair: could some entry assert a divergence there (``expecting``), taint
+    the op's gfn on its op conditions alone (``tainting``), or apply at all (``any``: else ``at`` is
+    ``NOTHING`` whatever the op's context).  Why: a comparison then works out an op's context
+    (oracles.context) only where some entry could read it."""
+    expecting: bool
+    tainting: bool
+    any: bool
 # Op views remembered per catalogue (``Catalogue.at``); a bound on memory, not a tuning knob: the
 # values op conditions read (flags, kinds, states) take few distinct combinations.
 AT_MEMO_SIZE = 1 << 14
@@ -290,6 +301,7 @@ class Catalogue:
         self._reads_memo: dict[tuple[str, str, tuple[str, str]], _Reads] = {}
         self._at_memo: dict[tuple[Any, ...], AtOp] = {}
         self._expecting_memo: dict[tuple[str, tuple[str, str]], bool] = {}
+        self._asks_memo: dict[tuple[str, tuple[str, str]], Asks] = {}
 
     def _reads(self, oracle: str, op_kind: str, fams: tuple[str, str]) -> _Reads:
         """The entries of ``oracle`` and ``op_kind`` that have an orientation for ``fams`` (none when
@@ -345,6 +357,15 @@ class Catalogue:
         for f in fields:
             if f not in out and c.explains_field(f, oa, ob):
                 out[f] = c.entry.id
+
+    def asks(self, op_kind: str, fams: tuple[str, str]) -> Asks:
+        """What a diff of this op kind and pair can ask of the op's context (``Asks``)."""
+        got = self._asks_memo.get((op_kind, fams))
+        if got is None:
+            oriented = self._reads("diff", op_kind, fams).oriented
+            got = self._asks_memo[(op_kind, fams)] = Asks(
+                any(c.entry.expects for c, _ in oriented), any(c.taints_on_op for c, _ in oriented), bool(oriented))
+        return got
 
     def expecting(self, op_kind: str, fams: tuple[str, str]) -> bool:
         """Could some entry assert a divergence for this op and pair (cheap pre-check)?"""

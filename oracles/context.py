@@ -18,12 +18,12 @@ from kvmsim.constants import PAGE_SHIFT
 from kvmsim.scenario import LiveSlot, MemoryMap, Op, Scenario, SlotTable, VmaSpec, replay
 
 REMAPPED = ("pfnmap", "io")
-HOST_EVENTS = ("munmap", "mprotect", "page_state", "pte", "madvise", "invalidate_begin")
-KVM_OPS = ("lookup", "gfn_to_page", "vcpu_map", "vcpu_unmap", "x86_fault", "access")
+HOST_EVENTS = frozenset({"munmap", "mprotect", "page_state", "pte", "madvise", "invalidate_begin"})
+KVM_OPS = frozenset({"lookup", "gfn_to_page", "vcpu_map", "vcpu_unmap", "x86_fault", "access"})
 Range = tuple[tuple[int, int], tuple[int, int] | None]        # an open invalidation: (hva range, gfn range)
 
 
-@dataclass
+@dataclass(slots=True)
 class _Pages:
     """What the scenario says about one VMA's pages, as host events change it."""
     spec: VmaSpec
@@ -35,6 +35,8 @@ class _Pages:
 
     @classmethod
     def of(cls, v: VmaSpec) -> _Pages:
+        if not v.ptes and not v.page_states:          # most VMAs name no page (no comprehension to run)
+            return cls(v, {}, {}, {}, v.state, v.prot == "rw")
         ptes = {i: {"page": p.page, "present": p.present, "writable": p.writable} for i, p in v.ptes.items()}
         return cls(v, {i: st for i, (st, _) in v.page_states.items()}, ptes,
                    {i: pg for i, (_, pg) in v.page_states.items() if pg}, v.state, v.prot == "rw")
@@ -84,10 +86,17 @@ def op_contexts(sc: Scenario) -> list[dict[str, Any]]:
     and page index behind the gfn, ``vma+idx``), ``ctx.seq0`` (the notifier sequence may still be 0)."""
     c = _Contexts(sc)
     out = []
+    context, follow = c.context, c.follow
     for _, op, mem in replay(sc):
-        out.append(c.context(op, mem))
-        c.follow(op, mem)
+        out.append(context(op, mem))
+        follow(op, mem)
     return out
+
+
+# Ops whose ``task`` step can change the task state whatever it is (the others only deliver a
+# pending signal), and the op kinds whose target ``target`` works out beyond their ``gfn`` argument.
+_TASK_OPS = frozenset({"signal", "mmap_lock"})
+_TARGETING = frozenset({"access", "vcpu_map", "vcpu_unmap", "get_dirty_log"})
 
 
 class _Contexts:
@@ -106,6 +115,7 @@ class _Contexts:
         self.smm, self.guest_mode = w.smm, w.guest_mode
         self.maps: dict[str, tuple[int, bool]] = {}
         self.nmaps = 0
+        self.unsafe = w.allow_unsafe_mappings
 
     def context(self, op: Op, mem: MemoryMap) -> dict[str, Any]:
         """The context of one op, from the state before it; the task and vCPU state it changes is
@@ -114,11 +124,12 @@ class _Contexts:
         ctx: dict[str, Any] = {"ctx.invalidating": self.open_inval > 0, "ctx.seq0": not self.seq_moved,
                                "ctx.signal": self.signal, "ctx.lock_contended": self.contended,
                                "ctx.raced_before": self.raced, "ctx.guest_mode": self.guest_mode,
-                               "ctx.allow_unsafe_mappings": self.sc.world.allow_unsafe_mappings}
+                               "ctx.allow_unsafe_mappings": self.unsafe}
         if k == "x86_fault" and a["race_invalidate"]:
             self.race(a, mem.slots)
-        self.task(op)
-        gfn = self.target(op, mem, ctx)
+        if k in _TASK_OPS or self.signal == "pending":
+            self.task(op)
+        gfn = self.target(op, mem, ctx) if k in _TARGETING else a.get("gfn")
         if k == "vcpu_state":
             self.vcpu(a)
         # x86 faults and guest accesses use the vCPU's address space (SMM = 1), kvm_vcpu_map and
@@ -127,7 +138,10 @@ class _Contexts:
         if gfn is not None:
             ctx["ctx.gfn"] = gfn
             self.backing(gfn, mem, as_id, ctx)
-            _in_ranges(self.sc, gfn, mem.slots, self.ranges, as_id, ctx)
+            if self.ranges:
+                _in_ranges(self.sc, gfn, mem.slots, self.ranges, as_id, ctx)
+            else:                                   # no invalidation open: what _in_ranges says then
+                ctx["ctx.inval_hva"] = ctx["ctx.inval_gfn"] = False
         return ctx
 
     def race(self, a: dict[str, Any], slots: SlotTable) -> None:
@@ -172,7 +186,7 @@ class _Contexts:
 
     def follow(self, op: Op, mem: MemoryMap) -> None:
         """What the op leaves in the pages, the open invalidations and the notifier sequence."""
-        if op.kind in HOST_EVENTS and not _same_prot(op, mem):
+        if op.kind in HOST_EVENTS and not (op.kind == "mprotect" and _same_prot(op, mem)):
             self.host_event(op, mem.slots)
         elif op.kind == "invalidate_end":
             self.open_inval = max(0, self.open_inval - 1)
@@ -216,25 +230,25 @@ class _Contexts:
         ctx["ctx.prot"] = v.prot
         pages = self.pages[vspec.name]
         if vspec.remap in REMAPPED:
-            ctx.update(_remapped_page(pages, idx, self.kinds))
+            _remapped_page(pages, idx, self.kinds, ctx)
         else:
-            ctx.update(_normal_page(pages, idx, self.kinds))
+            _normal_page(pages, idx, self.kinds, ctx)
 
 
-def _remapped_page(p: _Pages, idx: int, kinds: dict[str, str]) -> dict[str, Any]:
+def _remapped_page(p: _Pages, idx: int, kinds: dict[str, str], ctx: dict[str, Any]) -> None:
     pte = p.ptes.get(idx)
     page = pte.get("page") if pte else None
-    return {"ctx.vma": "remapped",
-            "ctx.frame": kinds.get(page, p.spec.frames) if page else p.spec.frames,
-            "ctx.pte_present": pte["present"] if pte else True,
-            "ctx.pte_writable": pte["writable"] if pte else p.default_pte_writable}
+    ctx["ctx.vma"] = "remapped"
+    ctx["ctx.frame"] = kinds.get(page, p.spec.frames) if page else p.spec.frames
+    ctx["ctx.pte_present"] = pte["present"] if pte else True
+    ctx["ctx.pte_writable"] = pte["writable"] if pte else p.default_pte_writable
 
 
-def _normal_page(p: _Pages, idx: int, kinds: dict[str, str]) -> dict[str, Any]:
+def _normal_page(p: _Pages, idx: int, kinds: dict[str, str], ctx: dict[str, Any]) -> None:
     page = p.named.get(idx)
-    return {"ctx.vma": "mixedmap" if p.spec.remap == "mixedmap" else "normal",
-            "ctx.state": p.states.get(idx, p.default_state),
-            "ctx.frame": kinds[page] if page else "normal"}
+    ctx["ctx.vma"] = "mixedmap" if p.spec.remap == "mixedmap" else "normal"
+    ctx["ctx.state"] = p.states.get(idx, p.default_state)
+    ctx["ctx.frame"] = kinds[page] if page else "normal"
 
 
 # Pages in a 2 MiB host mapping; madvise takes only whole, aligned huge pages there.

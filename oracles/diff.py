@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import marshal
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,7 +21,7 @@ from kvmsim.scenario import Scenario
 from kvmsim.trace import Trace
 
 from .bounded import BoundedMemo
-from .catalogue import AtOp, Catalogue, family
+from .catalogue import NOTHING, Asks, AtOp, Catalogue, family
 from .context import op_contexts
 from .invariants import check_trace
 from .normalise import API_LEVEL, NA, REPORTING, VMM_LEVEL, Normalised
@@ -101,24 +102,23 @@ def _order(fields: list[str]) -> list[str]:
 
 
 def compare(sc: Scenario, left: Trace, right: Trace, cat: Catalogue, level: str | None = None,
-            invariants: bool = True, ctxs: list[dict[str, Any]] | None = None,
+            invariants: bool = True, ctxs: Sequence[dict[str, Any]] | None = None,
             norms: Normalised | None = None, diffs: RecordDiffs | None = None,
             differing: dict[int, RecordDiff] | None = None) -> list[Divergence]:
     """Every divergence between two traces of ``sc``, first differing op first.  ``ctxs``: the op
-    contexts if the caller already has them (oracles.context.op_contexts); ``norms``: the records
+    contexts if the caller already has them (oracles.context.op_contexts; read only if an op needs
+    its context, so a lazy sequence is worked out only then); ``norms``: the records
     normalised so far, if the caller compares these traces in other pairs too; ``diffs``: the
     record differences remembered from earlier comparisons (``RecordDiffs``); ``differing``, if
     given, receives the difference of each op whose two records differ, by op index."""
     level = level or level_for(left, right)
     fams = (_family(left), _family(right))
-    expecting = [cat.expecting(op.kind, fams) for op in sc.ops]
-    if not invariants and not any(expecting) and all(_raw_same(a, b) for a, b in zip(left.records, right.records)):
+    asks = [cat.asks(op.kind, fams) for op in sc.ops]
+    if not invariants and not any(a.expecting for a in asks) and \
+            all(_raw_same(a, b) for a, b in zip(left.records, right.records)):
         return []                         # the common case when fuzzing: nothing to normalise
-    if ctxs is None:
-        ctxs = op_contexts(sc)
-    elif type(ctxs) is not list:
-        ctxs = list(ctxs)                 # a lazy sequence (fuzz.judging.judge.LazyContexts): index a plain list
-    walk = _Walk(sc, left, right, cat, level, fams, expecting, ctxs, norms or Normalised(), diffs, differing)
+    walk = _Walk(sc, left, right, cat, level, fams, asks, _contexts_of(sc, ctxs), norms or Normalised(), diffs,
+                 differing)
     for lrec, rrec in zip(left.records, right.records):
         if lrec.api == rrec.api and lrec.vmm == rrec.vmm and lrec.events == rrec.events:      # _raw_same
             walk.same_record(lrec, rrec)
@@ -131,39 +131,64 @@ def compare(sc: Scenario, left: Trace, right: Trace, cat: Catalogue, level: str 
             if t.backend in seen:
                 continue
             seen.add(t.backend)
-            out.extend(check_invariants(sc, t, cat, ctxs))
+            out.extend(check_invariants(sc, t, cat, walk.worked_out if walk.worked_out is not None else ctxs))
     out.sort(key=lambda d: (d.index, d.oracle != f"diff:{level}"))
     return out
+
+
+def _contexts_of(sc: Scenario, ctxs: Sequence[dict[str, Any]] | None) -> Callable[[], list[dict[str, Any]]]:
+    """The op contexts as a function called on first need: the caller's (a list, or a lazy sequence
+    such as fuzz.judging.judge.LazyContexts, read into a plain list to index), or worked out here."""
+    if ctxs is None:
+        return lambda: op_contexts(sc)
+    if type(ctxs) is list:
+        return lambda: ctxs
+    return lambda: list(ctxs)
 
 
 @dataclass
 class _Walk:
     """The op-by-op walk of ``compare`` over two traces, and what it carries from op to op: the
-    divergences so far and the gfns or host pages a known divergence changed (``tainted``)."""
+    divergences so far and the gfns or host pages a known divergence changed (``tainted``).  An op's
+    context is read only where the catalogue could read it (``asks``) or a taint could apply, so the
+    contexts (``contexts``, called on first need) are often never worked out."""
     sc: Scenario
     left: Trace
     right: Trace
     cat: Catalogue
     level: str
     fams: tuple[str, str]
-    expecting: list[bool]
-    ctxs: list[dict[str, Any]]
+    asks: list[Asks]
+    contexts: Callable[[], list[dict[str, Any]]]
     norms: Normalised
     diffs: RecordDiffs | None = None
     differing: dict[int, RecordDiff] | None = None
     out: list[Divergence] = dataclasses.field(default_factory=list)
     tainted: dict[Any, str] = dataclasses.field(default_factory=dict)   # gfn or host page -> entry id
+    worked_out: list[dict[str, Any]] | None = None                       # the contexts, once needed
+
+    def ctx(self, i: int) -> dict[str, Any]:
+        ctxs = self.worked_out
+        if ctxs is None:
+            ctxs = self.worked_out = self.contexts()
+        return ctxs[i]
+
+    def cascade(self, i: int) -> str | None:
+        """``_cascade`` at op ``i`` (None without a taint: no context to read)."""
+        return _cascade(self.ctx(i), self.tainted) if self.tainted else None
 
     def at(self, i: int) -> AtOp:
         """The catalogue's view of op ``i`` for this pair (asked once per op by each reader)."""
+        if not self.asks[i].any:
+            return NOTHING                # what ``Catalogue.at`` gives without reading the context
         op = self.sc.ops[i]
-        return self.cat.at("diff", op.kind, self.fams, op.args, self.ctxs[i])
+        return self.cat.at("diff", op.kind, self.fams, op.args, self.ctx(i))
 
     def same_record(self, lrec: Any, rrec: Any) -> None:
         """Identical records: only an expected divergence that did not appear, or a taint."""
         i = lrec.index
         at = None
-        if self.expecting[i] and _cascade(self.ctxs[i], self.tainted) is None:
+        if self.asks[i].expecting and self.cascade(i) is None:
             at = self.at(i)
             if at.asserting:
                 n = self.norms(lrec, self.level)[0]           # the records are equal: so are their normal forms
@@ -174,15 +199,17 @@ class _Walk:
         """An entry whose conditions on the op hold changes the worlds at its gfn even when the op's
         observations agree (G3's gfn_to_page(write=false) leaves a page read-only that an older
         gfn_to_page made writable): later differences there are its consequences."""
-        gfn = self.ctxs[i].get("ctx.gfn")
+        if not self.asks[i].tainting:
+            return                        # no entry of the op's kind taints on its op conditions
+        ctx = self.ctx(i)
+        gfn = ctx.get("ctx.gfn")
         if gfn is not None and gfn not in self.tainted:
             cause = (at or self.at(i)).taint
             if cause is not None:
-                _taint(self.tainted, self.ctxs[i], cause)
+                _taint(self.tainted, ctx, cause)
 
     def different_record(self, lrec: Any, rrec: Any) -> None:
         i = lrec.index
-        ctx = self.ctxs[i]
         if self.diffs is not None:
             rd = self.diffs(lrec, rrec, self.level, self.norms)
         else:
@@ -190,9 +217,9 @@ class _Walk:
             rd = RecordDiff(ln, rn, tuple(_order(unordered)))
         if self.differing is not None and rrec.index == i:
             self.differing[i] = rd
-        cause = _cascade(ctx, self.tainted)
+        cause = self.cascade(i)
         at = None
-        if self.expecting[i] and cause is None:
+        if self.asks[i].expecting and cause is None:
             at = self.at(i)
             if at.asserting:
                 self.out.extend(_missing(self.sc, i, self.left, self.right, self.cat, at, (rd.ln, rd.rn)))
@@ -204,8 +231,8 @@ class _Walk:
         d = Divergence(self.oracle, self.left.backend, self.right.backend, i, op.kind, list(rd.diff), v.first,
                        dict(v.left_obs), dict(v.right_obs), dict(v.explained))
         d.signature = v.signature
-        if v.taint is not None and "ctx.gfn" in ctx:
-            _taint(self.tainted, ctx, v.taint)
+        if v.taint is not None and "ctx.gfn" in self.ctx(i):
+            _taint(self.tainted, self.ctx(i), v.taint)
         self.out.append(d)
 
     @property
@@ -340,11 +367,11 @@ def _differing(ln: dict[str, Any], rn: dict[str, Any]) -> list[str]:
 
 
 def check_invariants(sc: Scenario, trace: Trace, cat: Catalogue,
-                     ctxs: list[dict[str, Any]] | None = None) -> list[Divergence]:
+                     ctxs: Sequence[dict[str, Any]] | None = None) -> list[Divergence]:
     """Invariant violations of one trace, each matched against the catalogue's inv:* entries."""
-    cache: list[list[dict[str, Any]]] = [ctxs] if ctxs is not None else []
+    cache: list[Sequence[dict[str, Any]]] = [ctxs] if ctxs is not None else []
 
-    def all_ctxs() -> list[dict[str, Any]]:
+    def all_ctxs() -> Sequence[dict[str, Any]]:
         if not cache:
             cache.append(op_contexts(sc))
         return cache[0]

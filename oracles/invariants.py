@@ -8,7 +8,7 @@ leak, D19), exactly as for divergences.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -50,7 +50,7 @@ def _api(rec) -> dict[str, Any]:
 _NOTHING: dict[str, Any] = {}          # the API observations of a record without any (read, never changed)
 
 
-def check_trace(sc: Scenario, trace: Trace, ctxs: Callable[[], list[dict[str, Any]]]) -> list[Violation]:
+def check_trace(sc: Scenario, trace: Trace, ctxs: Callable[[], Sequence[dict[str, Any]]]) -> list[Violation]:
     """``ctxs`` computes the op contexts (oracles.context) only if a check needs them."""
     out: list[Violation] = []
     crashed = False
@@ -83,7 +83,7 @@ def _held_at_end(sc: Scenario, trace: Trace, found: list[Violation]) -> list[Vio
     return [Violation("inv:balanced-at-end", len(sc.ops), "end", "meta." + key, trace.meta[key]) for key in held]
 
 
-def _api_violations(i: int, kind: str, api: dict[str, Any], ctxs: Callable[[], list[dict[str, Any]]],
+def _api_violations(i: int, kind: str, api: dict[str, Any], ctxs: Callable[[], Sequence[dict[str, Any]]],
                     out: list[Violation]) -> None:
     """The checks of one op's API observations into ``out``, each asked only of the op kinds it
     concerns and only when the values it looks for are there (most records show none: asking
@@ -119,7 +119,7 @@ def _refs_on_error(i: int, kind: str, api: dict[str, Any]) -> list[Violation]:
 
 
 def _writable_in_ro_slot(i: int, kind: str, api: dict[str, Any],
-                         ctxs: Callable[[], list[dict[str, Any]]]) -> list[Violation]:
+                         ctxs: Callable[[], Sequence[dict[str, Any]]]) -> list[Violation]:
     """A writable SPTE or a writable pfn in a read-only memslot."""
     spte = api.get("spte")
     w_spte = kind == "x86_fault" and isinstance(spte, dict) and spte.get("writable")

@@ -21,7 +21,7 @@ from .schema import Op, Scenario, SlotSpec, VmaSpec, WorldSpec
 SlotKey = tuple[int, int]          # (address space, memslot id)
 
 
-@dataclass
+@dataclass(slots=True)
 class LiveSlot:
     """A memslot as it is at one point: ``spec`` as created (its gfn follows moves)."""
     spec: SlotSpec
@@ -34,7 +34,7 @@ class LiveSlot:
         return self.gfn + self.spec.pages
 
 
-@dataclass
+@dataclass(slots=True)
 class LiveVma:
     """A world VMA as it is at one point: its protection, and whether it is still mapped."""
     spec: VmaSpec
@@ -58,9 +58,10 @@ class SlotTable(dict[SlotKey, LiveSlot]):
     def __setitem__(self, key: SlotKey, s: LiveSlot) -> None:
         if key in self:
             self.pop(key)
-        super().__setitem__(key, s)
+        dict.__setitem__(self, key, s)
         self._index(key[0], s)
-        self.per_vma[s.spec.vma] = self.per_vma.get(s.spec.vma, 0) + 1
+        vma = s.spec.vma
+        self.per_vma[vma] = self.per_vma.get(vma, 0) + 1
 
     def pop(self, key: SlotKey, default: Any = None) -> Any:  # type: ignore[override]
         s = super().pop(key, None)
@@ -78,7 +79,11 @@ class SlotTable(dict[SlotKey, LiveSlot]):
         self._index(key[0], s)
 
     def _index(self, as_id: int, s: LiveSlot) -> None:
-        starts, slots = self._starts.setdefault(as_id, []), self._sorted.setdefault(as_id, [])
+        starts = self._starts.get(as_id)
+        if starts is None:                    # the first slot of its address space (the common case)
+            self._starts[as_id], self._sorted[as_id] = [s.gfn], [s]
+            return
+        slots = self._sorted[as_id]
         i = bisect_right(starts, s.gfn)
         if (i > 0 and slots[i - 1].end > s.gfn) or (i < len(slots) and slots[i].gfn < s.end):
             self._overlaps = True

@@ -228,3 +228,46 @@ def test_a_record_marshal_cannot_write_is_keyed_by_its_repr():
     first = diffs(left, right, API_LEVEL, Normalised())
     assert first.diff == ("api.result",) and first.ln["api.result"] == "pfn"
     assert diffs(left, right, API_LEVEL, Normalised()) is first
+
+
+def test_what_an_op_kind_asks_of_its_context_is_what_its_entries_say():
+    """``Catalogue.asks`` (which lets a comparison skip an op's context) against the entries
+    looked at one by one: some entry of the kind applies to the pair, asserts a value there,
+    taints on its op conditions alone."""
+    cat = load_catalogue()
+    from kvmsim.scenario import OP_SCHEMAS
+    for kind in OP_SCHEMAS:
+        for fams in PAIRS:
+            applying = [e for e in cat.entries if e.oracle == "diff" and kind in e.ops and fams[0] != fams[1]
+                        and Catalogue._orientations(e, fams)]
+            got = cat.asks(kind, fams)
+            assert got.any == bool(applying), (kind, fams)
+            assert got.expecting == any(e.expects for e in applying) == cat.expecting(kind, fams), (kind, fams)
+            tainting = any(e.taints and e.when and not any(k.startswith(("a.", "b.")) for k, _ in e.when)
+                           for e in applying)
+            assert got.tainting == tainting, (kind, fams)
+
+
+def test_contexts_given_lazily_give_the_divergences_of_contexts_given_at_once():
+    """The walk reads an op's context only where the catalogue could (``Asks``): given as a list, as
+    a lazy sequence or not at all, every corpus scenario's comparison is the same."""
+    cat = load_catalogue()
+
+    class Lazy(list):
+        def __init__(self, sc):
+            super().__init__()
+            self.sc, self.asked = sc, 0
+
+        def __iter__(self):
+            self.asked += 1
+            return iter(op_contexts(self.sc))
+
+    for path in SEEDS + REGRESSIONS:
+        sc = load_scenario(path)
+        traces = {n: get_backend(n).run(sc) for n in SIM}
+        for a, b in itertools.combinations(SIM, 2):
+            want = [d.to_dict() for d in compare(sc, traces[a], traces[b], cat, ctxs=op_contexts(sc))]
+            lazy = Lazy(sc)
+            assert [d.to_dict() for d in compare(sc, traces[a], traces[b], cat, ctxs=lazy)] == want, (path, a, b)
+            assert [d.to_dict() for d in compare(sc, traces[a], traces[b], cat)] == want, (path, a, b)
+            assert lazy.asked <= 1
