@@ -41,6 +41,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import lru_cache
 from importlib import resources
 from typing import Any
 
@@ -93,8 +94,14 @@ def family(backend: str) -> str:
         return ("g3" if (int(m[1]), int(m[2])) >= (6, 13) else "g1") if m else "host"
     if not backend.startswith("sim:"):
         return "host"
-    name = backend[4:].split(":")[0]
-    return name.split("-")[0]
+    return _sim_family(backend)
+
+
+@lru_cache(maxsize=256)
+def _sim_family(backend: str) -> str:
+    """``family`` of a ``sim:`` backend: a function of the name alone, asked per pair and trace of
+    every comparison."""
+    return backend[4:].split(":")[0].split("-")[0]
 
 
 def _reported_generation(backend: str) -> str | None:

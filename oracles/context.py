@@ -102,6 +102,9 @@ _TARGETING = frozenset({"access", "vcpu_map", "vcpu_unmap", "get_dirty_log"})
 class _Contexts:
     """The task, vCPU, page and invalidation state op contexts read, followed op by op."""
 
+    __slots__ = ("sc", "kinds", "pages", "open_inval", "ranges", "seq_moved", "signal", "contended", "raced", "smm",
+                 "guest_mode", "maps", "nmaps", "unsafe")
+
     def __init__(self, sc: Scenario) -> None:
         w = sc.world
         self.sc = sc

@@ -54,8 +54,10 @@ def check_trace(sc: Scenario, trace: Trace, ctxs: Callable[[], Sequence[dict[str
     """``ctxs`` computes the op contexts (oracles.context) only if a check needs them."""
     out: list[Violation] = []
     crashed = False
-    for rec in trace.records:
-        api = _api(rec)
+    for rec in trace.records:             # _api, and _api_violations' first questions, inline: per record
+        api = rec.api
+        if not isinstance(api, dict) or "not_observable" in api:
+            api = _NOTHING
         if "skipped" in api:
             crashed = True
             continue
@@ -68,7 +70,11 @@ def check_trace(sc: Scenario, trace: Trace, ctxs: Callable[[], Sequence[dict[str
             out.append(Violation("inv:no-warn-bug", rec.index, rec.op, "api.oops", api["oops"]))
             continue
         if api:
-            _api_violations(rec.index, rec.op, api, ctxs, out)
+            kind = rec.op
+            if api.get("leaked") or api.get("pins_leaked") or (kind in _REF_CHECKED and (
+                    api.get("held") or api.get("pinned"))) or (kind in _WRITABLE_CHECKED and (
+                    api.get("writable") is True or api.get("spte"))):
+                _api_violations(rec.index, kind, api, ctxs, out)
     if not crashed:
         out.extend(_held_at_end(sc, trace, out))
     return out

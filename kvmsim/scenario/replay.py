@@ -48,6 +48,8 @@ class SlotTable(dict[SlotKey, LiveSlot]):
     replay costs linear time in memslots and ops.  Slots of one address space do not overlap in a
     valid scenario; if they do, lookups scan in creation order."""
 
+    __slots__ = ("_starts", "_sorted", "per_vma", "_overlaps")
+
     def __init__(self) -> None:
         super().__init__()
         self._starts: dict[int, list[int]] = {}
@@ -123,7 +125,7 @@ class SlotTable(dict[SlotKey, LiveSlot]):
         return None
 
 
-@dataclass
+@dataclass(slots=True)
 class MemoryMap:
     """The memslots and VMAs that exist at one point of a scenario."""
     slots: SlotTable
