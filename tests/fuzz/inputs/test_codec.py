@@ -272,3 +272,58 @@ def test_the_valid_worlds_cache_is_bounded(monkeypatch):
         decode(data)
         assert len(codec._VALID_WORLDS) <= 5
     assert codec._VALID_WORLDS
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=48), st.integers(0, 48), st.integers(1, 12))
+def test_varints_read_as_varint_does(data, start, k):
+    """``_Reader.varints`` (a slice, or one regex match) gives what ``varint`` gives k times, the end of
+    the input included (a continuation byte there ends the varint)."""
+    start = min(start, len(data))
+    bulk = codec._Reader(data)
+    got = list(bulk.varints(start, k))
+    one = codec._Reader(data)
+    one.pos = start
+    assert got == [one.varint() for _ in range(k)] and bulk.pos == one.pos
+
+
+def _world_record(mask: int, signal: int, seq: int) -> bytes:
+    return bytes([codec.OP_WORLD, mask, signal, seq])
+
+
+def test_inputs_with_one_key_decode_to_equal_scenarios():
+    """The checker remembers a judgement by ``Parsed.key``: inputs that share a key must decode to
+    equal scenarios (a part of the input left out of the key would pair different ones)."""
+    rng = random.Random(11)
+    inputs = _mutants(3000, 11)
+    for data in inputs[:1000]:                  # world records anywhere, some of them superseded
+        pos = rng.randrange(1, len(data) + 1)
+        rec = _world_record(rng.randrange(256) & 0x7F, rng.randrange(4), rng.randrange(128))
+        inputs.append(data[:pos] + rec + data[pos:])
+    seen: dict[tuple, tuple[str, bytes]] = {}
+    shared = 0
+    for data in inputs:
+        p = codec.parse(data)
+        got = repr(p.scenario())
+        if p.key in seen:
+            assert seen[p.key][0] == got
+            shared += seen[p.key][1] != data
+        seen.setdefault(p.key, (got, data))
+    assert shared > 100
+
+
+def test_records_that_decide_nothing_stay_out_of_the_key():
+    """A superseded world record, a version-2 META record and a repeated EMPTY_WORLD marker change
+    neither the scenario nor the key; the last world record's values do."""
+    body = codec.strip_names(encode(load_scenario(SEEDS[0])))
+    first = body.index(bytes([0x40]))
+    plain = body[:first] + _world_record(3, 1, 5) + body[first:]
+    extra = (body[:first] + _world_record(0x7F, 2, 9) + bytes([codec.OP_META, 2]) + b"hi" + bytes([0])
+             + _world_record(3, 1, 5) + body[first:])
+    assert codec.parse(extra).key == codec.parse(plain).key and decode(extra) == decode(plain)
+    for other in (_world_record(2, 1, 5), _world_record(3, 2, 5), _world_record(3, 1, 6)):
+        changed = body[:first] + other + body[first:]
+        assert codec.parse(changed).key != codec.parse(plain).key and decode(changed) != decode(plain)
+    empty = bytes([codec.VERSION, codec.OP_EMPTY_WORLD, 0x9C, 1])
+    twice = bytes([codec.VERSION, codec.OP_EMPTY_WORLD, codec.OP_EMPTY_WORLD, 0x9C, 1])
+    assert codec.parse(empty).key == codec.parse(twice).key and decode(empty) == decode(twice)
