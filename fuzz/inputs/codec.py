@@ -48,6 +48,7 @@ from kvmsim.scenario import (
     VMA_BASE,
     VMA_STRIDE,
     F,
+    MemoryMap,
     Op,
     PageSpec,
     PteSpec,
@@ -140,6 +141,12 @@ def default_world() -> WorldSpec:
         memslots=[SlotSpec(0, 0, 8, "ram"), SlotSpec(1, 8, 4, "dev"), SlotSpec(2, 12, 2, "rom"),
                   SlotSpec(3, 16, 2, "ram", offset=6, readonly=True, log_dirty=True)],
     )
+
+
+# The default world's pages, VMAs and memslots, built once and shared by the scenarios that use it
+# (in lists of their own): nothing edits a world's parts in place (the minimiser copies first).
+# Why: building them was a fifth of building such a scenario.
+_DEFAULT_WORLD = default_world()
 
 
 def _world_is_empty(w: WorldSpec) -> bool:
@@ -235,7 +242,7 @@ class _State:
         self.entries = 0
         self.names: list[str] | None = None   # v2: the checked names record (name, description, pages, vmas, handles)
         self.maps = 0                   # vcpu_map ops kept (the maps a vcpu_unmap may name)
-        self.pending: list[tuple[int, int, int]] = []   # kept ops: (opcode, offset, VMAs then)
+        self.pending: list[tuple[bytes, int, int]] = []   # kept ops: (record, offset, VMAs then)
         self.settings: tuple | None = None   # the last world record's values (``_world``): it sets every setting
 
 
@@ -262,8 +269,8 @@ class Parsed:
         world = st.world
         ops = _build_ops(st)                # before the default world: ops name the VMAs declared
         if not st.structural and not st.empty_marker:
-            dw = default_world()
-            world.pages, world.vmas, world.memslots = dw.pages, dw.vmas, dw.memslots
+            dw = _DEFAULT_WORLD
+            world.pages, world.vmas, world.memslots = list(dw.pages), list(dw.vmas), list(dw.memslots)
         if st.settings is not None:
             _apply_settings(world, st.settings)
         if st.names is not None:
@@ -324,8 +331,9 @@ def parse(data: bytes) -> Parsed:
         if len(pending) >= MAX_OPS:
             continue
         st.maps += is_map
-        pending.append((code, start, len(vmas)))
-        kept.append(data[start:pos])
+        record = data[start:pos]
+        pending.append((record, start, len(vmas)))
+        kept.append(record)
     names = None if st.names is None else tuple(st.names)
     return Parsed((st.version, names, st.structural, st.empty_marker, st.settings, tuple(kept)), st)
 
@@ -394,10 +402,11 @@ def _printable(s: str) -> str:
     return s if all(c.isprintable() or c in "\n\t" for c in s) and "\ufffd" not in s else ""
 
 
-# Structures (``Parsed._structure``) whose world passed validation, as ``_repair`` found (bounded:
-# cleared when full).  Why: a world repeats across many inputs (three in four of the scenarios
-# built while fuzzing have a structure seen before), and checking it was a fifth of building one.
-_VALID_WORLDS: set[tuple] = set()
+# Structures (``Parsed._structure``) whose world passed validation, as ``_repair`` found, with
+# the world's memory map (``MemoryMap.of_world``, shared read-only by ``valid_ops``); bounded:
+# cleared when full.  Why: a world repeats across many inputs (three in four of the scenarios built
+# while fuzzing have a structure seen before), and checking it was a fifth of building one.
+_VALID_WORLDS: dict[tuple, MemoryMap] = {}
 VALID_WORLDS_SIZE = 8192
 
 
@@ -405,15 +414,18 @@ def _repair(sc: Scenario, structure: tuple) -> Scenario:
     """The final safety net: drop every op ``validate`` rejects (``valid_ops``: each op checked
     once against the ops kept before it).  The record checks above make this rare; a world error
     leaves an empty scenario.  The world is checked once per structure (``_VALID_WORLDS``)."""
-    known = structure in _VALID_WORLDS
+    memory = _VALID_WORLDS.get(structure)
+    known = memory is not None
+    if memory is None:
+        memory = MemoryMap.of_world(sc.world)
     try:
-        sc.ops = valid_ops(sc, world_valid=known)
+        sc.ops = valid_ops(sc, world_valid=known, memory=memory)
     except ScenarioError:
         return Scenario(WorldSpec(), [], file="<bytes>")
     if not known:
         if len(_VALID_WORLDS) >= VALID_WORLDS_SIZE:
             _VALID_WORLDS.clear()
-        _VALID_WORLDS.add(structure)
+        _VALID_WORLDS[structure] = memory
     return sc
 
 
@@ -629,15 +641,21 @@ def _leb128(raw: bytes) -> int:
 
 
 def _build_ops(st: _State) -> list[Op]:
-    """The ops queued by the op records' skippers, read again, now into ``Op``s.  A kept ``vma``
-    field names one of the VMAs declared before its record (``nvmas`` > 0: the skipper dropped the
-    record otherwise); ``handles`` are the maps opened before it."""
+    """The ops queued by ``parse``, read again, now into ``Op``s.  A kept ``vma`` field names one of
+    the VMAs declared before its record (``nvmas`` > 0: ``parse`` dropped the record otherwise);
+    ``handles`` are the maps opened before it.  An op whose record names no VMA, map or handle is
+    a function of the record's bytes alone: its fields are read once (``_OPS_BY_RECORD``)."""
     r = _Reader(st.data)
     ops: list[Op] = []
     handles: list[str] = []
     vmas = st.world.vmas
-    for code, start, nvmas in st.pending:
-        kind, by_mask, bits, fields, width = _BUILDS[code]
+    known = _OPS_BY_RECORD
+    for record, start, nvmas in st.pending:
+        got = known.get(record)
+        if got is not None:
+            ops.append(Op(got[0], got[1].copy()))
+            continue
+        kind, by_mask, bits, fields, width, alone = _BUILDS[record[0]]
         vals = r.varints(start + 1, width)
         args = (by_mask[vals[0] & bits] if bits else by_mask[0]).copy()
         for name, tag, arg, i in fields:
@@ -651,8 +669,20 @@ def _build_ops(st: _State) -> list[Op]:
                 args[name] = _read_other(r, tag, vals, i, handles)
         if kind == "vcpu_map":
             _name_map(st, args, handles)
+        if alone:
+            if len(known) >= OPS_BY_RECORD_SIZE:
+                known.clear()
+            known[record] = kind, args.copy()
         ops.append(Op(kind, args))
     return ops
+
+
+# The kind and fields of ops whose records name nothing declared, by the record's bytes (each op
+# built from them is a new ``Op`` with its own ``args``: a caller may edit a decoded scenario's ops).
+# Why: building the ops was a third of building a scenario, and the records of ops repeat across a
+# fuzzer's inputs.  Bounded: cleared when full.
+OPS_BY_RECORD_SIZE = 1 << 14
+_OPS_BY_RECORD: dict[bytes, tuple[str, dict[str, Any]]] = {}
 
 
 def _name_map(st: _State, args: dict[str, Any], handles: list[str]) -> None:
@@ -694,9 +724,10 @@ def _field_tag(kind: str, f: F) -> str:
     return _STR
 
 
-def _build(code: int) -> tuple[str, list[dict[str, Any]], int, tuple[tuple[str, str, tuple, int], ...], int]:
+def _build(code: int) -> tuple[str, list[dict[str, Any]], int, tuple[tuple[str, str, tuple, int], ...], int, bool]:
     """What ``_build_ops`` reads a record of an opcode with: (kind, the args every value of the
-    bools' mask starts from, the mask's bits, the other fields, the number of varints).  The record
+    bools' mask starts from, the mask's bits, the other fields, the number of varints, whether the
+    op is a function of its record alone: it names no VMA, map or handle).  The record
     is its varints (the bools' mask first, if any; ``gpa`` takes two), then at most one string; each
     other field is (name, tag, enum choices, index of its varint).  Why a table: reading the bools
     one by one was a fifth of building a lookup, and a layout has at most 9 of them (512 masks)."""
@@ -709,7 +740,8 @@ def _build(code: int) -> tuple[str, list[dict[str, Any]], int, tuple[tuple[str, 
         tag = _field_tag(kind, f)
         fields.append((f.name, tag, f.choices, width))
         width += 2 if tag is _GPA else 0 if tag is _STR else 1
-    return kind, by_mask, (1 << len(bools)) - 1, tuple(fields), width
+    alone = kind != "vcpu_map" and not any(tag in (_VMA, _HANDLE, _STR) for _, tag, _, _ in fields)
+    return kind, by_mask, (1 << len(bools)) - 1, tuple(fields), width, alone
 
 
 _LAYOUTS = {code: _layout(code) for code in OP_LAYOUTS}      # built once: decoding is the hot path

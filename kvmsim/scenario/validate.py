@@ -53,19 +53,24 @@ def validate(sc: Scenario) -> None:
         v.op(op, mem)
 
 
-def valid_ops(sc: Scenario, world_valid: bool = False) -> list[Op]:
+def valid_ops(sc: Scenario, world_valid: bool = False, memory: MemoryMap | None = None) -> list[Op]:
     """The ops ``validate`` would accept once every rejected op is dropped, first rejected first:
     each op is checked against the world and the ops kept before it, in one pass.  Equal to
     validating, dropping the op an error names and validating again until nothing is rejected,
     without replaying the kept prefix each time.  A world error raises (ScenarioError).
     ``world_valid``: the caller has seen a world with equal pages, VMAs and memslots pass (the
-    world's checks read nothing else of it), so they are skipped."""
+    world's checks read nothing else of it), so they are skipped.  ``memory``: the memory map
+    ``MemoryMap.of_world`` gives for a world with equal pages, VMAs and memslots, to be shared: it
+    is only read, and the first kept op that changes which memslots or VMAs exist gets a map of
+    its own.  Why: most decoded scenarios keep no such op, and building the map was a fifth of
+    checking their ops."""
     v = _Validator(sc)
     if world_valid:
         v.vmas = {x.name: x for x in sc.world.vmas}         # what the op checks read of the world
     else:
         v.world()
-    mem = MemoryMap.of_world(sc.world)
+    shared = memory is not None
+    mem = memory if memory is not None else MemoryMap.of_world(sc.world)
     kept: list[Op] = []
     for op in sc.ops:
         saved = v.open_ranges, v.handles, v.nmaps
@@ -74,9 +79,16 @@ def valid_ops(sc: Scenario, world_valid: bool = False) -> list[Op]:
         except ScenarioError:
             v.open_ranges, v.handles, v.nmaps = saved        # as if the op had never been there
             continue
+        if shared and op.kind in CHANGES_MEMORY:
+            mem, shared = MemoryMap.of_world(sc.world), False     # the ops kept so far changed nothing
         mem.apply(op)
         kept.append(op)
     return kept
+
+
+# The ops whose ``MemoryMap.apply`` changes the map (every other op leaves it as it is).
+CHANGES_MEMORY = frozenset({"memslot_create", "memslot_delete", "memslot_move", "memslot_flags", "memslot_invalidate",
+                            "munmap", "mprotect"})
 
 
 class _Validator:

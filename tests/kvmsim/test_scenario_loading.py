@@ -5,6 +5,7 @@ turns it (and a bad option) into exit status 2 with one stderr line and no trace
 from __future__ import annotations
 
 import copy
+import importlib
 import random
 import re
 
@@ -13,7 +14,10 @@ import pytest
 from fuzz.cli import main
 from fuzz.inputs.codec import decode
 from kvmsim import ScenarioError, load_scenario, loads_scenario, make_op
-from kvmsim.scenario import valid_ops, validate
+from kvmsim.scenario import MemoryMap, valid_ops, validate
+from kvmsim.scenario.validate import CHANGES_MEMORY
+
+replay_module = importlib.import_module("kvmsim.scenario.replay")     # the package exports a function of that name
 
 OK_WORLD = """\
 world:
@@ -226,5 +230,13 @@ def test_valid_ops_keeps_what_validating_and_retrying_keeps():
         got = [op.line for op in valid_ops(sc)]
         assert got == want
         assert [op.line for op in valid_ops(sc, world_valid=True)] == want      # the world is valid: same
+        shared = MemoryMap.of_world(copy.deepcopy(sc.world))                    # an equal world's map ...
+        before = repr(shared)
+        assert [op.line for op in valid_ops(sc, world_valid=True, memory=shared)] == want
+        assert repr(shared) == before                                           # ... is only read
         dropped += len(sc.ops) - len(got)
     assert dropped > 100
+
+
+def test_the_ops_that_change_the_memory_map_are_the_ones_valid_ops_copies_it_for():
+    assert CHANGES_MEMORY == set(replay_module._STEPS)

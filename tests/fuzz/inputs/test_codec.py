@@ -327,3 +327,24 @@ def test_records_that_decide_nothing_stay_out_of_the_key():
     empty = bytes([codec.VERSION, codec.OP_EMPTY_WORLD, 0x9C, 1])
     twice = bytes([codec.VERSION, codec.OP_EMPTY_WORLD, codec.OP_EMPTY_WORLD, 0x9C, 1])
     assert codec.parse(empty).key == codec.parse(twice).key and decode(empty) == decode(twice)
+
+
+def test_ops_shared_by_record_change_no_decoding():
+    """``_OPS_BY_RECORD`` keys an op by its record's bytes: an op built from other inputs must equal
+    the one built afresh (an op whose record names a VMA, map or handle is never shared)."""
+    inputs = _mutants(1500, 5)
+    cold = []
+    for data in inputs:
+        codec._OPS_BY_RECORD.clear()
+        cold.append(repr(decode(data)))
+    assert [repr(decode(data)) for data in inputs] == cold
+    assert codec._OPS_BY_RECORD
+
+
+def test_the_shared_ops_are_bounded(monkeypatch):
+    monkeypatch.setattr(codec, "OPS_BY_RECORD_SIZE", 5)
+    codec._OPS_BY_RECORD.clear()
+    for data in _mutants(50, 3):
+        decode(data)
+        assert len(codec._OPS_BY_RECORD) <= 5
+    assert codec._OPS_BY_RECORD
