@@ -38,6 +38,8 @@ _MISSING = object()
 
 @dataclass
 class Divergence:
+    """One divergence.  Its ``left_obs``, ``right_obs`` and ``explained`` may be shared with the
+    divergences made from the same verdict (oracles.diff.Verdict): give it new ones, never change them."""
     oracle: str                   # diff:api | diff:vmm | inv:<name>
     left: str                     # backend (the one trace, for invariants)
     right: str                    # "" for invariants
@@ -166,6 +168,10 @@ class _Walk:
     out: list[Divergence] = dataclasses.field(default_factory=list)
     tainted: dict[Any, str] = dataclasses.field(default_factory=dict)   # gfn or host page -> entry id
     worked_out: list[dict[str, Any]] | None = None                       # the contexts, once needed
+    oracle: str = dataclasses.field(init=False)                          # diff:<level>
+
+    def __post_init__(self) -> None:
+        self.oracle = f"diff:{self.level}"
 
     def ctx(self, i: int) -> dict[str, Any]:
         ctxs = self.worked_out
@@ -229,15 +235,11 @@ class _Walk:
         op = self.sc.ops[i]
         v = self.verdict(rd, at or self.at(i), cause, op_class(op.kind, op.args))
         d = Divergence(self.oracle, self.left.backend, self.right.backend, i, op.kind, list(rd.diff), v.first,
-                       dict(v.left_obs), dict(v.right_obs), dict(v.explained))
+                       v.left_obs, v.right_obs, v.explained)
         d.signature = v.signature
         if v.taint is not None and "ctx.gfn" in self.ctx(i):
             _taint(self.tainted, self.ctx(i), v.taint)
         self.out.append(d)
-
-    @property
-    def oracle(self) -> str:
-        return f"diff:{self.level}"
 
     def verdict(self, rd: RecordDiff, at: AtOp, cause: str | None, opc: str) -> Verdict:
         """The verdict on two differing records (``rd``) at an op the catalogue sees as ``at``, an
@@ -268,7 +270,8 @@ class Verdict:
     """What the divergence between two differing records says at one op: the fields explained (by
     which entry), the first one no entry explains, the values shown, its signature, and the entry a
     known divergence taints the op's gfn with.  ``at`` is the catalogue's view of the op it was
-    given for.  Read it, never change it: a divergence copies what it keeps."""
+    given for.  Read it, never change it: the divergences made from it share its dicts (a reader that
+    adds to a divergence's ``explained`` gives it a new dict, oracles.pair)."""
     at: AtOp
     explained: dict[str, str]
     first: str

@@ -51,8 +51,9 @@ def compare_pair(sc: Scenario, left: Trace, right: Trace, cat: Catalogue, run: C
     if real is not None and explain is not None and any(not d.known for d in divs):
         for d in divs:
             if d.oracle.startswith("diff:") and not d.known and d.index < len(sc.ops):
-                d.explained.update(explain(sc, d.index, [f for f in d.fields if f not in d.explained],
-                                                      model, real))
+                # a new dict: the one it has may be shared with other divergences (oracles.diff.Verdict)
+                d.explained = {**d.explained, **explain(sc, d.index, [f for f in d.fields if f not in d.explained],
+                                                        model, real)}
     return divs, cov, lt, rt
 
 

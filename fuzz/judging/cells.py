@@ -5,6 +5,7 @@ targets, because the diff target feeds them to libFuzzer as coverage (semantic f
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Any
 
 from kvmsim.scenario import Op
@@ -143,5 +144,17 @@ def _reached(op: Op, api: dict[str, Any], vmm: dict[str, Any]) -> tuple[object, 
 
 def outcome(d: Divergence) -> str:
     if d.known:
-        return "known:" + ",".join(e.split(" (")[0] for e in d.entries)
-    return "new:" + " ".join(d.signature.split(" ")[2:])
+        return _known_outcome(tuple(d.entries))
+    return _new_outcome(d.signature)
+
+
+@lru_cache(maxsize=4096)
+def _known_outcome(entries: tuple[str, ...]) -> str:
+    """``outcome`` of a known divergence: a function of its entries, and the same few recur."""
+    return "known:" + ",".join(e.split(" (")[0] for e in entries)
+
+
+@lru_cache(maxsize=4096)
+def _new_outcome(signature: str) -> str:
+    """``outcome`` of an unknown divergence: a function of its signature."""
+    return "new:" + " ".join(signature.split(" ")[2:])
