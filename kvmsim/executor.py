@@ -44,6 +44,15 @@ def _frame(w: World, pfn: int) -> str | None:
     return pg.name if pg is not None else f"pfn:{pfn:#x}"
 
 
+def _result(w: World, pfn: int) -> tuple[str, str | None]:
+    """``(pfn_class(pfn), _frame(w, pfn))`` with one classification: a lookup reports both."""
+    cls = pfn_class(pfn)
+    if cls != "pfn":
+        return cls, None
+    pg = w.db.pages.get(pfn)
+    return cls, pg.name if pg is not None else f"pfn:{pfn:#x}"
+
+
 def _hva(hva: int | None) -> Any:
     if hva is None:
         return None
@@ -65,8 +74,9 @@ def _deltas(w: World) -> Deltas:
     accessed: list[str] = []
     dirty: list[str] = []
     for pg, (r0, p0, a0, d0) in touched.items():
-        if pg.kvm_refs != r0:
-            refs[pg.name] = pg.kvm_refs - r0
+        kvm_refs = pg.refcount - pg.base_refs
+        if kvm_refs != r0:
+            refs[pg.name] = kvm_refs - r0
         if pg.pincount != p0:
             pins[pg.name] = pg.pincount - p0
         if pg.accessed and not a0:
@@ -96,10 +106,8 @@ class _OpFields(Op):
         return self.__dict__
 
 
-def _fields(op: Op) -> Op:
-    fast = object.__new__(_OpFields)
-    fast.__dict__ = op.args
-    return fast
+_new_fields = object.__new__
+"""An ``_OpFields`` without ``__init__``; ``Executor.run`` then gives it the op's ``args`` as its dict."""
 
 
 class Executor:
@@ -117,23 +125,34 @@ class Executor:
     def run(self, backend: str) -> Trace:
         trace = Trace(backend, meta={"generation": self.gen.name, "spec": self.gen.spec, "path": "sim"})
         records = trace.records
+        step = self.step
         for i, op in enumerate(self.sc.ops):
-            records.append(self.step(i, op.kind, _fields(op)))
-        w = self.w
-        trace.meta["refs_held_at_end"] = {p.name: p.kvm_refs for p in w.db.pages.values() if p.kvm_refs}
-        trace.meta["pins_held_at_end"] = {p.name: p.pincount for p in w.db.pages.values() if p.pincount}
+            fields = _new_fields(_OpFields)            # _fields(op), inline: one call less per op
+            fields.__dict__ = op.args
+            records.append(step(i, op.kind, fields))
+        refs: dict[str, int] = {}
+        pins: dict[str, int] = {}
+        for p in self.w.db.pages.values():             # one pass, in page order, for both
+            if p.refcount != p.base_refs:
+                refs[p.name] = p.refcount - p.base_refs     # Page.kvm_refs
+            if p.pincount:
+                pins[p.name] = p.pincount
+        trace.meta["refs_held_at_end"] = refs
+        trace.meta["pins_held_at_end"] = pins
         return trace
 
     def step(self, i: int, kind: str, op: Op) -> OpRecord:
         """Op ``i`` of kind ``kind``; ``op`` gives its fields."""
         rec = OpRecord(i, kind)
-        w = self.w
         if self.dead is not None:
             rec.api = {"skipped": self.dead}
             return rec
+        w = self.w
+        db = w.db
         events = w.events = rec.events             # this op's own list: the next op starts a new one
-        w.db.touched = {}
-        underflows = w.db.underflows
+        if db.touched:
+            db.touched = {}
+        underflows = db.underflows
         nunder = len(underflows)
         try:
             handler = _HANDLERS.get(kind)
@@ -146,9 +165,10 @@ class Executor:
             rec.api = {"oops": str(e)}
         if len(underflows) > nunder:
             events.extend(f"BUG:refcount_underflow:{n}" for n in underflows[nunder:])
-        if kind in KVM_OPS and w.task.signal == "pending":
-            w.task.signal = "none"                 # an armed signal is delivered when the op ends
-        w.task.signal_consumed = False
+        task = w.task
+        if kind in KVM_OPS and task.signal == "pending":
+            task.signal = "none"                   # an armed signal is delivered when the op ends
+        task.signal_consumed = False
         return rec
 
     # --- API-level ops ------------------------------------------------------------------------
@@ -158,7 +178,8 @@ class Executor:
         held, pinned, _, _ = _deltas(w)
         lk.release()
         leaked, pins_leaked, accessed, dirty = _deltas(w)
-        rec.api = {"call": lk.api, "result": pfn_class(lk.pfn), "frame": _frame(w, lk.pfn),
+        result, frame = _result(w, lk.pfn)
+        rec.api = {"call": lk.api, "result": result, "frame": frame,
                    "page": _name(lk.page_out), "writable": lk.writable, "hva": _hva(lk.hva), "async": lk.async_,
                    "held": held, "pinned": pinned, "leaked": leaked,
                    "pins_leaked": pins_leaked, "accessed": accessed, "dirty": dirty}
@@ -198,17 +219,18 @@ class Executor:
 
     def op_x86_fault(self, op: Op, rec: OpRecord) -> None:
         w = self.w
-        f = Fault(op.gfn, op.write, op.prefetch, slot=w.slot_for(op.gfn, vcpu=True))
+        f = Fault(op.gfn, op.write, op.prefetch, w.slot_for(op.gfn, True))     # positional: keywords cost
         if op.race_invalidate:
             w.race_hook = lambda: self._race(f)
         r, spte = page_fault(self.gen, w, f)
         w.race_hook = None
         leaked, _, accessed, dirty = _deltas(w)
         called = bool(f.attempts) or f.noslot      # a retry before any lookup has no pfn to report
-        rec.api = {"ret": ret_name(r), "result": pfn_class(f.pfn) if called else None, "frame": _frame(w, f.pfn),
+        result, frame = _result(w, f.pfn)
+        rec.api = {"ret": ret_name(r), "result": result if called else None, "frame": frame,
                    "map_writable": f.map_writable if r >= 0 else None,
                    "spte": None if spte is None else {"writable": spte.writable, "level": spte.level},
-                   "calls": list(f.attempts), "async_pf": f.async_pf, "mmio_spte": f.mmio_spte,
+                   "calls": f.attempts, "async_pf": f.async_pf, "mmio_spte": f.mmio_spte,
                    "leaked": leaked, "accessed": accessed, "dirty": dirty}
         if w.task.signals_sent:
             rec.api["signals"] = list(w.task.signals_sent)

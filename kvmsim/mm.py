@@ -129,26 +129,33 @@ class Mm:
                 self.add(v)
 
     def add(self, vma: Vma) -> Vma:
-        self._sync()
-        i = bisect_right(self._starts, vma.start)
-        overlaps_prev = i > 0 and self._sorted[i - 1].end > vma.start
-        overlaps_next = i < len(self._sorted) and self._sorted[i].start < vma.end
-        if overlaps_prev or overlaps_next:
+        if len(self.vmas) != len(self._sorted):
+            self._sync()
+        starts, ordered, start = self._starts, self._sorted, vma.start
+        i = bisect_right(starts, start)
+        if (i > 0 and ordered[i - 1].end > start) or (i < len(ordered) and ordered[i].start < vma.end):
             self._overlaps = True
-        self._starts.insert(i, vma.start)
-        self._sorted.insert(i, vma)
+        starts.insert(i, start)
+        ordered.insert(i, vma)
         self.vmas.append(vma)
-        self._names.setdefault(vma.name, []).append(vma)
+        same = self._names.get(vma.name)
+        if same is None:
+            self._names[vma.name] = [vma]
+        else:
+            same.append(vma)
         return vma
 
     def find(self, hva: int) -> Vma | None:
         """``vma_lookup``: the VMA containing hva, or None."""
-        self._sync()
+        if len(self.vmas) != len(self._sorted):
+            self._sync()
         if self._overlaps:
             return next((v for v in self.vmas if v.start <= hva < v.end), None)
         i = bisect_right(self._starts, hva) - 1
-        if i >= 0 and hva < self._sorted[i].end:
-            return self._sorted[i]
+        if i >= 0:
+            v = self._sorted[i]
+            if hva < v.end:
+                return v
         return None
 
     def by_name(self, name: str) -> Vma | None:

@@ -58,11 +58,11 @@ class PfnDB:
     """All frames of the simulated host, by pfn."""
 
     def __init__(self) -> None:
-        self.pages: dict[int, Page] = {}
-        self.by_name: dict[str, Page] = {}
+        zero = self.zero = Page(ZERO_PFN, "zero", ZERO, 1000, 1000)
+        self.pages: dict[int, Page] = {ZERO_PFN: zero}
+        self.by_name: dict[str, Page] = {"zero": zero}
         self.touched: dict[Page, tuple[int, int, bool, bool]] = {}   # page -> state before the op
         self.underflows: list[str] = []
-        self.zero = self.add(Page(ZERO_PFN, "zero", ZERO, refcount=1000, base_refs=1000))
         self._next_declared = FIRST_DECLARED_PFN
 
     def add(self, page: Page) -> Page:
@@ -80,7 +80,10 @@ class PfnDB:
             self._next_declared += 1
         if refcount is None:
             refcount = 0 if kind in (REFCOUNT0, NO_STRUCT_PAGE) else 1
-        return self.add(Page(pfn, name, kind, refcount=refcount, base_refs=refcount, memremap_ok=memremap_ok))
+        page = Page(pfn, name, kind, refcount, refcount)    # positional: keywords cost a third more
+        if not memremap_ok:
+            page.memremap_ok = False
+        return self.add(page)
 
     def alloc(self, owner: str, hva_index: int) -> Page:
         """A fresh page for a fault at a given hva; its name and pfn depend only on where it was
@@ -91,7 +94,7 @@ class PfnDB:
             if pfn not in self.pages:
                 break
             k += 1
-        return self.add(Page(pfn, f"{owner}#{k}", NORMAL, refcount=1, base_refs=1))
+        return self.add(Page(pfn, f"{owner}#{k}", NORMAL, 1, 1))
 
     def lookup(self, pfn: int) -> Page | None:
         return self.pages.get(pfn)
@@ -99,7 +102,7 @@ class PfnDB:
     # --- reference and flag operations (each records the page's prior state once) -------
     def touch(self, pg: Page) -> None:
         if pg not in self.touched:
-            self.touched[pg] = (pg.kvm_refs, pg.pincount, pg.accessed, pg.dirty)
+            self.touched[pg] = (pg.refcount - pg.base_refs, pg.pincount, pg.accessed, pg.dirty)   # kvm_refs
 
     def get(self, pg: Page) -> None:
         self.touch(pg)

@@ -21,12 +21,13 @@ class SimBackend(Backend):
             self.gen: Generation = cls(frozenset(q.strip() for q in quirks.split(",") if q.strip()))
         else:
             self.gen = cls()
+        self._version = f"{MODEL_VERSION}/{self.gen.name}"
 
     def description(self) -> str:
         return f"simulated {self.gen.title} (spec {self.gen.spec})"
 
     def version(self) -> str:
-        return f"{MODEL_VERSION}/{self.gen.name}"
+        return self._version
 
     def info(self) -> dict[str, Any]:
         return {"kind": "sim", "generation": self.gen.name, "spec": self.gen.spec,
@@ -37,5 +38,5 @@ class SimBackend(Backend):
 
     def run(self, scenario: Scenario) -> Trace:
         trace = run_generation(self.gen, scenario, self.name)
-        trace.meta["version"] = self.version()
+        trace.meta["version"] = self._version
         return trace

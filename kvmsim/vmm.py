@@ -68,7 +68,7 @@ def guest_access(gen: Generation, w: World, gpa: int, write: bool, value: int) -
         if _access_through_spte(w, as_id, gfn, off, write, value, vmm):
             vmm["outcome"] = "ok"
             break
-        f = Fault(gfn, write, slot=w.slot_for(gfn, vcpu=True))
+        f = Fault(gfn, write, False, w.slot_for(gfn, True))
         w.task.waited = False
         r, spte = page_fault(gen, w, f)
         faults.append(ret_name(r))
@@ -101,7 +101,7 @@ def _emulate(w: World, gfn: int, off: int, write: bool, value: int, vmm: dict[st
     """The emulator's memory operand: ``kvm_vcpu_{read,write}_guest_page`` through the hva;
     where that fails (no slot, RO slot write, host refuses) the access becomes MMIO.  Returns
     whether the emulator completed the access itself (not visible to the VMM)."""
-    slot = w.slot_for(gfn, vcpu=True)
+    slot = w.slot_for(gfn, True)
     if slot is not None and slot.id == APIC_ACCESS_PAGE_PRIVATE_MEMSLOT and not w.vcpu.guest_mode:
         vmm["outcome"] = "lapic"                   # handled by the in-kernel local APIC, no exit
         return False

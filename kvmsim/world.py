@@ -19,14 +19,15 @@ from .constants import (
     VM_MIXEDMAP,
     VM_PFNMAP,
     VM_READ,
+    VM_REMAPPED,
     VM_SHARED,
     VM_WRITE,
 )
 from .memslot import Memslot, Memslots
-from .mm import HWPOISON, Mm, PageEntry, RemapPte, Vma
+from .mm import HWPOISON, PRESENT_RO, PRESENT_RW, RESIDENT, Mm, PageEntry, RemapPte, Vma
 from .notifier import MmuNotifier
 from .pfndb import Page, PfnDB
-from .scenario import Scenario, VmaSpec
+from .scenario import VMA_BASE, VMA_STRIDE, Scenario, VmaSpec
 
 
 @dataclass(slots=True)
@@ -136,46 +137,64 @@ class World:
     # --- construction --------------------------------------------------------------------
     @classmethod
     def from_scenario(cls, sc: Scenario) -> World:
+        """The world a scenario describes.  VMAs are placed in the same pass that builds them
+        (``vma_starts``) and memslots find their VMA by name in a dict of the VMAs just built:
+        per-VMA ``Scenario.vma_start`` and ``Mm.by_name`` calls were about a fifth of a build."""
         ws = sc.world
-        w = cls(Vcpu(ws.guest_mode, ws.smm, ws.async_pf, ws.apicv), MmuNotifier(seq=ws.seq, seq_bits=ws.seq_bits))
+        w = cls(Vcpu(ws.guest_mode, ws.smm, ws.async_pf, ws.apicv), MmuNotifier(ws.seq, 0, ws.seq_bits))
         w.allow_unsafe_mappings = ws.allow_unsafe_mappings
-        w.task.signal = ws.signal
-        w.task.mmap_lock_contended = ws.mmap_lock_contended
+        task = w.task
+        task.signal = ws.signal
+        task.mmap_lock_contended = ws.mmap_lock_contended
         db, mm, slots = w.db, w.mm, w.slots
         for p in ws.pages:
-            db.declare(p.name, p.kind, p.pfn, memremap_ok=p.memremap_ok)
-        for v in ws.vmas:
-            mm.add(w.build_vma(sc, v))
+            db.declare(p.name, p.kind, p.pfn, None, p.memremap_ok)
+        named: dict[str, Vma] = {}
+        for v, start in zip(ws.vmas, vma_starts(ws.vmas)):
+            vma = mm.add(w.build_vma(v, start))
+            named.setdefault(v.name, vma)          # Mm.by_name: the first VMA of that name
         for s in ws.memslots:
-            vma = mm.by_name(s.vma)
-            assert vma is not None
+            vma = named[s.vma]
             flags = (KVM_MEM_READONLY if s.readonly else 0) | (KVM_MEM_LOG_DIRTY_PAGES if s.log_dirty else 0)
             sid = INTERNAL_SLOT_IDS[s.internal] if s.internal else s.id
             slots.add(Memslot(sid, s.as_id, s.gfn, s.pages, vma.start + (s.offset << PAGE_SHIFT), flags))
         return w
 
-    def build_vma(self, sc: Scenario, v: VmaSpec) -> Vma:
-        start = sc.vma_start(v)
+    def build_vma(self, v: VmaSpec, start: int) -> Vma:
+        """The VMA ``v`` describes, mapped at ``start``, with the pages and PTEs it spells out."""
         flags = PROT_FLAGS[v.prot] | (VM_SHARED if v.shared else 0) | REMAP_FLAGS[v.remap]
         vma = Vma(v.name, start, start + (v.pages << PAGE_SHIFT), flags, v.state,
                   512 if v.host_level == "2m" else 1)
         db = self.db
-        if vma.remapped:
+        if flags & VM_REMAPPED:
             vma.default_pte_writable = bool(flags & VM_WRITE)   # PTEs writable only in VM_WRITE vmas (§1.3)
             vma.frames, vma.db = v.frames, db
             for i, spec in v.ptes.items():
                 pg = db.by_name[spec.page] if spec.page is not None else db.declare(f"{v.name}.frame{i}", v.frames)
                 vma.ptes[i] = RemapPte(spec.present, pg, spec.writable and bool(flags & VM_WRITE), spec.handler)
             return vma
+        mm, pages, cow = self.mm, vma.pages, not v.shared
         for i, (state, pname) in v.page_states.items():
-            e = vma.pages[i] = PageEntry(state)
+            e = pages[i] = PageEntry(state)
             if pname is not None:
                 e.page = db.by_name[pname]
                 db.mm_get(e.page)
             if state == HWPOISON:
-                self.mm.set_state(vma, i, HWPOISON)
-            elif state in ("present_rw", "present_ro", "resident") and e.page is None:
-                e.page = self.mm._new_page(vma, i)
-            e.cow = not v.shared
-            self.mm.fit(vma, e)                    # no writable PTE without VM_WRITE (§1.3)
+                mm.set_state(vma, i, HWPOISON)
+            elif e.page is None and state in _BACKED_AT_BUILD:
+                e.page = mm._new_page(vma, i)
+            e.cow = cow
+            mm.fit(vma, e)                         # no writable PTE without VM_WRITE (§1.3)
         return vma
+
+
+_BACKED_AT_BUILD = frozenset((PRESENT_RW, PRESENT_RO, RESIDENT))
+"""Page states a VMA's page is built with a page of its own for (when the scenario names none)."""
+
+
+def vma_starts(vmas: list[VmaSpec]) -> list[int]:
+    """``Scenario.vma_start`` of every VMA of the list, in one pass: its own ``start``, else the
+    slot of the list position where that VmaSpec object first occurs."""
+    first: dict[int, int] = {}
+    return [v.start if v.start is not None else VMA_BASE + first.setdefault(id(v), n) * VMA_STRIDE
+            for n, v in enumerate(vmas)]
