@@ -88,6 +88,21 @@ def _deltas(w: World) -> Deltas:
     return refs, pins, accessed, dirty
 
 
+def _held(w: World) -> tuple[dict[str, int], dict[str, int]]:
+    """``_deltas``' references and pins alone: what a call holds before its release (the
+    accessed/dirty lists a full ``_deltas`` also sorts are not reported there)."""
+    touched = w.db.touched
+    refs: dict[str, int] = {}
+    pins: dict[str, int] = {}
+    for pg, (r0, p0, _, _) in touched.items():
+        kvm_refs = pg.refcount - pg.base_refs
+        if kvm_refs != r0:
+            refs[pg.name] = kvm_refs - r0
+        if pg.pincount != p0:
+            pins[pg.name] = pg.pincount - p0
+    return refs, pins
+
+
 def _net(taken: dict[str, int], given_back: dict[str, int]) -> dict[str, int]:
     net = {n: taken.get(n, 0) + given_back.get(n, 0) for n in set(taken) | set(given_back)}
     return {n: v for n, v in sorted(net.items()) if v > 0}
@@ -123,7 +138,7 @@ class Executor:
         self.dead: str | None = None
 
     def run(self, backend: str) -> Trace:
-        trace = Trace(backend, meta={"generation": self.gen.name, "spec": self.gen.spec, "path": "sim"})
+        trace = Trace(backend, [], {"generation": self.gen.name, "spec": self.gen.spec, "path": "sim"})
         records = trace.records
         step = self.step
         for i, op in enumerate(self.sc.ops):
@@ -166,7 +181,7 @@ class Executor:
         if len(underflows) > nunder:
             events.extend(f"BUG:refcount_underflow:{n}" for n in underflows[nunder:])
         task = w.task
-        if kind in KVM_OPS and task.signal == "pending":
+        if task.signal == "pending" and kind in KVM_OPS:
             task.signal = "none"                   # an armed signal is delivered when the op ends
         task.signal_consumed = False
         return rec
@@ -175,7 +190,7 @@ class Executor:
     def op_lookup(self, op: Op, rec: OpRecord) -> None:
         w = self.w
         lk = self.gen.lookup(w, op)
-        held, pinned, _, _ = _deltas(w)
+        held, pinned = _held(w)
         lk.release()
         leaked, pins_leaked, accessed, dirty = _deltas(w)
         result, frame = _result(w, lk.pfn)
@@ -187,7 +202,7 @@ class Executor:
     def op_gfn_to_page(self, op: Op, rec: OpRecord) -> None:
         w = self.w
         res = self.gen.gfn_to_page(w, op)
-        held, _, _, _ = _deltas(w)
+        held, _ = _held(w)
         res.release()
         leaked, _, accessed, dirty = _deltas(w)
         rec.api = {"call": res.api, "result": res.page.name if res.page is not None else res.error,
@@ -199,7 +214,7 @@ class Executor:
         self.nmaps += 1
         r, m = self.gen.vcpu_map(w, op)
         self.maps[handle] = m
-        held, pinned, _, _ = _deltas(w)
+        held, pinned = _held(w)
         self.map_held[handle] = (held, pinned)
         rec.api = {"ret": ret_name(r) if r else 0, "handle": handle, "method": m.hva if r == 0 else None,
                    "frame": _frame(w, m.pfn) if r == 0 else None, "held": held, "pinned": pinned}

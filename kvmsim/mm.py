@@ -179,7 +179,7 @@ class Mm:
         """The page-table state of one page, created from the VMA's default state on first use."""
         e = vma.pages.get(idx)
         if e is None:
-            e = vma.pages[idx] = PageEntry(vma.default_state, cow=not vma.shared)
+            e = vma.pages[idx] = PageEntry(vma.default_state, None, not vma.flags & VM_SHARED)
             if e.state == HWPOISON:
                 e.page = self._new_page(vma, idx)
                 e.page.hwpoison = True
@@ -322,10 +322,11 @@ def vma_is_valid(vma: Vma, write: bool) -> bool:
 
 def _normal_entry(w: World, hva: int) -> tuple[Vma, int, PageEntry] | None:
     vma = w.mm.find(hva)
-    if vma is None or vma.remapped:
+    if vma is None or vma.flags & VM_REMAPPED:
         return None
-    idx = vma.index(hva)
-    return vma, idx, w.mm.entry(vma, idx)
+    idx = (hva - vma.start) >> PAGE_SHIFT            # vma.index(hva)
+    e = vma.pages.get(idx)                           # Mm.entry, its common case inline
+    return vma, idx, e if e is not None else w.mm.entry(vma, idx)
 
 
 def gup_fast_only(w: World, hva: int, write: bool = True, pin: bool = False) -> Page | None:
