@@ -69,11 +69,21 @@ class Memslots:
         return list(self._order.values())
 
     def add(self, slot: Memslot) -> None:
-        if not self._overlaps and self._collides(slot.as_id, slot.base_gfn, slot.npages, None):
-            self._overlaps = True
+        """Installs ``slot``.  The first slot of an address space collides with nothing and starts
+        its index: a world is built with one or two slots, so that case skips the search."""
+        as_id = slot.as_id
+        if as_id not in self._starts:
+            self._starts[as_id], self._sorted[as_id] = [slot.base_gfn], [slot]
+        else:
+            if not self._overlaps and self._collides(as_id, slot.base_gfn, slot.npages, None):
+                self._overlaps = True
+            self._index(slot)
         self._order[id(slot)] = slot
-        self._ids.setdefault((slot.as_id, slot.id), []).append(slot)
-        self._index(slot)
+        same = self._ids.get((as_id, slot.id))
+        if same is None:
+            self._ids[(as_id, slot.id)] = [slot]
+        else:
+            same.append(slot)
 
     def remove(self, slot: Memslot) -> None:
         del self._order[id(slot)]

@@ -45,6 +45,22 @@ def test_memslot_lookup_matches_a_scan(overlapping):
         assert ms.by_id(s.as_id, s.id) is s
 
 
+def test_memslot_added_to_an_emptied_address_space_is_indexed_and_checked():
+    ms = Memslots()
+    first = Memslot(1, 0, 0x10, 8, 0x1000)
+    ms.add(first)
+    ms.remove(first)                                  # AS 0 now has an index, and no slot
+    a, b = Memslot(2, 0, 0x20, 8, 0x2000), Memslot(3, 0, 0x24, 8, 0x3000)
+    ms.add(a)
+    assert ms.find(0, 0x27) is a and ms.find(0, 0x10) is None
+    ms.add(b)                                         # overlaps a: the fallback scans take over
+    assert ms.find(0, 0x25) is a and ms.find(0, 0x2B) is b
+    assert ms.overlapping(0, 0x2A, 1) is b and ms.overlapping(0, 0x22, 1) is a
+    c = Memslot(4, 1, 0x24, 8, 0x4000)                # first slot of AS 1
+    ms.add(c)
+    assert ms.find(1, 0x24) is c and ms.by_id(1, 4) is c and ms.slots == [a, b, c]
+
+
 def test_vma_lookup_and_direct_edits():
     mm = Mm(PfnDB())
     vmas = [mm.add(Vma(f"v{i}", 0x10000 * (i + 1), 0x10000 * (i + 1) + 0x3000, 0)) for i in range(50)]
