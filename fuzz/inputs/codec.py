@@ -231,11 +231,14 @@ class _Drop(Exception):
 
 class _State:
     """What reading the records so far decided (a plain class with slots: one is made per input)."""
-    __slots__ = ("world", "data", "name", "description", "structural", "empty_marker", "entries", "version",
-                 "names", "maps", "pending", "settings")
+    __slots__ = ("pages", "vmas", "memslots", "data", "name", "description", "structural", "empty_marker",
+                 "entries", "version", "names", "maps", "pending", "settings")
 
-    def __init__(self, world: WorldSpec, data: bytes, version: int = VERSION) -> None:
-        self.world, self.data, self.version = world, data, version
+    def __init__(self, data: bytes, version: int = VERSION) -> None:
+        self.pages: list[PageSpec] = []         # the world's parts declared so far (``WorldSpec`` is built
+        self.vmas: list[VmaSpec] = []           # with the scenario)
+        self.memslots: list[SlotSpec] = []
+        self.data, self.version = data, version
         self.name = self.description = ""
         self.structural = False         # a page/vma/slot record was seen
         self.empty_marker = False
@@ -266,11 +269,12 @@ class Parsed:
 
     def scenario(self) -> Scenario:
         st = self.state
-        world = st.world
         ops = _build_ops(st)                # before the default world: ops name the VMAs declared
         if not st.structural and not st.empty_marker:
             dw = _DEFAULT_WORLD
-            world.pages, world.vmas, world.memslots = list(dw.pages), list(dw.vmas), list(dw.memslots)
+            world = WorldSpec(pages=list(dw.pages), vmas=list(dw.vmas), memslots=list(dw.memslots))
+        else:
+            world = WorldSpec(pages=st.pages, vmas=st.vmas, memslots=st.memslots)
         if st.settings is not None:
             _apply_settings(world, st.settings)
         if st.names is not None:
@@ -290,52 +294,92 @@ def parse(data: bytes) -> Parsed:
     Why one loop with the op records inline: parsing runs on every input; one regex search finds
     the next record and, for an op record, its extent (``_RECORD``), so an op record costs no
     Python call of its own."""
-    r = _Reader(data)
-    version = r.byte() if r.n else VERSION
-    st = _State(WorldSpec(), data, version=1 if version == 1 else VERSION)   # unknown: the current one
-    if st.version >= 2 and r.pos < r.n and data[r.pos] == OP_NAMES:
-        r.byte()
-        st.names = _names_record(r, data)
+    r, st = _begin(data)
     kept: list[bytes] = []
-    handlers, ops, search, n = _RECORDS, _OP_RECORDS, _RECORD.search, r.n
-    pending, vmas = st.pending, st.world.vmas
+    ops, search, n, max_ops = _OP_RECORDS, _RECORD.search, r.n, MAX_OPS
+    pending, vmas = st.pending, st.vmas
     pos = r.pos
+    settings_at = -1
     while pos < n:
         m = search(data, pos)                     # unknown opcodes: skipped, one byte each
         if m is None:
             break
         start, pos = m.span()
         code = data[start]
-        op = ops.get(code)
-        if op is None:                            # a world record
-            r.pos = start + 1
-            try:
-                handlers[code](r, st)
-            except _Drop:
-                pos = r.pos
+        if code < _FIRST_OP:                      # a world record
+            if code == OP_WORLD:                  # the pattern covers its fields; only the last one counts
+                settings_at = start
+            elif code == OP_EMPTY_WORLD:
+                st.empty_marker = True
+            else:
+                pos = _world_record(r, st, start, kept)
+            continue
+        op = ops[code]
+        if op is not None:                        # a reference that may name nothing, or a string
+            pos = _op_end(r, st, op, start, pos)
+            if pos < 0:
+                pos = -pos
                 continue
-            pos = r.pos
-            if code >= OP_PAGE or (code == OP_META and st.version == 1):
-                kept.append(data[start:pos])
+        if len(pending) >= max_ops:
             continue
-        ref, text, is_map, fields = op
-        if ref is not None and not (vmas if ref else st.maps):
-            m = fields.match(data, start + 1)
-            assert m is not None                  # every part of the pattern may match nothing
-            pos = m.end(1)
-            continue
-        if text:
-            r.pos = pos
-            length = r.varint() % (MAX_STR + 1)
-            pos = r.pos + length
-        if len(pending) >= MAX_OPS:
-            continue
-        st.maps += is_map
+        if op is not None:
+            st.maps += op[2]
         record = data[start:pos]
         pending.append((record, start, len(vmas)))
         kept.append(record)
+    return _parsed(r, st, settings_at, kept)
+
+
+def _parsed(r: _Reader, st: _State, settings_at: int, kept: list[bytes]) -> Parsed:
+    """``parse``'s result, once the last world settings record (at ``settings_at``; -1: none) is read."""
+    if settings_at >= 0:
+        r.pos = settings_at + 1
+        _world(r, st)
     names = None if st.names is None else tuple(st.names)
     return Parsed((st.version, names, st.structural, st.empty_marker, st.settings, tuple(kept)), st)
+
+
+def _op_end(r: _Reader, st: _State, op: tuple[bool | None, bool, bool, re.Pattern[bytes]], start: int,
+            end: int) -> int:
+    """Where the op record at ``start`` whose fields end at ``end`` ends: after its string, if it has
+    one; negated if it is dropped for naming a VMA (or map) when none is declared (or open), when
+    it ends right after that reference."""
+    ref, text, _, fields = op
+    if ref is not None and not (st.vmas if ref else st.maps):
+        m = fields.match(r.data, start + 1)
+        assert m is not None                      # every part of the pattern may match nothing
+        return -m.end(1)
+    if text:
+        r.pos = end
+        length = r.varint() % (MAX_STR + 1)
+        end = r.pos + length
+    return end
+
+
+def _begin(data: bytes) -> tuple[_Reader, _State]:
+    """A reader after the version byte and the names record, if any, and the state they give."""
+    r = _Reader(data)
+    version = r.byte() if r.n else VERSION
+    st = _State(data, version=1 if version == 1 else VERSION)   # unknown: the current one
+    if st.version >= 2 and r.pos < r.n and data[r.pos] == OP_NAMES:
+        r.byte()
+        st.names = _names_record(r, data)
+    return r, st
+
+
+def _world_record(r: _Reader, st: _State, start: int, kept: list[bytes]) -> int:
+    """Read the world record at ``start`` (but a world settings record: ``parse`` reads the last
+    one only); returns where the next record may start.  Only records that decide more than a flag
+    already in the key are kept (``Parsed``)."""
+    code = r.data[start]
+    r.pos = start + 1
+    try:
+        _RECORDS[code](r, st)
+    except _Drop:
+        return r.pos
+    if code >= OP_PAGE or (code == OP_META and st.version == 1):
+        kept.append(r.data[start:r.pos])
+    return r.pos
 
 
 # --- names: never from mutated bytes ------------------------------------------------------------
@@ -469,47 +513,45 @@ def _name_field(r: _Reader, st: _State) -> str:
 
 
 def _page(r: _Reader, st: _State) -> None:
-    w = st.world
     name = _name_field(r, st)
     kind_index, pfn1, memremap_ok = r.ints(3)
     kind, pfn = DECLARED_KINDS[kind_index % len(DECLARED_KINDS)], None if pfn1 == 0 else pfn1 - 1
     st.structural = True
-    name = _given_name(st, len(w.pages), name, f"page{len(w.pages)}")
-    if len(w.pages) >= MAX_PAGES or name == "zero" or any(p.name == name for p in w.pages):
+    name = _given_name(st, len(st.pages), name, f"page{len(st.pages)}")
+    if len(st.pages) >= MAX_PAGES or name == "zero" or any(p.name == name for p in st.pages):
         raise _Drop
-    if pfn is not None and (not 0x100 <= pfn < 1 << 40 or any(p.pfn == pfn for p in w.pages)):
+    if pfn is not None and (not 0x100 <= pfn < 1 << 40 or any(p.pfn == pfn for p in st.pages)):
         raise _Drop
-    w.pages.append(PageSpec(name, kind, pfn, bool(memremap_ok & 1)))
+    st.pages.append(PageSpec(name, kind, pfn, bool(memremap_ok & 1)))
 
 
 def _vma(r: _Reader, st: _State) -> None:
-    w = st.world
     name = _name_field(r, st)
     pages, start_pg, shared, prot, remap, level, state, frames = r.ints(8)
     st.structural = True
-    name = _given_name(st, MAX_PAGES + len(w.vmas), name, f"vma{len(w.vmas)}")
-    if len(w.vmas) >= MAX_VMAS or any(v.name == name for v in w.vmas) or not 1 <= pages <= MAX_VMA_PAGES:
+    name = _given_name(st, MAX_PAGES + len(st.vmas), name, f"vma{len(st.vmas)}")
+    if len(st.vmas) >= MAX_VMAS or any(v.name == name for v in st.vmas) or not 1 <= pages <= MAX_VMA_PAGES:
         raise _Drop
     start = None if start_pg == 0 else (start_pg - 1) << 12
     if start is not None and not 0x10000 <= start <= (1 << 47) - 1:
         raise _Drop
-    s = start if start is not None else VMA_BASE + len(w.vmas) * VMA_STRIDE
+    s = start if start is not None else VMA_BASE + len(st.vmas) * VMA_STRIDE
     e = s + (pages << 12)
-    for i, v in enumerate(w.vmas):
+    for i, v in enumerate(st.vmas):
         vs = v.start if v.start is not None else VMA_BASE + i * VMA_STRIDE
         if s < vs + (v.pages << 12) and vs < e:
             raise _Drop
     level_name = HOST_LEVELS[level % len(HOST_LEVELS)]
     if level_name == "2m" and s & ((1 << 21) - 1):
         raise _Drop
-    w.vmas.append(VmaSpec(name, pages, start, PROTS[prot % len(PROTS)], bool(shared & 1), REMAPS[remap % len(REMAPS)],
+    st.vmas.append(VmaSpec(name, pages, start, PROTS[prot % len(PROTS)], bool(shared & 1), REMAPS[remap % len(REMAPS)],
                           level_name, MAP_STATES[state % len(MAP_STATES)],
                           frames=DECLARED_KINDS[frames % len(DECLARED_KINDS)]))
 
 
 def _vmas_or_drop(r: _Reader, st: _State) -> list[VmaSpec]:
     """The VMAs a record's leading VMA reference indexes; none: the record is dropped after it."""
-    vmas = st.world.vmas
+    vmas = st.vmas
     if not vmas:
         r.varint()
         raise _Drop
@@ -520,9 +562,9 @@ def _page_ref(idx: int, st: _State) -> str | None:
     """The page a page reference names (0: none); a reference with no page declared drops the record."""
     if idx == 0:
         return None
-    if not st.world.pages:
+    if not st.pages:
         raise _Drop
-    return st.world.pages[(idx - 1) % len(st.world.pages)].name
+    return st.pages[(idx - 1) % len(st.pages)].name
 
 
 def _remapped(v: VmaSpec) -> bool:
@@ -538,7 +580,7 @@ def _vma_state(r: _Reader, st: _State) -> None:
     if _remapped(v) or st.entries >= MAX_ENTRIES:
         raise _Drop
     if page is not None:
-        kind = next(p.kind for p in st.world.pages if p.name == page)
+        kind = next(p.kind for p in st.pages if p.name == page)
         if kind in ("refcount0", "none"):
             raise _Drop
     v.page_states[idx % v.pages] = (MAP_STATES[state % len(MAP_STATES)], page)
@@ -559,7 +601,6 @@ def _vma_pte(r: _Reader, st: _State) -> None:
 
 
 def _slot(r: _Reader, st: _State) -> None:
-    w = st.world
     kind = r.varint() % (len(INTERNAL_NAMES) + 1)
     if kind == 0:
         sid, gfn, pages, vi = r.ints(4)
@@ -568,21 +609,21 @@ def _slot(r: _Reader, st: _State) -> None:
         internal = INTERNAL_NAMES[kind - 1]
         sid = INTERNAL_SLOT_IDS[internal]
         gfn, pages, vi = r.ints(3)
-    vmas = w.vmas
+    vmas = st.vmas
     if not vmas:
         raise _Drop
     v = vmas[vi % len(vmas)]
     offset, mask = r.ints(2)
     readonly, log_dirty, as_id = bool(mask & 1), bool(mask & 2), mask >> 2 & 1
     st.structural = True
-    if len(w.memslots) >= MAX_SLOTS or (kind == 0 and sid >= KVM_USER_MEM_SLOTS):
+    if len(st.memslots) >= MAX_SLOTS or (kind == 0 and sid >= KVM_USER_MEM_SLOTS):
         raise _Drop
     if gfn > MAX_GFN or not 1 <= pages <= MAX_SLOT_PAGES or offset > MAX_VMA_PAGES or offset + pages > v.pages:
         raise _Drop
-    for s in w.memslots:
+    for s in st.memslots:
         if s.as_id == as_id and (s.id == sid or (gfn < s.gfn + s.pages and s.gfn < gfn + pages)):
             raise _Drop
-    w.memslots.append(SlotSpec(sid, gfn, pages, v.name, offset, readonly, log_dirty, as_id, internal))
+    st.memslots.append(SlotSpec(sid, gfn, pages, v.name, offset, readonly, log_dirty, as_id, internal))
 
 
 def _layout(code: int) -> tuple[str, dict[str, Any], list[F], list[F]]:
@@ -648,7 +689,7 @@ def _build_ops(st: _State) -> list[Op]:
     r = _Reader(st.data)
     ops: list[Op] = []
     handles: list[str] = []
-    vmas = st.world.vmas
+    vmas = st.vmas
     known = _OPS_BY_RECORD
     for record, start, nvmas in st.pending:
         got = known.get(record)
@@ -757,8 +798,11 @@ _RECORDS: dict[int, Callable[[_Reader, _State], None]] = {
 # record's opcode, or an op record's opcode and fields (decoding is the hot path of fuzzing: bytes
 # between records are skipped without a Python step each).
 _OP_PATTERNS = {c: _op_record(c) for c in OP_LAYOUTS}
-_OP_RECORDS = {c: reading for c, (_, reading) in _OP_PATTERNS.items()}
-_RECORD = re.compile(b"|".join([re.escape(bytes([c])) for c in sorted(_RECORDS)]
+# (None for an op whose record the pattern covers and that names nothing: the most common ones)
+_OP_RECORDS = {c: None if reading[0] is None and not reading[1] and not reading[2] else reading
+               for c, (_, reading) in _OP_PATTERNS.items()}
+_RECORD = re.compile(b"|".join([re.escape(bytes([c])) + (_VARINT * 3 if c == OP_WORLD else b"")   # its 3 fields
+                                for c in sorted(_RECORDS)]
                                + [pattern for _, (pattern, _) in sorted(_OP_PATTERNS.items())]))
 
 
