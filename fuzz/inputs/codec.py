@@ -232,7 +232,7 @@ class _Drop(Exception):
 class _State:
     """What reading the records so far decided (a plain class with slots: one is made per input)."""
     __slots__ = ("pages", "vmas", "memslots", "data", "name", "description", "structural", "empty_marker",
-                 "entries", "version", "names", "maps", "pending", "settings")
+                 "entries", "version", "names", "maps", "pending", "settings", "structure")
 
     def __init__(self, data: bytes, version: int = VERSION) -> None:
         self.pages: list[PageSpec] = []         # the world's parts declared so far (``WorldSpec`` is built
@@ -247,6 +247,7 @@ class _State:
         self.maps = 0                   # vcpu_map ops kept (the maps a vcpu_unmap may name)
         self.pending: list[tuple[bytes, int, int]] = []   # kept ops: (record, offset, VMAs then)
         self.settings: tuple | None = None   # the last world record's values (``_world``): it sets every setting
+        self.structure: list[bytes] = []     # the kept page, VMA, entry and memslot records (``_structure``)
 
 
 def decode(data: bytes) -> Scenario:
@@ -272,11 +273,9 @@ class Parsed:
         ops = _build_ops(st)                # before the default world: ops name the VMAs declared
         if not st.structural and not st.empty_marker:
             dw = _DEFAULT_WORLD
-            world = WorldSpec(pages=list(dw.pages), vmas=list(dw.vmas), memslots=list(dw.memslots))
+            world = _world_spec(st.settings, list(dw.pages), list(dw.vmas), list(dw.memslots))
         else:
-            world = WorldSpec(pages=st.pages, vmas=st.vmas, memslots=st.memslots)
-        if st.settings is not None:
-            _apply_settings(world, st.settings)
+            world = _world_spec(st.settings, st.pages, st.vmas, st.memslots)
         if st.names is not None:
             st.name, st.description = st.names[0], st.names[1]
         return _repair(Scenario(world, ops, name=st.name, description=st.description, file="<bytes>"),
@@ -285,8 +284,8 @@ class Parsed:
     def _structure(self) -> tuple:
         """What determines the world's pages, VMAs and memslots: the key without the op records and
         the records that set other parts of the world (settings, names of v1 scenarios)."""
-        version, names, structural, empty, _, kept = self.key
-        return version, names, structural, empty, tuple([k for k in kept if OP_PAGE <= k[0] < _FIRST_OP])
+        version, names, structural, empty, _, _ = self.key
+        return version, names, structural, empty, tuple(self.state.structure)
 
 
 def parse(data: bytes) -> Parsed:
@@ -377,7 +376,11 @@ def _world_record(r: _Reader, st: _State, start: int, kept: list[bytes]) -> int:
         _RECORDS[code](r, st)
     except _Drop:
         return r.pos
-    if code >= OP_PAGE or (code == OP_META and st.version == 1):
+    if code >= OP_PAGE:
+        record = r.data[start:r.pos]
+        kept.append(record)
+        st.structure.append(record)
+    elif code == OP_META and st.version == 1:
         kept.append(r.data[start:r.pos])
     return r.pos
 
@@ -491,17 +494,23 @@ def _empty(r: _Reader, st: _State) -> None:
 
 def _world(r: _Reader, st: _State) -> None:
     """Every setting at once (so only the last world record counts): kept as values until the
-    scenario is built (``_apply_settings``)."""
+    scenario is built (``_world_spec``)."""
     mask, signal, seq = r.ints(3)
     seq_bits = 32 if mask >> len(WORLD_BOOLS) & 1 else 64
     st.settings = (mask & ((1 << len(WORLD_BOOLS)) - 1), seq_bits, SIGNALS[signal % len(SIGNALS)],
                    seq & ((1 << seq_bits) - 1))
 
 
-def _apply_settings(w: WorldSpec, settings: tuple) -> None:
-    mask, w.seq_bits, w.signal, w.seq = settings
-    for i, key in enumerate(WORLD_BOOLS):
-        setattr(w, key, bool(mask >> i & 1))
+def _world_spec(settings: tuple | None, pages: list[PageSpec], vmas: list[VmaSpec],
+                memslots: list[SlotSpec]) -> WorldSpec:
+    """A world with these parts and the settings ``_world`` read (None: the defaults)."""
+    if settings is None:
+        return WorldSpec(pages=pages, vmas=vmas, memslots=memslots)
+    mask, seq_bits, signal, seq = settings
+    unsafe, async_pf, guest_mode, smm, apicv, contended = (bool(mask >> i & 1) for i in range(len(WORLD_BOOLS)))
+    return WorldSpec(allow_unsafe_mappings=unsafe, async_pf=async_pf, guest_mode=guest_mode, smm=smm, apicv=apicv,
+                     signal=signal, mmap_lock_contended=contended, seq=seq, seq_bits=seq_bits, pages=pages, vmas=vmas,
+                     memslots=memslots)
 
 
 def _name_field(r: _Reader, st: _State) -> str:

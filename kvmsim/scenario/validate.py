@@ -79,9 +79,10 @@ def valid_ops(sc: Scenario, world_valid: bool = False, memory: MemoryMap | None 
         except ScenarioError:
             v.open_ranges, v.handles, v.nmaps = saved        # as if the op had never been there
             continue
-        if shared and op.kind in CHANGES_MEMORY:
-            mem, shared = MemoryMap.of_world(sc.world), False     # the ops kept so far changed nothing
-        mem.apply(op)
+        if op.kind in CHANGES_MEMORY:             # (``apply`` changes nothing for the other ops)
+            if shared:
+                mem, shared = MemoryMap.of_world(sc.world), False     # the ops kept so far changed nothing
+            mem.apply(op)
         kept.append(op)
     return kept
 
