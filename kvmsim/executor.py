@@ -69,22 +69,9 @@ def _deltas(w: World) -> Deltas:
     touched = w.db.touched
     if not touched:                                # most ops that fail early touch no page
         return {}, {}, [], []
-    refs: dict[str, int] = {}
-    pins: dict[str, int] = {}
-    accessed: list[str] = []
-    dirty: list[str] = []
-    for pg, (r0, p0, a0, d0) in touched.items():
-        kvm_refs = pg.refcount - pg.base_refs
-        if kvm_refs != r0:
-            refs[pg.name] = kvm_refs - r0
-        if pg.pincount != p0:
-            pins[pg.name] = pg.pincount - p0
-        if pg.accessed and not a0:
-            accessed.append(pg.name)
-        if pg.dirty and not d0:
-            dirty.append(pg.name)
-    accessed.sort()
-    dirty.sort()
+    refs, pins = _held(w)
+    accessed = sorted(pg.name for pg, (_, _, a0, _) in touched.items() if pg.accessed and not a0)
+    dirty = sorted(pg.name for pg, (_, _, _, d0) in touched.items() if pg.dirty and not d0)
     return refs, pins, accessed, dirty
 
 

@@ -265,13 +265,17 @@ def test_the_valid_worlds_cache_changes_no_decoding(inputs):
     assert [repr(decode(d)) for d in inputs] == cold     # ... or not checked again: the same scenarios
 
 
-def test_the_valid_worlds_cache_is_bounded(monkeypatch):
-    monkeypatch.setattr(codec, "VALID_WORLDS_SIZE", 5)
-    codec._VALID_WORLDS.clear()
+@pytest.mark.parametrize("cache,size", [("_VALID_WORLDS", "VALID_WORLDS_SIZE"),
+                                        ("_OPS_BY_RECORD", "OPS_BY_RECORD_SIZE")])
+def test_the_decoding_caches_are_bounded(monkeypatch, cache, size):
+    """The valid-worlds set and the ops shared by record bytes never hold more than their bound."""
+    monkeypatch.setattr(codec, size, 5)
+    held = getattr(codec, cache)
+    held.clear()
     for data in _mutants(50, 3):
         decode(data)
-        assert len(codec._VALID_WORLDS) <= 5
-    assert codec._VALID_WORLDS
+        assert len(held) <= 5
+    assert held
 
 
 @settings(max_examples=300, deadline=None)
@@ -338,13 +342,4 @@ def test_ops_shared_by_record_change_no_decoding():
         codec._OPS_BY_RECORD.clear()
         cold.append(repr(decode(data)))
     assert [repr(decode(data)) for data in inputs] == cold
-    assert codec._OPS_BY_RECORD
-
-
-def test_the_shared_ops_are_bounded(monkeypatch):
-    monkeypatch.setattr(codec, "OPS_BY_RECORD_SIZE", 5)
-    codec._OPS_BY_RECORD.clear()
-    for data in _mutants(50, 3):
-        decode(data)
-        assert len(codec._OPS_BY_RECORD) <= 5
     assert codec._OPS_BY_RECORD
