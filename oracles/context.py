@@ -36,19 +36,30 @@ class _Pages:
     @classmethod
     def of(cls, v: VmaSpec) -> _Pages:
         if not v.ptes and not v.page_states:          # most VMAs name no page (no comprehension to run)
-            return cls(v, {}, {}, {}, v.state, v.prot == "rw")
-        ptes = {i: {"page": p.page, "present": p.present, "writable": p.writable} for i, p in v.ptes.items()}
-        return cls(v, {i: st for i, (st, _) in v.page_states.items()}, ptes,
-                   {i: pg for i, (_, pg) in v.page_states.items() if pg}, v.state, v.prot == "rw")
+            pages = cls(v, {}, {}, {}, v.state, v.prot == "rw")
+        else:
+            ptes = {i: {"page": p.page, "present": p.present, "writable": p.writable} for i, p in v.ptes.items()}
+            pages = cls(v, {i: st for i, (st, _) in v.page_states.items()}, ptes,
+                        {i: pg for i, (_, pg) in v.page_states.items() if pg}, v.state, v.prot == "rw")
+        if "w" not in v.prot:
+            pages.built_read_only()
+        return pages
+
+    def built_read_only(self) -> None:
+        """A VMA built without PROT_WRITE has no writable PTE (§1.3; ``World.build_vma``: ``Mm.fit`` on
+        each page it names, remapped PTEs writable only with VM_WRITE), and a later PROT_WRITE does not
+        make them writable.  A page it does not name gets its PTE at first use (``Mm.entry``), so the
+        default state stays."""
+        self.states = {i: "present_ro" if st == "present_rw" else st for i, st in self.states.items()}
+        for pte in self.ptes.values():
+            pte["writable"] = False
 
     def write_protect(self) -> None:
         """What ``mprotect`` without PROT_WRITE leaves (``mm.protect``): every present writable page and
         every remapped PTE write-protected, and a later PROT_WRITE does not make them writable again."""
-        self.states = {i: "present_ro" if st == "present_rw" else st for i, st in self.states.items()}
+        self.built_read_only()
         if self.default_state == "present_rw":
             self.default_state = "present_ro"
-        for pte in self.ptes.values():
-            pte["writable"] = False
         self.default_pte_writable = False
 
     def madvise_dontneed(self, page: int, count: int) -> None:
