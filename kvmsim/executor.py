@@ -38,10 +38,8 @@ def _name(pg: Any) -> str | None:
 
 
 def _frame(w: World, pfn: int) -> str | None:
-    if pfn_class(pfn) != "pfn":
-        return None
-    pg = w.db.lookup(pfn)
-    return pg.name if pg is not None else f"pfn:{pfn:#x}"
+    """The frame a pfn names: its page, ``pfn:<hex>`` without one, None for an error value."""
+    return _result(w, pfn)[1]
 
 
 def _result(w: World, pfn: int) -> tuple[str, str | None]:

@@ -27,7 +27,7 @@ from .memslot import Memslot, Memslots
 from .mm import HWPOISON, PRESENT_RO, PRESENT_RW, RESIDENT, Mm, PageEntry, RemapPte, Vma
 from .notifier import MmuNotifier
 from .pfndb import Page, PfnDB
-from .scenario import VMA_BASE, VMA_STRIDE, Scenario, VmaSpec
+from .scenario import Scenario, VmaSpec
 
 
 @dataclass(slots=True)
@@ -138,7 +138,7 @@ class World:
     @classmethod
     def from_scenario(cls, sc: Scenario) -> World:
         """The world a scenario describes.  VMAs are placed in the same pass that builds them
-        (``vma_starts``) and memslots find their VMA by name in a dict of the VMAs just built:
+        (``Scenario.vma_starts``) and memslots find their VMA by name in a dict of the VMAs just built:
         per-VMA ``Scenario.vma_start`` and ``Mm.by_name`` calls were about a fifth of a build."""
         ws = sc.world
         w = cls(Vcpu(ws.guest_mode, ws.smm, ws.async_pf, ws.apicv), MmuNotifier(ws.seq, 0, ws.seq_bits))
@@ -150,7 +150,7 @@ class World:
         for p in ws.pages:
             db.declare(p.name, p.kind, p.pfn, None, p.memremap_ok)
         named: dict[str, Vma] = {}
-        for v, start in zip(ws.vmas, vma_starts(ws.vmas)):
+        for v, start in zip(ws.vmas, sc.vma_starts()):
             vma = mm.add(w.build_vma(v, start))
             named.setdefault(v.name, vma)          # Mm.by_name: the first VMA of that name
         for s in ws.memslots:
@@ -190,11 +190,3 @@ class World:
 
 _BACKED_AT_BUILD = frozenset((PRESENT_RW, PRESENT_RO, RESIDENT))
 """Page states a VMA's page is built with a page of its own for (when the scenario names none)."""
-
-
-def vma_starts(vmas: list[VmaSpec]) -> list[int]:
-    """``Scenario.vma_start`` of every VMA of the list, in one pass: its own ``start``, else the
-    slot of the list position where that VmaSpec object first occurs."""
-    first: dict[int, int] = {}
-    return [v.start if v.start is not None else VMA_BASE + first.setdefault(id(v), n) * VMA_STRIDE
-            for n, v in enumerate(vmas)]

@@ -307,7 +307,6 @@ class Catalogue:
         # answer depends on those three alone (entries are frozen), so it is worked out once.
         self._reads_memo: dict[tuple[str, str, tuple[str, str]], _Reads] = {}
         self._at_memo: dict[tuple[Any, ...], AtOp] = {}
-        self._expecting_memo: dict[tuple[str, tuple[str, str]], bool] = {}
         self._asks_memo: dict[tuple[str, tuple[str, str]], Asks] = {}
 
     def _reads(self, oracle: str, op_kind: str, fams: tuple[str, str]) -> _Reads:
@@ -376,11 +375,7 @@ class Catalogue:
 
     def expecting(self, op_kind: str, fams: tuple[str, str]) -> bool:
         """Could some entry assert a divergence for this op and pair (cheap pre-check)?"""
-        got = self._expecting_memo.get((op_kind, fams))
-        if got is None:
-            got = self._expecting_memo[(op_kind, fams)] = any(
-                c.entry.expects for c, _ in self._reads("diff", op_kind, fams).oriented)
-        return got
+        return self.asks(op_kind, fams).expecting
 
     def missing(self, op_kind: str, fams: tuple[str, str], obs: tuple[dict[str, Any], dict[str, Any]],
                 args: dict[str, Any], ctx: dict[str, Any]) -> list[tuple[Entry, str]]:

@@ -507,10 +507,8 @@ def _world_spec(settings: tuple | None, pages: list[PageSpec], vmas: list[VmaSpe
     if settings is None:
         return WorldSpec(pages=pages, vmas=vmas, memslots=memslots)
     mask, seq_bits, signal, seq = settings
-    unsafe, async_pf, guest_mode, smm, apicv, contended = (bool(mask >> i & 1) for i in range(len(WORLD_BOOLS)))
-    return WorldSpec(allow_unsafe_mappings=unsafe, async_pf=async_pf, guest_mode=guest_mode, smm=smm, apicv=apicv,
-                     signal=signal, mmap_lock_contended=contended, seq=seq, seq_bits=seq_bits, pages=pages, vmas=vmas,
-                     memslots=memslots)
+    flags = {key: bool(mask >> i & 1) for i, key in enumerate(WORLD_BOOLS)}     # the mask's bits, in WORLD_BOOLS order
+    return WorldSpec(signal=signal, seq=seq, seq_bits=seq_bits, pages=pages, vmas=vmas, memslots=memslots, **flags)
 
 
 def _name_field(r: _Reader, st: _State) -> str:

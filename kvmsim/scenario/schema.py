@@ -188,7 +188,12 @@ class Scenario:
         if v.start is not None:
             return v.start
         i = self._position(v)
-        return VMA_BASE + (i if i is not None else self.world.vmas.index(v)) * VMA_STRIDE
+        return _placed(v, i if i is not None else self.world.vmas.index(v))
+
+    def vma_starts(self) -> list[int]:
+        """``vma_start`` of every world VMA, in one pass (building a world places them all)."""
+        first: dict[int, int] = {}
+        return [_placed(v, first.setdefault(id(v), n)) for n, v in enumerate(self.world.vmas)]
 
     def vma_named(self, name: str) -> VmaSpec:
         """The world's VMA of that name (the first, should names repeat); KeyError if none."""
@@ -213,6 +218,12 @@ class Scenario:
         cache = {id(x): n for n, x in reversed(list(enumerate(vmas)))}
         self.__dict__["_vma_pos"] = cache
         return cache.get(id(v))
+
+
+def _placed(v: VmaSpec, position: int) -> int:
+    """Where a VMA is mapped: its own ``start``, else the slot of its position in the world's list
+    (the first position of that VmaSpec object)."""
+    return v.start if v.start is not None else VMA_BASE + position * VMA_STRIDE
 
 
 def _vma_key(v: VmaSpec) -> tuple:

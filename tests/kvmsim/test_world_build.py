@@ -1,10 +1,10 @@
 """A world is built where the scenario says: ``World.from_scenario`` places its VMAs in one pass
-(``vma_starts``) at exactly the addresses ``Scenario.vma_start`` gives them."""
+(``Scenario.vma_starts``) at exactly the addresses ``Scenario.vma_start`` gives them."""
 
 from __future__ import annotations
 
 from kvmsim.scenario import Scenario, VmaSpec, WorldSpec
-from kvmsim.world import World, vma_starts
+from kvmsim.world import World
 
 
 def _scenario(vmas: list[VmaSpec]) -> Scenario:
@@ -15,8 +15,8 @@ def test_vma_starts_match_vma_start_for_every_vma():
     shared = VmaSpec("s", 1)
     vmas = [VmaSpec("a", 2), VmaSpec("b", 1, start=0x5000_0000_0000), shared, VmaSpec("c", 4), shared]
     sc = _scenario(vmas)
-    assert vma_starts(vmas) == [sc.vma_start(v) for v in vmas]
-    assert vma_starts(vmas)[4] == vma_starts(vmas)[2]          # one VmaSpec object: one place
+    assert sc.vma_starts() == [sc.vma_start(v) for v in vmas]
+    assert sc.vma_starts()[4] == sc.vma_starts()[2]          # one VmaSpec object: one place
 
 
 def test_world_places_its_vmas_as_the_scenario_does():
